@@ -1,0 +1,169 @@
+"""Isolation plugin: namespaces, pivot_root and the container init (PID 1).
+
+Each container is a ``corral-init`` process (C, see README.md here) in new pid,
+mount, uts, ipc and network namespaces, pivoted into the root the launch plan
+describes. The daemon talks to it over a Unix socket in the container's depot
+directory. Killing the init releases every namespace and mount of the container
+at once, so nothing is left behind even if the daemon died half-way.
+
+Config (``[isolation]``): ``init`` is the path of the built ``corral-init``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import structlog
+import trio
+
+from plugins.isolation import spec
+from plugins.isolation.sandbox import InitSandbox, process_start_time
+from supervisor.config import Config, ConfigError
+from supervisor.container import Container
+from supervisor.errors import CorralError, InvalidRequest
+from supervisor.hookspecs import hookimpl
+from supervisor.sandbox import LaunchPlan
+
+NAME = "isolation"
+DEFAULT_INIT = Path("/usr/local/lib/corral/corral-init")
+SOCKET_NAME = "init.sock"
+#: sun_path holds 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+log = structlog.get_logger()
+
+
+class LaunchFailed(CorralError):
+    """``corral-init`` could not build the container."""
+
+
+class _Settings:
+    init: Path = DEFAULT_INIT
+    depot: Path = Path("/var/lib/corral/depot")
+
+
+settings = _Settings()
+
+
+@hookimpl
+def corral_configure(config: Config) -> None:
+    section = config.section(NAME)
+    unknown = set(section) - {"init"}
+    if unknown:
+        raise ConfigError(f"[{NAME}] {', '.join(sorted(unknown))}: unknown setting (known: init)")
+    settings.init = Path(section.get("init", DEFAULT_INIT))
+    settings.depot = config.daemon.depot
+    if not os.access(settings.init, os.X_OK):
+        raise ConfigError(
+            f"[{NAME}] init: {settings.init} is not an executable; build it with "
+            f"`python -m plugins.isolation.build {settings.init}`"
+        )
+
+
+@hookimpl
+def corral_container_launch(
+    container: Container, plan: LaunchPlan, restoring: bool
+) -> AbstractAsyncContextManager[InitSandbox]:
+    return _launch(container, plan, restoring)
+
+
+@asynccontextmanager
+async def _launch(
+    container: Container, plan: LaunchPlan, restoring: bool
+) -> AsyncIterator[InitSandbox]:
+    sandbox = await (_reconnect(container) if restoring else _start(container, plan))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sandbox.serve)
+            yield sandbox
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            if not container.detaching:
+                await sandbox.kill()
+            sandbox.close()
+
+
+async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
+    socket_path = container.path / SOCKET_NAME
+    if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
+        raise InvalidRequest(
+            f"container {container.handle}: socket path {socket_path} is too long for a Unix socket"
+        )
+    plan.root_dir.mkdir(exist_ok=True)
+    text = spec.render(plan, container.handle, socket_path)
+    result = await trio.run_process(
+        [str(settings.init), "launch", str(container.path)],
+        stdin=text.encode(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        reason = (
+            result.stderr.decode(errors="replace").strip() or f"exit status {result.returncode}"
+        )
+        raise LaunchFailed(f"container {container.handle}: {reason}")
+    pid = int(result.stdout)
+    state = container.plugin_state(NAME)
+    state.update(pid=pid, start_time=process_start_time(pid))
+    container.save()
+    pidfd = os.pidfd_open(pid)
+    try:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        await sock.connect(str(socket_path))
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await InitSandbox(container, pid, pidfd, None).kill()
+        os.close(pidfd)
+        raise
+    return InitSandbox(container, pid, pidfd, sock)
+
+
+async def _reconnect(container: Container) -> InitSandbox:
+    state = container.plugin_state(NAME)
+    pid = state.get("pid")
+    if pid is None or process_start_time(pid) != state.get("start_time"):
+        return InitSandbox(container, pid or 0, None, None)  # it never started, or it is gone
+    pidfd = os.pidfd_open(pid)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        await sock.connect(str(container.path / SOCKET_NAME))
+    except OSError as exc:
+        container.log.warning("cannot reach the container init", error=str(exc))
+        sock.close()
+        return InitSandbox(container, pid, pidfd, None)
+    return InitSandbox(container, pid, pidfd, sock)
+
+
+@hookimpl
+def corral_startup(live_handles: frozenset[str]) -> None:
+    """Kill the inits of this depot whose container the daemon does not know (a crash mid-create)."""
+    for pid, depot_dir in _inits_of_depot():
+        if depot_dir.name not in live_handles:
+            log.warning("orphan container init killed", pid=pid, container_path=str(depot_dir))
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _inits_of_depot() -> list[tuple[int, Path]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) >= 3 and argv[0] == str(settings.init).encode() and argv[1] == b"launch":
+            path = Path(os.fsdecode(argv[2]))
+            if path.parent == settings.depot:
+                found.append((int(entry.name), path))
+    return found

@@ -1,0 +1,182 @@
+"""The daemon's side of the init protocol (README.md beside this file).
+
+One ``SOCK_SEQPACKET`` connection per container: requests go one at a time and
+get one reply each; ``exit`` messages arrive at any moment and are published on
+the event bus. A pidfd of the init tells when the whole container is gone.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import signal
+import socket
+from pathlib import Path
+
+import structlog
+import trio
+
+from supervisor.container import Container
+from supervisor.errors import InvalidRequest, InvalidState
+from supervisor.events import JobExited, SandboxExited
+from supervisor.sandbox import JobRequest
+
+RECEIVE_SIZE = 64 * 1024
+
+log = structlog.get_logger()
+
+
+def encode(*parts: str) -> bytes:
+    """A message: NUL-terminated strings (undecodable bytes kept via surrogateescape)."""
+    return b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in parts)
+
+
+def decode(packet: bytes) -> list[str]:
+    return [p.decode("utf-8", "surrogateescape") for p in packet.split(b"\0")[:-1]]
+
+
+def spawn_message(request: JobRequest) -> bytes:
+    """The ``spawn`` message for *request*."""
+    parts = ["spawn", f"id={request.job_id}", f"privileged={int(request.privileged)}"]
+    if request.user is not None:
+        parts.append(f"user={request.user}")
+    if request.dir is not None:
+        parts.append(f"dir={request.dir}")
+    parts += [f"env={name}={value}" for name, value in request.env]
+    for name, soft, hard in request.rlimits:
+        parts.append(
+            f"rlimit={name}:{'unlimited' if soft is None else soft}:{'unlimited' if hard is None else hard}"
+        )
+    parts += [f"arg={arg}" for arg in request.argv]
+    return encode(*parts)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: tells a process from a later one with the same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+class InitSandbox:
+    """A running ``corral-init``, as the core's :class:`~supervisor.sandbox.Sandbox`."""
+
+    def __init__(
+        self, container: Container, pid: int, pidfd: int | None, sock: trio.socket.SocketType | None
+    ) -> None:
+        self.container = container
+        self.pid = pid
+        self._pidfd = pidfd
+        self._sock = sock
+        self._lock = trio.Lock()
+        self._replies_send, self._replies = trio.open_memory_channel[list[str]](1)
+        self._alive = pidfd is not None and sock is not None
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    async def serve(self) -> None:
+        """Read replies and exit messages; watch the init's pidfd. Runs for the sandbox's life."""
+        if not self._alive:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read)
+            await self._wait_exit()
+            nursery.cancel_scope.cancel()
+
+    async def _read(self) -> None:
+        assert self._sock is not None
+        with self._replies_send:
+            while True:
+                try:
+                    packet = await self._sock.recv(RECEIVE_SIZE)
+                except OSError:
+                    packet = b""
+                if not packet:
+                    return  # the init is gone; _wait_exit reports it
+                parts = decode(packet)
+                if parts and parts[0] == "exit":
+                    await self.container.publish(
+                        JobExited(self.container.handle, int(parts[1]), int(parts[2]))
+                    )
+                else:
+                    await self._replies_send.send(parts)
+
+    async def _wait_exit(self) -> None:
+        assert self._pidfd is not None
+        await trio.lowlevel.wait_readable(self._pidfd)
+        self._alive = False
+        self.reap()
+        log.warning("container init exited", handle=self.container.handle, pid=self.pid)
+        await self.container.publish(SandboxExited(self.container.handle))
+
+    def reap(self) -> None:
+        """Collect the init's exit status if it is our child (it is unless a daemon restarted since)."""
+        if self._pidfd is None:
+            return
+        try:
+            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            pass  # adopted by the host's init after a daemon restart
+
+    async def kill(self) -> None:
+        """SIGKILL the init (its namespaces, mounts and processes go with it) and wait for it."""
+        if self._pidfd is None:
+            return
+        try:
+            signal_pidfd(self._pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await trio.lowlevel.wait_readable(self._pidfd)
+        self._alive = False
+        self.reap()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def _request(self, message: bytes, fds: tuple[int, ...] = ()) -> list[str]:
+        if not self._alive or self._sock is None:
+            raise InvalidState(f"container {self.container.handle}: its init is not running")
+        async with self._lock:
+            ancillary = (
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            )
+            try:
+                await self._sock.sendmsg([message], ancillary)
+                return await self._replies.receive()
+            except (OSError, trio.EndOfChannel, trio.ClosedResourceError):
+                raise InvalidState(
+                    f"container {self.container.handle}: its init is not running"
+                ) from None
+
+    async def spawn(self, request: JobRequest, stdout: int, stderr: int, status: int) -> None:
+        reply = await self._request(spawn_message(request), (stdout, stderr, status))
+        if reply[:1] == ["error"]:
+            raise InvalidRequest(
+                f"container {self.container.handle}: job {request.job_id}: {reply[2]}"
+            )
+
+    async def signal_job(self, job_id: int, signum: int) -> None:
+        if self._alive:
+            await self._request(encode("signal", str(job_id), str(signum)))
+
+    async def signal_all(self, signum: int) -> bool:
+        if not self._alive:
+            return False
+        return (await self._request(encode("killall", str(signum))))[:1] == ["ok"]
+
+    async def running_jobs(self) -> set[int]:
+        reply = await self._request(encode("jobs"))
+        return {int(job_id) for job_id in reply[1:]}
+
+
+def signal_pidfd(pidfd: int, signum: int) -> None:
+    """``pidfd_send_signal``: no pid-reuse race, unlike ``kill``."""
+    signal.pidfd_send_signal(pidfd, signum)

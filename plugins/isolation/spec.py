@@ -1,0 +1,103 @@
+"""Render the launch spec read by ``corral-init launch`` (see README.md beside this file)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from supervisor.sandbox import LaunchPlan, Mount
+
+#: /dev of every container: (name, major, minor, mode).
+DEVICES = (
+    ("null", 1, 3, 0o666),
+    ("zero", 1, 5, 0o666),
+    ("full", 1, 7, 0o666),
+    ("random", 1, 8, 0o666),
+    ("urandom", 1, 9, 0o666),
+    ("tty", 5, 0, 0o666),
+)
+
+#: Kernel interfaces a container has no business reading: hidden behind /dev/null.
+MASKED_FILES = (
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+)
+MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware")
+
+SYSTEM_MOUNTS = (
+    Mount("proc", "proc", "/proc", ("nosuid", "nodev", "noexec", "mkdir")),
+    Mount("sysfs", "sysfs", "/sys", ("ro", "nosuid", "nodev", "noexec", "mkdir")),
+    Mount("tmpfs", "tmpfs", "/dev", ("nosuid", "noexec", "mkdir"), "mode=755,size=1024k"),
+)
+LATE_SYSTEM_MOUNTS = (
+    Mount(
+        "devpts",
+        "devpts",
+        "/dev/pts",
+        ("nosuid", "noexec", "mkdir"),
+        "newinstance,ptmxmode=0666,mode=0620",
+    ),
+    Mount(
+        "tmpfs", "shm", "/dev/shm", ("nosuid", "nodev", "noexec", "mkdir"), "mode=1777,size=65536k"
+    ),
+)
+
+
+class SpecError(ValueError):
+    """A value cannot be written into the spec (it holds a TAB or newline)."""
+
+
+def _field(value: str) -> str:
+    if "\t" in value or "\n" in value or "\0" in value:
+        raise SpecError(f"{value!r} contains a TAB, newline or NUL")
+    return value
+
+
+def _line(*fields: str) -> str:
+    return "\t".join(_field(f) for f in fields) + "\n"
+
+
+def _mount(m: Mount) -> str:
+    return _line("mount", m.fstype, m.source, m.target, ",".join(m.flags) or "-", m.data or "-")
+
+
+def render(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
+    """The whole spec: cgroups, root, system mounts, the plan's mounts, identity, socket."""
+    lines: list[str] = [_line("cgroup", str(p)) for p in plan.cgroup_procs]
+    lines.append(_line("root", str(plan.root_dir)))
+    if plan.root_mount is not None:
+        lines.append(_mount(plan.root_mount))
+    lines += [_mount(m) for m in SYSTEM_MOUNTS]
+    lines += [
+        _line("mknod", f"/dev/{name}", "c", str(major), str(minor), f"{mode:o}")
+        for name, major, minor, mode in DEVICES
+    ]
+    lines += [_mount(m) for m in LATE_SYSTEM_MOUNTS]
+    lines += _symlinks(
+        (
+            ("pts/ptmx", "/dev/ptmx"),
+            ("/proc/self/fd", "/dev/fd"),
+            ("/proc/self/fd/0", "/dev/stdin"),
+            ("/proc/self/fd/1", "/dev/stdout"),
+            ("/proc/self/fd/2", "/dev/stderr"),
+        )
+    )
+    lines.append(_line("mkdir", "/tmp", "1777"))
+    lines += [
+        _mount(Mount("none", "/dev/null", path, ("bind", "optional"))) for path in MASKED_FILES
+    ]
+    lines += [
+        _mount(Mount("tmpfs", "tmpfs", path, ("ro", "optional"), "size=4k")) for path in MASKED_DIRS
+    ]
+    lines += [_mount(m) for m in plan.mounts]
+    lines.append(_line("hostname", hostname))
+    lines.append(_line("loopback"))
+    lines.append(_line("socket", str(socket_path)))
+    return "".join(lines)
+
+
+def _symlinks(pairs: Iterable[tuple[str, str]]) -> list[str]:
+    return [_line("symlink", target, path) for target, path in pairs]

@@ -1,0 +1,44 @@
+#!/bin/bash
+# Install Corral on a Debian machine, as root, and (re)start the daemon.
+# Idempotent: run it again after pulling to upgrade.
+#   system packages, /opt/corral/venv, /usr/local/lib/corral/corral-init,
+#   the base rootfs in /var/lib/corral/rootfs/base, /etc/corral/corral.toml.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV=/opt/corral/venv
+INIT=/usr/local/lib/corral/corral-init
+ROOTFS=/var/lib/corral/rootfs/base
+CONFIG=/etc/corral/corral.toml
+
+[ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
+
+# System packages: a C compiler and static libc for the container init,
+# busybox-static for the base rootfs, python3 with venv.
+packages=(gcc libc6-dev busybox-static python3 python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${missing[@]}" \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+fi
+
+# The virtual environment with Corral (editable, so the checkout is what runs) and its test tools.
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
+ln -sf "$VENV/bin/corral" /usr/local/bin/corral
+ln -sf "$VENV/bin/corrald" /usr/local/bin/corrald
+
+"$VENV/bin/python" -m plugins.isolation.build "$INIT"
+bash "$REPO/scripts/build-rootfs.sh" "$ROOTFS"
+
+if [ ! -f "$CONFIG" ]; then
+    install -D -m 0644 "$REPO/etc/corral.toml" "$CONFIG"
+fi
+
+bash "$REPO/scripts/corraldctl" restart

@@ -1,0 +1,257 @@
+"""One thin handler per protocol command: check arguments, call the container, reply.
+
+A handler is ``async def handler(request: Request, *args) -> payload``; it raises
+a :class:`supervisor.errors.CorralError` to reply with an error. Plugins add
+handlers through the ``corral_commands`` hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from supervisor.errors import InvalidRequest
+from supervisor.jobs import encode_output
+from supervisor.protocol import Args, encode_stream_line
+from supervisor.registry import parse_env
+from supervisor.sandbox import JobRequest
+
+if TYPE_CHECKING:
+    from supervisor.container import Container
+    from supervisor.registry import Supervisor
+
+Handler = Callable[..., Awaitable[Any]]
+
+#: ``execve`` refuses a single argument longer than this (MAX_ARG_STRLEN).
+MAX_SCRIPT_BYTES = 128 * 1024 - 1
+
+RLIMITS = frozenset(
+    "as core cpu data fsize locks memlock msgqueue nice nofile nproc rss rtprio rttime sigpending stack".split()
+)
+
+ENCODINGS = ("utf-8", "base64")
+
+
+class Request:
+    """What a handler may use: the supervisor and the connection it serves."""
+
+    def __init__(self, supervisor: Supervisor, connection: Any) -> None:
+        self.supervisor = supervisor
+        self.connection = connection
+
+    def container(self, handle: Any) -> Container:
+        """The container named by *handle*; the connection now references it."""
+        container = self.supervisor.get(handle)
+        self.connection.reference(container)
+        structlog.contextvars.bind_contextvars(handle=container.handle)
+        return container
+
+    async def send(self, line: bytes) -> None:
+        """Send an extra reply line before the final one (``stream``)."""
+        await self.connection.send(line)
+
+
+# -- handlers --------------------------------------------------------------------
+
+
+async def ping(request: Request, *args: Any) -> str:
+    Args("ping", list(args), ())
+    return "pong"
+
+
+async def echo(request: Request, *args: Any) -> Any:
+    a = Args("echo", list(args), ("MSG",))
+    return a._get(0, True)
+
+
+async def create(request: Request, *args: Any) -> str:
+    a = Args("create", list(args), ("CONFIG",))
+    raw = a._get(0, False) or {}
+    if not isinstance(raw, dict):
+        raise InvalidRequest("create: CONFIG must be an object")
+    container = await request.supervisor.create(raw)
+    request.connection.reference(container)
+    return container.handle
+
+
+def _job_request(
+    command: str, container: Container, script: str, opts: dict[str, Any]
+) -> JobRequest:
+    if "\0" in script:
+        raise InvalidRequest(f"{command}: SCRIPT contains a NUL byte")
+    if len(script.encode("utf-8", "surrogateescape")) > MAX_SCRIPT_BYTES:
+        raise InvalidRequest(f"{command}: SCRIPT is longer than {MAX_SCRIPT_BYTES} bytes")
+    env = [tuple(kv) for kv in container.options.get("env", [])]
+    if "env" in opts:
+        env += [tuple(kv) for kv in parse_env(opts["env"], f"{command}: env")]
+    rlimits = []
+    for name, value in (opts.get("rlimits") or {}).items():
+        if name not in RLIMITS:
+            raise InvalidRequest(
+                f"{command}: unknown rlimit {name!r} (known: {', '.join(sorted(RLIMITS))})"
+            )
+        soft, hard = (value, value) if not isinstance(value, list) else (value + [None, None])[:2]
+        for v in (soft, hard):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise InvalidRequest(
+                    f"{command}: rlimit {name} must be a number >= 0 or [soft, hard]"
+                )
+        rlimits.append((name, soft, hard))
+    user = opts.get("user")
+    if user is not None:
+        user = str(user)
+        if not user or any(c in user for c in ":\0\n"):
+            raise InvalidRequest(f"{command}: user {user!r} is not a user name or uid")
+    directory = opts.get("dir")
+    if directory is not None and (not directory.startswith("/") or "\0" in directory):
+        raise InvalidRequest(f"{command}: dir {directory!r} must be an absolute path")
+    return JobRequest(
+        job_id=container.allocate_job_id(),
+        argv=("/bin/sh", "-c", script),
+        env=tuple(env),  # type: ignore[arg-type]
+        dir=directory,
+        user=user,
+        privileged=bool(opts.get("privileged", False)),
+        rlimits=tuple(rlimits),
+    )
+
+
+SPAWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "privileged": bool,
+    "env": (dict, list),
+    "dir": str,
+    "user": (str, int),
+    "rlimits": dict,
+    "discard_output": bool,
+}
+LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str}
+
+
+async def _spawn(
+    command: str, request: Request, args: list[Any], names: tuple[str, ...]
+) -> tuple[Container, int]:
+    a = Args(command, args, names)
+    container = request.container(a.string(0))
+    script = a.string(1)
+    opts = a.options(2, SPAWN_OPTIONS if command == "spawn" else SPAWN_OPTIONS | LINK_OPTIONS)
+    _encoding(command, opts)
+    container.require("spawn")
+    job_request = _job_request(command, container, script, opts)
+    structlog.contextvars.bind_contextvars(job_id=job_request.job_id)
+    job = await container.spawn(job_request, bool(opts.get("discard_output", False)))
+    container.log.info("job spawned", job_id=job.id)
+    return container, job.id
+
+
+def _encoding(command: str, opts: dict[str, Any]) -> str:
+    encoding = opts.get("encoding", "utf-8")
+    if encoding not in ENCODINGS:
+        raise InvalidRequest(
+            f"{command}: encoding {encoding!r} is not one of {', '.join(ENCODINGS)}"
+        )
+    return str(encoding)
+
+
+async def spawn(request: Request, *args: Any) -> int:
+    _, job_id = await _spawn("spawn", request, list(args), ("HANDLE", "SCRIPT", "OPTS"))
+    return job_id
+
+
+async def _link(container: Container, job_id: int, encoding: str) -> list[Any]:
+    status, out, err = await container.link(container.job(job_id))
+    return [
+        status,
+        None if out is None else encode_output(out, encoding),
+        None if err is None else encode_output(err, encoding),
+    ]
+
+
+async def link(request: Request, *args: Any) -> list[Any]:
+    a = Args("link", list(args), ("HANDLE", "JOB_ID", "OPTS"))
+    container = request.container(a.string(0))
+    job_id = a.integer(1)
+    encoding = _encoding("link", a.options(2, LINK_OPTIONS))
+    container.require("link")
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    return await _link(container, job_id, encoding)
+
+
+async def run(request: Request, *args: Any) -> list[Any]:
+    container, job_id = await _spawn("run", request, list(args), ("HANDLE", "SCRIPT", "OPTS"))
+    encoding = _encoding("run", args[2] if len(args) > 2 else {})
+    return await _link(container, job_id, encoding)
+
+
+async def stream(request: Request, *args: Any) -> list[Any]:
+    a = Args("stream", list(args), ("HANDLE", "JOB_ID", "OPTS"))
+    container = request.container(a.string(0))
+    job_id = a.integer(1)
+    encoding = _encoding("stream", a.options(2, LINK_OPTIONS))
+    container.require("stream")
+    job = container.job(job_id)
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    async for name, chunk in job.stream(request.supervisor.config.containers.output_limit):
+        await request.send(encode_stream_line([name, encode_output(chunk, encoding)]))
+    return []
+
+
+async def stop(request: Request, *args: Any) -> str:
+    a = Args("stop", list(args), ("HANDLE", "OPTS"))
+    container = request.container(a.string(0))
+    opts = a.options(1, {"kill": bool, "background": bool})
+    container.require("stop")
+    if opts.get("background"):
+        container.stop_soon(kill=bool(opts.get("kill")))
+    else:
+        await container.stop(kill=bool(opts.get("kill")))
+    return "ok"
+
+
+async def destroy(request: Request, *args: Any) -> str:
+    a = Args("destroy", list(args), ("HANDLE",))
+    container = request.container(a.string(0))
+    container.require("destroy")
+    await request.supervisor.destroy(container)
+    return "ok"
+
+
+async def info(request: Request, *args: Any) -> dict[str, Any]:
+    a = Args("info", list(args), ("HANDLE",))
+    container = request.container(a.string(0))
+    payload: dict[str, Any] = {
+        "state": str(container.state),
+        "events": list(container.events),
+        "host_ip": None,
+        "container_ip": None,
+        "container_path": str(container.path),
+        "job_ids": sorted(container.jobs),
+        "properties": container.options.get("properties", {}),
+        "limits": {},
+    }
+    payload.update(await request.supervisor.hooks.info(container))
+    return payload
+
+
+async def list_(request: Request, *args: Any) -> list[str]:
+    a = Args("list", list(args), ("FILTER",))
+    wanted = a._get(0, False) or {}
+    if not isinstance(wanted, dict) or not all(isinstance(v, str) for v in wanted.values()):
+        raise InvalidRequest("list: FILTER must be an object of property strings")
+    return request.supervisor.list(wanted)
+
+
+CORE_COMMANDS: dict[str, Handler] = {
+    "ping": ping,
+    "echo": echo,
+    "create": create,
+    "spawn": spawn,
+    "link": link,
+    "run": run,
+    "stream": stream,
+    "stop": stop,
+    "destroy": destroy,
+    "info": info,
+    "list": list_,
+}

@@ -1,0 +1,369 @@
+"""The Container: its state machine, its lifetime task, its jobs and references.
+
+Each container lives in one trio task (:meth:`Container.run`) that enters the
+plugins' resources in an exit stack, serves until destroy is requested (or the
+grace timer fires), then unwinds the stack. Keeping acquisition and release in
+one task is what lets plugins hold nurseries and cancel scopes in their
+context managers.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from supervisor.errors import InvalidState, UnknownJob
+from supervisor.events import Event, JobExited, OutOfMemory, SandboxExited, StateChanged
+from supervisor.jobs import Job
+from supervisor.sandbox import JobRequest, LaunchPlan, Sandbox
+
+if TYPE_CHECKING:
+    from supervisor.registry import Supervisor
+
+
+class State(enum.StrEnum):
+    """Lifecycle states of a container (see docs/protocol.md)."""
+
+    BORN = "born"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+    DESTROYED = "destroyed"
+
+
+#: The only legal state changes.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.BORN: frozenset({State.ACTIVE, State.DESTROYED}),
+    State.ACTIVE: frozenset({State.STOPPED}),
+    State.STOPPED: frozenset({State.DESTROYED}),
+    State.DESTROYED: frozenset(),
+}
+
+#: The states in which each container operation is allowed.
+ALLOWED: dict[str, frozenset[State]] = {
+    "spawn": frozenset({State.ACTIVE}),
+    "link": frozenset({State.ACTIVE, State.STOPPED}),
+    "stream": frozenset({State.ACTIVE, State.STOPPED}),
+    "stop": frozenset({State.ACTIVE, State.STOPPED}),
+    "destroy": frozenset({State.ACTIVE, State.STOPPED}),
+    "info": frozenset({State.BORN, State.ACTIVE, State.STOPPED}),
+    "use": frozenset({State.ACTIVE, State.STOPPED}),
+}
+
+#: How often a quiet job's output size is checked against the cap, at most.
+OUTPUT_CHECK_MAX = 2.0
+OUTPUT_CHECK_MIN = 0.05
+#: How often a stopping container is asked whether processes are left.
+STOP_POLL = 0.02
+
+
+class Container:
+    """One container; the object plugins receive in every container hook."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        handle: str,
+        options: dict[str, Any],
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        self.supervisor = supervisor
+        self.handle = handle
+        #: The normalized ``create`` CONFIG (core keys and plugin keys).
+        self.options = options
+        #: Depot directory of this container.
+        self.path: Path = supervisor.depot.path(handle)
+        self.log = structlog.get_logger().bind(handle=handle)
+        self.sandbox: Sandbox | None = None
+        self.jobs: dict[int, Job] = {}
+        record = record or {}
+        self.state = State(record.get("state", State.BORN))
+        self.events: list[str] = list(record.get("events", []))
+        self.next_job_id: int = record.get("next_job_id", 1)
+        self._plugin_state: dict[str, dict[str, Any]] = record.get("plugins", {})
+        self._refs = 0
+        self._grace_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._destroy_requested = trio.Event()
+        self.finished = trio.Event()
+        #: True once the container's resources are all acquired (create succeeded).
+        self.ready = False
+        #: True when the daemon shuts down: plugins then release only what the
+        #: daemon process holds and leave the container running for the next daemon.
+        self.detaching = False
+        self._stopping = trio.Lock()
+
+    # -- plugin-facing API ---------------------------------------------------
+
+    def plugin_state(self, plugin: str) -> dict[str, Any]:
+        """The persisted scratch space of *plugin* for this container (call :meth:`save` after changing it)."""
+        return self._plugin_state.setdefault(plugin, {})
+
+    def save(self) -> None:
+        """Write the container's record to the depot, atomically."""
+        self.supervisor.depot.save(self.handle, self.to_record())
+
+    async def publish(self, event: Event) -> None:
+        """Put an event about this container on the bus."""
+        await self.supervisor.bus.publish(event)
+
+    @property
+    def grace_time(self) -> float | None:
+        return self.options.get("grace_time", self.supervisor.config.containers.grace_time)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "handle": self.handle,
+            "state": str(self.state),
+            "options": self.options,
+            "events": self.events,
+            "next_job_id": self.next_job_id,
+            "plugins": self._plugin_state,
+        }
+
+    # -- state machine -------------------------------------------------------
+
+    def require(self, operation: str) -> None:
+        """Raise InvalidState unless *operation* is allowed in the current state."""
+        if self.state not in ALLOWED[operation]:
+            raise InvalidState(f"container {self.handle}: cannot {operation} while {self.state}")
+
+    async def _move(self, new: State) -> None:
+        old = self.state
+        if new not in TRANSITIONS[old]:
+            raise InvalidState(f"container {self.handle}: cannot go from {old} to {new}")
+        self.state = new
+        if new is not State.DESTROYED:
+            self.save()
+        self.log.info("state changed", old=str(old), new=str(new))
+        await self.publish(StateChanged(self.handle, str(old), str(new)))
+
+    # -- lifetime ------------------------------------------------------------
+
+    async def run(
+        self, restoring: bool, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Acquire the resources, report ready, serve until destroyed, then release them."""
+        hooks = self.supervisor.hooks
+        try:
+            async with (
+                self.supervisor.bus.subscribe(self.handle) as events,
+                AsyncExitStack() as stack,
+            ):
+                plan = LaunchPlan(root_dir=self.path / "rootfs")
+                for resource in hooks.prepare(self, plan, restoring):
+                    await stack.enter_async_context(resource)
+                    self.save()
+                self.sandbox = await stack.enter_async_context(hooks.launch(self, plan, restoring))
+                self.save()
+                for resource in hooks.attach(self, restoring):
+                    await stack.enter_async_context(resource)
+                    self.save()
+                if restoring:
+                    await self._restore_jobs()
+                elif self.state is State.BORN:
+                    await self._move(State.ACTIVE)
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._consume, events)
+                    for job in self.jobs.values():
+                        if not job.exited.is_set():
+                            nursery.start_soon(self._guard_output, job)
+                    if restoring and self.sandbox is not None and not self.sandbox.alive:
+                        await self._sandbox_gone()
+                    self.ready = True
+                    task_status.started()
+                    if self._refs == 0:
+                        self._start_grace_timer()
+                    await self._destroy_requested.wait()
+                    if not self.detaching:
+                        await self.stop(kill=True)
+                    nursery.cancel_scope.cancel()
+                self.sandbox = None
+                self._nursery = None
+        finally:
+            for job in self.jobs.values():
+                job.finish(None)
+            self.finished.set()
+
+    def request_destroy(self) -> None:
+        """Ask the lifetime task to release everything; see :meth:`run`."""
+        self._destroy_requested.set()
+
+    async def _consume(self, events: trio.MemoryReceiveChannel[Event]) -> None:
+        async for event in events:
+            if isinstance(event, JobExited):
+                job = self.jobs.get(event.job_id)
+                if job is not None:
+                    job.finish(event.status)
+            elif isinstance(event, OutOfMemory):
+                await self._record_event("out of memory")
+                if self.state is State.ACTIVE and self._nursery is not None:
+                    self._nursery.start_soon(self.stop, True)
+            elif isinstance(event, SandboxExited):
+                await self._sandbox_gone()
+
+    async def _sandbox_gone(self) -> None:
+        await self._record_event("container init exited")
+        for job in self.jobs.values():
+            job.finish(job.read_status_file())
+        if self.state is State.ACTIVE:
+            await self._move(State.STOPPED)
+
+    async def _record_event(self, text: str) -> None:
+        if text not in self.events:
+            self.events.append(text)
+            self.save()
+        self.log.warning("container event", event=text)
+
+    # -- references and grace ---------------------------------------------------
+
+    def add_ref(self) -> None:
+        """A connection started referencing this container: cancel the grace timer."""
+        self._refs += 1
+        if self._grace_scope is not None:
+            self._grace_scope.cancel()
+            self._grace_scope = None
+
+    def drop_ref(self) -> None:
+        """A referencing connection closed; the last one starts the grace timer."""
+        self._refs -= 1
+        if self._refs == 0:
+            self._start_grace_timer()
+
+    def _start_grace_timer(self) -> None:
+        grace = self.grace_time
+        if grace is None or self._nursery is None or self._destroy_requested.is_set():
+            return
+        scope = trio.CancelScope()
+        self._grace_scope = scope
+
+        async def expire() -> None:
+            with scope:
+                await trio.sleep(grace)
+                self.log.info("grace time expired", grace_time=grace)
+                self.request_destroy()
+
+        self._nursery.start_soon(expire)
+
+    # -- jobs ----------------------------------------------------------------
+
+    def _job_dir(self, job_id: int) -> Path:
+        return self.path / "jobs" / str(job_id)
+
+    async def spawn(self, request: JobRequest, discard_output: bool) -> Job:
+        """Start a job; it is recorded before it can exit so no exit is missed."""
+        self.require("spawn")
+        assert self.sandbox is not None and self._nursery is not None
+        job = Job(request.job_id, self._job_dir(request.job_id), discard_output)
+        job.dir.mkdir(mode=0o700)
+        if discard_output:
+            (job.dir / "discard").touch()
+        fds: list[int] = []
+        try:
+            for name in ("stdout", "stderr"):
+                target = os.devnull if discard_output else job.file(name)
+                fds.append(
+                    os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                )
+            fds.append(os.open(job.dir / "status", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self.jobs[job.id] = job
+            await self.sandbox.spawn(request, *fds)
+        except BaseException:
+            self.jobs.pop(job.id, None)
+            job.remove_files()
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if not discard_output:
+            self._nursery.start_soon(self._guard_output, job)
+        return job
+
+    def allocate_job_id(self) -> int:
+        job_id = self.next_job_id
+        self.next_job_id += 1
+        self.save()
+        return job_id
+
+    def job(self, job_id: int) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise UnknownJob(f"container {self.handle}: no job {job_id}") from None
+
+    async def link(self, job: Job) -> tuple[int | None, bytes | None, bytes | None]:
+        """Wait for the job to end and return its result; the job is then forgotten."""
+        result = await job.collect(self.supervisor.config.containers.output_limit)
+        if self.jobs.get(job.id) is job:
+            del self.jobs[job.id]
+            await trio.to_thread.run_sync(job.remove_files)
+        return result
+
+    async def _guard_output(self, job: Job) -> None:
+        """Kill a job whose output passes the cap; check often only while it grows."""
+        limit = self.supervisor.config.containers.output_limit
+        interval = OUTPUT_CHECK_MIN
+        last = 0
+        while not job.exited.is_set():
+            with trio.move_on_after(interval):
+                await job.exited.wait()
+            size = job.output_size()
+            if size > limit:
+                self.log.warning("job output over limit", job_id=job.id, limit=limit)
+                await self._record_event("command exceeded maximum output")
+                if self.sandbox is not None:
+                    await self.sandbox.signal_job(job.id, signal.SIGKILL)
+                return
+            interval = OUTPUT_CHECK_MIN if size != last else min(interval * 2, OUTPUT_CHECK_MAX)
+            last = size
+
+    async def _restore_jobs(self) -> None:
+        """Rebuild the job table from the depot after a restart."""
+        running = (
+            await self.sandbox.running_jobs() if self.sandbox and self.sandbox.alive else set()
+        )
+        for entry in sorted((self.path / "jobs").iterdir()):
+            if not entry.name.isdigit():
+                continue
+            job = Job(int(entry.name), entry, (entry / "discard").exists())
+            self.jobs[job.id] = job
+            if job.id not in running:
+                job.finish(job.read_status_file())
+
+    # -- stop ------------------------------------------------------------------
+
+    def stop_soon(self, kill: bool = False) -> None:
+        """Stop in the background (``stop`` with ``background``)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self.stop, kill)
+
+    async def stop(self, kill: bool = False) -> None:
+        """End every process of the container: TERM, then KILL after the stop timeout."""
+        if self.state is State.BORN:
+            return
+        async with self._stopping:
+            sandbox = self.sandbox
+            if sandbox is not None and sandbox.alive:
+                timeout = 0.0 if kill else self.supervisor.config.containers.stop_timeout
+                if not kill and await sandbox.signal_all(signal.SIGTERM):
+                    with trio.move_on_after(timeout):
+                        while await sandbox.signal_all(0):
+                            await trio.sleep(STOP_POLL)
+                while sandbox.alive and await sandbox.signal_all(signal.SIGKILL):
+                    await trio.sleep(STOP_POLL)
+                # Leaders are reaped by now; give their exit reports a moment to arrive.
+                with trio.move_on_after(1.0):
+                    for job in list(self.jobs.values()):
+                        await job.exited.wait()
+            for job in self.jobs.values():
+                if not job.exited.is_set():
+                    job.finish(job.read_status_file())
+            if self.state is State.ACTIVE:
+                await self._move(State.STOPPED)

@@ -1,0 +1,112 @@
+"""``corrald``: load the config and plugins, restore the depot, serve the socket.
+
+SIGTERM and SIGINT stop the daemon cleanly: the socket closes, and containers
+are detached, not destroyed; the next daemon re-adopts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+import trio
+
+from supervisor import config as config_module
+from supervisor import logs
+from supervisor.depot import Depot
+from supervisor.plugins import Hooks, make_plugin_manager
+from supervisor.registry import Supervisor
+from supervisor.server import AlreadyServing, Server, open_listener
+
+log = structlog.get_logger()
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def become_subreaper() -> None:
+    """Adopt the containers' init processes when their launcher exits, so we can reap them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def lock_depot(depot: Depot) -> int:
+    """Hold an exclusive lock on the depot for the daemon's life: one daemon per depot."""
+    fd = os.open(depot.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyServing(f"another corrald is using the depot {depot.root}") from None
+    return fd
+
+
+async def serve(config: config_module.Config, hooks: Hooks) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    depot = Depot(config.daemon.depot)
+    depot.open()
+    lock_depot(depot)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        supervisor = Supervisor(config, hooks, depot)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            listener = await open_listener(config.daemon.socket, config.daemon.socket_group)
+            server = Server(supervisor, hooks.commands())
+            server_scope = trio.CancelScope()
+
+            async def serve_clients() -> None:
+                with server_scope:
+                    await server.serve(listener)
+
+            nursery.start_soon(serve_clients)
+            log.info(
+                "corrald ready",
+                socket=str(config.daemon.socket),
+                containers=len(supervisor.containers),
+                plugins=hooks.plugin_names(),
+            )
+            async for signum in signals:
+                log.info("shutting down", signal=signal.Signals(signum).name)
+                break
+            server_scope.cancel()
+            await listener.aclose()
+            config.daemon.socket.unlink(missing_ok=True)
+            await supervisor.detach_all()
+            await hooks.shutdown()
+            nursery.cancel_scope.cancel()
+    log.info("corrald stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="corrald", description="The Corral container supervisor daemon."
+    )
+    parser.add_argument(
+        "-c", "--config", type=Path, help=f"config file (default {config_module.DEFAULT_PATH})"
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = config_module.load(args.config)
+    except config_module.ConfigError as exc:
+        print(f"corrald: config: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.daemon.log_level, json=True)
+    try:
+        hooks = Hooks(make_plugin_manager(config))
+        hooks.configure(config)
+        become_subreaper()
+        trio.run(serve, config, hooks)
+    except (config_module.ConfigError, AlreadyServing) as exc:
+        log.error("corrald cannot start", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Job records: output files, exit status, ``link`` and ``stream``.
+
+A job's stdout and stderr go straight from the job to files in the depot
+(``jobs/ID/stdout``, ``jobs/ID/stderr``); the container's init writes the exit
+status to ``jobs/ID/status``. The daemon holds none of them open while the job
+runs, so a job outlives its spawning connection and the daemon itself, and a
+job writing while nobody reads costs the daemon nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+STREAMS = ("stdout", "stderr")
+STREAM_CHUNK = 256 * 1024
+#: How often a streaming reader looks for new output while the job is quiet.
+STREAM_POLL = 0.02
+
+
+def encode_output(data: bytes, encoding: str) -> str:
+    """Bytes as a JSON string: UTF-8 (undecodable bytes kept as surrogates) or base64."""
+    if encoding == "base64":
+        return base64.b64encode(data).decode("ascii")
+    return data.decode("utf-8", "surrogateescape")
+
+
+@dataclass
+class Job:
+    """One job of a container."""
+
+    id: int
+    dir: Path
+    discard_output: bool = False
+    status: int | None = None
+    exited: trio.Event = field(default_factory=trio.Event)
+    #: (exit_status, stdout, stderr) once read by the first ``link``.
+    result: tuple[int | None, bytes | None, bytes | None] | None = None
+    _collecting: trio.Lock = field(default_factory=trio.Lock)
+
+    def file(self, stream: str) -> Path:
+        return self.dir / stream
+
+    def finish(self, status: int | None) -> None:
+        """Record the exit (once; later reports are ignored)."""
+        if not self.exited.is_set():
+            self.status = status
+            self.exited.set()
+
+    def output_size(self) -> int:
+        """Bytes written so far to the larger of the two streams."""
+        sizes = [0]
+        for stream in STREAMS:
+            try:
+                sizes.append(os.stat(self.file(stream)).st_size)
+            except FileNotFoundError:
+                pass
+        return max(sizes)
+
+    def read_status_file(self) -> int | None:
+        """The status the init wrote, or None if it wrote none."""
+        try:
+            text = (self.dir / "status").read_text().strip()
+            return int(text) if text else None
+        except (OSError, ValueError):
+            return None
+
+    async def collect(self, limit: int) -> tuple[int | None, bytes | None, bytes | None]:
+        """Wait for the exit, then read (once) the status and up to *limit* bytes per stream."""
+        await self.exited.wait()
+        async with self._collecting:
+            if self.result is None:
+                if self.discard_output:
+                    self.result = (self.status, None, None)
+                else:
+                    out, err = await trio.to_thread.run_sync(self._read_outputs, limit)
+                    self.result = (self.status, out, err)
+        return self.result
+
+    def _read_outputs(self, limit: int) -> tuple[bytes | None, bytes | None]:
+        def read(stream: str) -> bytes | None:
+            try:
+                with open(self.file(stream), "rb") as f:
+                    return f.read(limit)
+            except FileNotFoundError:
+                return None
+
+        return read("stdout"), read("stderr")
+
+    async def stream(self, limit: int) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield ``(stream, chunk)`` from the first byte, as produced, until exit and drained."""
+        if self.discard_output:
+            await self.exited.wait()
+            return
+        offsets = dict.fromkeys(STREAMS, 0)
+        files: dict[str, int] = {}
+        try:
+            while True:
+                finished = self.exited.is_set()
+                progressed = False
+                for stream in STREAMS:
+                    if stream not in files:
+                        try:
+                            files[stream] = os.open(self.file(stream), os.O_RDONLY | os.O_CLOEXEC)
+                        except FileNotFoundError:
+                            continue
+                    want = min(STREAM_CHUNK, limit - offsets[stream])
+                    if want <= 0:
+                        continue
+                    chunk = os.pread(files[stream], want, offsets[stream])
+                    if chunk:
+                        offsets[stream] += len(chunk)
+                        progressed = True
+                        yield stream, chunk
+                if progressed:
+                    continue
+                if finished:
+                    return
+                with trio.move_on_after(STREAM_POLL):
+                    await self.exited.wait()
+        finally:
+            for fd in files.values():
+                os.close(fd)
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

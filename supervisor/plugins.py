@@ -1,0 +1,128 @@
+"""The plugin manager and a typed facade over ``pm.hook``.
+
+Built-in plugins are imported by module name (the core does not import them
+statically) and registered before third-party ones from the entry-point group
+``corral``; blocked names are never registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from supervisor import hookspecs
+
+if TYPE_CHECKING:
+    from supervisor.commands import Handler
+    from supervisor.config import Config
+    from supervisor.container import Container
+    from supervisor.sandbox import LaunchPlan, Sandbox
+
+#: Built-in plugins, by name, in registration (and so call) order.
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("fs", "plugins.fs"),
+    ("cgroups", "plugins.cgroups"),
+    ("isolation", "plugins.isolation"),
+    ("net", "plugins.net"),
+)
+
+BLOCK_ENV = "CORRAL_BLOCK_PLUGINS"
+
+
+def blocked_names(config: Config) -> set[str]:
+    """Names blocked by the config or by ``CORRAL_BLOCK_PLUGINS``."""
+    from_env = {name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",")}
+    return (set(config.plugins.block) | from_env) - {""}
+
+
+def make_plugin_manager(config: Config) -> pluggy.PluginManager:
+    """Register the built-in plugins, then the entry-point ones, minus blocked names."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in blocked_names(config):
+        pm.set_blocked(name)
+    for name, module in BUILTIN_PLUGINS:
+        if not pm.is_blocked(name):
+            pm.register(importlib.import_module(module), name=name)
+    pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    return pm
+
+
+async def _resolve(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class Hooks:
+    """Named, typed calls of the hooks; results come in registration order."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._hook = pm.hook
+
+    def plugin_names(self) -> list[str]:
+        """Registered plugin names, in registration order."""
+        return [name for name, _ in self.pm.list_name_plugin()]
+
+    def _call(self, name: str, **kwargs: Any) -> list[Any]:
+        # pluggy calls the last registered first; reverse to registration order.
+        results = getattr(self._hook, name)(**kwargs)
+        return [r for r in reversed(results) if r is not None]
+
+    def configure(self, config: Config) -> None:
+        self._call("corral_configure", config=config)
+
+    async def startup(self, live_handles: frozenset[str]) -> None:
+        for result in self._call("corral_startup", live_handles=live_handles):
+            await _resolve(result)
+
+    async def shutdown(self) -> None:
+        for result in self._call("corral_shutdown"):
+            await _resolve(result)
+
+    def create_options(self) -> dict[str, Callable[[Any], Any]]:
+        options: dict[str, Callable[[Any], Any]] = {}
+        for mapping in self._call("corral_create_options"):
+            options.update(mapping)
+        return options
+
+    def prepare(
+        self, container: Container, plan: LaunchPlan, restoring: bool
+    ) -> list[AbstractAsyncContextManager[None]]:
+        return self._call(
+            "corral_container_prepare", container=container, plan=plan, restoring=restoring
+        )
+
+    def launch(
+        self, container: Container, plan: LaunchPlan, restoring: bool
+    ) -> AbstractAsyncContextManager[Sandbox]:
+        launchers = self._call(
+            "corral_container_launch", container=container, plan=plan, restoring=restoring
+        )
+        if len(launchers) != 1:
+            raise RuntimeError(
+                f"exactly one plugin must implement corral_container_launch, found {len(launchers)}"
+            )
+        return launchers[0]
+
+    def attach(
+        self, container: Container, restoring: bool
+    ) -> list[AbstractAsyncContextManager[None]]:
+        return self._call("corral_container_attach", container=container, restoring=restoring)
+
+    async def info(self, container: Container) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for result in self._call("corral_container_info", container=container):
+            merged.update(await _resolve(result))
+        return merged
+
+    def commands(self) -> dict[str, Handler]:
+        handlers: dict[str, Handler] = {}
+        for mapping in self._call("corral_commands"):
+            handlers.update(mapping)
+        return handlers

@@ -1,0 +1,121 @@
+"""Wire format: one JSON array per request line, one JSON object per reply line.
+
+See docs/protocol.md for the contract. Replies are encoded with ``ensure_ascii``
+so that output bytes carried as surrogates (see :func:`supervisor.jobs.encode_output`)
+always travel as valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from supervisor.errors import InvalidRequest, ProtocolViolation
+
+
+def decode_request(line: bytes) -> tuple[str, list[Any]]:
+    """Split a request line into command name and arguments.
+
+    Raises:
+        ProtocolViolation: the line is not UTF-8 or not JSON (the connection closes).
+        InvalidRequest: the JSON is not an array starting with a command name.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation(f"request is not valid UTF-8 at byte {exc.start}") from exc
+    try:
+        request = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolViolation(f"request is not valid JSON: {exc}") from exc
+    if not isinstance(request, list) or not request:
+        raise InvalidRequest("request must be a non-empty JSON array: [COMMAND, ARGS...]")
+    name, *args = request
+    if not isinstance(name, str):
+        raise InvalidRequest(f"command name must be a string, got {json.dumps(name)}")
+    return name, args
+
+
+def _line(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def encode_reply(payload: Any) -> bytes:
+    """A success reply line."""
+    return _line({"type": "object", "payload": payload})
+
+
+def encode_error(code: str, message: str) -> bytes:
+    """An error reply line."""
+    return _line({"type": "error", "payload": {"code": code, "message": message}})
+
+
+def encode_stream_line(payload: Any) -> bytes:
+    """One intermediate ``stream`` line (a bare JSON array)."""
+    return _line(payload)
+
+
+# -- argument checking ---------------------------------------------------------
+
+
+class Args:
+    """Positional arguments of one request, checked one by one with clear messages."""
+
+    def __init__(self, command: str, args: list[Any], names: tuple[str, ...]) -> None:
+        if len(args) > len(names):
+            raise InvalidRequest(
+                f"{command}: takes at most {len(names)} arguments ({', '.join(names)}), got {len(args)}"
+            )
+        self.command = command
+        self._args = args
+        self._names = names
+
+    def _get(self, index: int, required: bool) -> Any:
+        if index < len(self._args):
+            return self._args[index]
+        if required:
+            raise InvalidRequest(f"{self.command}: missing argument {self._names[index]}")
+        return None
+
+    def string(self, index: int, required: bool = True) -> Any:
+        value = self._get(index, required)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(
+                f"{self.command}: {self._names[index]} must be a string, got {json.dumps(value)}"
+            )
+        return value
+
+    def integer(self, index: int) -> int:
+        value = self._get(index, True)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidRequest(
+                f"{self.command}: {self._names[index]} must be an integer, got {json.dumps(value)}"
+            )
+        return value
+
+    def options(self, index: int, allowed: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+        """An optional object whose keys must be in *allowed*, with values of those types."""
+        value = self._get(index, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise InvalidRequest(
+                f"{self.command}: {self._names[index]} must be an object, got {json.dumps(value)}"
+            )
+        for key, item in value.items():
+            if key not in allowed:
+                raise InvalidRequest(
+                    f"{self.command}: unknown option {key!r} (known: {', '.join(sorted(allowed))})"
+                )
+            kinds = allowed[key]
+            if not isinstance(item, kinds) or (
+                isinstance(item, bool) and bool not in _as_tuple(kinds)
+            ):
+                raise InvalidRequest(
+                    f"{self.command}: option {key} has the wrong type: {json.dumps(item)}"
+                )
+        return value
+
+
+def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)

@@ -1,0 +1,194 @@
+"""The Supervisor: every container by handle, and create, destroy and recover.
+
+Each container's lifetime task runs in the supervisor's nursery. On shutdown the
+containers are *detached*, not destroyed: plugins close what the daemon process
+holds and leave the kernel resources in place for the next daemon to re-adopt.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+import structlog
+import trio
+
+from supervisor.config import Config
+from supervisor.container import Container, State
+from supervisor.depot import Depot
+from supervisor.errors import InvalidRequest, UnknownHandle
+from supervisor.events import EventBus
+from supervisor.plugins import Hooks
+
+HANDLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+log = structlog.get_logger()
+
+
+def _handle(value: Any) -> str:
+    if not isinstance(value, str) or not HANDLE_RE.match(value):
+        raise InvalidRequest(
+            f"handle: {value!r} is not 1-64 letters, digits, '_', '.' or '-' starting with a letter or digit"
+        )
+    return value
+
+
+def _grace_time(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidRequest(f"grace_time: {value!r} is not a number of seconds >= 0 or null")
+    return float(value)
+
+
+def _string_map(key: str) -> Any:
+    def check(value: Any) -> dict[str, str]:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise InvalidRequest(f"{key}: must be an object of strings")
+        return value
+
+    return check
+
+
+def parse_env(value: Any, where: str) -> list[list[str]]:
+    """``{"K": "V"}`` or ``["K=V", ...]`` as ``[[K, V], ...]``."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [tuple(v.split("=", 1)) if "=" in v else (v, "") for v in value]
+    else:
+        raise InvalidRequest(f"{where}: must be an object of strings or a list of 'NAME=VALUE'")
+    env = []
+    for name, val in items:
+        if not isinstance(name, str) or not isinstance(val, str):
+            raise InvalidRequest(f"{where}: {name!r} must map to a string")
+        if not name or "=" in name or "\0" in name or "\0" in val:
+            raise InvalidRequest(f"{where}: {name!r} is not a valid variable name")
+        env.append([name, val])
+    return env
+
+
+CORE_CREATE_OPTIONS = {
+    "handle": _handle,
+    "grace_time": _grace_time,
+    "properties": _string_map("properties"),
+    "env": lambda value: parse_env(value, "env"),
+}
+
+
+class Supervisor:
+    """Owner of all containers of this daemon."""
+
+    def __init__(self, config: Config, hooks: Hooks, depot: Depot) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.depot = depot
+        self.bus = EventBus()
+        self.containers: dict[str, Container] = {}
+        self.create_options = {**hooks.create_options(), **CORE_CREATE_OPTIONS}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the containers' tasks: recover the depot, then serve until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._recover()
+            await self.hooks.startup(frozenset(self.containers))
+            task_status.started()
+            await trio.sleep_forever()
+
+    def get(self, handle: Any) -> Container:
+        """The live container *handle*, or UnknownHandle."""
+        container = self.containers.get(handle) if isinstance(handle, str) else None
+        if container is None or container.state in (State.BORN, State.DESTROYED):
+            raise UnknownHandle(f"unknown handle {handle!r}")
+        return container
+
+    def validate(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Check the create CONFIG; every key must be claimed by the core or a plugin."""
+        options = {}
+        for key, value in raw.items():
+            check = self.create_options.get(key)
+            if check is None:
+                raise InvalidRequest(
+                    f"create: unknown option {key!r} (known: {', '.join(sorted(self.create_options))})"
+                )
+            options[key] = check(value)
+        return options
+
+    async def create(self, raw: dict[str, Any]) -> Container:
+        """Build a container; on any failure everything acquired is released."""
+        options = self.validate(raw)
+        handle = options.get("handle") or secrets.token_hex(6)
+        if handle in self.containers:
+            raise InvalidRequest(f"handle {handle!r} is already taken")
+        options["handle"] = handle
+        self.depot.create(handle)
+        container = Container(self, handle, options)
+        self.containers[handle] = container
+        container.save()  # a record in state "born" marks a half-made container after a crash
+        assert self._nursery is not None
+        await self._nursery.start(self._live, container, False)
+        return container
+
+    async def destroy(self, container: Container) -> None:
+        """Stop the container and release everything it holds."""
+        container.request_destroy()
+        await container.finished.wait()
+
+    async def detach_all(self) -> None:
+        """Let every container's task end without releasing kernel resources."""
+        for container in list(self.containers.values()):
+            container.detaching = True
+            container.request_destroy()
+        for container in list(self.containers.values()):
+            await container.finished.wait()
+
+    def list(self, properties: dict[str, str] | None = None) -> list[str]:
+        """Handles of the live containers whose properties include *properties*."""
+        wanted = (properties or {}).items()
+        return [
+            handle
+            for handle, c in self.containers.items()
+            if c.state in (State.ACTIVE, State.STOPPED)
+            and wanted <= c.options.get("properties", {}).items()
+        ]
+
+    async def _live(
+        self, container: Container, restoring: bool, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        try:
+            await container.run(restoring, task_status=task_status)
+        except Exception:
+            if not container.ready:
+                raise  # create fails with this error; everything was rolled back
+            container.log.exception("container task failed; releasing what could be released")
+        finally:
+            self.containers.pop(container.handle, None)
+            if not container.detaching:
+                container.state = State.DESTROYED
+                self.depot.remove(container.handle)
+                container.log.info("container destroyed")
+
+    async def _recover(self) -> None:
+        """Re-adopt the containers in the depot; release the half-created ones."""
+        assert self._nursery is not None
+        for handle, record in self.depot.records():
+            if record is None or not HANDLE_RE.match(handle):
+                log.warning("depot entry without a record removed", handle=handle)
+                self.depot.remove(handle)
+                continue
+            container = Container(self, handle, record.get("options", {}), record)
+            self.containers[handle] = container
+            if container.state is State.BORN:
+                container.log.warning("half-created container found; releasing it")
+                container.request_destroy()
+            try:
+                await self._nursery.start(self._live, container, True)
+            except Exception:
+                container.log.exception("container could not be restored; released")
+            else:
+                container.log.info("container restored", state=str(container.state))

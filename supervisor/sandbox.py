@@ -1,0 +1,91 @@
+"""Types shared between the core and the plugins that build a container.
+
+A container is built in three phases (see :mod:`supervisor.hookspecs`):
+*prepare* plugins fill a :class:`LaunchPlan` (root filesystem, mounts, cgroups);
+the one *launch* plugin turns the plan into a running :class:`Sandbox` (the
+container's init); *attach* plugins then work on the running sandbox (e.g. move
+a network device into it). The core carries these objects but never looks
+inside a mount or a cgroup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount to make inside the container before its first process runs.
+
+    ``target`` is a path inside the container (``/`` is the root itself) and is
+    always resolved inside the container root. ``source`` of a bind mount is a
+    host path. ``flags`` are words such as ``bind``, ``rec``, ``ro``, ``nosuid``,
+    ``nodev``, ``noexec``, ``mkdir``, ``mkfile``, ``optional``.
+    """
+
+    fstype: str
+    source: str
+    target: str
+    flags: tuple[str, ...] = ()
+    data: str | None = None
+
+
+@dataclass
+class LaunchPlan:
+    """What the sandbox must set up before the container's first process runs."""
+
+    #: Host directory that becomes the container's ``/``.
+    root_dir: Path
+    #: The mount that makes the root filesystem (e.g. an overlay on ``root_dir``).
+    root_mount: Mount | None = None
+    #: Further mounts (bind mounts...), made in order after the system mounts.
+    mounts: list[Mount] = field(default_factory=list)
+    #: cgroup membership files (``cgroup.procs``) the init joins before it runs.
+    cgroup_procs: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A job to start in a sandbox: ``argv`` run with the given identity and setup."""
+
+    job_id: int
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    dir: str | None = None
+    user: str | None = None
+    privileged: bool = False
+    rlimits: tuple[tuple[str, int | None, int | None], ...] = ()
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """A running container init, as the launch plugin yields it.
+
+    Job exits are announced as :class:`supervisor.events.JobExited` on the bus.
+    """
+
+    #: Host pid of the container's init.
+    pid: int
+
+    @property
+    def alive(self) -> bool:
+        """Whether the init still runs."""
+
+    async def spawn(self, request: JobRequest, stdout: int, stderr: int, status: int) -> None:
+        """Start a job whose output goes to the given fds; *status* receives its exit status.
+
+        Raises:
+            InvalidRequest: the job could not be set up (unknown user, bad dir...).
+            InvalidState: the init is gone.
+        """
+
+    async def signal_job(self, job_id: int, signum: int) -> None:
+        """Send *signum* to the job's process group (nothing if it already ended)."""
+
+    async def signal_all(self, signum: int) -> bool:
+        """Send *signum* to every process but the init; False when none is left."""
+
+    async def running_jobs(self) -> set[int]:
+        """Ids of the jobs whose leader still runs."""

@@ -1,0 +1,183 @@
+"""Fixtures: real daemons on private sockets and depots, started as root.
+
+Each :class:`Daemon` runs ``corrald`` as a subprocess with its own short temp
+directory (the init's socket path must fit in ``sun_path``). The init binary
+and base rootfs are the installed ones (``scripts/install.sh``), or are built
+into a temp dir when missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.client import Client
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALLED_INIT = Path("/usr/local/lib/corral/corral-init")
+INSTALLED_ROOTFS = Path("/var/lib/corral/rootfs/base")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="Corral's tests start real containers and must run as root")
+        for item in items:
+            if "needs_root" in item.keywords or "daemon" in getattr(item, "fixturenames", ()):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(init binary, base rootfs), installed or freshly built."""
+    from plugins.isolation.build import build_init
+
+    work = tmp_path_factory.mktemp("artifacts")
+    init = INSTALLED_INIT if INSTALLED_INIT.exists() else build_init(work / "corral-init")
+    rootfs = Path(os.environ.get("CORRAL_TEST_ROOTFS", INSTALLED_ROOTFS))
+    if not (rootfs / "bin" / "busybox").exists():
+        rootfs = work / "rootfs"
+        subprocess.run(["bash", str(REPO / "scripts" / "build-rootfs.sh"), str(rootfs)], check=True)
+    return init, rootfs
+
+
+class Daemon:
+    """A corrald subprocess with its own config, depot and socket."""
+
+    def __init__(
+        self,
+        init: Path,
+        rootfs: Path,
+        containers: str = "",
+        extra_config: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="crl-", dir="/tmp"))
+        self.socket = self.dir / "corral.sock"
+        self.depot = self.dir / "depot"
+        self.log = self.dir / "corrald.log"
+        self.config = self.dir / "corral.toml"
+        self.config.write_text(
+            f'[daemon]\nsocket = "{self.socket}"\ndepot = "{self.depot}"\nlog_level = "debug"\n'
+            f'[containers]\nrootfs = "{rootfs}"\nstop_timeout = 2\n{containers}\n'
+            f'[isolation]\ninit = "{init}"\n' + extra_config
+        )
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.daemon", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"corrald exited {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
+            try:
+                with self.client() as c:
+                    c.ping()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"corrald did not answer:\n{self.log.read_text()[-3000:]}")
+
+    def client(self, timeout: float | None = 60) -> Client:
+        return Client(self.socket, timeout=timeout)
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def destroy_all(self) -> None:
+        with self.client() as c:
+            for handle in c.list():
+                c.destroy(handle)
+
+    def close(self) -> None:
+        """Destroy what is left, stop the daemon, and remove its directory."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.destroy_all()
+            finally:
+                self.terminate()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def leftovers(daemon: Daemon) -> dict[str, list[str]]:
+    """What of this daemon's containers is still on the host: mounts, processes, depot entries."""
+    mounts = [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if str(daemon.dir) in line
+    ]
+    processes = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if str(daemon.depot).encode() in cmdline and state != "Z":
+                processes.append(f"{entry.name}: {cmdline!r}")
+    depot = (
+        sorted(p.name for p in daemon.depot.iterdir() if not p.name.startswith("."))
+        if daemon.depot.exists()
+        else []
+    )
+    return {"mounts": mounts, "processes": processes, "depot": depot}
+
+
+@pytest.fixture(scope="session")
+def daemon(artifacts: tuple[Path, Path]) -> Iterator[Daemon]:
+    """One daemon shared by the tests that do not restart it."""
+    d = Daemon(*artifacts).start()
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def fresh_daemon(artifacts: tuple[Path, Path]) -> Iterator[Daemon]:
+    """A daemon of the test's own, for tests that kill or restart it."""
+    d = Daemon(*artifacts).start()
+    yield d
+    if d.process is not None and d.process.poll() is not None:
+        d.start()  # a test left it dead: bring it back to destroy what is left
+    d.close()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[Client]:
+    with daemon.client() as c:
+        yield c
+
+
+@pytest.fixture
+def container(client: Client) -> Iterator[str]:
+    handle = client.create()
+    yield handle
+    try:
+        client.destroy(handle)
+    except Exception:
+        pass

@@ -1,0 +1,69 @@
+"""A small third-party plugin: records its hooks in a log file.
+
+Config ``[testplugin]``: ``log`` (file to append to), ``fail_attach`` (raise in
+the attach phase, to test that create rolls back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from supervisor.hookspecs import hookimpl
+
+settings: dict[str, Any] = {}
+
+
+def _note(line: str) -> None:
+    with open(settings["log"], "a") as f:
+        f.write(line + "\n")
+
+
+@hookimpl
+def corral_configure(config: Any) -> None:
+    settings.update(config.section("testplugin"))
+
+
+@hookimpl
+def corral_create_options() -> dict[str, Any]:
+    return {"testplugin_note": str}
+
+
+@hookimpl
+def corral_container_prepare(container: Any, plan: Any, restoring: bool) -> Any:
+    @asynccontextmanager
+    async def resource() -> AsyncIterator[None]:
+        _note(f"acquire {container.handle} restoring={restoring}")
+        try:
+            yield
+        finally:
+            _note(f"release {container.handle} detaching={container.detaching}")
+
+    return resource()
+
+
+@hookimpl
+def corral_container_attach(container: Any, restoring: bool) -> Any:
+    @asynccontextmanager
+    async def attached() -> AsyncIterator[None]:
+        if settings.get("fail_attach"):
+            raise RuntimeError("testplugin refuses to attach")
+        _note(f"attach {container.handle} pid={container.sandbox.pid}")
+        yield
+
+    return attached()
+
+
+@hookimpl
+def corral_container_info(container: Any) -> dict[str, Any]:
+    return {"testplugin": container.options.get("testplugin_note", "present")}
+
+
+async def _hello(request: Any, *args: Any) -> str:
+    return f"hello {' '.join(map(str, args))}".strip()
+
+
+@hookimpl
+def corral_commands() -> dict[str, Any]:
+    return {"testplugin-hello": _hello}

@@ -1,0 +1,255 @@
+"""Black-box tests of containers through the real daemon socket."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from supervisor import errors
+from supervisor.client import Client
+from tests.conftest import Daemon
+
+
+def test_isolated_identity(client: Client, container: str) -> None:
+    status, out, err = client.run(
+        container, "echo $$; hostname; id -u; ls /proc | grep -c '^[0-9]'"
+    )
+    pid, hostname, uid, nprocs = out.split()
+    assert status == 0, err
+    assert int(pid) < 10  # its own pid namespace: the init is 1, the job a low pid
+    assert hostname == container
+    assert uid == "10000"  # the unprivileged `corral` account
+    assert int(nprocs) <= 4  # init, the shell, grep, ls: no host process
+
+
+def test_privileged_runs_as_root_without_mount_rights(client: Client, container: str) -> None:
+    status, out, _ = client.run(container, "id -u", privileged=True)
+    assert (status, out.strip()) == (0, "0")
+    status, _, err = client.run(
+        container, "mkdir -p /mnt/x && mount -t tmpfs x /mnt/x", privileged=True
+    )
+    assert status != 0, "a privileged job must not be able to mount"
+
+
+def test_unprivileged_has_no_capabilities(client: Client, container: str) -> None:
+    _, out, _ = client.run(container, "grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status")
+    assert all(line.split()[1] == "0000000000000000" for line in out.splitlines()), out
+
+
+def test_host_invisible(client: Client, container: str) -> None:
+    # processes: only the container's own are in /proc
+    _, out, _ = client.run(container, "cat /proc/[0-9]*/comm")
+    assert "corrald" not in out and "python" not in out
+    assert "corral-init" in out or "init" in out
+    # network: only loopback, and it is up
+    _, out, _ = client.run(container, "cat /proc/net/dev | tail -n +3 | cut -d: -f1")
+    assert [name.strip() for name in out.split()] == ["lo"]
+    _, out, _ = client.run(container, "cat /sys/class/net/lo/operstate /sys/class/net/lo/flags")
+    assert int(out.split()[-1], 16) & 1  # IFF_UP
+    # mounts: the container's mounts are not the host's, and the host's are not the container's
+    _, out, _ = client.run(container, "cat /proc/self/mountinfo")
+    host_mounts = Path("/proc/self/mountinfo").read_text()
+    assert container not in host_mounts
+    assert "/work" not in out and "/sys/fs/cgroup" not in out
+
+
+def test_root_is_a_private_overlay(client: Client, daemon: Daemon) -> None:
+    a, b = client.create(), client.create()
+    try:
+        assert client.run(a, "echo from-a > /tmp/file; cat /tmp/file")[1] == "from-a\n"
+        assert client.run(b, "cat /tmp/file")[0] != 0  # b does not see a's writes
+        _, out, _ = client.run(a, "grep ' / / ' /proc/self/mountinfo")
+        assert "overlay" in out
+        _, out, _ = client.run(
+            a, "stat -c %a /tmp; ls /dev; test -w /sys/kernel && echo w || echo ro"
+        )
+        mode, *devices, sysfs = out.split()
+        assert mode == "1777"
+        assert {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm"} <= set(
+            devices
+        )
+        assert sysfs == "ro"
+    finally:
+        client.destroy(a)
+        client.destroy(b)
+
+
+def test_spawn_then_link_on_another_connection(daemon: Daemon) -> None:
+    with daemon.client() as first:
+        handle = first.create({"grace_time": 30})
+        job = first.spawn(handle, "sleep 0.5; echo out; echo err >&2; exit 7")
+    with daemon.client() as second:
+        assert second.link(handle, job) == [7, "out\n", "err\n"]
+        with pytest.raises(errors.UnknownJob):
+            second.link(handle, job)
+        second.destroy(handle)
+
+
+def test_two_links_both_get_the_result(daemon: Daemon, container: str) -> None:
+    with daemon.client() as a, daemon.client() as b, daemon.client() as c:
+        job = a.spawn(container, "sleep 0.5; echo done")
+        import threading
+
+        results: list[object] = []
+        waiter = threading.Thread(target=lambda: results.append(b.link(container, job)))
+        waiter.start()
+        results.append(c.link(container, job))
+        waiter.join()
+        assert results == [[0, "done\n", ""], [0, "done\n", ""]]
+
+
+def test_stream_delivers_output_while_running(
+    client: Client, container: str, daemon: Daemon
+) -> None:
+    job = client.spawn(container, "echo first; sleep 1.5; echo second >&2")
+    started = time.monotonic()
+    seen = []
+    with daemon.client() as streamer:
+        for name, chunk in streamer.stream(container, job):
+            seen.append((name, chunk, time.monotonic() - started))
+    assert [(n, c) for n, c, _ in seen] == [("stdout", "first\n"), ("stderr", "second\n")]
+    assert seen[0][2] < seen[1][2]  # the first chunk came before the job wrote the second
+    assert client.link(container, job) == [0, "first\n", "second\n"]
+
+
+def test_output_bytes_survive_base64(client: Client, container: str) -> None:
+    status, out, _ = client.run(container, r"printf '\377\000\001abc'", encoding="base64")
+    assert base64.b64decode(out) == b"\xff\x00\x01abc"
+    status, out, _ = client.run(container, r"printf '\377abc'")
+    assert out.encode("utf-8", "surrogateescape") == b"\xffabc"
+
+
+def test_job_options(client: Client, container: str) -> None:
+    status, out, _ = client.run(
+        container,
+        "pwd; echo $FOO; id -un; ulimit -n",
+        dir="/tmp",
+        env={"FOO": "bar"},
+        rlimits={"nofile": 123},
+        user="nobody",
+    )
+    assert (status, out.split()) == (0, ["/tmp", "bar", "nobody", "123"])
+    with pytest.raises(errors.InvalidRequest, match="nosuchuser"):
+        client.run(container, "true", user="nosuchuser")
+    with pytest.raises(errors.InvalidRequest, match="/nope"):
+        client.run(container, "true", dir="/nope")
+
+
+def test_container_env_and_properties(client: Client) -> None:
+    handle = client.create({"env": {"GREETING": "hi"}, "properties": {"owner": "tests", "k": "v"}})
+    try:
+        assert client.run(handle, "echo $GREETING")[1] == "hi\n"
+        assert client.info(handle)["properties"] == {"owner": "tests", "k": "v"}
+        assert handle in client.list({"owner": "tests"})
+        assert handle not in client.list({"owner": "other"})
+    finally:
+        client.destroy(handle)
+
+
+def test_discarded_output(client: Client, container: str) -> None:
+    assert client.run(container, "echo lost; exit 3", discard_output=True) == [3, None, None]
+
+
+def test_output_cap_kills_the_job(artifacts: tuple[Path, Path]) -> None:
+    d = Daemon(*artifacts, containers="output_limit = 100000").start()
+    try:
+        with d.client() as c:
+            handle = c.create()
+            status, out, _ = c.run(handle, "yes")
+            assert status == 128 + 9
+            assert len(out) == 100000
+            assert "command exceeded maximum output" in c.info(handle)["events"]
+    finally:
+        d.close()
+
+
+def test_custom_handle(client: Client) -> None:
+    handle = client.create({"handle": "my-box.1"})
+    try:
+        assert handle == "my-box.1"
+        with pytest.raises(errors.InvalidRequest, match="already taken"):
+            client.create({"handle": "my-box.1"})
+        assert client.run(handle, "hostname")[1] == "my-box.1\n"
+    finally:
+        client.destroy(handle)
+    with pytest.raises(errors.InvalidRequest, match="handle"):
+        client.create({"handle": "../escape"})
+
+
+def test_stop_and_states(client: Client) -> None:
+    handle = client.create()
+    job = client.spawn(handle, "trap 'exit 42' TERM; while true; do sleep 0.1; done")
+    time.sleep(0.3)
+    assert client.stop(handle) == "ok"
+    info = client.info(handle)
+    assert info["state"] == "stopped"
+    assert client.link(handle, job)[0] == 42  # TERM reached the job, which exited by itself
+    with pytest.raises(errors.InvalidState, match="stopped"):
+        client.spawn(handle, "true")
+    assert client.destroy(handle) == "ok"
+    with pytest.raises(errors.UnknownHandle):
+        client.destroy(handle)
+    with pytest.raises(errors.UnknownHandle):
+        client.info(handle)
+
+
+def test_stop_kills_after_timeout_and_orphans_too(client: Client) -> None:
+    handle = client.create()
+    job = client.spawn(handle, "trap '' TERM; (trap '' TERM; sleep 1000) & sleep 1000")
+    time.sleep(0.3)
+    started = time.monotonic()
+    client.stop(handle)  # stop_timeout is 2 s in the tests' config
+    assert time.monotonic() - started >= 1.5
+    assert client.link(handle, job)[0] == 137
+    client.destroy(handle)
+
+
+def test_stop_with_kill_is_immediate(client: Client) -> None:
+    handle = client.create()
+    job = client.spawn(handle, "trap '' TERM; sleep 1000")
+    time.sleep(0.2)
+    client.stop(handle, kill=True)
+    assert client.link(handle, job)[0] == 137
+    client.destroy(handle)
+
+
+def test_destroy_releases_everything(client: Client, daemon: Daemon) -> None:
+    handle = client.create()
+    pid = int(client.info(handle)["container_path"] and _init_pid(daemon, handle))
+    client.spawn(handle, "sleep 1000")
+    client.destroy(handle)
+    assert (
+        not Path(f"/proc/{pid}").exists()
+        or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    )
+    assert not (daemon.depot / handle).exists()
+    assert handle not in Path("/proc/self/mountinfo").read_text()
+
+
+def _init_pid(daemon: Daemon, handle: str) -> int:
+    import json
+
+    record = json.loads((daemon.depot / handle / "state.json").read_text())
+    return int(record["plugins"]["isolation"]["pid"])
+
+
+def test_info_payload(client: Client, container: str) -> None:
+    client.spawn(container, "sleep 5")
+    info = client.info(container)
+    assert info["state"] == "active"
+    assert info["job_ids"] == [1]
+    assert os.path.isdir(info["container_path"])
+    assert set(info) >= {
+        "state",
+        "events",
+        "host_ip",
+        "container_ip",
+        "container_path",
+        "job_ids",
+        "properties",
+        "limits",
+    }

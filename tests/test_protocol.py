@@ -1,0 +1,111 @@
+"""Bad input gets a clear error, and the daemon keeps serving everyone."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tests.conftest import Daemon
+
+
+def raw(daemon: Daemon, data: bytes) -> list[dict]:
+    """Send raw bytes on a fresh connection; return every reply line until the daemon closes or goes quiet."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(daemon.socket))
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    return [json.loads(line) for line in received.splitlines()]
+
+
+def error(reply: dict) -> tuple[str, str]:
+    assert reply["type"] == "error", reply
+    return reply["payload"]["code"], reply["payload"]["message"]
+
+
+def test_ping_and_echo(daemon: Daemon) -> None:
+    replies = raw(daemon, b'["ping"]\n["echo", {"a": [1, "x"]}]\n')
+    assert [r["payload"] for r in replies] == ["pong", {"a": [1, "x"]}]
+
+
+def test_requests_answered_in_order(daemon: Daemon) -> None:
+    lines = b"".join(json.dumps(["echo", i]).encode() + b"\n" for i in range(100))
+    assert [r["payload"] for r in raw(daemon, lines)] == list(range(100))
+
+
+@pytest.mark.parametrize(
+    "line, code, words",
+    [
+        (b'["nope"]', "unknown_command", "nope"),
+        (b'{"ping": 1}', "invalid_request", "array"),
+        (b"[]", "invalid_request", "array"),
+        (b"[1]", "invalid_request", "command name"),
+        (b'["info", 5]', "invalid_request", "HANDLE must be a string"),
+        (b'["info"]', "invalid_request", "missing argument HANDLE"),
+        (b'["info", "nosuch"]', "unknown_handle", "nosuch"),
+        (b'["link", "nosuch", 1]', "unknown_handle", "nosuch"),
+        (b'["create", {"bogus": 1}]', "invalid_request", "bogus"),
+        (b'["create", {"grace_time": "soon"}]', "invalid_request", "grace_time"),
+        (b'["create", []]', "invalid_request", "CONFIG"),
+        (b'["ping", 1]', "invalid_request", "at most 0"),
+    ],
+)
+def test_bad_requests_keep_the_connection(
+    daemon: Daemon, line: bytes, code: str, words: str
+) -> None:
+    replies = raw(daemon, line + b'\n["ping"]\n')
+    got_code, message = error(replies[0])
+    assert got_code == code and words in message
+    assert replies[1]["payload"] == "pong"  # same connection still served
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [(b"[not json", "not valid JSON"), (b'["echo", "\xff"]', "not valid UTF-8")],
+)
+def test_unreadable_lines_close_the_connection(daemon: Daemon, line: bytes, words: str) -> None:
+    replies = raw(daemon, line + b'\n["ping"]\n')
+    assert len(replies) == 1
+    code, message = error(replies[0])
+    assert code == "invalid_request" and words in message
+
+
+def test_oversize_line_is_refused(daemon: Daemon) -> None:
+    replies = raw(daemon, b'["echo", "' + b"x" * (1 << 20) + b'"]\n["ping"]\n')
+    assert len(replies) == 1
+    code, message = error(replies[0])
+    assert code == "invalid_request" and "longer than" in message
+    with daemon.client() as c:  # and the daemon serves others
+        assert c.ping() == "pong"
+
+
+def test_wrong_option_types(daemon: Daemon, container: str) -> None:
+    for opts, words in [
+        ({"privileged": "yes"}, "privileged"),
+        ({"bogus": True}, "bogus"),
+        ({"rlimits": {"nofiles": 1}}, "nofiles"),
+        ({"dir": "relative"}, "absolute"),
+    ]:
+        line = json.dumps(["spawn", container, "true", opts]).encode() + b"\n"
+        code, message = error(raw(daemon, line)[0])
+        assert code == "invalid_request" and words in message, message
+    code, message = error(raw(daemon, json.dumps(["link", container, "1"]).encode() + b"\n")[0])
+    assert code == "invalid_request" and "JOB_ID must be an integer" in message
+    code, message = error(raw(daemon, json.dumps(["link", container, 999]).encode() + b"\n")[0])
+    assert code == "unknown_job" and "999" in message
+
+
+def test_many_clients_at_once(daemon: Daemon) -> None:
+    clients = [daemon.client() for _ in range(50)]
+    try:
+        for i, c in enumerate(clients):
+            c.sock.sendall(json.dumps(["echo", i]).encode() + b"\n")
+        assert [json.loads(c.file.readline())["payload"] for c in clients] == list(range(50))
+    finally:
+        for c in clients:
+            c.close()

@@ -1,0 +1,94 @@
+"""Restart safety: kill -9 of the daemon loses no container, job or output."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.conftest import Daemon, leftovers
+
+
+def test_kill9_then_restart_keeps_jobs_and_output(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create()
+        sleeper = c.spawn(handle, "echo before; sleep 2; echo after; exit 5")
+        quick = c.spawn(handle, "sleep 0.5; echo quick >&2; exit 3")
+    time.sleep(0.2)
+    d.kill9()
+    time.sleep(1.0)  # `quick` ends while no daemon runs
+    d.start()
+    with d.client() as c:
+        assert handle in c.list()
+        assert c.info(handle)["state"] == "active"
+        assert c.link(handle, quick) == [3, "", "quick\n"]
+        assert c.link(handle, sleeper) == [5, "before\nafter\n", ""]
+        assert c.run(handle, "echo still usable") == [0, "still usable\n", ""]
+        c.destroy(handle)
+    assert leftovers(d) == {"mounts": [], "processes": [], "depot": []}
+
+
+def test_stream_after_restart_has_full_output(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create()
+        job = c.spawn(handle, "echo one; sleep 1; echo two")
+    d.kill9()
+    d.start()
+    with d.client() as c:
+        chunks = "".join(chunk for _, chunk in c.stream(handle, job))
+        assert chunks == "one\ntwo\n"
+        c.destroy(handle)
+
+
+def test_sigterm_detaches_and_next_daemon_adopts(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create()
+        job = c.spawn(handle, "sleep 1; echo survived")
+    assert d.terminate() == 0
+    assert not d.socket.exists()
+    d.start()
+    with d.client() as c:
+        assert c.link(handle, job) == [0, "survived\n", ""]
+        c.destroy(handle)
+
+
+def test_half_created_container_is_cleaned_at_start(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create()
+    d.kill9()
+    # Make it look as if the daemon died in the middle of create.
+    state_file = d.depot / handle / "state.json"
+    record = json.loads(state_file.read_text())
+    record["state"] = "born"
+    state_file.write_text(json.dumps(record))
+    d.start()
+    with d.client() as c:
+        assert handle not in c.list()
+    deadline = time.monotonic() + 5
+    while leftovers(d)["depot"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers(d) == {"mounts": [], "processes": [], "depot": []}
+
+
+def test_container_whose_init_died_is_stopped(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create()
+        job = c.spawn(handle, "sleep 100")
+    pid = json.loads((d.depot / handle / "state.json").read_text())["plugins"]["isolation"]["pid"]
+    d.kill9()
+    import os
+    import signal
+
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    d.start()
+    with d.client() as c:
+        info = c.info(handle)
+        assert info["state"] == "stopped"
+        assert "container init exited" in info["events"]
+        assert c.link(handle, job)[0] is None
+        c.destroy(handle)

@@ -1,0 +1,110 @@
+"""Unit tests of pure logic: config, framing helpers, the launch spec, the state table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plugins.isolation import spec
+from plugins.isolation.sandbox import decode, encode, spawn_message
+from supervisor import config
+from supervisor.container import ALLOWED, TRANSITIONS, State
+from supervisor.errors import InvalidRequest, ProtocolViolation
+from supervisor.protocol import decode_request, encode_error, encode_reply
+from supervisor.sandbox import JobRequest, LaunchPlan, Mount
+
+
+def test_config_defaults_and_overrides() -> None:
+    c = config.parse(
+        '[daemon]\nsocket = "/tmp/x.sock"\n[containers]\ngrace_time = false\n[net]\npool = "10.0.0.0/22"\n'
+    )
+    assert c.daemon.socket == Path("/tmp/x.sock")
+    assert c.daemon.max_line_bytes == 1 << 20
+    assert c.containers.grace_time is None
+    assert c.section("net") == {"pool": "10.0.0.0/22"}
+    assert config.Config().containers.grace_time == 300
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[daemon]\nsockt = '/x'", "sockt: unknown setting"),
+        ("[daemon]\nsocket = 'relative'", "absolute path"),
+        ("[containers]\noutput_limit = -1", "positive integer"),
+        ("[plugins]\nblock = 'net'", "list of plugin names"),
+        ("[daemon", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_setting(text: str, words: str) -> None:
+    with pytest.raises(config.ConfigError, match=words):
+        config.parse(text)
+
+
+def test_decode_request() -> None:
+    assert decode_request(b'["spawn", "h", "echo"]') == ("spawn", ["h", "echo"])
+    with pytest.raises(ProtocolViolation):
+        decode_request(b"\xff")
+    with pytest.raises(ProtocolViolation):
+        decode_request(b"[")
+    with pytest.raises(InvalidRequest):
+        decode_request(b'"ping"')
+
+
+def test_replies_are_ascii_lines() -> None:
+    assert encode_reply("pong") == b'{"type":"object","payload":"pong"}\n'
+    line = encode_reply("\udcff caf\u00e9")  # an undecodable byte carried as a surrogate
+    assert line.isascii() and line.endswith(b"\n")
+    assert (
+        encode_error("unknown_handle", "x")
+        == b'{"type":"error","payload":{"code":"unknown_handle","message":"x"}}\n'
+    )
+
+
+def test_state_table_is_consistent() -> None:
+    assert TRANSITIONS[State.DESTROYED] == frozenset()
+    assert State.ACTIVE not in TRANSITIONS[State.STOPPED]  # a stopped container never runs again
+    assert ALLOWED["spawn"] == {State.ACTIVE}
+
+
+def test_spec_orders_root_system_then_user_mounts() -> None:
+    plan = LaunchPlan(
+        root_dir=Path("/d/rootfs"),
+        root_mount=Mount("overlay", "overlay", "/", (), "lowerdir=/b,upperdir=/u,workdir=/w"),
+        mounts=[Mount("none", "/host/data", "/data", ("bind", "ro"))],
+        cgroup_procs=[Path("/sys/fs/cgroup/pids/corral/h/cgroup.procs")],
+    )
+    lines = spec.render(plan, "h", Path("/d/init.sock")).splitlines()
+    assert lines[0] == "cgroup\t/sys/fs/cgroup/pids/corral/h/cgroup.procs"
+    assert lines[1] == "root\t/d/rootfs"
+    assert lines[2].startswith("mount\toverlay\toverlay\t/\t-\tlowerdir=")
+    assert lines.index("mount\tnone\t/host/data\t/data\tbind,ro\t-") > lines.index(
+        "mount\tproc\tproc\t/proc\tnosuid,nodev,noexec,mkdir\t-"
+    )
+    assert lines[-3:] == ["hostname\th", "loopback", "socket\t/d/init.sock"]
+    with pytest.raises(spec.SpecError):
+        spec.render(LaunchPlan(root_dir=Path("/a\tb")), "h", Path("/s"))
+
+
+def test_spawn_message_format() -> None:
+    message = spawn_message(
+        JobRequest(
+            job_id=4,
+            argv=("/bin/sh", "-c", "echo hi"),
+            env=(("A", "1"),),
+            user="nobody",
+            rlimits=(("nofile", 10, None),),
+        )
+    )
+    assert decode(message) == [
+        "spawn",
+        "id=4",
+        "privileged=0",
+        "user=nobody",
+        "env=A=1",
+        "rlimit=nofile:10:unlimited",
+        "arg=/bin/sh",
+        "arg=-c",
+        "arg=echo hi",
+    ]
+    assert encode("a", "b") == b"a\0b\0"
