@@ -217,6 +217,21 @@ async def destroy(request: Request, *args: Any) -> str:
     return "ok"
 
 
+async def limit(request: Request, *args: Any) -> Any:
+    a = Args("limit", list(args), ("HANDLE", "RESOURCE", "VALUE"))
+    container = request.container(a.string(0))
+    resource = a.string(1)
+    value = a._get(2, False)
+    handler = request.supervisor.limits.get(resource)
+    if handler is None:
+        known = ", ".join(sorted(request.supervisor.limits)) or "none"
+        raise InvalidRequest(f"limit: unknown resource {resource!r} (known: {known})")
+    if value is None:
+        return await handler.read(container)
+    container.require("limit")
+    return await handler.write(container, value)
+
+
 async def info(request: Request, *args: Any) -> dict[str, Any]:
     a = Args("info", list(args), ("HANDLE",))
     container = request.container(a.string(0))
@@ -252,6 +267,7 @@ CORE_COMMANDS: dict[str, Handler] = {
     "stream": stream,
     "stop": stop,
     "destroy": destroy,
+    "limit": limit,
     "info": info,
     "list": list_,
 }

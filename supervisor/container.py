@@ -53,7 +53,7 @@ ALLOWED: dict[str, frozenset[State]] = {
     "stop": frozenset({State.ACTIVE, State.STOPPED}),
     "destroy": frozenset({State.ACTIVE, State.STOPPED}),
     "info": frozenset({State.BORN, State.ACTIVE, State.STOPPED}),
-    "use": frozenset({State.ACTIVE, State.STOPPED}),
+    "limit": frozenset({State.ACTIVE, State.STOPPED}),
 }
 
 #: How often a quiet job's output size is checked against the cap, at most.
@@ -356,6 +356,7 @@ class Container:
                     with trio.move_on_after(timeout):
                         while await sandbox.signal_all(0):
                             await trio.sleep(STOP_POLL)
+                await self.supervisor.hooks.kill(self)
                 while sandbox.alive and await sandbox.signal_all(signal.SIGKILL):
                     await trio.sleep(STOP_POLL)
                 # Leaders are reaped by now; give their exit reports a moment to arrive.

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from supervisor.commands import Handler
     from supervisor.config import Config
     from supervisor.container import Container
-    from supervisor.sandbox import LaunchPlan, Sandbox
+    from supervisor.sandbox import LaunchPlan, Limit, Sandbox
 
 PROJECT = "corral"
 
@@ -144,4 +144,25 @@ def corral_commands() -> Mapping[str, Handler] | None:
 
     :return: a mapping from command name to an async handler
         ``handler(request, *args)``; see :mod:`supervisor.commands`.
+    """
+
+
+@hookspec
+def corral_limit_resources() -> Mapping[str, Limit] | None:
+    """Provide resources for the ``limit`` command.
+
+    :return: a mapping from resource name (``mem``, ``cpus``...) to a
+        :class:`~supervisor.sandbox.Limit` that reads and writes it. A plugin
+        reports the values in force in ``info`` under ``limits`` itself.
+    """
+
+
+@hookspec
+def corral_container_kill(container: Container) -> Awaitable[None] | None:
+    """Kill every process of the container except its init, so that none escapes by forking.
+
+    Called when a container is stopped with KILL (after the TERM grace, or at
+    once), before the core asks the init to signal what is left.
+
+    :param container: the container being stopped.
     """

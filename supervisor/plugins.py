@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from supervisor.commands import Handler
     from supervisor.config import Config
     from supervisor.container import Container
-    from supervisor.sandbox import LaunchPlan, Sandbox
+    from supervisor.sandbox import LaunchPlan, Limit, Sandbox
 
 #: Built-in plugins, by name, in registration (and so call) order.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
@@ -126,3 +126,13 @@ class Hooks:
         for mapping in self._call("corral_commands"):
             handlers.update(mapping)
         return handlers
+
+    def limit_resources(self) -> dict[str, Limit]:
+        resources: dict[str, Limit] = {}
+        for mapping in self._call("corral_limit_resources"):
+            resources.update(mapping)
+        return resources
+
+    async def kill(self, container: Container) -> None:
+        for result in self._call("corral_container_kill", container=container):
+            await _resolve(result)

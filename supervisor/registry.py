@@ -89,6 +89,8 @@ class Supervisor:
         self.bus = EventBus()
         self.containers: dict[str, Container] = {}
         self.create_options = {**hooks.create_options(), **CORE_CREATE_OPTIONS}
+        #: Resources of the ``limit`` command, by name.
+        self.limits = hooks.limit_resources()
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

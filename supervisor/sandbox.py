@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,18 @@ class Sandbox(Protocol):
 
     async def running_jobs(self) -> set[int]:
         """Ids of the jobs whose leader still runs."""
+
+
+@runtime_checkable
+class Limit(Protocol):
+    """One resource of the ``limit`` command (``mem``, ``cpus``...), as a plugin provides it."""
+
+    async def read(self, container: Any) -> Any:
+        """The value in force for *container* (None when unlimited)."""
+
+    async def write(self, container: Any, value: Any) -> Any:
+        """Check and apply *value*; return the value now in force.
+
+        Raises:
+            InvalidRequest: the value is bad; nothing was changed.
+        """

@@ -68,7 +68,8 @@ class Daemon:
         self.config.write_text(
             f'[daemon]\nsocket = "{self.socket}"\ndepot = "{self.depot}"\nlog_level = "debug"\n'
             f'[containers]\nrootfs = "{rootfs}"\nstop_timeout = 2\n{containers}\n'
-            f'[isolation]\ninit = "{init}"\n' + extra_config
+            f'[isolation]\ninit = "{init}"\n'
+            f'[cgroups]\nparent = "corral-test-{self.dir.name}"\n' + extra_config
         )
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
