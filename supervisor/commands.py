@@ -68,7 +68,8 @@ async def echo(request: Request, *args: Any) -> Any:
 
 async def create(request: Request, *args: Any) -> str:
     a = Args("create", list(args), ("CONFIG",))
-    raw = a._get(0, False) or {}
+    raw = a._get(0, False)
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise InvalidRequest("create: CONFIG must be an object")
     container = await request.supervisor.create(raw)
@@ -251,7 +252,8 @@ async def info(request: Request, *args: Any) -> dict[str, Any]:
 
 async def list_(request: Request, *args: Any) -> list[str]:
     a = Args("list", list(args), ("FILTER",))
-    wanted = a._get(0, False) or {}
+    wanted = a._get(0, False)
+    wanted = {} if wanted is None else wanted
     if not isinstance(wanted, dict) or not all(isinstance(v, str) for v in wanted.values()):
         raise InvalidRequest("list: FILTER must be an object of property strings")
     return request.supervisor.list(wanted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,7 @@ class Container:
         self, restoring: bool, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Acquire the resources, report ready, serve until destroyed, then release them."""
+        structlog.contextvars.clear_contextvars()  # not the creating request's command
         hooks = self.supervisor.hooks
         try:
             async with (
@@ -171,26 +173,50 @@ class Container:
                     await self._move(State.ACTIVE)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._consume, events)
-                    for job in self.jobs.values():
-                        if not job.exited.is_set():
-                            nursery.start_soon(self._guard_output, job)
-                    if restoring and self.sandbox is not None and not self.sandbox.alive:
-                        await self._sandbox_gone()
-                    self.ready = True
-                    task_status.started()
-                    if self._refs == 0:
-                        self._start_grace_timer()
-                    await self._destroy_requested.wait()
-                    if not self.detaching:
-                        await self.stop(kill=True)
-                    nursery.cancel_scope.cancel()
+                    try:
+                        await self._serve(events, restoring, task_status)
+                    finally:
+                        self._nursery = None  # closed to new tasks from here on
+                        nursery.cancel_scope.cancel()
                 self.sandbox = None
-                self._nursery = None
         finally:
             for job in self.jobs.values():
                 job.finish(None)
             self.finished.set()
+
+    async def _serve(
+        self,
+        events: trio.MemoryReceiveChannel[Event],
+        restoring: bool,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """Run the container's background tasks until destroy is requested."""
+        self._start_task(self._consume, events)
+        for job in self.jobs.values():
+            if not job.exited.is_set():
+                self._start_task(self._guard_output, job)
+        if restoring and self.sandbox is not None and not self.sandbox.alive:
+            await self._sandbox_gone()
+        self.ready = True
+        task_status.started()
+        if self._refs == 0:
+            self._start_grace_timer()
+        await self._destroy_requested.wait()
+        if not self.detaching:
+            await self.stop(kill=True)
+
+    def _start_task(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run *fn* in the container's nursery; its failure is logged, never fatal to the container."""
+        if self._nursery is None:
+            return
+
+        async def supervised() -> None:
+            try:
+                await fn(*args)
+            except Exception:
+                self.log.exception("container task failed", task=fn.__name__)
+
+        self._nursery.start_soon(supervised)
 
     def request_destroy(self) -> None:
         """Ask the lifetime task to release everything; see :meth:`run`."""
@@ -204,8 +230,8 @@ class Container:
                     job.finish(event.status)
             elif isinstance(event, OutOfMemory):
                 await self._record_event("out of memory")
-                if self.state is State.ACTIVE and self._nursery is not None:
-                    self._nursery.start_soon(self.stop, True)
+                if self.state is State.ACTIVE:
+                    self._start_task(self.stop, True)
             elif isinstance(event, SandboxExited):
                 await self._sandbox_gone()
 
@@ -220,7 +246,7 @@ class Container:
         if text not in self.events:
             self.events.append(text)
             self.save()
-        self.log.warning("container event", event=text)
+        self.log.warning("container event", text=text)
 
     # -- references and grace ---------------------------------------------------
 
@@ -250,7 +276,7 @@ class Container:
                 self.log.info("grace time expired", grace_time=grace)
                 self.request_destroy()
 
-        self._nursery.start_soon(expire)
+        self._start_task(expire)
 
     # -- jobs ----------------------------------------------------------------
 
@@ -283,7 +309,7 @@ class Container:
             for fd in fds:
                 os.close(fd)
         if not discard_output:
-            self._nursery.start_soon(self._guard_output, job)
+            self._start_task(self._guard_output, job)
         return job
 
     def allocate_job_id(self) -> int:
@@ -341,8 +367,7 @@ class Container:
 
     def stop_soon(self, kill: bool = False) -> None:
         """Stop in the background (``stop`` with ``background``)."""
-        if self._nursery is not None:
-            self._nursery.start_soon(self.stop, kill)
+        self._start_task(self.stop, kill)
 
     async def stop(self, kill: bool = False) -> None:
         """End every process of the container: TERM, then KILL after the stop timeout."""

@@ -113,6 +113,10 @@ def corral_container_launch(
 
     Exactly one registered plugin implements this (the built-in ``isolation``).
 
+    :param container: the container being built or restored.
+    :param plan: the launch plan the prepare phase filled.
+    :param restoring: reconnect to the running sandbox instead of starting one.
+
     :return: an async context manager yielding the :class:`~supervisor.sandbox.Sandbox`;
         its exit kills every process of the container.
     """
@@ -124,6 +128,8 @@ def corral_container_attach(
 ) -> AbstractAsyncContextManager[None] | None:
     """Acquire resources that need the running sandbox (``container.sandbox``).
 
+    :param container: the container being built or restored; its sandbox runs.
+    :param restoring: re-adopt existing resources instead of acquiring new ones.
     :return: an async context manager whose exit releases what it acquired.
     """
 
@@ -134,6 +140,7 @@ def corral_container_info(
 ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
     """Contribute fields (e.g. stats) to the ``info`` reply of a container.
 
+    :param container: the container asked about.
     :return: a mapping merged into the reply, or an awaitable of one.
     """
 

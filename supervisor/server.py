@@ -27,6 +27,13 @@ log = structlog.get_logger()
 RECEIVE_SIZE = 64 * 1024
 
 
+def unwrap(exc: BaseException) -> BaseException:
+    """The one error inside nested exception groups (nurseries wrap what crosses them)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 class AlreadyServing(RuntimeError):
     """Another daemon answers on the socket path."""
 
@@ -100,15 +107,17 @@ class Connection:
                 raise UnknownCommand(f"unknown command {name!r}")
             payload = await handler(Request(self.server.supervisor, self), *args)
             reply = encode_reply(payload)
-        except ProtocolViolation as exc:
-            await self.send(encode_error(exc.code, exc.message))
-            return False
-        except CorralError as exc:
-            log.info("request failed", code=exc.code, error=exc.message)
-            reply = encode_error(exc.code, exc.message)
         except Exception as exc:
-            log.exception("request crashed")
-            reply = encode_error("internal", f"{type(exc).__name__}: {exc}")
+            error = unwrap(exc)
+            if isinstance(error, ProtocolViolation):
+                await self.send(encode_error(error.code, error.message))
+                return False
+            if isinstance(error, CorralError):
+                log.info("request failed", code=error.code, error=error.message)
+                reply = encode_error(error.code, error.message)
+            else:
+                log.exception("request crashed")
+                reply = encode_error("internal", f"{type(error).__name__}: {error}")
         await self.send(reply)
         return True
 

@@ -38,10 +38,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(init binary, base rootfs), installed or freshly built."""
-    from plugins.isolation.build import build_init
-
     work = tmp_path_factory.mktemp("artifacts")
-    init = INSTALLED_INIT if INSTALLED_INIT.exists() else build_init(work / "corral-init")
+    if INSTALLED_INIT.exists():
+        init = INSTALLED_INIT
+    else:
+        from plugins.isolation.build import build_init
+
+        init = build_init(work / "corral-init")
     rootfs = Path(os.environ.get("CORRAL_TEST_ROOTFS", INSTALLED_ROOTFS))
     if not (rootfs / "bin" / "busybox").exists():
         rootfs = work / "rootfs"

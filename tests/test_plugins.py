@@ -43,7 +43,7 @@ def test_builtin_plugins_implement_only_known_hooks() -> None:
 @pytest.fixture(scope="module")
 def testplugin() -> Iterator[None]:
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "install", "--no-build-isolation", str(PLUGIN_DIR)], check=True)
+    subprocess.run([*pip, "install", str(PLUGIN_DIR)], check=True)
     yield
     subprocess.run([*pip, "uninstall", "-y", "corral-testplugin"], check=True)
 
