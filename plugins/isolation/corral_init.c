@@ -1,0 +1,1205 @@
+/*
+ * corral-init: the launcher and the PID 1 of a Corral container.
+ *
+ * README.md in this folder is the contract with the daemon: the launch spec
+ * read by `corral-init launch` and the protocol PID 1 serves on its socket.
+ *
+ * Build: gcc -Os -static -Wall -Wextra -o corral-init corral_init.c
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <malloc.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdnoreturn.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* linux/openat2.h: glibc has neither the wrapper nor the struct. */
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#define CORRAL_RESOLVE_NO_MAGICLINKS 0x02
+#define CORRAL_RESOLVE_IN_ROOT 0x10
+struct corral_open_how {
+	uint64_t flags, mode, resolve;
+};
+
+#define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define MAX_FDS 8                  /* fds accepted with one message */
+#define MAX_FILE (4 * 1024 * 1024) /* largest launch spec or /etc/passwd */
+#define SEND_TIMEOUT_SEC 2         /* a client that does not read is dropped */
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+extern char **environ;
+
+/* Where die() reports, and the exit status that follows: the launcher writes
+ * to stderr and exits 1, PID 1 during set-up writes to the ready pipe, a job's
+ * child writes to its exec-report pipe and exits 127. */
+static int err_fd = STDERR_FILENO;
+static int err_status = 1;
+
+__attribute__((format(printf, 2, 3))) static noreturn void fail(int errnum, const char *fmt, ...)
+{
+	char msg[1024];
+	size_t n = 0;
+	va_list ap;
+
+	if (err_fd == STDERR_FILENO)
+		n = (size_t)snprintf(msg, sizeof msg, "corral-init: ");
+	va_start(ap, fmt); /* leave room for the error text */
+	vsnprintf(msg + n, sizeof msg - 128 - n, fmt, ap);
+	va_end(ap);
+	n = strlen(msg);
+	if (errnum)
+		n += (size_t)snprintf(msg + n, sizeof msg - n, ": %s", strerror(errnum));
+	n = n < sizeof msg - 1 ? n : sizeof msg - 2;
+	if (err_fd == STDERR_FILENO)
+		msg[n++] = '\n';
+	if (write(err_fd, msg, n) < 0) {
+		/* nowhere left to report */
+	}
+	_exit(err_status);
+}
+
+#define die(...) fail(errno, __VA_ARGS__)
+#define die_msg(...) fail(0, __VA_ARGS__)
+/* Run CALL (a syscall returning < 0 on failure); on failure die with the message. */
+#define TRY(call, ...)               \
+	do {                         \
+		if ((call) < 0)      \
+			die(__VA_ARGS__); \
+	} while (0)
+
+static void *xrealloc(void *p, size_t size)
+{
+	if (!(p = realloc(p, size ? size : 1)))
+		die("realloc");
+	return p;
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size);
+	if (!p)
+		die("calloc");
+	return p;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *p = strdup(s);
+	if (!p)
+		die("strdup");
+	return p;
+}
+
+static char *concat(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	char *p = xrealloc(NULL, la + lb + 1);
+	memcpy(p, a, la);
+	memcpy(p + la, b, lb + 1);
+	return p;
+}
+
+/* Parse a whole decimal number no larger than MAX. */
+static bool parse_uint(const char *s, unsigned long long max, unsigned long long *out)
+{
+	char *end;
+
+	if (*s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	*out = strtoull(s, &end, 10);
+	return !errno && !*end && *out <= max;
+}
+
+static bool parse_mode(const char *s, mode_t *mode)
+{
+	char *end;
+	unsigned long v = strtoul(s, &end, 8);
+
+	*mode = (mode_t)v;
+	return *s >= '0' && *s <= '7' && !*end && v <= 07777;
+}
+
+/* Read FD to EOF into a NUL-terminated buffer of at most MAX_FILE bytes. */
+static char *read_all(int fd, const char *what)
+{
+	size_t len = 0, cap = 4096;
+	char *buf = xrealloc(NULL, cap);
+	ssize_t n;
+
+	while ((n = read(fd, buf + len, cap - len - 1)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		TRY(n, "read %s", what);
+		if ((len += (size_t)n) + 1 < cap)
+			continue;
+		if (cap >= MAX_FILE)
+			die_msg("read %s: larger than %d bytes", what, MAX_FILE);
+		buf = xrealloc(buf, cap *= 2);
+	}
+	buf[len] = '\0';
+	return buf;
+}
+
+/* Read a short report from a pipe until EOF into BUF (NUL-terminated); its length. */
+static size_t read_report(int fd, char *buf, size_t cap)
+{
+	size_t len = 0;
+	ssize_t n;
+
+	while (len < cap - 1 && (n = read(fd, buf + len, cap - 1 - len)) != 0) {
+		if (n < 0 && errno != EINTR)
+			break;
+		len += n > 0 ? (size_t)n : 0;
+	}
+	buf[len] = '\0';
+	return len;
+}
+
+/* ---- launch spec ------------------------------------------------------ */
+
+enum kind { D_CGROUP, D_ROOT, D_MOUNT, D_MKNOD, D_SYMLINK, D_MKDIR, D_HOSTNAME, D_LOOPBACK, D_SOCKET };
+
+static const struct {
+	const char *name;
+	int nfields;
+} kinds[] = {
+	[D_CGROUP] = { "cgroup", 1 },     [D_ROOT] = { "root", 1 },         [D_MOUNT] = { "mount", 5 },
+	[D_MKNOD] = { "mknod", 5 },       [D_SYMLINK] = { "symlink", 2 },   [D_MKDIR] = { "mkdir", 2 },
+	[D_HOSTNAME] = { "hostname", 1 }, [D_LOOPBACK] = { "loopback", 0 }, [D_SOCKET] = { "socket", 1 },
+};
+
+enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4 };
+
+struct directive {
+	enum kind kind;
+	char *f[5];
+	unsigned long mflags; /* mount: MS_* */
+	unsigned opts;        /* mount: OPT_* */
+	mode_t mode;          /* mknod, mkdir */
+	dev_t dev;            /* mknod */
+};
+
+struct spec {
+	char *text;
+	struct directive *d;
+	size_t n;
+	const char *root, *socket;
+};
+
+static void parse_mount_flags(struct directive *d, int line)
+{
+	static const struct {
+		const char *name;
+		unsigned long ms;
+		unsigned opt;
+	} words[] = {
+		{ "bind", MS_BIND, 0 },     { "rec", MS_REC, 0 },        { "ro", MS_RDONLY, 0 },
+		{ "nosuid", MS_NOSUID, 0 }, { "nodev", MS_NODEV, 0 },    { "noexec", MS_NOEXEC, 0 },
+		{ "mkdir", 0, OPT_MKDIR },  { "mkfile", 0, OPT_MKFILE }, { "optional", 0, OPT_OPTIONAL },
+	};
+	char *save, *w;
+	size_t i;
+
+	if (!strcmp(d->f[3], "-"))
+		return;
+	for (w = strtok_r(d->f[3], ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+		for (i = 0; i < ARRAY_LEN(words) && strcmp(w, words[i].name); i++)
+			;
+		if (i == ARRAY_LEN(words))
+			die_msg("launch spec line %d: unknown mount flag %s", line, w);
+		d->mflags |= words[i].ms;
+		d->opts |= words[i].opt;
+	}
+}
+
+static void parse_directive(struct spec *sp, struct directive *d, char *line, int lineno)
+{
+	char *fields[7];
+	int n = 0, k;
+	unsigned long long major, minor;
+
+	for (char *p = line; p && n < 7; n++) {
+		fields[n] = p;
+		if ((p = strchr(p, '\t')))
+			*p++ = '\0';
+	}
+	for (k = 0; k <= D_SOCKET && strcmp(fields[0], kinds[k].name); k++)
+		;
+	if (k > D_SOCKET)
+		die_msg("launch spec line %d: unknown directive %s", lineno, fields[0]);
+	if (n - 1 != kinds[k].nfields)
+		die_msg("launch spec line %d: %s takes %d fields", lineno, fields[0], kinds[k].nfields);
+	*d = (struct directive){ .kind = (enum kind)k };
+	memcpy(d->f, fields + 1, sizeof(char *) * (size_t)(n - 1));
+	if (d->kind == D_ROOT || d->kind == D_SOCKET) {
+		const char **slot = d->kind == D_ROOT ? &sp->root : &sp->socket;
+		if (*slot)
+			die_msg("launch spec line %d: a second %s", lineno, fields[0]);
+		*slot = d->f[0];
+		if (d->kind == D_SOCKET && strlen(d->f[0]) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+			die_msg("launch spec line %d: socket path longer than 107 bytes", lineno);
+	} else if (d->kind == D_MOUNT) {
+		parse_mount_flags(d, lineno);
+	} else if (d->kind == D_MKNOD) {
+		if (strcmp(d->f[1], "c") || !parse_uint(d->f[2], 0xfff, &major) ||
+		    !parse_uint(d->f[3], 0xfffff, &minor) || !parse_mode(d->f[4], &d->mode))
+			die_msg("launch spec line %d: bad mknod fields", lineno);
+		d->dev = makedev(major, minor);
+	} else if (d->kind == D_MKDIR && !parse_mode(d->f[1], &d->mode)) {
+		die_msg("launch spec line %d: bad mode %s", lineno, d->f[1]);
+	}
+}
+
+static void parse_spec(struct spec *sp)
+{
+	char *line, *next;
+	int lineno = 0;
+	size_t cap = 0;
+
+	for (line = sp->text; line; line = next) {
+		if ((next = strchr(line, '\n')))
+			*next++ = '\0';
+		lineno++;
+		if (!*line)
+			continue;
+		if (sp->n == cap)
+			sp->d = xrealloc(sp->d, (cap = cap ? cap * 2 : 16) * sizeof *sp->d);
+		parse_directive(sp, &sp->d[sp->n++], line, lineno);
+	}
+	if (!sp->root || !sp->socket)
+		die_msg("launch spec: no %s", sp->root ? "socket" : "root");
+}
+
+/* ---- paths inside the container root ---------------------------------- */
+
+/* openat2() PATH below ROOTFD as if ROOTFD were "/": symlinks and ".." stay inside. */
+static int open_in_root(int rootfd, const char *path, uint64_t flags)
+{
+	struct corral_open_how how = {
+		.flags = flags | O_CLOEXEC,
+		.resolve = CORRAL_RESOLVE_IN_ROOT | CORRAL_RESOLVE_NO_MAGICLINKS,
+	};
+
+	for (int i = 0; i < 32; i++) {
+		long fd = syscall(SYS_openat2, rootfd, path, &how, sizeof how);
+		if (fd >= 0 || errno != EAGAIN) /* EAGAIN: a concurrent rename or mount */
+			return (int)fd;
+	}
+	return -1;
+}
+
+static int must_open_in_root(int rootfd, const char *path, uint64_t flags)
+{
+	int fd;
+
+	TRY(fd = open_in_root(rootfd, path, flags), "openat2 %s", path);
+	return fd;
+}
+
+static void fd_path(int fd, char buf[static 32])
+{
+	snprintf(buf, 32, "/proc/self/fd/%d", fd);
+}
+
+/*
+ * Walk PATH (a writable copy) inside the root and return an O_PATH fd of the
+ * directory holding its last component, whose name is left in *name (NULL if
+ * PATH is the root itself). Missing directories are made one by one, each in
+ * a parent that was itself resolved inside the root.
+ */
+static int walk_parent(int rootfd, char *path, char **name)
+{
+	int parent = must_open_in_root(rootfd, "/", O_PATH | O_DIRECTORY);
+	char *p = path + strspn(path, "/");
+
+	*name = NULL;
+	while (*p) {
+		char *end = p + strcspn(p, "/"), *rest = end + strspn(end, "/"), save = *end;
+		*end = '\0';
+		if (!*rest) {
+			*name = p;
+			break;
+		}
+		int fd = open_in_root(rootfd, path, O_PATH);
+		if (fd < 0 && errno == ENOENT) {
+			if (mkdirat(parent, p, 0755) < 0 && errno != EEXIST)
+				die("mkdir %s", path);
+			fd = open_in_root(rootfd, path, O_PATH);
+		}
+		TRY(fd, "openat2 %s", path);
+		close(parent);
+		parent = fd;
+		*end = save;
+		p = rest;
+	}
+	return parent;
+}
+
+/* Create PATH inside the root (and its missing parents) as a directory, a
+ * symlink to LINK, or a node of MODE; an existing one is kept as it is. */
+static void create_in_root(int rootfd, const char *path, mode_t mode, dev_t dev, const char *link)
+{
+	const char *call = S_ISDIR(mode) ? "mkdir" : link ? "symlink" : "mknod";
+	char *copy = xstrdup(path), *name;
+	int parent = walk_parent(rootfd, copy, &name), rc = 0;
+
+	if (!name && !S_ISDIR(mode))
+		die_msg("%s %s: not a file name", call, path);
+	if (name && S_ISDIR(mode))
+		rc = mkdirat(parent, name, mode & 07777);
+	else if (name && link)
+		rc = symlinkat(link, parent, name);
+	else if (name)
+		rc = mknodat(parent, name, mode, dev);
+	if (rc < 0 && errno != EEXIST)
+		die("%s %s", call, path);
+	close(parent);
+	free(copy);
+}
+
+static bool same_file(int a, int b)
+{
+	struct stat sa, sb;
+
+	if (fstat(a, &sa) < 0 || fstat(b, &sb) < 0)
+		die("fstat");
+	return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* ---- PID 1 set-up ----------------------------------------------------- */
+
+struct root {
+	const char *path; /* host path of the root dir */
+	int fd;           /* O_PATH fd of the topmost mount on it */
+	bool mounted;     /* whether something was mounted on it */
+};
+
+static void reopen_root(struct root *r)
+{
+	if (r->fd >= 0)
+		close(r->fd);
+	TRY(r->fd = open(r->path, O_PATH | O_DIRECTORY | O_CLOEXEC), "open root %s", r->path);
+}
+
+/* Resolve a mount's TARGET, creating it as asked; -1 if optional and missing. */
+static int mount_target(int rootfd, const struct directive *d)
+{
+	const char *target = d->f[2];
+	int fd;
+
+	if (d->opts & (OPT_MKDIR | OPT_MKFILE))
+		create_in_root(rootfd, target, d->opts & OPT_MKDIR ? S_IFDIR | 0755 : S_IFREG | 0644, 0,
+			       NULL);
+	if ((fd = open_in_root(rootfd, target, O_PATH)) < 0 &&
+	    !(errno == ENOENT && (d->opts & OPT_OPTIONAL)))
+		die("openat2 %s", target);
+	return fd;
+}
+
+/* Remount a fresh bind mount with its flags, keeping those its source had. */
+static void remount_bind(struct root *r, const struct directive *d, bool is_root)
+{
+	int fd = is_root ? r->fd : must_open_in_root(r->fd, d->f[2], O_PATH);
+	unsigned long flags = MS_REMOUNT | MS_BIND | (d->mflags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC));
+	static const unsigned long keep[][2] = {
+		{ ST_NOSUID, MS_NOSUID },   { ST_NODEV, MS_NODEV },           { ST_NOEXEC, MS_NOEXEC },
+		{ ST_NOATIME, MS_NOATIME }, { ST_NODIRATIME, MS_NODIRATIME }, { ST_RELATIME, MS_RELATIME },
+	};
+	struct statvfs st;
+	char path[32];
+
+	TRY(fstatvfs(fd, &st), "statvfs %s", d->f[2]);
+	for (size_t i = 0; i < ARRAY_LEN(keep); i++)
+		flags |= st.f_flag & keep[i][0] ? keep[i][1] : 0;
+	fd_path(fd, path);
+	TRY(mount(NULL, path, NULL, flags, NULL), "remount %s", d->f[2]);
+	if (!is_root)
+		close(fd);
+}
+
+static void do_mount(struct root *r, const struct directive *d)
+{
+	const char *fstype = d->f[0], *target = d->f[2];
+	const char *source = strcmp(d->f[1], "-") ? d->f[1] : NULL;
+	const char *data = strcmp(d->f[4], "-") ? d->f[4] : NULL;
+	bool bind = d->mflags & MS_BIND;
+	char path[32];
+	int fd = mount_target(r->fd, d);
+
+	if (fd < 0)
+		return;
+	bool is_root = same_file(fd, r->fd);
+	fd_path(fd, path);
+	if (bind && mount(source, path, NULL, MS_BIND | (d->mflags & MS_REC), NULL) < 0)
+		die("mount bind %s on %s", source ? source : "-", target);
+	if (!bind && mount(source, path, fstype, d->mflags & ~MS_REC, data) < 0)
+		die("mount %s on %s", fstype, target);
+	close(fd);
+	if (is_root) {
+		reopen_root(r);
+		r->mounted = true;
+	}
+	if (bind && (d->mflags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)))
+		remount_bind(r, d, is_root);
+}
+
+static void bring_up_loopback(void)
+{
+	struct ifreq ifr = { .ifr_name = "lo" };
+	int fd;
+
+	TRY(fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket AF_INET");
+	TRY(ioctl(fd, SIOCGIFFLAGS, &ifr), "ioctl SIOCGIFFLAGS lo");
+	ifr.ifr_flags |= IFF_UP;
+	TRY(ioctl(fd, SIOCSIFFLAGS, &ifr), "ioctl SIOCSIFFLAGS lo");
+	close(fd);
+}
+
+/* Listen on a SOCK_SEQPACKET socket at a host path, mode 0600 (a stale one is replaced). */
+static int listen_socket(const char *path)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd, rc, saved;
+
+	memcpy(addr.sun_path, path, strlen(path) + 1); /* its length was checked with the spec */
+	TRY(fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), "socket AF_UNIX");
+	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && unlink(path) < 0)
+		die("unlink %s", path);
+	mode_t old = umask(0177);
+	rc = bind(fd, (struct sockaddr *)&addr, sizeof addr);
+	saved = errno;
+	umask(old);
+	errno = saved;
+	TRY(rc, "bind %s", path);
+	TRY(listen(fd, 16), "listen %s", path);
+	return fd;
+}
+
+static void pivot(int rootfd)
+{
+	TRY(fchdir(rootfd), "fchdir root");
+	TRY(syscall(SYS_pivot_root, ".", "."), "pivot_root");
+	TRY(umount2(".", MNT_DETACH), "umount2 old root");
+	TRY(chdir("/"), "chdir /");
+}
+
+/* Apply the spec in PID 1 (umask 0: the spec's modes are exact); return the listening socket. */
+static int setup_container(struct spec *sp)
+{
+	struct root r = { .path = sp->root, .fd = -1 };
+	int listen_fd, fd;
+	char path[32];
+
+	TRY(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "mount --make-rprivate /");
+	reopen_root(&r);
+	for (struct directive *d = sp->d; d < sp->d + sp->n; d++) {
+		switch (d->kind) {
+		case D_MOUNT:
+			do_mount(&r, d);
+			break;
+		case D_MKNOD:
+			create_in_root(r.fd, d->f[0], S_IFCHR | d->mode, d->dev, NULL);
+			break;
+		case D_SYMLINK:
+			create_in_root(r.fd, d->f[1], 0, 0, d->f[0]);
+			break;
+		case D_MKDIR:
+			create_in_root(r.fd, d->f[0], S_IFDIR | d->mode, 0, NULL);
+			fd = must_open_in_root(r.fd, d->f[0], O_PATH | O_DIRECTORY);
+			fd_path(fd, path);
+			TRY(chmod(path, d->mode), "chmod %s", d->f[0]);
+			close(fd);
+			break;
+		default: /* the others come after */
+			break;
+		}
+	}
+	if (!r.mounted) { /* pivot_root needs a mount point */
+		TRY(mount(r.path, r.path, NULL, MS_BIND | MS_REC, NULL), "mount bind %s on itself", r.path);
+		reopen_root(&r);
+	}
+	for (struct directive *d = sp->d; d < sp->d + sp->n; d++)
+		if (d->kind == D_HOSTNAME && sethostname(d->f[0], strlen(d->f[0])) < 0)
+			die("sethostname %s", d->f[0]);
+	for (struct directive *d = sp->d; d < sp->d + sp->n; d++)
+		if (d->kind == D_LOOPBACK)
+			bring_up_loopback();
+	listen_fd = listen_socket(sp->socket);
+	pivot(r.fd);
+	close(r.fd);
+	return listen_fd;
+}
+
+/* ---- jobs ------------------------------------------------------------- */
+
+static const struct {
+	const char *name;
+	int resource;
+} rlimit_names[] = {
+	{ "as", RLIMIT_AS },           { "core", RLIMIT_CORE },         { "cpu", RLIMIT_CPU },
+	{ "data", RLIMIT_DATA },       { "fsize", RLIMIT_FSIZE },       { "locks", RLIMIT_LOCKS },
+	{ "memlock", RLIMIT_MEMLOCK }, { "msgqueue", RLIMIT_MSGQUEUE }, { "nice", RLIMIT_NICE },
+	{ "nofile", RLIMIT_NOFILE },   { "nproc", RLIMIT_NPROC },       { "rss", RLIMIT_RSS },
+	{ "rtprio", RLIMIT_RTPRIO },   { "rttime", RLIMIT_RTTIME },     { "sigpending", RLIMIT_SIGPENDING },
+	{ "stack", RLIMIT_STACK },
+};
+
+/* Docker's default set without MKNOD. */
+static const int privileged_caps[] = {
+	CAP_CHOWN,      CAP_DAC_OVERRIDE, CAP_FSETID,      CAP_FOWNER,  CAP_SETGID,
+	CAP_SETUID,     CAP_SETFCAP,      CAP_SETPCAP,     CAP_NET_BIND_SERVICE,
+	CAP_SYS_CHROOT, CAP_KILL,         CAP_AUDIT_WRITE, CAP_NET_RAW,
+};
+
+struct limit {
+	const char *name;
+	int resource;
+	struct rlimit rl;
+};
+
+struct job_spec {
+	unsigned long long id;
+	const char *user, *dir;
+	bool privileged;
+	char **env, **argv;
+	size_t nenv, nargv, nlimits;
+	struct limit *limits;
+};
+
+struct user {
+	uid_t uid;
+	gid_t gid;
+	const char *name, *home;
+};
+
+/* A decimal limit or "unlimited". */
+static bool parse_rlim(const char *s, rlim_t *v)
+{
+	unsigned long long n = RLIM_INFINITY;
+	bool ok = !strcmp(s, "unlimited") || parse_uint(s, RLIM_INFINITY - 1, &n);
+
+	*v = (rlim_t)n;
+	return ok;
+}
+
+/* Parse "NAME:SOFT:HARD" (modified in place). */
+static bool parse_limit(char *s, struct limit *l)
+{
+	char *soft = strchr(s, ':'), *hard = soft ? strchr(soft + 1, ':') : NULL;
+
+	if (!hard)
+		return false;
+	*soft++ = '\0';
+	*hard++ = '\0';
+	for (size_t i = 0; i < ARRAY_LEN(rlimit_names); i++)
+		if (!strcmp(s, rlimit_names[i].name)) {
+			*l = (struct limit){ rlimit_names[i].name, rlimit_names[i].resource, { 0, 0 } };
+			return parse_rlim(soft, &l->rl.rlim_cur) && parse_rlim(hard, &l->rl.rlim_max);
+		}
+	return false;
+}
+
+/* Parse the key=value strings of a spawn request; NULL or an error message. */
+static const char *parse_job(char **strs, int n, struct job_spec *js, bool *has_id)
+{
+	js->env = xcalloc((size_t)n + 1, sizeof(char *));
+	js->argv = xcalloc((size_t)n + 1, sizeof(char *));
+	js->limits = xcalloc((size_t)n, sizeof(struct limit));
+	for (int i = 1; i < n; i++) {
+		char *key = strs[i], *val = strchr(key, '=');
+		if (!val)
+			return "spawn: malformed field";
+		*val++ = '\0';
+		if (!strcmp(key, "id") && parse_uint(val, ULLONG_MAX, &js->id))
+			*has_id = true;
+		else if (!strcmp(key, "user") && *val)
+			js->user = val;
+		else if (!strcmp(key, "privileged") && (!strcmp(val, "0") || !strcmp(val, "1")))
+			js->privileged = *val == '1';
+		else if (!strcmp(key, "dir") && *val)
+			js->dir = val;
+		else if (!strcmp(key, "env") && strchr(val, '=') && *val != '=')
+			js->env[js->nenv++] = val;
+		else if (!strcmp(key, "rlimit") && parse_limit(val, &js->limits[js->nlimits]))
+			js->nlimits++;
+		else if (!strcmp(key, "arg"))
+			js->argv[js->nargv++] = val;
+		else
+			return "spawn: bad or unknown field";
+	}
+	if (!*has_id)
+		return "spawn: no id";
+	return js->nargv ? NULL : "spawn: no arg";
+}
+
+/* Find the user (a name, or a uid) in the container's /etc/passwd. */
+static void lookup_user(const char *want, struct user *u)
+{
+	unsigned long long uid = 0, gid, id;
+	bool numeric = parse_uint(want, UINT32_MAX - 1, &uid);
+	char *text = NULL, *line, *next;
+	struct stat st;
+	int fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+
+	if (fd < 0 && !(numeric && errno == ENOENT))
+		die("user %s: open /etc/passwd", want);
+	if (fd >= 0) {
+		TRY(fstat(fd, &st), "fstat /etc/passwd");
+		if (!S_ISREG(st.st_mode)) /* a FIFO would block */
+			die_msg("user %s: /etc/passwd is not a regular file", want);
+		text = read_all(fd, "/etc/passwd");
+		close(fd);
+	}
+	for (line = text; line; line = next) {
+		char *f[7];
+		int n = 0;
+		if ((next = strchr(line, '\n')))
+			*next++ = '\0';
+		for (char *p = line; p && n < 7; n++) {
+			f[n] = p;
+			if ((p = strchr(p, ':')))
+				*p++ = '\0';
+		}
+		if (n == 7 && parse_uint(f[2], UINT32_MAX - 1, &id) && parse_uint(f[3], UINT32_MAX - 1, &gid) &&
+		    (numeric ? id == uid : !strcmp(f[0], want))) {
+			*u = (struct user){ (uid_t)id, (gid_t)gid, f[0], *f[5] ? f[5] : "/" };
+			return;
+		}
+	}
+	if (!numeric)
+		die_msg("unknown user %s", want);
+	*u = (struct user){ (uid_t)uid, (gid_t)uid, want, "/" };
+}
+
+static void reset_signals(void)
+{
+	struct sigaction sa = { .sa_handler = SIG_DFL };
+	sigset_t none;
+
+	for (int sig = 1; sig < NSIG; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP && sigaction(sig, &sa, NULL) < 0 &&
+		    errno != EINVAL) /* EINVAL: signals reserved by glibc */
+			die("sigaction %d", sig);
+	sigemptyset(&none);
+	TRY(sigprocmask(SIG_SETMASK, &none, NULL), "sigprocmask");
+}
+
+static void set_caps(uint64_t caps)
+{
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2];
+
+	for (int i = 0; i < 2; i++) {
+		uint32_t word = (uint32_t)(caps >> (32 * i));
+		data[i] = (struct __user_cap_data_struct){ word, word, word };
+	}
+	TRY(syscall(SYS_capset, &hdr, data), "capset");
+}
+
+/*
+ * Become the user. Unprivileged: no capability left anywhere and no new
+ * privileges. Privileged: the bounding, permitted, effective and inheritable
+ * sets are privileged_caps (and the ambient set too for a user other than root,
+ * so the capabilities survive its exec).
+ */
+static void drop_privileges(const struct user *u, bool privileged)
+{
+	uint64_t caps = 0;
+
+	for (size_t i = 0; privileged && i < ARRAY_LEN(privileged_caps); i++)
+		caps |= 1ULL << privileged_caps[i];
+	for (int cap = 0; cap < 64; cap++) {
+		if (!(caps & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+			if (errno == EINVAL) /* past the last capability */
+				break;
+			die("prctl PR_CAPBSET_DROP %d", cap);
+		}
+	}
+	if (caps && u->uid != 0 && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+		die("prctl PR_SET_KEEPCAPS");
+	TRY(setgroups(0, NULL), "setgroups");
+	TRY(setgid(u->gid), "setgid %u", (unsigned)u->gid);
+	TRY(setuid(u->uid), "setuid %u", (unsigned)u->uid);
+	set_caps(caps);
+	TRY(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl PR_CAP_AMBIENT_CLEAR_ALL");
+	for (int cap = 0; caps && u->uid != 0 && cap < 64; cap++)
+		if ((caps & (1ULL << cap)) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+			die("prctl PR_CAP_AMBIENT_RAISE %d", cap);
+	if (!privileged && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		die("prctl PR_SET_NO_NEW_PRIVS");
+}
+
+/* The defaults, then the request's env= entries in order (each replaces a default of its name). */
+static char **make_env(const struct job_spec *js, const struct user *u)
+{
+	char **env = xcalloc(js->nenv + 5, sizeof(char *));
+	size_t n = 0, j;
+
+	env[n++] = DEFAULT_PATH;
+	env[n++] = concat("HOME=", u->home);
+	env[n++] = concat("USER=", u->name);
+	env[n++] = concat("LOGNAME=", u->name);
+	for (size_t i = 0; i < js->nenv; i++) {
+		size_t k = strcspn(js->env[i], "=") + 1;
+		for (j = 0; j < n && strncmp(env[j], js->env[i], k); j++)
+			;
+		env[j] = js->env[i];
+		n += j == n;
+	}
+	return env;
+}
+
+/* The job's child: set up and exec, or report "step: error" on REPORT and exit 127. */
+static noreturn void run_job(const struct job_spec *js, int devnull, int out, int errfd, int report)
+{
+	struct user u;
+
+	err_fd = report;
+	err_status = 127;
+	TRY(setsid(), "setsid");
+	reset_signals();
+	/* fds 0-2 of PID 1 are /dev/null, so OUT, ERRFD and REPORT are all above 2 */
+	if (dup2(devnull, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
+		die("dup2");
+	if (report != 3 && dup3(report, 3, O_CLOEXEC) < 0)
+		die("dup3");
+	err_fd = 3;
+	TRY(close_range(4, ~0U, 0), "close_range");
+	lookup_user(js->user ? js->user : js->privileged ? "root" : "corral", &u);
+	for (size_t i = 0; i < js->nlimits; i++)
+		TRY(setrlimit(js->limits[i].resource, &js->limits[i].rl), "setrlimit %s", js->limits[i].name);
+	if (js->dir && chdir(js->dir) < 0)
+		die("chdir %s", js->dir);
+	if (!js->dir && chdir(u.home) < 0 && chdir("/") < 0)
+		die("chdir /");
+	drop_privileges(&u, js->privileged);
+	environ = make_env(js, &u); /* execvpe searches the job's PATH */
+	execvpe(js->argv[0], js->argv, environ);
+	die("exec %s", js->argv[0]);
+}
+
+/* ---- PID 1: the server ------------------------------------------------ */
+
+/* "CALL: strerror(errno)" in BUF, for a reply. */
+static const char *error_text(char buf[static 256], const char *call)
+{
+	snprintf(buf, 256, "%s: %s", call, strerror(errno));
+	return buf;
+}
+
+struct job {
+	struct job *next;
+	unsigned long long id;
+	pid_t pid;
+	int status_fd;
+};
+
+struct server {
+	int listen_fd, sig_fd, devnull;
+	int *clients; /* -1: closed, compacted after each poll round */
+	size_t nclients;
+	struct job *jobs;
+};
+
+struct msg {
+	char *buf;
+	size_t len;
+};
+
+static void msg_add(struct msg *m, const char *s)
+{
+	size_t n = strlen(s) + 1;
+
+	m->buf = xrealloc(m->buf, m->len + n);
+	memcpy(m->buf + m->len, s, n);
+	m->len += n;
+}
+
+static void close_client(struct server *s, size_t i)
+{
+	if (s->clients[i] >= 0)
+		close(s->clients[i]);
+	s->clients[i] = -1;
+}
+
+/* Send M to client I; a client that cannot take it (in SEND_TIMEOUT_SEC) is dropped. */
+static void msg_send(struct server *s, size_t i, const struct msg *m)
+{
+	if (s->clients[i] >= 0 && send(s->clients[i], m->buf, m->len, MSG_NOSIGNAL) < 0)
+		close_client(s, i);
+}
+
+/* Send the strings up to NULL as one packet to client I. */
+static void reply(struct server *s, size_t i, ...)
+{
+	struct msg m = { 0 };
+	const char *str;
+	va_list ap;
+
+	va_start(ap, i);
+	while ((str = va_arg(ap, const char *)))
+		msg_add(&m, str);
+	va_end(ap);
+	msg_send(s, i, &m);
+	free(m.buf);
+}
+
+static struct job **find_job(struct server *s, unsigned long long id, pid_t pid)
+{
+	struct job **j;
+
+	for (j = &s->jobs; *j; j = &(*j)->next)
+		if (pid ? (*j)->pid == pid : (*j)->id == id)
+			break;
+	return j;
+}
+
+/* Record a job's status in its status file, then tell every client. */
+static void job_exited(struct server *s, pid_t pid, int wstatus)
+{
+	struct job **jp = find_job(s, 0, pid), *j = *jp;
+	char id[24], status[16];
+
+	if (!j) /* an orphan, or a child that failed before exec */
+		return;
+	snprintf(id, sizeof id, "%llu", j->id);
+	snprintf(status, sizeof status, "%d\n",
+		 WIFSIGNALED(wstatus) ? 128 + WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
+	if (write(j->status_fd, status, strlen(status)) < 0) {
+		/* the exit message still tells the daemon */
+	}
+	close(j->status_fd);
+	status[strlen(status) - 1] = '\0';
+	for (size_t i = 0; i < s->nclients; i++)
+		reply(s, i, "exit", id, status, NULL);
+	*jp = j->next;
+	free(j);
+}
+
+static void reap(struct server *s)
+{
+	struct signalfd_siginfo si;
+	int wstatus;
+	pid_t pid;
+
+	while (read(s->sig_fd, &si, sizeof si) == (ssize_t)sizeof si)
+		;
+	while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0)
+		job_exited(s, pid, wstatus);
+	if (pid < 0 && errno != ECHILD && errno != EINTR)
+		die("waitpid");
+}
+
+/* Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set. */
+static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, char err[static 1024])
+{
+	int pipefd[2];
+	pid_t pid;
+
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		error_text(err, "pipe2");
+		return -1;
+	}
+	if ((pid = fork()) == 0)
+		run_job(js, s->devnull, fds[0], fds[1], pipefd[1]);
+	if (pid < 0)
+		error_text(err, "fork");
+	close(pipefd[1]);
+	if (pid > 0 && read_report(pipefd[0], err, 1024)) /* EOF at once: the exec succeeded */
+		pid = -1;
+	close(pipefd[0]);
+	return pid;
+}
+
+static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, int nfds)
+{
+	struct job_spec js = { 0 };
+	bool has_id = false;
+	const char *error = parse_job(strs, n, &js, &has_id);
+	char id[24] = "", err[1024], pid_text[16];
+	pid_t pid = -1;
+
+	if (has_id)
+		snprintf(id, sizeof id, "%llu", js.id);
+	if (!error && nfds != 3)
+		error = "spawn: needs exactly 3 fds";
+	if (!error && *find_job(s, js.id, 0))
+		error = "spawn: job id already running";
+	if (!error && (pid = start_job(s, &js, fds, err)) < 0)
+		error = err;
+	if (error) {
+		reply(s, ci, "error", id, error, NULL);
+	} else {
+		struct job *j = xcalloc(1, sizeof *j);
+		*j = (struct job){ s->jobs, js.id, pid, fds[2] };
+		s->jobs = j;
+		fds[2] = -1; /* kept by the job */
+		snprintf(pid_text, sizeof pid_text, "%d", (int)pid);
+		reply(s, ci, "started", id, pid_text, NULL);
+	}
+	free(js.env);
+	free(js.argv);
+	free(js.limits);
+}
+
+static void do_signal(struct server *s, size_t ci, char **strs, int n)
+{
+	unsigned long long id, sig;
+	const char *error = NULL;
+	struct job *j;
+	char err[256];
+
+	if (n != 3 || !parse_uint(strs[1], ULLONG_MAX, &id) || !parse_uint(strs[2], NSIG - 1, &sig))
+		error = "signal: bad request";
+	else if (!(j = *find_job(s, id, 0)))
+		error = "signal: no such job";
+	else if (kill(-j->pid, (int)sig) < 0)
+		error = error_text(err, "kill");
+	if (error)
+		reply(s, ci, "error", n > 1 ? strs[1] : "", error, NULL);
+	else
+		reply(s, ci, "ok", NULL);
+}
+
+static void do_killall(struct server *s, size_t ci, char **strs, int n)
+{
+	unsigned long long sig;
+	const char *error = NULL;
+	char err[256];
+	int rc = -1;
+
+	if (n != 2 || !parse_uint(strs[1], NSIG - 1, &sig)) {
+		error = "killall: bad request";
+	} else {
+		reap(s); /* unreaped zombies would still count for kill(-1) */
+		if ((rc = kill(-1, (int)sig)) < 0 && errno != ESRCH)
+			error = error_text(err, "kill");
+	}
+	if (error)
+		reply(s, ci, "error", "", error, NULL);
+	else
+		reply(s, ci, rc == 0 ? "ok" : "none", NULL);
+}
+
+static void do_jobs(struct server *s, size_t ci)
+{
+	struct msg m = { 0 };
+	char id[24];
+
+	msg_add(&m, "jobs");
+	for (struct job *j = s->jobs; j; j = j->next) {
+		snprintf(id, sizeof id, "%llu", j->id);
+		msg_add(&m, id);
+	}
+	msg_send(s, ci, &m);
+	free(m.buf);
+}
+
+static void dispatch(struct server *s, size_t ci, char **strs, int n, int *fds, int nfds)
+{
+	if (!strcmp(strs[0], "spawn"))
+		do_spawn(s, ci, strs, n, fds, nfds);
+	else if (!strcmp(strs[0], "signal"))
+		do_signal(s, ci, strs, n);
+	else if (!strcmp(strs[0], "killall"))
+		do_killall(s, ci, strs, n);
+	else if (!strcmp(strs[0], "jobs") && n == 1)
+		do_jobs(s, ci);
+	else if (!strcmp(strs[0], "ping") && n == 1)
+		reply(s, ci, "pong", NULL);
+	else
+		reply(s, ci, "error", "", "unknown request", NULL);
+}
+
+/* Receive one packet from client I (sized with MSG_PEEK|MSG_TRUNC) and answer it. */
+static void handle_client(struct server *s, size_t i)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+	} control;
+	int fds[MAX_FDS], nfds = 0, nstr = 0;
+	ssize_t n = recv(s->clients[i], NULL, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) { /* EOF or error */
+		close_client(s, i);
+		return;
+	}
+	char *buf = xrealloc(NULL, (size_t)n + 1);
+	struct iovec iov = { buf, (size_t)n };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			     .msg_controllen = sizeof control.buf };
+	if ((n = recvmsg(s->clients[i], &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)) <= 0) {
+		free(buf);
+		if (n == 0 || (errno != EAGAIN && errno != EINTR))
+			close_client(s, i);
+		return;
+	}
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < MAX_FDS; k++)
+				memcpy(&fds[nfds++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+	buf[n] = '\0'; /* a last string without its NUL is taken as it is */
+	for (char *p = buf; p < buf + n; p += strlen(p) + 1)
+		nstr++;
+	char **strs = xcalloc((size_t)nstr + 1, sizeof(char *));
+	nstr = 0;
+	for (char *p = buf; p < buf + n; p += strlen(p) + 1)
+		strs[nstr++] = p;
+	dispatch(s, i, strs, nstr, fds, (mh.msg_flags & MSG_CTRUNC) ? -1 : nfds);
+	for (int k = 0; k < nfds; k++)
+		if (fds[k] >= 0)
+			close(fds[k]);
+	free(strs);
+	free(buf);
+}
+
+static void accept_client(struct server *s)
+{
+	struct timeval tv = { .tv_sec = SEND_TIMEOUT_SEC };
+	int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+
+	if (fd < 0 && (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED))
+		return;
+	TRY(fd, "accept4");
+	TRY(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), "setsockopt SO_SNDTIMEO");
+	s->clients = xrealloc(s->clients, (s->nclients + 1) * sizeof(int));
+	s->clients[s->nclients++] = fd;
+}
+
+static noreturn void serve(struct server *s)
+{
+	struct pollfd *pfds = NULL;
+	sigset_t chld;
+
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	TRY(sigprocmask(SIG_BLOCK, &chld, NULL), "sigprocmask");
+	TRY(s->sig_fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK), "signalfd");
+	for (;;) {
+		size_t n = s->nclients, k = 0;
+		pfds = xrealloc(pfds, (n + 2) * sizeof *pfds);
+		pfds[0] = (struct pollfd){ .fd = s->sig_fd, .events = POLLIN };
+		pfds[1] = (struct pollfd){ .fd = s->listen_fd, .events = POLLIN };
+		for (size_t i = 0; i < n; i++)
+			pfds[i + 2] = (struct pollfd){ .fd = s->clients[i], .events = POLLIN };
+		if (poll(pfds, n + 2, -1) < 0 && errno != EINTR)
+			die("poll");
+		if (pfds[0].revents)
+			reap(s);
+		for (size_t i = 0; i < n; i++)
+			if (pfds[i + 2].revents && s->clients[i] >= 0)
+				handle_client(s, i);
+		if (pfds[1].revents & POLLIN)
+			accept_client(s);
+		for (size_t i = 0; i < s->nclients; i++)
+			if (s->clients[i] >= 0)
+				s->clients[k++] = s->clients[i];
+		s->nclients = k;
+	}
+}
+
+static noreturn void init_main(struct spec *sp, int ready_fd)
+{
+	struct server s = { .sig_fd = -1 };
+	struct sigaction ign = { .sa_handler = SIG_IGN };
+	const int ignored[] = { SIGTERM, SIGINT, SIGHUP, SIGPIPE };
+
+	err_fd = ready_fd;
+	for (size_t i = 0; i < ARRAY_LEN(ignored); i++)
+		TRY(sigaction(ignored[i], &ign, NULL), "sigaction %d", ignored[i]);
+	umask(0);
+	TRY(s.devnull = open("/dev/null", O_RDWR | O_CLOEXEC), "open /dev/null");
+	s.listen_fd = setup_container(sp);
+	umask(022);
+	free(sp->d);
+	free(sp->text);
+	/* Receive buffers (up to a few hundred KiB) are mmapped, so freeing returns them. */
+	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+	for (int fd = 0; fd < 3; fd++) /* the launcher's caller waits for EOF on them */
+		TRY(dup2(s.devnull, fd), "dup2 /dev/null");
+	if (write(ready_fd, "ok\n", 3) != 3)
+		die("write ready");
+	close(ready_fd);
+	err_fd = STDERR_FILENO; /* now /dev/null */
+	serve(&s);
+}
+
+/* ---- launcher --------------------------------------------------------- */
+
+static int launch(void)
+{
+	struct spec sp = { 0 };
+	int ready[2], fd, wstatus;
+	char buf[1024], text[32];
+	pid_t pid;
+
+	TRY(close_range(3, ~0U, 0), "close_range");
+	sp.text = read_all(STDIN_FILENO, "launch spec");
+	parse_spec(&sp);
+	snprintf(text, sizeof text, "%d\n", (int)getpid());
+	for (struct directive *d = sp.d; d < sp.d + sp.n; d++) {
+		if (d->kind != D_CGROUP)
+			continue;
+		TRY(fd = open(d->f[0], O_WRONLY | O_CLOEXEC), "open %s", d->f[0]);
+		TRY(write(fd, text, strlen(text)), "write %s", d->f[0]);
+		close(fd);
+	}
+	TRY(unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID), "unshare");
+	TRY(pipe2(ready, O_CLOEXEC), "pipe2");
+	TRY(pid = fork(), "fork");
+	if (pid == 0) {
+		close(ready[0]);
+		init_main(&sp, ready[1]);
+	}
+	close(ready[1]);
+	if (read_report(ready[0], buf, sizeof buf) == 3 && !strcmp(buf, "ok\n")) {
+		snprintf(text, sizeof text, "%d\n", (int)pid);
+		TRY(write(STDOUT_FILENO, text, strlen(text)), "write stdout");
+		return 0;
+	}
+	TRY(waitpid(pid, &wstatus, 0), "waitpid");
+	if (*buf)
+		die_msg("%s", buf);
+	die_msg("init exited during set-up (wait status %d)", wstatus);
+}
+
+/* Arguments after "launch" are ignored: PID 1 keeps them in its cmdline, as a label. */
+int main(int argc, char **argv)
+{
+	if (argc >= 2 && !strcmp(argv[1], "launch"))
+		return launch();
+	die_msg("usage: corral-init launch [LABEL...] < SPEC");
+}
