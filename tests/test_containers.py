@@ -35,6 +35,13 @@ def test_privileged_runs_as_root_without_mount_rights(client: Client, container:
     assert status != 0, "a privileged job must not be able to mount"
 
 
+def test_host_wide_kernel_settings_are_read_only(client: Client, container: str) -> None:
+    script = "echo core > /proc/sys/kernel/core_pattern && echo WRITABLE"
+    status, out, err = client.run(container, script, privileged=True)
+    assert status != 0 and "WRITABLE" not in out
+    assert "Read-only file system" in err
+
+
 def test_unprivileged_has_no_capabilities(client: Client, container: str) -> None:
     _, out, _ = client.run(container, "grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status")
     assert all(line.split()[1] == "0000000000000000" for line in out.splitlines()), out

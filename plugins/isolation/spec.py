@@ -26,6 +26,9 @@ MASKED_FILES = (
     "/proc/latency_stats",
 )
 MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware")
+#: Kernel settings that are host-wide: read-only even for privileged jobs
+#: (a writable /proc/sys/kernel/core_pattern alone would be a way out).
+READ_ONLY_PROC = ("/proc/sys", "/proc/sysrq-trigger", "/proc/bus", "/proc/fs", "/proc/irq")
 
 SYSTEM_MOUNTS = (
     Mount("proc", "proc", "/proc", ("nosuid", "nodev", "noexec", "mkdir")),
@@ -91,6 +94,11 @@ def render(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
     ]
     lines += [
         _mount(Mount("tmpfs", "tmpfs", path, ("ro", "optional"), "size=4k")) for path in MASKED_DIRS
+    ]
+    # Before pivot the container's /proc is visible at ROOT/proc: bind it onto itself read-only.
+    lines += [
+        _mount(Mount("none", f"{plan.root_dir}{path}", path, ("bind", "rec", "ro", "optional")))
+        for path in READ_ONLY_PROC
     ]
     lines += [_mount(m) for m in plan.mounts]
     lines.append(_line("hostname", hostname))
