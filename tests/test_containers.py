@@ -62,7 +62,15 @@ def test_host_invisible(client: Client, container: str) -> None:
     host_mounts = Path("/proc/self/mountinfo").read_text()
     assert container not in host_mounts
     inside = {line.split()[4] for line in out.splitlines()}
-    host_only = {line.split()[4] for line in host_mounts.splitlines()} - {"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp"}
+    host_only = {line.split()[4] for line in host_mounts.splitlines()} - {
+        "/",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/dev/pts",
+        "/dev/shm",
+        "/tmp",
+    }
     assert host_only and not inside & host_only
 
 
@@ -262,3 +270,20 @@ def test_info_payload(client: Client, container: str) -> None:
         "properties",
         "limits",
     }
+
+
+def test_trio_client(daemon: Daemon) -> None:
+    import trio
+
+    from supervisor.client import TrioClient
+
+    async def main() -> list[object]:
+        async with await TrioClient.connect(daemon.socket) as c:
+            handle = await c.create()
+            job = await c.spawn(handle, "echo a; echo b >&2")
+            chunks = [item async for item in c.stream(handle, job)]
+            result = await c.run(handle, "exit 9")
+            await c.destroy(handle)
+            return [sorted(chunks), result]
+
+    assert trio.run(main) == [[("stderr", "b\n"), ("stdout", "a\n")], [9, "", ""]]
