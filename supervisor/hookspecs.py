@@ -141,7 +141,8 @@ def corral_container_info(
     """Contribute fields (e.g. stats) to the ``info`` reply of a container.
 
     :param container: the container asked about.
-    :return: a mapping merged into the reply, or an awaitable of one.
+    :return: a mapping merged into the reply, or an awaitable of one; a ``limits``
+        mapping is merged key by key with other plugins' limits.
     """
 
 

@@ -118,7 +118,11 @@ class Hooks:
     async def info(self, container: Container) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         for result in self._call("corral_container_info", container=container):
-            merged.update(await _resolve(result))
+            for key, value in (await _resolve(result)).items():
+                if key == "limits" and isinstance(value, dict):
+                    merged.setdefault("limits", {}).update(value)  # several plugins own limits
+                else:
+                    merged[key] = value
         return merged
 
     def commands(self) -> dict[str, Handler]:

@@ -72,7 +72,18 @@ class Daemon:
             f'[daemon]\nsocket = "{self.socket}"\ndepot = "{self.depot}"\nlog_level = "debug"\n'
             f'[containers]\nrootfs = "{rootfs}"\nstop_timeout = 2\n{containers}\n'
             f'[isolation]\ninit = "{init}"\n'
-            f'[cgroups]\nparent = "corral-test-{self.dir.name}"\n' + extra_config
+            f'[cgroups]\nparent = "corral-test-{self.dir.name}"\n'
+            # Network values of this daemon alone (hash of its random dir name), so test
+            # daemons (practically) never share a table, device prefix, subnet or port
+            # with each other or with a system daemon (10.254.0.0/22, "crl", 61001-65000).
+            f'[net]\ntable = "corral_test_{self.dir.name[4:]}"\n'
+            f'interface_prefix = "t{self.dir.name[-5:]}"\n'
+            f'pool = "10.{128 + hash(self.dir.name) % 8192 // 64}.{hash(self.dir.name) % 64 * 4}.0/22"\n'
+            f'bridges = {{lan = "10.{64 + hash(self.dir.name) // 8192 % 16384 // 256}'
+            f'.{hash(self.dir.name) // 8192 % 256}.0/24"}}\n'
+            f"port_range = [{40000 + hash(self.dir.name) // 2**25 % 200 * 100}, "
+            f"{40099 + hash(self.dir.name) // 2**25 % 200 * 100}]\n"
+            "quarantine = 1\n" + extra_config
         )
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None

@@ -29,5 +29,5 @@ def test_200_create_destroy_cycles_leave_nothing(daemon: Daemon) -> None:
                 assert c.run(handle, "echo hi") == [0, "hi\n", ""]
             c.destroy(handle)
         assert c.list() == []
-    assert leftovers(daemon) == {"mounts": [], "processes": [], "depot": []}
+    assert leftovers(daemon) == {"mounts": [], "processes": [], "depot": [], "cgroups": []}
     assert _namespaces() <= namespaces_before

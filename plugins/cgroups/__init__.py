@@ -1,5 +1,310 @@
-"""cgroups plugin (placeholder): limits, stats and the OOM watcher.
+"""cgroups plugin: each container's cgroups, its limits, stats and OOM watcher.
 
-Until it is built (see the limits issue), containers run without resource
-limits. This module registers no hook yet.
+Every container gets its own cgroup, ``PARENT/HANDLE``, in each hierarchy that
+holds a controller Corral uses (:mod:`~plugins.cgroups.layout` finds them at
+start, cgroup v1, v2 or a mix). The directories are made and configured in
+``corral_container_prepare``, before the container's init joins them through
+the launch plan's ``cgroup.procs`` files, so every process of the container is
+accounted and limited from its first instruction. They are removed when the
+container is destroyed, when its creation fails, and at start for handles the
+daemon no longer knows.
+
+Limits (``mem``, ``cpu``, ``cpus``, ``cpuset``, ``pids``; see
+:mod:`~plugins.cgroups.limits`) come from the create option ``limits`` and the
+``limit`` command. The OOM watcher (:mod:`~plugins.cgroups.oom`) runs for the
+container's whole life in the prepare context and publishes
+:class:`~supervisor.events.OutOfMemory`; the core then records the event and
+stops the container. Stopping with KILL freezes the cgroup first, so no process
+escapes by forking.
+
+Config ``[cgroups]``: ``parent`` (default ``"corral"``), the cgroup under each
+hierarchy root holding the containers' cgroups. It belongs to one daemon: the
+daemon removes any cgroup in it that is not one of its containers, creates it
+when needed and removes it when it stops with no container left (put host-wide
+caps on a level above, e.g. ``parent = "capped/corral"``).
 """
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import structlog
+import trio
+
+from plugins.cgroups import layout as layout_module
+from plugins.cgroups import oom
+from plugins.cgroups.backend import CPUSET, MEMORY, CgroupError
+from plugins.cgroups.group import ContainerCgroups
+from plugins.cgroups.layout import Layout
+from plugins.cgroups.limits import RESOURCES, CgroupLimit, apply_all, host_cores, read_all
+from plugins.cgroups.values import parse_limits
+from supervisor.config import Config, ConfigError
+from supervisor.container import Container
+from supervisor.errors import InvalidRequest
+from supervisor.events import OutOfMemory
+from supervisor.hookspecs import hookimpl
+from supervisor.sandbox import LaunchPlan, Limit
+
+NAME = "cgroups"
+DEFAULT_PARENT = "corral"
+_PARENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+
+log = structlog.get_logger().bind(plugin=NAME)
+
+
+class _Settings:
+    parent: str = DEFAULT_PARENT
+    #: Empty until ``corral_configure``: without it the plugin limits nothing.
+    layout: Layout = Layout()
+
+
+settings = _Settings()
+
+#: The cgroups of every container whose prepare context is open, by handle.
+_live: dict[str, tuple[Container, ContainerCgroups]] = {}
+
+
+# -- daemon --------------------------------------------------------------------------
+
+
+@hookimpl
+def corral_configure(config: Config) -> None:
+    """Check ``[cgroups]`` and find where each controller lives."""
+    section = config.section(NAME)
+    unknown = set(section) - {"parent"}
+    if unknown:
+        raise ConfigError(f"[{NAME}] {', '.join(sorted(unknown))}: unknown setting (known: parent)")
+    parent = section.get("parent", DEFAULT_PARENT)
+    if not isinstance(parent, str) or not _PARENT_RE.match(parent):
+        raise ConfigError(
+            f"[{NAME}] parent: {parent!r} is not a relative cgroup path of letters, digits, "
+            "'_', '.' and '-' (e.g. \"corral\" or \"capped/corral\")"
+        )
+    settings.parent = parent
+    settings.layout = layout_module.detect()
+    if settings.layout.placements:
+        log.info("cgroup controllers found", parent=parent, **settings.layout.describe())
+    else:
+        log.warning("no cgroup controller found: containers will run without limits")
+
+
+@hookimpl
+def corral_startup(live_handles: frozenset[str]) -> Awaitable[None]:
+    """Set up the parent cgroups and remove those of containers the daemon does not know."""
+    return _startup(live_handles)
+
+
+async def _startup(live_handles: frozenset[str]) -> None:
+    try:
+        setup_parents(settings.layout, settings.parent)
+    except CgroupError as exc:
+        log.error("cannot set up the parent cgroups", error=exc.message)
+    stale: set[str] = set()
+    for root in settings.layout.hierarchies():
+        parent = root / settings.parent
+        if parent.is_dir():
+            stale.update(
+                e.name for e in parent.iterdir() if e.is_dir() and e.name not in live_handles
+            )
+    for handle in sorted(stale):
+        log.warning("cgroups of an unknown container removed", handle=handle)
+        await ContainerCgroups.plan(settings.layout, settings.parent, handle).remove()
+
+
+@hookimpl
+def corral_shutdown() -> None:
+    """Remove the parent cgroups if no container is left in them (containers outlive the daemon)."""
+    for root in settings.layout.hierarchies():
+        try:
+            (root / settings.parent).rmdir()
+        except OSError:
+            pass  # containers live on in it, or it is gone already
+
+
+def setup_parents(layout: Layout, parent: str) -> None:
+    """Create ``PARENT`` (and the levels above it) in each hierarchy, ready for containers.
+
+    Every level from the hierarchy root down is set up (v1 cpuset copies, v2
+    enables the controllers in ``cgroup.subtree_control``); done at start and
+    again before each create, as it is cheap and an administrator may have
+    removed the parent meanwhile.
+    """
+    parts = parent.split("/")
+    for root, placement in layout.hierarchies().items():
+        controllers = [c for c, p in layout.placements.items() if p.root == root]
+        levels = [root] + [root.joinpath(*parts[: i + 1]) for i in range(len(parts))]
+        for level in levels:
+            try:
+                level.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise CgroupError(f"cannot create cgroup {level}: {exc.strerror}") from None
+            for controller in controllers:
+                placement.backend.setup_parent(controller, level)
+
+
+# -- create options and limits ----------------------------------------------------------
+
+
+def _limits_option(value: Any) -> dict[str, Any]:
+    available = {name for name, r in RESOURCES.items() if settings.layout.has(r.controller)}
+    cpuset = settings.layout.placements.get(CPUSET)
+    host = host_cores(
+        cpuset.backend if cpuset else None, cpuset.root / settings.parent if cpuset else None
+    )
+    return parse_limits(value, host, available)
+
+
+@hookimpl
+def corral_create_options() -> dict[str, Any]:
+    """Claim ``limits``: checked completely here, so a bad value fails create before anything is built."""
+    return {"limits": _limits_option}
+
+
+def _find(container: Container) -> ContainerCgroups | None:
+    entry = _live.get(container.handle)
+    return entry[1] if entry is not None and entry[0] is container else None
+
+
+def _record(container: Container, name: str, value: Any) -> None:
+    container.plugin_state(NAME).setdefault("limits", {})[name] = value
+    container.save()
+
+
+def _recorded(container: Container, name: str) -> Any:
+    return container.plugin_state(NAME).get("limits", {}).get(name)
+
+
+@hookimpl
+def corral_limit_resources() -> dict[str, Limit]:
+    """``mem``, ``cpu``, ``cpus``, ``cpuset`` and ``pids``, read and written in the cgroups."""
+    return {name: CgroupLimit(r, _find, _record, _recorded) for name, r in RESOURCES.items()}
+
+
+# -- per container -------------------------------------------------------------------------
+
+
+@hookimpl
+def corral_container_prepare(
+    container: Container, plan: LaunchPlan, restoring: bool
+) -> AbstractAsyncContextManager[None]:
+    """The container's cgroups, its limits and its OOM watcher, for the container's life."""
+    return _cgroups(container, plan, restoring)
+
+
+@asynccontextmanager
+async def _cgroups(container: Container, plan: LaunchPlan, restoring: bool) -> AsyncIterator[None]:
+    state = container.plugin_state(NAME)
+    if restoring and "dirs" in state:
+        group = ContainerCgroups.from_state(container.handle, state["dirs"])
+    else:
+        # Restoring without a record: the daemon died before it saved one; the
+        # directories, if any, are where this layout puts them.
+        group = ContainerCgroups.plan(settings.layout, settings.parent, container.handle)
+    if not restoring:
+        # Recorded before the first mkdir, so a crash right after still finds them.
+        state["dirs"] = group.to_state()
+        container.save()
+    try:
+        async with _transparent_nursery() as nursery:
+            if not restoring:
+                await _create(container, group)
+            if group.has(MEMORY) and group.path(MEMORY).is_dir():
+                # Watching starts before the first limit is written, so no OOM goes unseen.
+                await nursery.start(
+                    oom.watch,
+                    group.backend(MEMORY),
+                    group.path(MEMORY),
+                    state.get("oom_kills", 0),
+                    lambda count: _out_of_memory(container, count),
+                )
+            if not restoring:
+                await _apply_create_limits(container, group)
+            plan.cgroup_procs.extend(group.procs_files())
+            _live[container.handle] = (container, group)
+            try:
+                yield
+            finally:
+                if _find(container) is group:
+                    del _live[container.handle]
+                nursery.cancel_scope.cancel()
+    finally:
+        if not container.detaching:
+            with trio.CancelScope(shield=True):
+                await group.remove()
+
+
+@asynccontextmanager
+async def _transparent_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery that lets a lone error out as itself, not wrapped in an exception group.
+
+    The container's later phases fail *through* this context (launch errors are
+    thrown in at the ``yield``); the core and the client should see that error,
+    not a group holding it.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _create(container: Container, group: ContainerCgroups) -> None:
+    await trio.to_thread.run_sync(setup_parents, settings.layout, settings.parent)
+    try:
+        await trio.to_thread.run_sync(group.create)
+    except FileExistsError:
+        # Only a crashed daemon leaves a directory named after a free handle.
+        container.log.warning("leftover cgroups of the same handle removed")
+        await group.remove()
+        await trio.to_thread.run_sync(group.create)
+
+
+async def _apply_create_limits(container: Container, group: ContainerCgroups) -> None:
+    limits = container.options.get("limits") or {}
+    if not limits:
+        return
+    try:
+        in_force = await trio.to_thread.run_sync(apply_all, group, limits)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"container {container.handle}: {exc.message}") from None
+    container.plugin_state(NAME)["limits"] = in_force
+    container.save()
+    container.log.info("limits set", **in_force)
+
+
+async def _out_of_memory(container: Container, count: int) -> None:
+    container.plugin_state(NAME)["oom_kills"] = count
+    container.save()
+    container.log.warning("the kernel OOM-killed a process of the container", oom_kills=count)
+    await container.publish(OutOfMemory(container.handle))
+
+
+@hookimpl
+def corral_container_info(container: Container) -> dict[str, Any] | None:
+    """``limits`` in force and ``memory_stat``, ``cpu_stat``, ``pids``, read from the cgroups now."""
+    group = _find(container)
+    if group is None:
+        return None
+    info = group.stats()
+    info["limits"] = read_all(group, container.plugin_state(NAME).get("limits", {}))
+    return info
+
+
+@hookimpl
+def corral_container_kill(container: Container) -> Awaitable[None] | None:
+    """Freeze the container, SIGKILL all but its init, thaw."""
+    group = _find(container)
+    if group is None:
+        return None
+    keep = container.sandbox.pid if container.sandbox is not None else None
+    return _kill(container, group, keep)
+
+
+async def _kill(container: Container, group: ContainerCgroups, keep: int | None) -> None:
+    killed = await group.kill_all_but(keep)
+    container.log.debug("container processes killed", count=killed)

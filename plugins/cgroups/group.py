@@ -1,0 +1,249 @@
+"""One container's cgroups: a directory in each hierarchy, and what is done to all of them.
+
+On v1 a container has one directory per hierarchy (``memory/corral/HANDLE``,
+``cpu/corral/HANDLE``...), on v2 one in the unified tree; a hybrid host may
+have both. Each controller is reached through the backend of its version.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from plugins.cgroups.backend import (
+    CPUACCT,
+    FREEZE_POLL,
+    FREEZE_TIMEOUT,
+    FREEZER,
+    MEMORY,
+    PIDS,
+    Backend,
+    CgroupError,
+    procs,
+)
+from plugins.cgroups.layout import BACKENDS, Layout
+
+#: How long destroy keeps killing stragglers before it gives up on a directory.
+REMOVE_TIMEOUT = 10.0
+REMOVE_POLL = 0.02
+
+log = structlog.get_logger()
+
+
+class ContainerCgroups:
+    """The cgroup directories of one container, by controller."""
+
+    def __init__(self, handle: str, dirs: dict[str, tuple[int, Path]]) -> None:
+        """
+        Args:
+            handle: the container's handle (for messages).
+            dirs: controller -> (cgroup version, the container's directory for it).
+        """
+        self.handle = handle
+        self._dirs = {c: (BACKENDS[version], Path(path)) for c, (version, path) in dirs.items()}
+        #: Serializes limit writes: two memory writes interleaved could break memsw >= mem.
+        self.lock = trio.Lock()
+
+    @classmethod
+    def plan(cls, layout: Layout, parent: str, handle: str) -> ContainerCgroups:
+        """Where the container's directories go: ``ROOT/PARENT/HANDLE`` in each hierarchy."""
+        return cls(
+            handle,
+            {c: (p.version, p.root / parent / handle) for c, p in layout.placements.items()},
+        )
+
+    def to_state(self) -> dict[str, list[Any]]:
+        """JSON form for the container's plugin state."""
+        return {c: [backend.version, str(path)] for c, (backend, path) in self._dirs.items()}
+
+    @classmethod
+    def from_state(cls, handle: str, state: dict[str, list[Any]]) -> ContainerCgroups:
+        """The inverse of :meth:`to_state`."""
+        return cls(handle, {c: (int(v), Path(p)) for c, (v, p) in state.items()})
+
+    # -- lookup ------------------------------------------------------------------------
+
+    def has(self, controller: str) -> bool:
+        """Whether the container has a cgroup for *controller*."""
+        return controller in self._dirs
+
+    def backend(self, controller: str) -> Backend:
+        return self._dirs[controller][0]
+
+    def path(self, controller: str) -> Path:
+        return self._dirs[controller][1]
+
+    def directories(self) -> dict[Path, tuple[Backend, list[str]]]:
+        """Each distinct directory with its backend and the controllers it serves."""
+        found: dict[Path, tuple[Backend, list[str]]] = {}
+        for controller, (backend, path) in self._dirs.items():
+            found.setdefault(path, (backend, []))[1].append(controller)
+        return found
+
+    def procs_files(self) -> list[Path]:
+        """The ``cgroup.procs`` files the container's init joins."""
+        return [path / "cgroup.procs" for path in self.directories()]
+
+    # -- life --------------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Make and configure every directory, before any task joins.
+
+        Raises:
+            FileExistsError: a directory is already there (a leftover).
+            CgroupError: the kernel refused a directory or a setting.
+        """
+        for path, (backend, controllers) in self.directories().items():
+            try:
+                path.mkdir()
+            except FileExistsError:
+                raise  # the caller removes the leftover and tries again
+            except OSError as exc:
+                raise CgroupError(
+                    f"container {self.handle}: cannot create cgroup {path}: {exc.strerror}"
+                ) from None
+            for controller in controllers:
+                backend.setup_child(controller, path)
+
+    async def remove(self) -> list[Path]:
+        """Kill whatever is left in the cgroups and remove them all; tolerates missing ones.
+
+        Returns:
+            the directories that could not be removed in :data:`REMOVE_TIMEOUT`.
+        """
+        left = [path for path in self.directories() if path.exists()]
+        with trio.move_on_after(REMOVE_TIMEOUT):
+            while left:
+                left = [path for path in left if not self._rmdir(path)]
+                if left:
+                    await self._kill_leftovers()
+                    await trio.sleep(REMOVE_POLL)
+        for path in left:
+            log.error("cgroup not removed: tasks remain", handle=self.handle, path=str(path))
+        return left
+
+    def _rmdir(self, path: Path) -> bool:
+        try:
+            return _rmdir_tree(path)
+        except CgroupError as exc:
+            log.error("cgroup not removed", handle=self.handle, error=exc.message)
+            return True  # nothing a retry would change
+
+    async def _kill_leftovers(self) -> None:
+        if self.has(FREEZER) and self.path(FREEZER).exists():
+            try:
+                # A freeze cut short (daemon killed mid-stop) would keep SIGKILL from landing.
+                self.backend(FREEZER).thaw(self.path(FREEZER))
+            except (CgroupError, OSError):
+                pass
+        for path, (backend, _) in self.directories().items():
+            if path.exists() and not backend.kill_all(path):
+                _kill(procs(path), keep=None)
+
+    # -- stop --------------------------------------------------------------------------
+
+    def pids(self) -> set[int]:
+        """Every process of the container, in any of its cgroups."""
+        found: set[int] = set()
+        for path in self.directories():
+            found.update(procs(path))
+        return found
+
+    async def kill_all_but(self, keep: int | None) -> int:
+        """SIGKILL every process but *keep* (the init), frozen so that none escapes by forking.
+
+        A frozen task cannot fork nor exit, so its pid cannot be reused between
+        reading ``cgroup.procs`` and the ``kill``. The kill lands when the cgroup
+        is thawed (v1) or at once (v2).
+
+        Returns:
+            how many processes were signalled.
+        """
+        freezer = self.path(FREEZER) if self.has(FREEZER) else None
+        frozen = False
+        if freezer is not None and freezer.exists():
+            backend = self.backend(FREEZER)
+            try:
+                backend.start_freeze(freezer)
+                frozen = True
+                with trio.move_on_after(FREEZE_TIMEOUT) as waited:
+                    while not backend.frozen(freezer):
+                        await trio.sleep(FREEZE_POLL)
+                if waited.cancelled_caught:
+                    log.warning("cgroup did not freeze in time; killing anyway", handle=self.handle)
+            except (CgroupError, OSError) as exc:
+                log.warning(
+                    "cannot freeze the cgroup; killing unfrozen", handle=self.handle, error=str(exc)
+                )
+        try:
+            return _kill(self.pids(), keep)
+        finally:
+            if frozen:
+                assert freezer is not None
+                self.backend(FREEZER).thaw(freezer)
+
+    # -- stats -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """``memory_stat``, ``cpu_stat`` and ``pids`` for ``info``, read from the cgroups now."""
+        out: dict[str, Any] = {}
+        if self.has(MEMORY):
+            try:
+                m = self.backend(MEMORY).memory_stat(self.path(MEMORY))
+                out["memory_stat"] = {
+                    "usage": m.usage,
+                    "max_usage": m.max_usage,
+                    "limit": m.limit,
+                    "oom_count": m.oom_count,
+                }
+            except (OSError, ValueError):
+                out["memory_stat"] = dict.fromkeys(("usage", "max_usage", "limit", "oom_count"))
+        if self.has(CPUACCT):
+            try:
+                usage: int | None = self.backend(CPUACCT).cpu_usage_ns(self.path(CPUACCT))
+            except (OSError, ValueError, KeyError):
+                usage = None
+            out["cpu_stat"] = {"usage": usage}
+        if self.has(PIDS):
+            backend, path = self._dirs[PIDS]
+            try:
+                out["pids"] = {"current": backend.pids_current(path), "max": backend.pids_max(path)}
+            except (OSError, ValueError):
+                out["pids"] = {"current": None, "max": None}
+        return out
+
+
+def _kill(pids: Iterable[int], keep: int | None) -> int:
+    count = 0
+    for pid in pids:
+        if pid == keep:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            count += 1
+        except ProcessLookupError:
+            pass
+    return count
+
+
+def _rmdir_tree(path: Path) -> bool:
+    """Remove a cgroup directory and any child cgroup under it; False while tasks remain."""
+    try:
+        for child in path.iterdir():
+            if child.is_dir() and not _rmdir_tree(child):
+                return False
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+            return False
+        raise CgroupError(f"cannot remove cgroup {path}: {exc.strerror}") from None
+    return True

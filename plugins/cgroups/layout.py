@@ -1,0 +1,134 @@
+"""Where each controller lives on this host: a v1 hierarchy, the v2 tree, or nowhere.
+
+Detected once at daemon start from ``/proc/self/mountinfo``. A controller
+mounted as a v1 hierarchy is used there (a controller can be bound to one
+hierarchy only); otherwise it is used on the v2 tree if the v2 root lists it in
+``cgroup.controllers``. So one detection covers the three layouts found in the
+wild: pure v1, hybrid (systemd's: v1 controllers plus a v2 mount with none, as on
+these machines) and pure v2.
+
+On v2, ``cpuacct`` (CPU usage in ``cpu.stat``) and ``freezer``
+(``cgroup.freeze``) are part of the core and need no controller; ``devices``
+does not exist (see :mod:`plugins.cgroups.v2`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plugins.cgroups.backend import CONTROLLERS, CPUACCT, DEVICES, FREEZER, Backend, read
+from plugins.cgroups.v1 import V1
+from plugins.cgroups.v2 import V2
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+BACKENDS: dict[int, Backend] = {1: V1(), 2: V2()}
+#: Controllers that are part of the v2 core (present in every v2 cgroup).
+V2_CORE = frozenset({CPUACCT, FREEZER})
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One controller's home: the cgroup version and the root of its hierarchy."""
+
+    version: int
+    root: Path
+
+    @property
+    def backend(self) -> Backend:
+        """The backend that knows this version's files."""
+        return BACKENDS[self.version]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The placement of every controller Corral can use on this host."""
+
+    placements: dict[str, Placement] = field(default_factory=dict)
+
+    def has(self, controller: str) -> bool:
+        """Whether the controller can be used."""
+        return controller in self.placements
+
+    def hierarchies(self) -> dict[Path, Placement]:
+        """Each distinct hierarchy root with its placement (co-mounted controllers share one)."""
+        return {p.root: p for p in self.placements.values()}
+
+    def describe(self) -> dict[str, str]:
+        """For the start-up log: ``{"memory": "v1 /sys/fs/cgroup/memory", ...}``."""
+        return {c: f"v{p.version} {p.root}" for c, p in self.placements.items()}
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \\ooo.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> tuple[dict[str, Path], Path | None]:
+    """The v1 controllers' mount points and the v2 mount point found in mountinfo text.
+
+    Returns:
+        (controller -> mount point for v1 hierarchies, the first cgroup2 mount or None).
+    """
+    v1: dict[str, Path] = {}
+    v2: Path | None = None
+    for line in text.splitlines():
+        before, sep, after = line.partition(" - ")
+        if not sep:
+            continue
+        fields, tail = before.split(), after.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        mount_point = Path(_unescape(fields[4]))
+        fstype, super_options = tail[0], tail[2].split(",")
+        if fstype == "cgroup2" and v2 is None:
+            v2 = mount_point
+        elif fstype == "cgroup":
+            for option in super_options:
+                if option in CONTROLLERS:
+                    v1.setdefault(option, mount_point)
+    return v1, v2
+
+
+def detect(
+    mountinfo: str | None = None,
+    v2_controllers: Callable[[Path], set[str]] | None = None,
+) -> Layout:
+    """Find every controller's placement.
+
+    Args:
+        mountinfo: text of ``/proc/self/mountinfo`` (read if None).
+        v2_controllers: reads the controllers a v2 root offers (its
+            ``cgroup.controllers``); replaceable for tests.
+    """
+    if mountinfo is None:
+        mountinfo = MOUNTINFO.read_text()
+    if v2_controllers is None:
+        v2_controllers = _read_v2_controllers
+    v1, v2_root = parse_mountinfo(mountinfo)
+    offered = v2_controllers(v2_root) if v2_root is not None else set()
+    placements: dict[str, Placement] = {}
+    for controller in CONTROLLERS:
+        if controller in v1:
+            placements[controller] = Placement(1, v1[controller])
+        elif v2_root is not None and controller != DEVICES:
+            if controller in V2_CORE or controller in offered:
+                placements[controller] = Placement(2, v2_root)
+    return Layout(placements)
+
+
+def _read_v2_controllers(root: Path) -> set[str]:
+    try:
+        return set(read(root / "cgroup.controllers").split())
+    except OSError:
+        return set()

@@ -1,0 +1,192 @@
+"""The OOM watcher: tells when the kernel OOM-kills a process of a container.
+
+Both versions end in the same question, "did the ``oom_kill`` counter of the
+cgroup go up?", and differ in how the kernel wakes us:
+
+- v1: an eventfd registered on ``memory.oom_control`` through
+  ``cgroup.event_control``. The kernel signals it when the cgroup *enters* OOM,
+  just before it picks a victim, so the counter is re-read for a moment after
+  the wake-up. (It is also signalled when the cgroup is removed.)
+- v2: inotify on ``memory.events``, which the kernel marks modified whenever one
+  of its counters changes.
+
+A watcher is started with ``nursery.start``: it reports started only once the
+kernel would wake it, so a limit written afterwards cannot OOM unseen. It never
+raises for a cgroup that vanishes (the container is going away); it just ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from plugins.cgroups.backend import Backend, write
+
+#: ``on_oom(count)``: called with the new value of the counter each time it rises.
+OomCallback = Callable[[int], Awaitable[None]]
+
+#: How long a v1 wake-up may precede the kill it announces.
+V1_KILL_DELAY = 1.0
+V1_POLL = 0.01
+
+# linux/inotify.h
+IN_MODIFY = 0x00000002
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+
+async def watch(
+    backend: Backend,
+    path: Path,
+    seen: int,
+    on_oom: OomCallback,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Watch the memory cgroup at *path* until cancelled or the cgroup is gone.
+
+    Args:
+        backend: the version of the hierarchy *path* is in.
+        path: the container's memory cgroup.
+        seen: the OOM kills already reported (persisted across daemon restarts,
+            so kills that happened while no daemon ran are reported once).
+        on_oom: awaited with the new count when the counter rises above *seen*.
+    """
+    watcher = watch_v1 if backend.version == 1 else watch_v2
+    await watcher(backend, path, seen, on_oom, task_status=task_status)
+
+
+async def watch_v1(
+    backend: Backend,
+    path: Path,
+    seen: int,
+    on_oom: OomCallback,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The v1 watcher: an eventfd on ``memory.oom_control``."""
+    efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    control = -1
+    started = False
+    try:
+        control = os.open(path / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        write(path / "cgroup.event_control", f"{efd} {control}")
+        task_status.started()
+        started = True
+        seen = await _check(backend, path, seen, on_oom)
+        while True:
+            await trio.lowlevel.wait_readable(efd)
+            try:
+                os.eventfd_read(efd)
+            except BlockingIOError:
+                continue
+            if not path.is_dir():
+                return
+            # The event comes as the cgroup enters OOM; the kill follows.
+            with trio.move_on_after(V1_KILL_DELAY):
+                while backend.oom_kills(path) <= seen:
+                    await trio.sleep(V1_POLL)
+            seen = await _check(backend, path, seen, on_oom)
+    except FileNotFoundError:
+        # The cgroup went away under us (or never was, restoring a half-made
+        # container): nothing to watch, and nothing that would fail to be seen.
+        if not started:
+            task_status.started()
+    finally:
+        trio.lowlevel.notify_closing(efd)
+        os.close(efd)
+        if control >= 0:
+            os.close(control)
+
+
+async def watch_v2(
+    backend: Backend,
+    path: Path,
+    seen: int,
+    on_oom: OomCallback,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The v2 watcher: inotify on ``memory.events``."""
+    fd = inotify_init()
+    started = False
+    try:
+        inotify_add_watch(fd, path / "memory.events", IN_MODIFY)
+        task_status.started()
+        started = True
+        seen = await _check(backend, path, seen, on_oom)
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            if IN_IGNORED in drain_events(fd):
+                return  # the file (so the cgroup) is gone
+            seen = await _check(backend, path, seen, on_oom)
+    except FileNotFoundError:
+        if not started:
+            task_status.started()
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+
+
+async def _check(backend: Backend, path: Path, seen: int, on_oom: OomCallback) -> int:
+    count = backend.oom_kills(path)
+    if count > seen:
+        await on_oom(count)
+    return max(count, seen)
+
+
+# -- inotify through ctypes (the standard library has no binding) -------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def inotify_init() -> int:
+    """A non-blocking, close-on-exec inotify fd."""
+    fd = int(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+    return fd
+
+
+def inotify_add_watch(fd: int, path: Path, mask: int) -> int:
+    """Watch *path* for the events in *mask*; FileNotFoundError if it does not exist."""
+    wd = int(_libc.inotify_add_watch(fd, os.fsencode(path), ctypes.c_uint32(mask)))
+    if wd < 0:
+        err = ctypes.get_errno()
+        cls = FileNotFoundError if err == errno.ENOENT else OSError
+        raise cls(err, f"inotify_add_watch {path}: {os.strerror(err)}")
+    return wd
+
+
+def drain_events(fd: int) -> set[int]:
+    """Read every pending inotify event; the set of their masks' bits."""
+    bits: set[int] = set()
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return bits
+        bits.update(parse_event_masks(data))
+
+
+def parse_event_masks(data: bytes) -> list[int]:
+    """The single bits of the ``mask`` of each ``struct inotify_event`` in *data*.
+
+    The struct is ``int wd; uint32 mask; uint32 cookie; uint32 len; char name[len]``.
+    """
+    bits: list[int] = []
+    offset = 0
+    while offset + 16 <= len(data):
+        mask = int.from_bytes(data[offset + 4 : offset + 8], sys.byteorder)
+        length = int.from_bytes(data[offset + 12 : offset + 16], sys.byteorder)
+        bits += [1 << i for i in range(32) if mask & (1 << i)]
+        offset += 16 + length
+    return bits

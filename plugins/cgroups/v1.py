@@ -1,0 +1,182 @@
+"""cgroup v1: one hierarchy per controller (``/sys/fs/cgroup/memory``, ``.../cpu``...).
+
+What v1 needs that v2 does not:
+
+- ``cpuset.cpus`` and ``cpuset.mems`` are empty in a new cgroup, and a task
+  cannot join until both are set: every level copies its parent's.
+- Swap is limited by ``memory.memsw.limit_in_bytes``, which may never be below
+  ``memory.limit_in_bytes``; the two are written in the order that keeps that
+  true. Without memsw accounting (``swapaccount=0``) the container gets
+  ``memory.swappiness`` 0 instead, so it is never pushed to swap.
+- The devices controller: deny everything, then allow the few character devices
+  a container's ``/dev`` holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plugins.cgroups.backend import (
+    CPUSET,
+    DEVICES,
+    MEMORY,
+    Backend,
+    CgroupError,
+    MemoryStat,
+    read,
+    read_int,
+    read_keyed,
+    write,
+)
+from plugins.cgroups.values import cpus_for, quota_for
+
+#: What a container may open or mknod: null zero full random urandom, tty, ptmx, pts.
+ALLOWED_DEVICES = (
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+)
+
+
+def devices_rules() -> list[tuple[str, str]]:
+    """The writes that set a container's device list: (file, rule), deny-all first."""
+    return [("devices.deny", "a")] + [("devices.allow", rule) for rule in ALLOWED_DEVICES]
+
+
+class V1(Backend):
+    """The v1 files."""
+
+    version = 1
+
+    def setup_parent(self, controller: str, path: Path) -> None:
+        if controller == CPUSET:
+            _inherit_cpuset(path)
+        elif controller == MEMORY:
+            # Without hierarchy a child's usage does not count against its parent's
+            # limit. Always on since Linux 5.x; older kernels allow setting it only
+            # while the cgroup has no children, hence "try".
+            if read(path / "memory.use_hierarchy").strip() == "0":
+                try:
+                    write(path / "memory.use_hierarchy", "1")
+                except CgroupError:
+                    pass
+
+    def setup_child(self, controller: str, path: Path) -> None:
+        if controller == CPUSET:
+            _inherit_cpuset(path)
+        elif controller == MEMORY:
+            # A parent with oom_kill_disable=1 would hand it down: the container would
+            # then hang at its limit instead of having a process killed.
+            write(path / "memory.oom_control", "0")
+            if not (path / "memory.memsw.limit_in_bytes").exists():
+                swappiness = path / "memory.swappiness"
+                if swappiness.exists():
+                    write(swappiness, "0")
+        elif controller == DEVICES:
+            for name, rule in devices_rules():
+                write(path / name, rule)
+
+    # -- memory ---------------------------------------------------------------------
+
+    def set_memory(self, path: Path, limit: int) -> None:
+        what = f"mem {limit}"
+        mem = path / "memory.limit_in_bytes"
+        memsw = path / "memory.memsw.limit_in_bytes"
+        if not memsw.exists():
+            write(mem, str(limit), what)
+            return
+        first, second = memory_write_order(limit, read_int(memsw), mem, memsw)
+        old = read(first)
+        write(first, str(limit), what)
+        try:
+            write(second, str(limit), what)
+        except BaseException:
+            write(first, old)  # put the pair back as it was: nothing changes
+            raise
+
+    def memory_limit(self, path: Path) -> int | None:
+        return read_int(path / "memory.limit_in_bytes")
+
+    def memory_stat(self, path: Path) -> MemoryStat:
+        return MemoryStat(
+            usage=read_int(path / "memory.usage_in_bytes"),
+            max_usage=read_int(path / "memory.max_usage_in_bytes"),
+            limit=self.memory_limit(path),
+            oom_count=self.oom_kills(path),
+        )
+
+    def oom_kills(self, path: Path) -> int:
+        # ``oom_kill`` appeared in Linux 4.13; older kernels only signal the eventfd.
+        return read_keyed(path / "memory.oom_control").get("oom_kill", 0)
+
+    # -- cpu --------------------------------------------------------------------------
+
+    def set_cpu_shares(self, path: Path, shares: int) -> None:
+        write(path / "cpu.shares", str(shares), f"cpu {shares}")
+
+    def cpu_shares(self, path: Path, written: int | None) -> int:
+        return int(read(path / "cpu.shares"))
+
+    def set_cpu_quota(self, path: Path, cpus: float) -> None:
+        period = int(read(path / "cpu.cfs_period_us"))
+        write(path / "cpu.cfs_quota_us", str(quota_for(cpus, period)), f"cpus {cpus}")
+
+    def cpu_quota(self, path: Path) -> float | None:
+        quota = int(read(path / "cpu.cfs_quota_us"))
+        if quota < 0:
+            return None
+        return cpus_for(quota, int(read(path / "cpu.cfs_period_us")))
+
+    def cpu_usage_ns(self, path: Path) -> int:
+        return int(read(path / "cpuacct.usage"))
+
+    # -- cpuset -------------------------------------------------------------------------
+
+    def set_cpuset(self, path: Path, cpus: str) -> None:
+        write(path / "cpuset.cpus", cpus, f"cpuset {cpus!r}")
+
+    def cpuset(self, path: Path) -> str:
+        return read(path / "cpuset.cpus").strip()
+
+    def available_cores(self, path: Path) -> str:
+        # A child may only be given cores of its parent; a parent not made yet will
+        # copy its own parent's.
+        while not (path / "cpuset.cpus").exists() and path != path.parent:
+            path = path.parent
+        return read(path / "cpuset.cpus").strip()
+
+    # -- freezer --------------------------------------------------------------------------
+
+    def start_freeze(self, path: Path) -> None:
+        write(path / "freezer.state", "FROZEN")
+
+    def frozen(self, path: Path) -> bool:
+        return read(path / "freezer.state").strip() == "FROZEN"
+
+    def thaw(self, path: Path) -> None:
+        write(path / "freezer.state", "THAWED")
+
+
+def memory_write_order(
+    limit: int, memsw_now: int | None, mem: Path, memsw: Path
+) -> tuple[Path, Path]:
+    """In which order to write the two memory files so that memsw >= mem holds throughout.
+
+    Raising above the current memsw limit must move memsw first; anything else
+    (lowering, or raising within memsw) moves the memory limit first.
+    """
+    if memsw_now is not None and limit > memsw_now:
+        return memsw, mem
+    return mem, memsw
+
+
+def _inherit_cpuset(path: Path) -> None:
+    """Copy the parent's cpus and mems into an empty cpuset cgroup (a task cannot join otherwise)."""
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if not read(path / name).strip():
+            write(path / name, read(path.parent / name).strip())

@@ -1,0 +1,394 @@
+"""Limits, OOM, stats and clean-up through the daemon's socket, on this machine's cgroups.
+
+Each test starts real containers with one limit and checks one observable fact
+from inside the container or from the cgroup files the kernel keeps. Figures the
+report quotes (CPU ratio, OOM time to stop) are printed: run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.client import Client
+from supervisor.errors import CorralError, InvalidRequest
+from tests.conftest import Daemon, leftovers
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+MB = 1 << 20
+
+
+def parent_name(daemon: Daemon) -> str:
+    return f"corral-test-{daemon.dir.name}"
+
+
+def cgroup_dirs(daemon: Daemon, handle: str | None = None) -> list[Path]:
+    """The container cgroups of *daemon* (of one handle, or all), in every hierarchy."""
+    found = []
+    for hierarchy in CGROUP_ROOT.iterdir():
+        parent = hierarchy / parent_name(daemon)
+        if parent.is_dir():
+            found += [d for d in parent.iterdir() if d.is_dir() and handle in (None, d.name)]
+    return sorted(found)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def init_pid(daemon: Daemon, handle: str) -> int:
+    record = json.loads((daemon.depot / handle / "state.json").read_text())
+    return int(record["plugins"]["isolation"]["pid"])
+
+
+# -- memory and OOM ------------------------------------------------------------------
+
+
+def test_job_past_the_memory_limit_is_oom_killed_and_the_container_stopped(
+    daemon: Daemon, client: Client
+) -> None:
+    handle = client.create({"limits": {"mem": 64 * MB}})
+    try:
+        job = client.spawn(handle, "dd if=/dev/zero of=/dev/null bs=300M count=1")
+        start = time.monotonic()
+        status, _, _ = client.link(handle, job)
+        linked = time.monotonic() - start
+        assert status == 128 + 9
+        info = wait_for(lambda: (i := client.info(handle))["state"] == "stopped" and i)
+        stopped = time.monotonic() - start
+        assert info and "out of memory" in info["events"]
+        assert info["memory_stat"]["oom_count"] >= 1
+        assert info["memory_stat"]["limit"] == 64 * MB
+        print(f"\nOOM: link returned after {linked:.3f}s, container stopped after {stopped:.3f}s")
+    finally:
+        client.destroy(handle)
+    assert cgroup_dirs(daemon, handle) == []
+
+
+def test_memory_limit_counts_swap_and_reads_back(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"mem": 64 * MB}})
+    try:
+        assert client.call("limit", handle, "mem") == 64 * MB
+        assert client.call("limit", handle, "mem", 128 * MB) == 128 * MB  # raising: memsw first
+        assert client.call("limit", handle, "mem", 32 * MB) == 32 * MB  # lowering: memory first
+        for path in cgroup_dirs(daemon, handle):
+            memsw = path / "memory.memsw.limit_in_bytes"
+            if memsw.exists():
+                assert int(memsw.read_text()) == 32 * MB
+    finally:
+        client.destroy(handle)
+
+
+def test_lowering_mem_below_what_is_used_is_refused_on_v1(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"mem": 128 * MB}})
+    try:
+        memory = [p for p in cgroup_dirs(daemon, handle) if p.parent.parent.name == "memory"]
+        if not memory:
+            pytest.skip("memory is not on cgroup v1 (v2 reclaims, then OOM-kills)")
+        # dd holds its 40 MB buffer while it waits to write into a pipe nobody reads.
+        client.spawn(handle, "dd if=/dev/zero bs=40M count=1 | sleep 30", discard_output=True)
+        assert wait_for(lambda: client.info(handle)["memory_stat"]["usage"] > 40 * MB)
+        with pytest.raises(InvalidRequest, match=f"container {handle}: mem {16 * MB} refused"):
+            client.call("limit", handle, "mem", 16 * MB)
+        assert client.call("limit", handle, "mem") == 128 * MB
+        assert int((memory[0] / "memory.memsw.limit_in_bytes").read_text()) == 128 * MB
+        assert client.info(handle)["state"] == "active"
+    finally:
+        client.destroy(handle)
+
+
+def test_oom_is_still_watched_after_a_daemon_restart(fresh_daemon: Daemon) -> None:
+    with fresh_daemon.client() as c:
+        handle = c.create({"limits": {"mem": 64 * MB}})
+    fresh_daemon.kill9()
+    fresh_daemon.start()
+    with fresh_daemon.client() as c:
+        job = c.spawn(handle, "dd if=/dev/zero of=/dev/null bs=300M count=1")
+        assert c.link(handle, job)[0] == 128 + 9
+        info = wait_for(lambda: (i := c.info(handle))["state"] == "stopped" and i)
+        assert info and "out of memory" in info["events"]
+        c.destroy(handle)
+    assert cgroup_dirs(fresh_daemon) == []
+
+
+# -- cpu -------------------------------------------------------------------------------
+
+
+def test_cpus_quota_gives_a_busy_job_about_half_a_core(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"cpus": 0.5}})
+    try:
+        client.spawn(
+            handle,
+            "spin() { while :; do :; done; }; spin & spin & wait",
+            discard_output=True,
+        )
+        time.sleep(0.5)  # let both spinners start
+        usage0, wall0 = client.info(handle)["cpu_stat"]["usage"], time.monotonic()
+        time.sleep(3.0)
+        usage1, wall1 = client.info(handle)["cpu_stat"]["usage"], time.monotonic()
+        ratio = (usage1 - usage0) / 1e9 / (wall1 - wall0)
+        print(f"\ncpus 0.5 with two spinning processes: {ratio:.3f} cores used")
+        assert 0.3 <= ratio <= 0.7
+        assert client.call("limit", handle, "cpus") == 0.5
+    finally:
+        client.destroy(handle)
+
+
+def test_cpu_shares_read_back(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"cpu": 512}})
+    try:
+        assert client.call("limit", handle, "cpu") == 512
+        assert client.call("limit", handle, "cpu", 2048) == 2048
+        assert client.info(handle)["limits"]["cpu"] == 2048
+    finally:
+        client.destroy(handle)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs at least 2 cpus")
+def test_cpuset_pins_jobs_to_the_given_core(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"cpuset": "1"}})
+    try:
+        status, out, _ = client.run(handle, "grep Cpus_allowed_list /proc/self/status")
+        assert status == 0
+        assert out.split() == ["Cpus_allowed_list:", "1"]
+        assert client.call("limit", handle, "cpuset") == "1"
+        assert client.call("limit", handle, "cpuset", "0,1") == "0-1"
+        status, out, _ = client.run(handle, "grep Cpus_allowed_list /proc/self/status")
+        assert out.split() == ["Cpus_allowed_list:", "0-1"]
+    finally:
+        client.destroy(handle)
+
+
+# -- pids ----------------------------------------------------------------------------------
+
+
+def test_pids_limit_contains_a_fork_bomb(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"pids": 20}})
+    try:
+        # 40 background sleeps: the shell fails to fork once the container holds 20 tasks.
+        status, _, err = client.run(handle, "for i in $(seq 40); do sleep 2 & done; wait")
+        assert status != 0 and "fork" in err
+        # the sleeps and the init fill the container (the shell itself has exited)
+        assert 15 <= client.info(handle)["pids"]["current"] <= 20
+        assert wait_for(lambda: client.info(handle)["pids"]["current"] == 1)
+        client.spawn(handle, "bomb() { bomb | bomb & }; bomb", discard_output=True)
+        with daemon.client(timeout=5) as pinger:
+            for _ in range(20):
+                start = time.monotonic()
+                assert pinger.ping() == "pong"
+                assert time.monotonic() - start < 2.0
+                pids = client.info(handle)["pids"]
+                assert pids["current"] <= pids["max"] == 20
+                time.sleep(0.1)
+    finally:
+        client.destroy(handle)
+    assert cgroup_dirs(daemon, handle) == []
+    assert leftovers(daemon)["processes"] == []
+
+
+# -- read-back across a restart -----------------------------------------------------------
+
+
+def test_limits_read_back_after_kill9_and_restart(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    wanted: dict[str, Any] = {"mem": 96 * MB, "cpu": 256, "cpus": 0.75, "pids": 64}
+    if (os.cpu_count() or 1) >= 2:
+        wanted["cpuset"] = "1"
+    with d.client() as c:
+        handle = c.create({"limits": {"mem": 64 * MB, "pids": 30}})
+        for name, value in wanted.items():
+            assert c.call("limit", handle, name, value) == value
+    d.kill9()
+    d.start()
+    with d.client() as c:
+        for name, value in wanted.items():
+            assert c.call("limit", handle, name) == value, name
+        info = c.info(handle)
+        assert {k: info["limits"][k] for k in wanted} == wanted
+        assert info["pids"]["max"] == 64 and info["memory_stat"]["limit"] == 96 * MB
+        c.destroy(handle)
+    assert cgroup_dirs(d) == []
+
+
+# -- clean-up ---------------------------------------------------------------------------------
+
+
+def test_destroy_removes_the_cgroups_in_every_hierarchy(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"mem": 64 * MB, "pids": 50}})
+    made = cgroup_dirs(daemon, handle)
+    assert len(made) >= 5  # memory, cpu, cpuset, pids, freezer... (v1: one per hierarchy)
+    client.run(handle, "sleep 30 &")
+    client.destroy(handle)
+    assert [p for p in made if p.exists()] == []
+
+
+def test_failed_creates_leave_no_cgroup(daemon: Daemon, client: Client) -> None:
+    before = cgroup_dirs(daemon)
+    with pytest.raises(InvalidRequest, match="cpuset '99': core 99 does not exist"):
+        client.create({"handle": "cg-bad-cpuset", "limits": {"cpuset": "99"}})
+    # pids 1 lets the launcher join but not fork the init: create fails after the
+    # cgroups were made, and must take them down again.
+    with pytest.raises(CorralError, match="cg-no-fork"):
+        client.create({"handle": "cg-no-fork", "limits": {"pids": 1}})
+    assert "cg-bad-cpuset" not in client.list() and "cg-no-fork" not in client.list()
+    assert cgroup_dirs(daemon) == before
+
+
+def test_startup_removes_cgroups_of_unknown_containers(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    with d.client() as c:
+        keep = c.create()
+    d.kill9()
+    stray = CGROUP_ROOT / "memory" / parent_name(d) / "stray"
+    stray.mkdir()
+    sleeper = os.fork()
+    if sleeper == 0:  # pragma: no cover - the child
+        try:
+            (stray / "cgroup.procs").write_text("0")
+            os.execv("/bin/sleep", ["sleep", "60"])
+        finally:
+            os._exit(1)
+    try:
+        wait_for(lambda: (stray / "cgroup.procs").read_text().strip())
+        d.start()
+        assert not stray.exists()
+        assert os.waitpid(sleeper, 0)[1] == 9  # killed by SIGKILL
+        with d.client() as c:
+            assert c.list() == [keep]
+            assert cgroup_dirs(d, keep)
+            c.destroy(keep)
+    finally:
+        try:
+            os.kill(sleeper, 9)
+            os.waitpid(sleeper, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        if stray.exists():
+            stray.rmdir()
+
+
+# -- bad values --------------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("mem", 0),
+    ("mem", -5),
+    ("mem", "lots"),
+    ("mem", 1.5),
+    ("cpu", 0),
+    ("cpu", "x"),
+    ("cpus", 0),
+    ("cpus", -1),
+    ("cpus", 1000),
+    ("cpus", True),
+    ("cpuset", "99"),
+    ("cpuset", "1-0"),
+    ("cpuset", "a"),
+    ("cpuset", 1),
+    ("pids", 0),
+    ("pids", "20"),
+    ("pids", [20]),
+]
+
+
+def test_bad_limit_values_are_refused_and_change_nothing(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"mem": 64 * MB, "cpus": 1, "pids": 30, "cpu": 300}})
+    try:
+        before = client.info(handle)["limits"]
+        for name, value in BAD_VALUES:
+            with pytest.raises(InvalidRequest) as caught:
+                client.call("limit", handle, name, value)
+            assert caught.value.message.startswith(f"container {handle}: {name} "), caught.value
+            assert client.info(handle)["limits"] == before
+    finally:
+        client.destroy(handle)
+
+
+@pytest.mark.parametrize(
+    "limits, words",
+    [
+        ({"mem": 0}, "limits: mem 0 is not a positive number of bytes"),
+        ({"cpus": "all"}, "limits: cpus 'all'"),
+        ({"disk": 5}, "limits: unknown resource 'disk'"),
+        ("64M", "limits: '64M' is not an object"),
+    ],
+)
+def test_bad_create_limits_fail_before_anything_is_built(
+    daemon: Daemon, client: Client, limits: Any, words: str
+) -> None:
+    handles = client.list()
+    with pytest.raises(InvalidRequest, match=words):
+        client.create({"limits": limits})
+    assert client.list() == handles
+    assert [d for d in cgroup_dirs(daemon) if d.name not in handles] == []
+
+
+# -- info, devices and kill -------------------------------------------------------------------
+
+
+def test_info_reports_limits_and_stats(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"mem": 64 * MB, "pids": 40, "cpus": 1.5}})
+    try:
+        client.run(handle, "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
+        info = client.info(handle)
+        assert info["limits"]["mem"] == 64 * MB
+        assert info["limits"]["pids"] == 40
+        assert info["limits"]["cpus"] == 1.5
+        assert info["limits"]["cpu"] == 1024  # the default, read from the cgroup
+        memory = info["memory_stat"]
+        assert set(memory) == {"usage", "max_usage", "limit", "oom_count"}
+        assert 0 < memory["usage"] <= memory["max_usage"] <= 64 * MB
+        assert memory["oom_count"] == 0
+        assert info["cpu_stat"]["usage"] > 1_000_000  # the loop took at least a millisecond
+        assert info["pids"] == {"current": 1, "max": 40}  # the init alone
+    finally:
+        client.destroy(handle)
+
+
+def test_devices_cgroup_allows_only_the_container_nodes(daemon: Daemon, client: Client) -> None:
+    handle = client.create()
+    try:
+        devices = [p for p in cgroup_dirs(daemon, handle) if p.parent.parent.name == "devices"]
+        if not devices:
+            pytest.skip("no v1 devices controller")
+        rules = set((devices[0] / "devices.list").read_text().split("\n")) - {""}
+        assert rules == {
+            "c 1:3 rwm",
+            "c 1:5 rwm",
+            "c 1:7 rwm",
+            "c 1:8 rwm",
+            "c 1:9 rwm",
+            "c 5:0 rwm",
+            "c 5:2 rwm",
+            "c 136:* rwm",
+        }
+        status, out, _ = client.run(handle, "head -c 4 /dev/urandom | wc -c; echo x > /dev/null")
+        assert (status, out.strip()) == (0, "4")
+    finally:
+        client.destroy(handle)
+
+
+def test_stop_kills_every_process_but_the_init(daemon: Daemon, client: Client) -> None:
+    handle = client.create()
+    try:
+        client.spawn(handle, "while :; do sleep 5 & sleep 0.01; done", discard_output=True)
+        time.sleep(0.5)
+        client.stop(handle, kill=True)
+        assert client.info(handle)["state"] == "stopped"
+        pid = init_pid(daemon, handle)
+        assert Path(f"/proc/{pid}").exists()  # the init stays, so the container can be inspected
+        procs = [p for p in cgroup_dirs(daemon, handle) if p.parent.parent.name == "pids"]
+        assert procs and (procs[0] / "cgroup.procs").read_text().split() == [str(pid)]
+        assert client.info(handle)["pids"]["current"] == 1
+    finally:
+        client.destroy(handle)

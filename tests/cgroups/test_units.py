@@ -1,0 +1,621 @@
+"""Unit tests of the cgroups plugin: values, file formats, layouts, both backends, the OOM watcher.
+
+Most run anywhere: the backends are pointed at a directory of plain files laid
+out like a cgroup. The few marked ``needs_root`` use the real kernel of this
+machine (a v1 memory hierarchy and the v2 mount, which on a hybrid host holds
+no controller but has the core files: freeze, kill, procs, cpu.stat).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import plugins.cgroups as plugin
+from plugins.cgroups import backend, oom, v1, v2, values
+from plugins.cgroups.backend import CgroupError, parse_keyed, read_int
+from plugins.cgroups.group import ContainerCgroups
+from plugins.cgroups.layout import Placement, detect, parse_mountinfo
+from plugins.cgroups.values import Host, cpuset_cores, format_cpuset
+from supervisor import config
+from supervisor.errors import InvalidRequest
+
+HOST = Host(frozenset({0, 1, 2, 3}))
+
+# -- values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, cores",
+    [
+        ("0", {0}),
+        ("1,3", {1, 3}),
+        ("0-3", {0, 1, 2, 3}),
+        ("0-2,5,7-8\n", {0, 1, 2, 5, 7, 8}),
+        ("", set()),
+    ],
+)
+def test_cpuset_syntax_round_trips(text: str, cores: set[int]) -> None:
+    assert cpuset_cores(text) == cores
+    assert cpuset_cores(format_cpuset(cores)) == cores
+
+
+def test_cpuset_canonical_form_is_the_kernels() -> None:
+    assert format_cpuset({1, 0}) == "0-1"
+    assert format_cpuset({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert format_cpuset([3]) == "3"
+
+
+@pytest.mark.parametrize("text", ["a", "1-", "-1", "1,,2", "1 2", "3-1", "1;2"])
+def test_cpuset_garbage_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        cpuset_cores(text)
+
+
+def test_cpuset_huge_range_is_refused_before_it_is_built() -> None:
+    with pytest.raises(values.MissingCore, match="core 99999999999"):
+        cpuset_cores("0-99999999999", limit=4)
+
+
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("mem", 64 << 20, 64 << 20),
+        ("cpu", 512, 512),
+        ("cpus", 0.5, 0.5),
+        ("cpus", 2, 2.0),
+        ("cpuset", "3,1-2", "1-3"),
+        ("pids", 20, 20),
+    ],
+)
+def test_good_values_are_normalized(name: str, value: object, expected: object) -> None:
+    assert values.PARSERS[name](value, HOST) == expected
+
+
+@pytest.mark.parametrize(
+    "name, value, words",
+    [
+        ("mem", 0, "mem 0 is not a positive number of bytes"),
+        ("mem", -1, "mem -1 is not a positive"),
+        ("mem", "64M", "mem '64M' is not"),
+        ("mem", 1.5e6, "mem 1500000.0 is not"),
+        ("mem", True, "mem True is not"),
+        ("mem", 4096, "less than the 1048576 bytes"),
+        ("cpu", 0, "cpu 0 is not a number of shares from 2 to 262144"),
+        ("cpu", 300000, "cpu 300000"),
+        ("cpu", "1024", "cpu '1024'"),
+        ("cpus", 0, "cpus 0 is not a number of cores >= 0.01"),
+        ("cpus", -0.5, "cpus -0.5"),
+        ("cpus", float("nan"), "cpus nan"),
+        ("cpus", 5, "cpus 5 is more than the 4 cores of this host"),
+        ("cpus", "half", "cpus 'half'"),
+        ("cpuset", "99", "cpuset '99': core 99 does not exist on this host (cores: 0-3)"),
+        ("cpuset", "2-9", "core 9 does not exist"),
+        ("cpuset", "", "cpuset '' names no core"),
+        ("cpuset", "x", "cpuset 'x': not a list of cores"),
+        ("cpuset", 1, "cpuset 1 is not a string"),
+        ("pids", 0, "pids 0 is not a number of tasks from 1"),
+        ("pids", 1 << 40, "pids 1099511627776"),
+        ("pids", None, "pids None"),
+    ],
+)
+def test_bad_values_name_the_resource_and_value(name: str, value: object, words: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        values.PARSERS[name](value, HOST)
+    assert words in caught.value.message
+
+
+def test_limits_option_checks_every_key() -> None:
+    everything = set(values.PARSERS)
+    assert values.parse_limits({"mem": 1 << 30, "cpuset": "0,1"}, HOST, everything) == {
+        "mem": 1 << 30,
+        "cpuset": "0-1",
+    }
+    with pytest.raises(InvalidRequest, match="limits: unknown resource 'disk'"):
+        values.parse_limits({"disk": 1}, HOST, everything)
+    with pytest.raises(InvalidRequest, match="limits: cpuset '99': core 99"):
+        values.parse_limits({"cpuset": "99"}, HOST, everything)
+    with pytest.raises(InvalidRequest, match="limits: pids cannot be limited on this host"):
+        values.parse_limits({"pids": 5}, HOST, everything - {"pids"})
+    with pytest.raises(InvalidRequest, match="limits: .* is not an object"):
+        values.parse_limits([1], HOST, everything)
+
+
+def test_quota_conversions() -> None:
+    assert values.quota_for(0.5) == 50_000
+    assert values.quota_for(0.001) == values.MIN_QUOTA_US
+    assert values.cpus_for(50_000, 100_000) == 0.5
+    assert values.cpus_for(33_333, 100_000) == 0.3333
+
+
+# -- shared file formats -------------------------------------------------------------
+
+
+def test_keyed_files_and_unlimited_numbers(tmp_path: Path) -> None:
+    assert parse_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n") == {
+        "oom_kill_disable": 0,
+        "under_oom": 0,
+        "oom_kill": 3,
+    }
+    assert (
+        parse_keyed("low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n")["oom_kill"] == 1
+    )
+    f = tmp_path / "n"
+    for text, expected in [
+        ("max\n", None),
+        ("-1\n", None),
+        ("9223372036854771712\n", None),
+        ("42\n", 42),
+    ]:
+        f.write_text(text)
+        assert read_int(f) == expected
+
+
+def test_write_refusals_are_invalid_requests_only_for_values(tmp_path: Path) -> None:
+    with pytest.raises(CgroupError, match="cannot write '1' to .*missing/x"):
+        backend.write(tmp_path / "missing" / "x", "1", "pids 1")
+
+
+# -- cgroup v2 (formats and a fake tree) -----------------------------------------------
+
+
+def test_v2_weight_conversion_keeps_the_three_points() -> None:
+    assert v2.shares_to_weight(2) == 1
+    assert v2.shares_to_weight(1024) == 100
+    assert v2.shares_to_weight(262144) == 10000
+    assert v2.shares_to_weight(1) == 1 and v2.shares_to_weight(10**9) == 10000
+    assert v2.weight_to_shares(100) == 1024
+
+
+def test_v2_weight_conversion_is_monotonic_and_inverts() -> None:
+    weights = [v2.shares_to_weight(s) for s in range(2, 262145, 7)]
+    assert weights == sorted(weights)
+    assert all(v2.shares_to_weight(v2.weight_to_shares(w)) == w for w in range(1, 10001))
+
+
+def test_v2_cpu_max_format() -> None:
+    assert v2.parse_cpu_max("max 100000\n") == (None, 100000)
+    assert v2.parse_cpu_max("50000 100000") == (50000, 100000)
+    assert v2.format_cpu_max(None, 100000) == "max 100000"
+    assert v2.format_cpu_max(25000, 50000) == "25000 50000"
+
+
+@pytest.fixture
+def v2_dir(tmp_path: Path) -> Path:
+    """A container directory of plain files laid out like cgroup v2 (with a parent)."""
+    parent = tmp_path / "corral"
+    path = parent / "h"
+    path.mkdir(parents=True)
+    files = {
+        "memory.max": "max",
+        "memory.swap.max": "max",
+        "memory.current": "8192",
+        "memory.peak": "16384",
+        "memory.events": "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0",
+        "cpu.weight": "100",
+        "cpu.max": "max 100000",
+        "cpu.stat": "usage_usec 1500\nuser_usec 1000\nsystem_usec 500",
+        "cpuset.cpus": "",
+        "cpuset.cpus.effective": "0-3",
+        "pids.max": "max",
+        "pids.current": "3",
+        "cgroup.freeze": "0",
+        "cgroup.events": "populated 1\nfrozen 0",
+        "cgroup.procs": "10\n11\n",
+        "cgroup.subtree_control": "",
+    }
+    for name, text in files.items():
+        (path / name).write_text(text + "\n")
+    (parent / "cpuset.cpus.effective").write_text("0-3\n")
+    (parent / "cgroup.subtree_control").write_text("cpu\n")
+    return path
+
+
+def test_v2_memory_limit_counts_swap(v2_dir: Path) -> None:
+    b = v2.V2()
+    b.set_memory(v2_dir, 64 << 20)
+    assert (v2_dir / "memory.swap.max").read_text() == "0"
+    assert b.memory_limit(v2_dir) == 64 << 20
+    stat = b.memory_stat(v2_dir)
+    assert (stat.usage, stat.max_usage, stat.limit, stat.oom_count) == (8192, 16384, 64 << 20, 1)
+
+
+def test_v2_cpu_files(v2_dir: Path) -> None:
+    b = v2.V2()
+    b.set_cpu_shares(v2_dir, 512)
+    assert (v2_dir / "cpu.weight").read_text() == str(v2.shares_to_weight(512))
+    assert b.cpu_shares(v2_dir, 512) == 512  # what the client wrote, while it is in force
+    (v2_dir / "cpu.weight").write_text("100\n")  # someone else changed it
+    assert b.cpu_shares(v2_dir, 512) == 1024
+    b.set_cpu_quota(v2_dir, 0.5)
+    assert (v2_dir / "cpu.max").read_text() == "50000 100000"
+    assert b.cpu_quota(v2_dir) == 0.5
+    (v2_dir / "cpu.max").write_text("max 100000\n")
+    assert b.cpu_quota(v2_dir) is None
+    assert b.cpu_usage_ns(v2_dir) == 1_500_000
+
+
+def test_v2_cpuset_empty_means_the_parents(v2_dir: Path) -> None:
+    b = v2.V2()
+    assert b.cpuset(v2_dir) == "0-3"
+    b.set_cpuset(v2_dir, "1")
+    assert b.cpuset(v2_dir) == "1"
+    assert b.available_cores(v2_dir.parent) == "0-3"
+    assert b.available_cores(v2_dir.parent / "not-made-yet") == "0-3"
+
+
+def test_v2_pids_freeze_and_subtree_control(v2_dir: Path) -> None:
+    b = v2.V2()
+    b.set_pids_max(v2_dir, 20)
+    assert b.pids_max(v2_dir) == 20 and b.pids_current(v2_dir) == 3
+    b.start_freeze(v2_dir)
+    assert (v2_dir / "cgroup.freeze").read_text() == "1"
+    assert not b.frozen(v2_dir)
+    (v2_dir / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    assert b.frozen(v2_dir)
+    parent = v2_dir.parent
+    b.setup_parent("memory", parent)
+    assert (parent / "cgroup.subtree_control").read_text() == "+memory"
+    (parent / "cgroup.subtree_control").write_text("cpu memory\n")
+    b.setup_parent("memory", parent)  # already on: not written again
+    assert (parent / "cgroup.subtree_control").read_text() == "cpu memory\n"
+    b.setup_parent("freezer", parent)  # part of the v2 core: nothing to enable
+    assert backend.procs(v2_dir) == [10, 11]
+    assert not b.kill_all(v2_dir / "gone")
+
+
+# -- cgroup v1 (formats and a fake tree) -------------------------------------------------
+
+
+def test_v1_memory_write_order_keeps_memsw_above_mem() -> None:
+    mem, memsw = Path("mem"), Path("memsw")
+    assert v1.memory_write_order(2 << 30, 1 << 30, mem, memsw) == (memsw, mem)  # raising past memsw
+    assert v1.memory_write_order(1 << 20, 1 << 30, mem, memsw) == (mem, memsw)  # lowering
+    assert v1.memory_write_order(1 << 20, None, mem, memsw) == (mem, memsw)  # memsw unlimited
+
+
+@pytest.fixture
+def v1_memory(tmp_path: Path) -> Path:
+    path = tmp_path / "h"
+    path.mkdir()
+    for name, text in {
+        "memory.limit_in_bytes": "9223372036854771712",
+        "memory.memsw.limit_in_bytes": "9223372036854771712",
+        "memory.usage_in_bytes": "4096",
+        "memory.max_usage_in_bytes": "8192",
+        "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2",
+    }.items():
+        (path / name).write_text(text + "\n")
+    return path
+
+
+def test_v1_memory_limit_sets_both_files_in_order(
+    v1_memory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[str] = []
+    real_write = v1.write
+
+    def recording(path: Path, value: str, what: str | None = None) -> None:
+        writes.append(f"{path.name}={value}")
+        real_write(path, value, what)
+
+    monkeypatch.setattr(v1, "write", recording)
+    b = v1.V1()
+    b.set_memory(v1_memory, 64 << 20)  # lowering from unlimited: memory first
+    b.set_memory(v1_memory, 128 << 20)  # raising past memsw: memsw first
+    assert writes == [
+        f"memory.limit_in_bytes={64 << 20}",
+        f"memory.memsw.limit_in_bytes={64 << 20}",
+        f"memory.memsw.limit_in_bytes={128 << 20}",
+        f"memory.limit_in_bytes={128 << 20}",
+    ]
+    stat = b.memory_stat(v1_memory)
+    assert (stat.usage, stat.max_usage, stat.limit, stat.oom_count) == (4096, 8192, 128 << 20, 2)
+
+
+def test_v1_memory_limit_is_put_back_when_the_second_write_fails(
+    v1_memory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = v1.write
+
+    def refusing_memsw(path: Path, value: str, what: str | None = None) -> None:
+        if path.name == "memory.memsw.limit_in_bytes":
+            raise InvalidRequest(f"{what} refused by the kernel: Device or resource busy")
+        real_write(path, value, what)
+
+    monkeypatch.setattr(v1, "write", refusing_memsw)
+    with pytest.raises(InvalidRequest, match="mem 67108864 refused"):
+        v1.V1().set_memory(v1_memory, 64 << 20)
+    assert v1.V1().memory_limit(v1_memory) is None  # nothing changed
+
+
+def test_v1_cpu_and_cpuset_files(tmp_path: Path) -> None:
+    parent = tmp_path / "corral"
+    path = parent / "h"
+    path.mkdir(parents=True)
+    for d in (tmp_path, parent):
+        (d / "cpuset.cpus").write_text("0-3\n")
+        (d / "cpuset.mems").write_text("0\n")
+    for name, text in {
+        "cpuset.cpus": "",
+        "cpuset.mems": "",
+        "cpu.shares": "1024",
+        "cpu.cfs_period_us": "100000",
+        "cpu.cfs_quota_us": "-1",
+        "cpuacct.usage": "123456789",
+    }.items():
+        (path / name).write_text(text + "\n")
+    b = v1.V1()
+    b.setup_child("cpuset", path)  # a task cannot join an empty cpuset: inherit the parent's
+    assert (path / "cpuset.cpus").read_text() == "0-3"
+    assert (path / "cpuset.mems").read_text() == "0"
+    assert b.cpu_quota(path) is None
+    b.set_cpu_quota(path, 0.25)
+    assert (path / "cpu.cfs_quota_us").read_text() == "25000"
+    assert b.cpu_quota(path) == 0.25
+    b.set_cpu_shares(path, 256)
+    assert b.cpu_shares(path, None) == 256
+    assert b.cpu_usage_ns(path) == 123456789
+    assert b.available_cores(parent / "not-made-yet") == "0-3"
+
+
+def test_v1_device_rules_deny_first_then_allow_the_container_nodes() -> None:
+    rules = v1.devices_rules()
+    assert rules[0] == ("devices.deny", "a")
+    allowed = {rule for name, rule in rules[1:] if name == "devices.allow"}
+    assert allowed == {
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:2 rwm",
+        "c 136:* rwm",
+    }
+
+
+# -- layout -------------------------------------------------------------------------------
+
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+PURE_V2 = """\
+24 1 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+"""
+COMOUNTED = """\
+25 24 0:23 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:9 - cgroup cgroup rw,cpu,cpuacct
+26 24 0:24 / /sys/fs/cgroup/my\\040memory rw,nosuid shared:10 - cgroup cgroup rw,memory
+"""
+
+
+def test_hybrid_layout_puts_everything_on_v1() -> None:
+    layout = detect(HYBRID, lambda root: {"hugetlb"})
+    assert {c: p.version for c, p in layout.placements.items()} == dict.fromkeys(
+        ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices"), 1
+    )
+    assert layout.placements["memory"].root == Path("/sys/fs/cgroup/memory")
+    assert len(layout.hierarchies()) == 7
+
+
+def test_pure_v2_layout_uses_the_core_for_cpuacct_and_freezer() -> None:
+    layout = detect(PURE_V2, lambda root: {"cpuset", "cpu", "io", "memory", "pids"})
+    root = Placement(2, Path("/sys/fs/cgroup"))
+    assert layout.placements == {
+        c: root for c in ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
+    }
+    assert not layout.has("devices")
+    assert list(layout.hierarchies()) == [Path("/sys/fs/cgroup")]
+    # a v2 tree that does not offer pids: pids cannot be limited
+    assert not detect(PURE_V2, lambda root: {"memory", "cpu"}).has("pids")
+
+
+def test_comounted_v1_controllers_share_one_directory() -> None:
+    v1_mounts, v2_root = parse_mountinfo(COMOUNTED)
+    assert v1_mounts == {
+        "cpu": Path("/sys/fs/cgroup/cpu,cpuacct"),
+        "cpuacct": Path("/sys/fs/cgroup/cpu,cpuacct"),
+        "memory": Path("/sys/fs/cgroup/my memory"),
+    }
+    assert v2_root is None
+    group = ContainerCgroups.plan(detect(COMOUNTED, lambda root: set()), "corral", "h")
+    assert sorted(group.procs_files()) == [
+        Path("/sys/fs/cgroup/cpu,cpuacct/corral/h/cgroup.procs"),
+        Path("/sys/fs/cgroup/my memory/corral/h/cgroup.procs"),
+    ]
+
+
+def test_container_cgroups_state_round_trips() -> None:
+    group = ContainerCgroups.plan(detect(HYBRID, lambda root: set()), "a/b", "h")
+    assert group.path("memory") == Path("/sys/fs/cgroup/memory/a/b/h")
+    again = ContainerCgroups.from_state("h", group.to_state())
+    assert again.to_state() == group.to_state()
+    assert again.backend("pids").version == 1
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        ("parent = '/abs'", "parent: '/abs' is not a relative cgroup path"),
+        ("parent = '../up'", "parent: '../up'"),
+        ("parent = 'a//b'", "parent: 'a//b'"),
+        ("parent = 3", "parent: 3"),
+        ("parnet = 'x'", r"\[cgroups\] parnet: unknown setting"),
+    ],
+)
+def test_config_errors_name_the_setting(table: str, words: str) -> None:
+    with pytest.raises(config.ConfigError, match=words):
+        plugin.corral_configure(config.parse(f"[cgroups]\n{table}\n"))
+
+
+# -- OOM watcher ----------------------------------------------------------------------------
+
+
+def test_inotify_event_masks_are_parsed() -> None:
+    def field(n: int) -> bytes:
+        return n.to_bytes(4, sys.byteorder)
+
+    event = field(1) + field(oom.IN_MODIFY | oom.IN_IGNORED) + field(0) + field(4) + b"abc\0"
+    assert oom.parse_event_masks(event * 2) == [oom.IN_MODIFY, oom.IN_IGNORED] * 2
+
+
+def test_v2_watcher_reports_each_rise_of_oom_kill(v2_dir: Path) -> None:
+    """The whole v2 watcher against a plain file: inotify works the same on it."""
+    events = v2_dir / "memory.events"
+    events.write_text("oom 0\noom_kill 0\n")
+    seen: list[int] = []
+
+    async def main() -> None:
+        async def on_oom(count: int) -> None:
+            seen.append(count)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(oom.watch, v2.V2(), v2_dir, 0, on_oom)
+            events.write_text("oom 1\noom_kill 1\n")
+            with trio.fail_after(5):
+                while seen != [1]:
+                    await trio.sleep(0.01)
+            events.write_text("oom 2\noom_kill 1\n")  # an OOM without a kill: nothing
+            events.write_text("oom 3\noom_kill 3\n")
+            with trio.fail_after(5):
+                while seen != [1, 3]:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_watcher_reports_kills_that_happened_while_no_daemon_ran(v2_dir: Path) -> None:
+    (v2_dir / "memory.events").write_text("oom 2\noom_kill 2\n")
+    seen: list[int] = []
+
+    async def main() -> None:
+        async def on_oom(count: int) -> None:
+            seen.append(count)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(oom.watch, v2.V2(), v2_dir, 1, on_oom)
+            await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert seen == [2]
+
+
+def test_watcher_of_a_vanished_cgroup_just_ends(tmp_path: Path) -> None:
+    async def main() -> None:
+        async def on_oom(count: int) -> None:
+            raise AssertionError("no OOM here")
+
+        async with trio.open_nursery() as nursery:
+            for b in (v1.V1(), v2.V2()):
+                await nursery.start(oom.watch, b, tmp_path / "gone", 0, on_oom)
+
+    trio.run(main)
+
+
+# -- the real kernel of this machine ----------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creates real cgroups")
+V2_MOUNT = Path("/sys/fs/cgroup/unified")
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+@pytest.fixture
+def scratch_cgroup(request: pytest.FixtureRequest) -> Iterator[Path]:
+    root: Path = request.param
+    if not (root / "cgroup.procs").exists():
+        pytest.skip(f"no cgroup hierarchy at {root}")
+    path = root / f"corral-unit-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    for pid in backend.procs(path):
+        os.kill(pid, 9)
+    for _ in range(100):
+        try:
+            path.rmdir()
+            break
+        except OSError:
+            trio.run(trio.sleep, 0.02)
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V2_MOUNT], indirect=True)
+def test_real_v2_freeze_kill_and_cpu_usage(scratch_cgroup: Path) -> None:
+    b = v2.V2()
+    group = ContainerCgroups(
+        "unit", {"freezer": (2, scratch_cgroup), "cpuacct": (2, scratch_cgroup)}
+    )
+    sleepers = [
+        subprocess.Popen(["sh", "-c", f"echo $$ > {scratch_cgroup}/cgroup.procs; exec sleep 60"])
+        for _ in range(3)
+    ]
+    try:
+        trio.run(trio.sleep, 0.2)
+        assert set(backend.procs(scratch_cgroup)) == {p.pid for p in sleepers}
+        keep = sleepers[0].pid
+        assert trio.run(group.kill_all_but, keep) == 2
+        assert [p.wait(timeout=5) for p in sleepers[1:]] == [-9, -9]
+        assert not b.frozen(scratch_cgroup)  # thawed again
+        assert backend.procs(scratch_cgroup) == [keep]
+        assert b.cpu_usage_ns(scratch_cgroup) > 0
+        assert b.kill_all(scratch_cgroup)
+        assert sleepers[0].wait(timeout=5) == -9
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V1_MEMORY], indirect=True)
+def test_real_v1_oom_is_seen_through_the_eventfd(scratch_cgroup: Path) -> None:
+    b = v1.V1()
+    b.setup_child("memory", scratch_cgroup)
+    seen: list[int] = []
+
+    async def main() -> None:
+        async def on_oom(count: int) -> None:
+            seen.append(count)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(oom.watch, b, scratch_cgroup, 0, on_oom)
+            b.set_memory(scratch_cgroup, 32 << 20)
+            hog = await trio.run_process(
+                [
+                    "sh",
+                    "-c",
+                    f"echo $$ > {scratch_cgroup}/cgroup.procs; "
+                    "exec dd if=/dev/zero of=/dev/null bs=100M count=1",
+                ],
+                check=False,
+                capture_stderr=True,
+            )
+            assert hog.returncode == -9
+            with trio.fail_after(5):
+                while not seen:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert seen == [1]
+    assert b.memory_stat(scratch_cgroup).oom_count == 1
