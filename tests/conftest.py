@@ -81,8 +81,8 @@ class Daemon:
             f'pool = "10.{128 + hash(self.dir.name) % 8192 // 64}.{hash(self.dir.name) % 64 * 4}.0/22"\n'
             f'bridges = {{lan = "10.{64 + hash(self.dir.name) // 8192 % 16384 // 256}'
             f'.{hash(self.dir.name) // 8192 % 256}.0/24"}}\n'
-            f"port_range = [{40000 + hash(self.dir.name) // 2**25 % 200 * 100}, "
-            f"{40099 + hash(self.dir.name) // 2**25 % 200 * 100}]\n"
+            f"port_range = [{20000 + hash(self.dir.name) // 2**25 % 127 * 100}, "
+            f"{20099 + hash(self.dir.name) // 2**25 % 127 * 100}]\n"
             "quarantine = 1\n" + extra_config
         )
         self.env = {**os.environ, **(env or {})}
@@ -161,7 +161,24 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
         if daemon.depot.exists()
         else []
     )
-    return {"mounts": mounts, "processes": processes, "depot": depot}
+    return {
+        "mounts": mounts,
+        "processes": processes,
+        "depot": depot,
+        "cgroups": cgroup_leftovers(daemon),
+    }
+
+
+def cgroup_leftovers(daemon: Daemon) -> list[str]:
+    """Container cgroups of this daemon still on the host, in any hierarchy."""
+    parent = f"corral-test-{daemon.dir.name}"
+    return sorted(
+        str(d)
+        for h in Path("/sys/fs/cgroup").iterdir()
+        if (h / parent).is_dir()
+        for d in (h / parent).iterdir()
+        if d.is_dir()
+    )
 
 
 @pytest.fixture(scope="session")
