@@ -16,6 +16,8 @@ settings: dict[str, Any] = {}
 
 
 def _note(line: str) -> None:
+    if "log" not in settings:
+        return  # installed, but this daemon was not configured for it
     with open(settings["log"], "a") as f:
         f.write(line + "\n")
 
