@@ -14,8 +14,9 @@ CONFIG=/etc/corral/corral.toml
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
 # System packages: a C compiler and static libc for the container init,
-# busybox-static for the base rootfs, python3 with venv.
-packages=(gcc libc6-dev busybox-static python3 python3-venv)
+# busybox-static for the base rootfs, python3 with venv, mke2fs and losetup
+# for disk quotas.
+packages=(gcc libc6-dev busybox-static python3 python3-venv e2fsprogs util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -55,6 +55,7 @@ ALLOWED: dict[str, frozenset[State]] = {
     "destroy": frozenset({State.ACTIVE, State.STOPPED}),
     "info": frozenset({State.BORN, State.ACTIVE, State.STOPPED}),
     "limit": frozenset({State.ACTIVE, State.STOPPED}),
+    "copy": frozenset({State.ACTIVE, State.STOPPED}),
 }
 
 #: How often a quiet job's output size is checked against the cap, at most.

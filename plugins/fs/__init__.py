@@ -1,9 +1,13 @@
-"""Filesystem plugin: each container's root is a private overlay of a base rootfs.
+"""Filesystem plugin: root filesystem, disk quota, bind mounts and ``copy``.
 
-The container's writable layer (``upper/``) and overlay work dir live in its
-depot directory; the overlay itself is mounted by the container's init inside
-the container's own mount namespace, so the host never sees it and it vanishes
-with the container. Bind mounts from the create CONFIG follow, in order.
+Each container's root is a private overlay of a base rootfs. Its writable
+layer (``upper/``) and the overlay work dir live in its depot directory or,
+with ``disk_size_mb``, on a filesystem of that size (:mod:`plugins.fs.quota`).
+Every mount is made by the container's init inside the container's own mount
+namespace, so the host never sees it and it vanishes with the container. Bind
+mounts from the create CONFIG follow, in order, their container paths resolved
+inside the container root by the init. ``copy in``/``copy out`` are in
+:mod:`plugins.fs.command`.
 
 Config: the default base is ``[containers] rootfs``; ``create`` may name
 another directory with ``rootfs``.
@@ -17,21 +21,28 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 import trio
 
+from plugins.fs import command, quota
 from supervisor.config import Config
 from supervisor.container import Container
 from supervisor.errors import InvalidRequest
 from supervisor.hookspecs import hookimpl
-from supervisor.sandbox import LaunchPlan, Mount
+from supervisor.sandbox import LaunchPlan, Limit, Mount
 
 NAME = "fs"
 #: Characters that overlayfs options or the launch spec cannot carry in a path.
 FORBIDDEN = (",", ":", "\t", "\n", "\0")
+#: How long destroy waits for the kernel to release a container's loop device.
+LOOP_RELEASE_WAIT = 5.0
+
+log = structlog.get_logger()
 
 
 class _Settings:
     rootfs: Path = Path("/var/lib/corral/rootfs/base")
+    depot: Path = Path("/var/lib/corral/depot")
 
 
 settings = _Settings()
@@ -40,13 +51,30 @@ settings = _Settings()
 @hookimpl
 def corral_configure(config: Config) -> None:
     settings.rootfs = config.containers.rootfs
+    settings.depot = config.daemon.depot
+
+
+@hookimpl
+def corral_startup(live_handles: frozenset[str]) -> None:
+    """Detach loop devices left by containers of this depot that no longer exist (a crash)."""
+    for name, backing in quota.loop_devices().items():
+        path = Path(backing)
+        if path.name == quota.IMAGE_NAME and path.parent.parent == settings.depot:
+            if path.parent.name not in live_handles:
+                log.warning("leftover loop device detached", device=name, image=backing)
+                quota.detach(name)
+
+
+# -- create options ----------------------------------------------------------------
 
 
 def _clean_path(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise InvalidRequest(f"{what}: {value!r} is not an absolute path")
-    if any(c in value for c in FORBIDDEN) or "/../" in value + "/":
-        raise InvalidRequest(f"{what}: {value!r} contains a character or '..' that is not allowed")
+    if any(c in value for c in FORBIDDEN) or any(p in (".", "..") for p in value.split("/")):
+        raise InvalidRequest(
+            f"{what}: {value!r} contains a character (, : TAB newline NUL) or a '.' or '..' component"
+        )
     return value
 
 
@@ -68,6 +96,8 @@ def _bind_mounts(value: Any) -> list[list[Any]]:
             raise InvalidRequest(f"bind_mounts[{i}]: must be [HOST_PATH, CONTAINER_PATH, OPTIONS?]")
         host = _clean_path(item[0], f"bind_mounts[{i}] host path")
         target = _clean_path(item[1], f"bind_mounts[{i}] container path")
+        if target.strip("/") == "":
+            raise InvalidRequest(f"bind_mounts[{i}]: container path {target!r} would hide the root")
         options = item[2] if len(item) == 3 else {}
         mode = options.get("mode", "ro") if isinstance(options, dict) else None
         if mode not in ("ro", "rw") or set(options) - {"mode"}:
@@ -78,9 +108,25 @@ def _bind_mounts(value: Any) -> list[list[Any]]:
     return mounts
 
 
+def _disk_size_mb(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"disk_size_mb: {value!r} is not a whole number of MB")
+    if not quota.MIN_MB <= value <= quota.MAX_MB:
+        raise InvalidRequest(f"disk_size_mb: {value} is outside {quota.MIN_MB}..{quota.MAX_MB} MB")
+    return value
+
+
 @hookimpl
 def corral_create_options() -> dict[str, Any]:
-    return {"rootfs": _rootfs, "bind_mounts": _bind_mounts}
+    return {"rootfs": _rootfs, "bind_mounts": _bind_mounts, "disk_size_mb": _disk_size_mb}
+
+
+@hookimpl
+def corral_commands() -> dict[str, Any]:
+    return {"copy": command.copy}
+
+
+# -- the container's layers ---------------------------------------------------------
 
 
 @hookimpl
@@ -92,12 +138,24 @@ def corral_container_prepare(
 
 @asynccontextmanager
 async def _layers(container: Container, plan: LaunchPlan, restoring: bool) -> AsyncIterator[None]:
-    upper, work = container.path / "upper", container.path / "work"
+    size_mb: int | None = container.options.get("disk_size_mb")
+    image = container.path / quota.IMAGE_NAME
+    if size_mb is None:
+        upper, work = container.path / "upper", container.path / "work"
+    else:
+        disk = container.path / quota.MOUNT_NAME
+        upper, work = disk / quota.UPPER, disk / quota.WORK
     try:
         if not restoring:
-            upper.mkdir()
-            work.mkdir()
+            if size_mb is None:
+                upper.mkdir()
+                work.mkdir()
+            else:
+                await _make_image(container, size_mb)
             plan.root_dir.mkdir(exist_ok=True)
+        if size_mb is not None:
+            # Mounted by the init on its private copy of DEPOT/H/disk, before the root overlay.
+            plan.mounts.append(Mount("ext4", str(image), str(disk), ("loop", "host")))
         base = container.options.get("rootfs", str(settings.rootfs))
         plan.root_mount = Mount(
             "overlay", "overlay", "/", (), f"lowerdir={base},upperdir={upper},workdir={work}"
@@ -109,11 +167,91 @@ async def _layers(container: Container, plan: LaunchPlan, restoring: bool) -> As
             plan.mounts.append(Mount("none", host, target, flags))
         yield
     finally:
+        await command.copies.abandon(container.handle)
         if not container.detaching:
+            if size_mb is not None:
+                await _release_loops(container, image)
             # overlay's work dir holds root-only 000 entries; rmtree as root copes.
-            await trio.to_thread.run_sync(_remove, (upper, work, plan.root_dir))
+            await trio.to_thread.run_sync(
+                _remove,
+                (
+                    container.path / "upper",
+                    container.path / "work",
+                    plan.root_dir,
+                    image,
+                    container.path / quota.MOUNT_NAME,
+                ),
+            )
+
+
+async def _make_image(container: Container, size_mb: int) -> None:
+    start = trio.current_time()
+    try:
+        await trio.to_thread.run_sync(quota.make_image, container.path, size_mb)
+    except quota.QuotaError as exc:
+        raise InvalidRequest(
+            f"container {container.handle}: disk_size_mb {size_mb}: {exc}"
+        ) from None
+    container.log.debug("disk image made", size_mb=size_mb, seconds=trio.current_time() - start)
+
+
+async def _release_loops(container: Container, image: Path) -> None:
+    """Wait until the kernel released the container's loop device (autoclear); detach a straggler."""
+    with trio.move_on_after(LOOP_RELEASE_WAIT):
+        while await trio.to_thread.run_sync(quota.loops_of, image):
+            await trio.sleep(0.02)
+    for name in await trio.to_thread.run_sync(quota.loops_of, image):
+        container.log.warning("loop device still attached after destroy; detaching", device=name)
+        quota.detach(name)
 
 
 def _remove(paths: tuple[Path, ...]) -> None:
     for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+# -- info and limit -------------------------------------------------------------------
+
+
+@hookimpl
+def corral_container_info(container: Container) -> Any:
+    return _disk_stat(container)
+
+
+async def _disk_stat(container: Container) -> dict[str, Any]:
+    size_mb = container.options.get("disk_size_mb")
+    sandbox = container.sandbox
+    used: int | None
+    if size_mb is not None:
+        alive = sandbox is not None and sandbox.alive
+        used = await trio.to_thread.run_sync(quota.usage, sandbox.pid) if alive else None  # type: ignore[union-attr]
+    else:
+        used = await trio.to_thread.run_sync(quota.tree_usage, container.path / "upper")
+    limit = None if size_mb is None else size_mb * 1024 * 1024
+    return {"disk_stat": {"bytes_used": used, "limit": limit}, "limits": {"disk": size_mb}}
+
+
+class DiskLimit:
+    """``limit HANDLE disk``: the size of the writable layer in MB (null: unlimited).
+
+    Read-only: the size is fixed at create (``disk_size_mb``). Growing it would
+    need an online ext4 resize through an fd on the mounted filesystem, which
+    only exists inside the container's mount namespace, detached from any path.
+    """
+
+    async def read(self, container: Any) -> Any:
+        return container.options.get("disk_size_mb")
+
+    async def write(self, container: Any, value: Any) -> Any:
+        raise InvalidRequest(
+            f"container {container.handle}: limit disk: the disk size can only be set at create "
+            "(disk_size_mb)"
+        )
+
+
+@hookimpl
+def corral_limit_resources() -> dict[str, Limit]:
+    return {"disk": DiskLimit()}

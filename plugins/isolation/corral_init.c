@@ -12,6 +12,7 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/loop.h>
 #include <malloc.h>
 #include <net/if.h>
 #include <poll.h>
@@ -196,7 +197,7 @@ static const struct {
 	[D_HOSTNAME] = { "hostname", 1 }, [D_LOOPBACK] = { "loopback", 0 }, [D_SOCKET] = { "socket", 1 },
 };
 
-enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4 };
+enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4, OPT_LOOP = 8, OPT_HOST = 16 };
 
 struct directive {
 	enum kind kind;
@@ -224,6 +225,7 @@ static void parse_mount_flags(struct directive *d, int line)
 		{ "bind", MS_BIND, 0 },     { "rec", MS_REC, 0 },        { "ro", MS_RDONLY, 0 },
 		{ "nosuid", MS_NOSUID, 0 }, { "nodev", MS_NODEV, 0 },    { "noexec", MS_NOEXEC, 0 },
 		{ "mkdir", 0, OPT_MKDIR },  { "mkfile", 0, OPT_MKFILE }, { "optional", 0, OPT_OPTIONAL },
+		{ "loop", 0, OPT_LOOP },    { "host", 0, OPT_HOST },
 	};
 	char *save, *w;
 	size_t i;
@@ -238,6 +240,11 @@ static void parse_mount_flags(struct directive *d, int line)
 		d->mflags |= words[i].ms;
 		d->opts |= words[i].opt;
 	}
+	/* A host target is the daemon's own path: never created, never optional, never the root. */
+	if ((d->opts & OPT_HOST) && (d->opts & (OPT_MKDIR | OPT_MKFILE | OPT_OPTIONAL)))
+		die_msg("launch spec line %d: host cannot be combined with mkdir, mkfile or optional", line);
+	if ((d->opts & OPT_LOOP) && (d->mflags & MS_BIND))
+		die_msg("launch spec line %d: loop cannot be combined with bind", line);
 }
 
 static void parse_directive(struct spec *sp, struct directive *d, char *line, int lineno)
@@ -427,7 +434,7 @@ static int mount_target(int rootfd, const struct directive *d)
 /* Remount a fresh bind mount with its flags, keeping those its source had. */
 static void remount_bind(struct root *r, const struct directive *d, bool is_root)
 {
-	int fd = is_root ? r->fd : must_open_in_root(r->fd, d->f[2], O_PATH);
+	int fd = r->fd;
 	unsigned long flags = MS_REMOUNT | MS_BIND | (d->mflags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC));
 	static const unsigned long keep[][2] = {
 		{ ST_NOSUID, MS_NOSUID },   { ST_NODEV, MS_NODEV },           { ST_NOEXEC, MS_NOEXEC },
@@ -436,6 +443,10 @@ static void remount_bind(struct root *r, const struct directive *d, bool is_root
 	struct statvfs st;
 	char path[32];
 
+	if (d->opts & OPT_HOST)
+		TRY(fd = open(d->f[2], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), "open %s", d->f[2]);
+	else if (!is_root)
+		fd = must_open_in_root(r->fd, d->f[2], O_PATH);
 	TRY(fstatvfs(fd, &st), "statvfs %s", d->f[2]);
 	for (size_t i = 0; i < ARRAY_LEN(keep); i++)
 		flags |= st.f_flag & keep[i][0] ? keep[i][1] : 0;
@@ -445,23 +456,63 @@ static void remount_bind(struct root *r, const struct directive *d, bool is_root
 		close(fd);
 }
 
+/*
+ * Attach the host file FILE to a free loop device that detaches itself when
+ * its last user goes (LO_FLAGS_AUTOCLEAR: here, when the mount made on it
+ * vanishes with the container's mount namespace). Returns an open fd of the
+ * device, whose path is left in DEV; closing it once mounted is safe.
+ */
+static int attach_loop(const char *file, bool ro, char dev[static 32])
+{
+	struct loop_config cfg = { .info.lo_flags = LO_FLAGS_AUTOCLEAR | (ro ? LO_FLAGS_READ_ONLY : 0) };
+	int ctl, backing, loopfd, n;
+
+	TRY(ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC), "open /dev/loop-control");
+	TRY(backing = open(file, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC), "open %s", file);
+	cfg.fd = (uint32_t)backing;
+	snprintf((char *)cfg.info.lo_file_name, LO_NAME_SIZE, "%s", file);
+	for (int tries = 0;; tries++) {
+		TRY(n = ioctl(ctl, LOOP_CTL_GET_FREE), "ioctl LOOP_CTL_GET_FREE");
+		snprintf(dev, 32, "/dev/loop%d", n);
+		TRY(loopfd = open(dev, O_RDWR | O_CLOEXEC), "open %s", dev);
+		if (ioctl(loopfd, LOOP_CONFIGURE, &cfg) == 0)
+			break;
+		if (errno != EBUSY || tries == 16) /* EBUSY: another process took it first */
+			die("ioctl LOOP_CONFIGURE %s on %s", file, dev);
+		close(loopfd);
+	}
+	close(backing);
+	close(ctl);
+	return loopfd;
+}
+
 static void do_mount(struct root *r, const struct directive *d)
 {
 	const char *fstype = d->f[0], *target = d->f[2];
 	const char *source = strcmp(d->f[1], "-") ? d->f[1] : NULL;
 	const char *data = strcmp(d->f[4], "-") ? d->f[4] : NULL;
 	bool bind = d->mflags & MS_BIND;
-	char path[32];
-	int fd = mount_target(r->fd, d);
+	char path[32], dev[32];
+	int loopfd = -1, fd;
 
+	if (d->opts & OPT_HOST) /* a host path of the daemon's: this namespace's copy of it */
+		TRY(fd = open(target, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), "open %s", target);
+	else
+		fd = mount_target(r->fd, d);
 	if (fd < 0)
 		return;
-	bool is_root = same_file(fd, r->fd);
+	bool is_root = !(d->opts & OPT_HOST) && same_file(fd, r->fd);
+	if ((d->opts & OPT_LOOP) && source) {
+		loopfd = attach_loop(source, d->mflags & MS_RDONLY, dev);
+		source = dev;
+	}
 	fd_path(fd, path);
 	if (bind && mount(source, path, NULL, MS_BIND | (d->mflags & MS_REC), NULL) < 0)
 		die("mount bind %s on %s", source ? source : "-", target);
 	if (!bind && mount(source, path, fstype, d->mflags & ~MS_REC, data) < 0)
 		die("mount %s on %s", fstype, target);
+	if (loopfd >= 0)
+		close(loopfd); /* the mount holds the device now */
 	close(fd);
 	if (is_root) {
 		reopen_root(r);
@@ -519,12 +570,12 @@ static int setup_container(struct spec *sp)
 	int listen_fd, fd;
 	char path[32];
 
-	TRY(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "mount --make-rprivate /");
 	reopen_root(&r);
 	for (struct directive *d = sp->d; d < sp->d + sp->n; d++) {
 		switch (d->kind) {
 		case D_MOUNT:
-			do_mount(&r, d);
+			if (!(d->opts & OPT_HOST)) /* made by the launcher */
+				do_mount(&r, d);
 			break;
 		case D_MKNOD:
 			create_in_root(r.fd, d->f[0], S_IFCHR | d->mode, d->dev, NULL);
@@ -1162,6 +1213,7 @@ static noreturn void init_main(struct spec *sp, int ready_fd)
 static int launch(void)
 {
 	struct spec sp = { 0 };
+	struct root host_root = { .path = "/", .fd = -1 }; /* host mounts never use the root */
 	int ready[2], fd, wstatus;
 	char buf[1024], text[32];
 	pid_t pid;
@@ -1169,6 +1221,14 @@ static int launch(void)
 	TRY(close_range(3, ~0U, 0), "close_range");
 	sp.text = read_all(STDIN_FILENO, "launch spec");
 	parse_spec(&sp);
+	TRY(unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID), "unshare");
+	/* Nothing mounted from here on may propagate to the host. */
+	TRY(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "mount --make-rprivate /");
+	/* Host mounts (the disk-quota filesystem on a loop device) before joining the
+	 * cgroups: a devices cgroup would deny opening the loop device. */
+	for (struct directive *d = sp.d; d < sp.d + sp.n; d++)
+		if (d->kind == D_MOUNT && (d->opts & OPT_HOST))
+			do_mount(&host_root, d);
 	snprintf(text, sizeof text, "%d\n", (int)getpid());
 	for (struct directive *d = sp.d; d < sp.d + sp.n; d++) {
 		if (d->kind != D_CGROUP)
@@ -1177,7 +1237,6 @@ static int launch(void)
 		TRY(write(fd, text, strlen(text)), "write %s", d->f[0]);
 		close(fd);
 	}
-	TRY(unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID), "unshare");
 	TRY(pipe2(ready, O_CLOEXEC), "pipe2");
 	TRY(pid = fork(), "fork");
 	if (pid == 0) {

@@ -68,9 +68,12 @@ def _mount(m: Mount) -> str:
 
 
 def render(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
-    """The whole spec: cgroups, root, system mounts, the plan's mounts, identity, socket."""
+    """The whole spec: cgroups, root, host mounts, root mount, system and other mounts, identity, socket."""
     lines: list[str] = [_line("cgroup", str(p)) for p in plan.cgroup_procs]
     lines.append(_line("root", str(plan.root_dir)))
+    # Mounts on host paths (e.g. the disk-quota filesystem holding the overlay's
+    # upper layer) come first: the root mount may need them.
+    lines += [_mount(m) for m in plan.mounts if "host" in m.flags]
     if plan.root_mount is not None:
         lines.append(_mount(plan.root_mount))
     lines += [_mount(m) for m in SYSTEM_MOUNTS]
@@ -100,7 +103,7 @@ def render(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
         _mount(Mount("none", f"{plan.root_dir}{path}", path, ("bind", "rec", "ro", "optional")))
         for path in READ_ONLY_PROC
     ]
-    lines += [_mount(m) for m in plan.mounts]
+    lines += [_mount(m) for m in plan.mounts if "host" not in m.flags]
     lines.append(_line("hostname", hostname))
     lines.append(_line("loopback"))
     lines.append(_line("socket", str(socket_path)))

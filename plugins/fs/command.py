@@ -1,0 +1,187 @@
+"""The ``copy`` protocol command: ``["copy", HANDLE, "in"|"out", SRC, DST, OWNER?]``.
+
+The handler checks the request, then runs one :class:`~plugins.fs.copy.Copier`
+in a trio worker thread (the copy blocks on disk I/O, never on the container).
+Copies in flight are tracked per container so that destroying the container
+abandons them and waits for them before its filesystem is released.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+
+from plugins.fs.copy import Cancelled, ContainerSide, Copier, CopyError, HostSide, Owner
+from plugins.fs.resolve import RootGone, open_container_root, open_in_root
+from supervisor.container import Container
+from supervisor.errors import InvalidRequest, InvalidState, LimitExceeded
+from supervisor.protocol import Args
+
+#: The account whose uid/gid own what is copied into a container.
+CONTAINER_USER = "corral"
+#: Largest /etc/passwd read from a container.
+MAX_PASSWD = 4 * 1024 * 1024
+#: How long destroy waits for abandoned copies to notice (they check every chunk).
+ABANDON_WAIT = 30.0
+
+
+class Copies:
+    """The copies in flight per container, so destroy can abandon them."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, set[threading.Event]] = {}
+
+    @contextmanager
+    def track(self, handle: str) -> Iterator[threading.Event]:
+        """Register one copy; its event is set when the container goes away."""
+        cancel = threading.Event()
+        self._running.setdefault(handle, set()).add(cancel)
+        try:
+            yield cancel
+        finally:
+            running = self._running.get(handle, set())
+            running.discard(cancel)
+            if not running:
+                self._running.pop(handle, None)
+
+    async def abandon(self, handle: str) -> None:
+        """Cancel the container's copies and wait until their threads have let go of it."""
+        for cancel in self._running.get(handle, set()):
+            cancel.set()
+        with trio.move_on_after(ABANDON_WAIT):
+            while self._running.get(handle):
+                await trio.sleep(0.01)
+
+
+copies = Copies()
+
+
+def check_path(command: str, what: str, value: str) -> str:
+    """An absolute path without NUL or ``.``/``..`` components, else InvalidRequest naming it."""
+    if not value.startswith("/"):
+        raise InvalidRequest(f"{command}: {what} {value!r} is not an absolute path")
+    if "\0" in value:
+        raise InvalidRequest(f"{command}: {what} {value!r} contains a NUL byte")
+    if any(part in (".", "..") for part in value.split("/")):
+        raise InvalidRequest(f"{command}: {what} {value!r} contains a '.' or '..' component")
+    return value
+
+
+def parse_owner(value: str) -> Owner:
+    """``user:group`` (host names or numbers; ``user`` alone means its primary group)."""
+    user, sep, group = value.partition(":")
+    if not user or (sep and not group):
+        raise InvalidRequest(f"copy out: OWNER {value!r} is not USER:GROUP")
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        uid, primary_gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        if not user.isdigit():
+            raise InvalidRequest(f"copy out: OWNER {value!r}: no host user {user!r}") from None
+        uid, primary_gid = int(user), int(user)
+    if not group:
+        gid = primary_gid
+    elif group.isdigit():
+        gid = int(group)
+    else:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise InvalidRequest(f"copy out: OWNER {value!r}: no host group {group!r}") from None
+    return Owner(uid, gid, keep_setuid=uid != 0, keep_setgid=gid != 0)
+
+
+def container_user(rootfd: int, handle: str) -> Owner:
+    """Uid and gid of :data:`CONTAINER_USER` in the container's own ``/etc/passwd``.
+
+    The file is read, never executed, and opened inside the container root
+    without blocking (it could be a fifo the container put there).
+    """
+    try:
+        fd = open_in_root(rootfd, "/etc/passwd", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise InvalidRequest(f"container {handle}: copy in: /etc/passwd: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidRequest(f"container {handle}: copy in: /etc/passwd is not a regular file")
+        text = f.read(MAX_PASSWD).decode("utf-8", "replace")
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[0] == CONTAINER_USER:
+            if fields[2].isdigit() and fields[3].isdigit():
+                return Owner(int(fields[2]), int(fields[3]))
+    raise InvalidRequest(
+        f"container {handle}: copy in: no valid user {CONTAINER_USER!r} in the container's /etc/passwd"
+    )
+
+
+def _run_copy(
+    pid: int,
+    handle: str,
+    direction: str,
+    src: str,
+    dst: str,
+    owner: Owner | None,
+    cancel: threading.Event,
+) -> None:
+    """The blocking part: open the container root, then copy (in a worker thread)."""
+    try:
+        rootfd = open_container_root(pid)
+    except RootGone:
+        raise InvalidState(f"container {handle}: its init is not running") from None
+    try:
+        container = ContainerSide(rootfd)
+        if direction == "in":
+            Copier(HostSide(), container, container_user(rootfd, handle), cancel).run(src, dst)
+        else:
+            assert owner is not None
+            Copier(container, HostSide(), owner, cancel).run(src, dst)
+    finally:
+        os.close(rootfd)
+
+
+async def copy(request: Any, *args: Any) -> str:
+    """``copy`` handler (see the module docstring)."""
+    a = Args("copy", list(args), ("HANDLE", "DIRECTION", "SRC", "DST", "OWNER"))
+    container: Container = request.container(a.string(0))
+    direction = a.string(1)
+    if direction not in ("in", "out"):
+        raise InvalidRequest(f"copy: unknown direction {direction!r} (known: in, out)")
+    command = f"copy {direction}"
+    src = check_path(command, "SRC", a.string(2))
+    dst = check_path(command, "DST", a.string(3))
+    owner_text = a.string(4, required=False)
+    if direction == "in" and owner_text is not None:
+        raise InvalidRequest(
+            "copy in: OWNER is only for copy out (copied-in files belong to the container user)"
+        )
+    owner = parse_owner(owner_text) if owner_text is not None else Owner(0, 0, False, False)
+    container.require("copy")
+    sandbox = container.sandbox
+    if sandbox is None or not sandbox.alive:
+        raise InvalidState(f"container {container.handle}: its init is not running")
+    with copies.track(container.handle) as cancel:
+        try:
+            await trio.to_thread.run_sync(
+                _run_copy, sandbox.pid, container.handle, direction, src, dst, owner, cancel
+            )
+        except Cancelled:
+            raise InvalidState(
+                f"container {container.handle}: {command} {src}: container destroyed"
+            ) from None
+        except CopyError as exc:
+            message = f"container {container.handle}: {command} {exc.path}: {exc.reason}"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise LimitExceeded(message) from None
+            raise InvalidRequest(message) from None
+    container.log.info("copied", direction=direction, src=src, dst=dst)
+    return "ok"

@@ -1,0 +1,152 @@
+"""Disk quota: the container's writable layer on a filesystem of its own, of a fixed size.
+
+Like Warden, each container with ``disk_size_mb`` gets a sparse image file in
+its depot directory, formatted as ext4. The container's init attaches it to a
+loop device (``LO_FLAGS_AUTOCLEAR``) and mounts it on ``DEPOT/H/disk`` in the
+container's own mount namespace (the ``loop,host`` mount of the launch spec),
+so the overlay's upper and work dirs live on it: a write past the size fails
+with ENOSPC inside the container and nothing outside fills up. The mount, and
+so the loop device, vanish with the container's namespaces; the daemon only
+checks that they did, and detaches leftovers of a crash at startup.
+
+Why ext4 without a journal: the layer lives only as long as the container
+(which does not survive a host reboot), and ``mke2fs`` of a journal-less
+image is the fastest sound way to get a hard size limit on a host whose root
+filesystem has no project quotas.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import structlog
+
+IMAGE_NAME = "disk.img"
+MOUNT_NAME = "disk"
+#: Directories of the image, made by mke2fs: the overlay's layers.
+UPPER, WORK = "upper", "work"
+#: The smallest and largest sizes accepted (MB): ext4 needs a few MB for itself.
+MIN_MB, MAX_MB = 8, 16 * 1024 * 1024
+#: linux/loop.h
+LOOP_CLR_FD = 0x4C01
+SYS_BLOCK = Path("/sys/block")
+
+log = structlog.get_logger()
+
+
+class QuotaError(Exception):
+    """The quota filesystem could not be made; the message says why."""
+
+
+def mkfs_command(image: Path, skeleton: Path) -> list[str]:
+    """``mke2fs`` of an ext4 image holding *skeleton*'s directories (no journal, no reserve)."""
+    return [
+        shutil.which("mke2fs") or "/sbin/mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-O",
+        "^has_journal",
+        "-m",
+        "0",
+        "-E",
+        "lazy_itable_init=1,root_owner=0:0",
+        "-d",
+        str(skeleton),
+        str(image),
+    ]
+
+
+def make_image(directory: Path, size_mb: int) -> Path:
+    """Create ``directory/disk.img``: a sparse ext4 image of *size_mb* MB with ``upper/`` and ``work/``.
+
+    Raises:
+        QuotaError: mke2fs failed (its message is kept).
+    """
+    image = directory / IMAGE_NAME
+    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size_mb * 1024 * 1024)
+    finally:
+        os.close(fd)
+    (directory / MOUNT_NAME).mkdir(mode=0o700, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".skel-") as skeleton:
+        for name in (UPPER, WORK):
+            os.mkdir(os.path.join(skeleton, name), 0o755)
+        result = subprocess.run(
+            mkfs_command(image, Path(skeleton)),
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    if result.returncode != 0:
+        image.unlink(missing_ok=True)
+        text = result.stderr.decode(errors="replace").strip() or f"exit status {result.returncode}"
+        raise QuotaError(f"mke2fs {image}: {text}")
+    return image
+
+
+def loop_devices() -> dict[str, str]:
+    """Attached loop devices: name (``loop3``) -> backing file path."""
+    found = {}
+    for entry in SYS_BLOCK.glob("loop*"):
+        try:
+            backing = (entry / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue  # not attached
+        found[entry.name] = backing.removesuffix(" (deleted)")
+    return found
+
+
+def loops_of(image: Path) -> list[str]:
+    """Names of the loop devices backed by *image*."""
+    return [name for name, backing in loop_devices().items() if backing == str(image)]
+
+
+def detach(name: str) -> None:
+    """``LOOP_CLR_FD`` on ``/dev/NAME``; a device still in use detaches itself when released."""
+    try:
+        fd = os.open(f"/dev/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.ioctl(fd, LOOP_CLR_FD)
+    except OSError as exc:
+        log.warning("cannot detach loop device", device=name, error=exc.strerror)
+    finally:
+        os.close(fd)
+
+
+def usage(pid: int) -> int | None:
+    """Bytes used on the quota filesystem of the container whose init is *pid*.
+
+    ``statfs`` on an overlay reports its upper layer's filesystem: here the
+    quota image, reached through the init's root.
+    """
+    try:
+        st = os.statvfs(f"/proc/{pid}/root")
+    except OSError:
+        return None
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def tree_usage(path: Path) -> int:
+    """Bytes allocated under *path* (each inode counted once), without following symlinks."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
