@@ -160,14 +160,12 @@ class Container:
                 AsyncExitStack() as stack,
             ):
                 plan = LaunchPlan(root_dir=self.path / "rootfs")
+                # Plugins save what they must find again after a crash themselves.
                 for resource in hooks.prepare(self, plan, restoring):
                     await stack.enter_async_context(resource)
-                    self.save()
                 self.sandbox = await stack.enter_async_context(hooks.launch(self, plan, restoring))
-                self.save()
                 for resource in hooks.attach(self, restoring):
                     await stack.enter_async_context(resource)
-                    self.save()
                 if restoring:
                     await self._restore_jobs()
                 elif self.state is State.BORN:

@@ -11,6 +11,7 @@ import pytest
 
 from supervisor import errors
 from supervisor.client import Client
+from supervisor.depot import record_path
 from tests.conftest import Daemon
 
 
@@ -251,7 +252,7 @@ def test_destroy_releases_everything(client: Client, daemon: Daemon) -> None:
 def _init_pid(daemon: Daemon, handle: str) -> int:
     import json
 
-    record = json.loads((daemon.depot / handle / "state.json").read_text())
+    record = json.loads(record_path(daemon.depot / handle).read_text())
     return int(record["plugins"]["isolation"]["pid"])
 
 

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from supervisor.depot import record_path
 from tests.conftest import Daemon, leftovers
 
 KINDS = ("mnt", "pid", "net", "uts", "ipc")
@@ -25,7 +26,7 @@ def _namespace_holders(daemon: Daemon) -> list[str]:
 
 
 def _container_namespaces(daemon: Daemon, handle: str) -> set[str]:
-    record = json.loads((daemon.depot / handle / "state.json").read_text())
+    record = json.loads(record_path(daemon.depot / handle).read_text())
     pid = record["plugins"]["isolation"]["pid"]
     return {os.readlink(f"/proc/{pid}/ns/{kind}") for kind in KINDS}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from supervisor.depot import record_path
 from tests.conftest import Daemon, leftovers
 
 
@@ -60,7 +61,7 @@ def test_half_created_container_is_cleaned_at_start(fresh_daemon: Daemon) -> Non
         handle = c.create()
     d.kill9()
     # Make it look as if the daemon died in the middle of create.
-    state_file = d.depot / handle / "state.json"
+    state_file = record_path(d.depot / handle)
     record = json.loads(state_file.read_text())
     record["state"] = "born"
     state_file.write_text(json.dumps(record))
@@ -78,7 +79,7 @@ def test_container_whose_init_died_is_stopped(fresh_daemon: Daemon) -> None:
     with d.client() as c:
         handle = c.create()
         job = c.spawn(handle, "sleep 100")
-    pid = json.loads((d.depot / handle / "state.json").read_text())["plugins"]["isolation"]["pid"]
+    pid = json.loads(record_path(d.depot / handle).read_text())["plugins"]["isolation"]["pid"]
     d.kill9()
     import os
     import signal

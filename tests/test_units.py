@@ -108,3 +108,19 @@ def test_spawn_message_format() -> None:
         "arg=echo hi",
     ]
     assert encode("a", "b") == b"a\0b\0"
+
+
+def test_depot_keeps_one_record_and_survives_a_torn_write(tmp_path: Path) -> None:
+    from supervisor.depot import Depot, record_path
+
+    depot = Depot(tmp_path / "depot")
+    depot.open()
+    depot.create("h")
+    for n in range(3):
+        depot.save("h", {"n": n})
+    newest = record_path(depot.path("h"))
+    assert newest is not None and newest.name == "state.3.json"
+    assert [p.name for p in depot.path("h").glob("state.*")] == ["state.3.json"]
+    (depot.path("h") / "state.4.json").write_text('{"n": 3, "tor')  # a crash mid-write
+    assert dict(Depot(depot.root).records()) == {"h": {"n": 2}}
+    assert [p.name for p in depot.path("h").glob("state.*")] == ["state.3.json"]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from supervisor.client import Client
+from supervisor.depot import record_path
 from supervisor.errors import CorralError, InvalidRequest
 from tests.conftest import Daemon, leftovers
 
@@ -48,7 +49,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 
 
 
 def init_pid(daemon: Daemon, handle: str) -> int:
-    record = json.loads((daemon.depot / handle / "state.json").read_text())
+    record = json.loads(record_path(daemon.depot / handle).read_text())
     return int(record["plugins"]["isolation"]["pid"])
 
 
