@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,7 +167,16 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
         "processes": processes,
         "depot": depot,
         "cgroups": cgroup_leftovers(daemon),
+        "devices": device_leftovers(daemon),
     }
+
+
+def device_leftovers(daemon: Daemon) -> list[str]:
+    """Network devices named with this daemon's prefix (its containers' veths and bridges)."""
+    prefix = tomllib.loads(daemon.config.read_text()).get("net", {}).get("interface_prefix")
+    return sorted(
+        name for name in os.listdir("/sys/class/net") if prefix and name.startswith(prefix)
+    )
 
 
 def cgroup_leftovers(daemon: Daemon) -> list[str]:

@@ -51,4 +51,5 @@ def test_200_create_destroy_cycles_leave_nothing(daemon: Daemon) -> None:
         "processes": [],
         "depot": sorted(before),
         "cgroups": [],
+        "devices": [],
     }

@@ -105,7 +105,13 @@ def test_failure_half_way_through_create_rolls_back(
             "acquire doomed restoring=False",
             "release doomed detaching=False",
         ]
-        assert leftovers(d) == {"mounts": [], "processes": [], "depot": [], "cgroups": []}
+        assert leftovers(d) == {
+            "mounts": [],
+            "processes": [],
+            "depot": [],
+            "cgroups": [],
+            "devices": [],
+        }
     finally:
         d.close()
 

@@ -26,7 +26,13 @@ def test_kill9_then_restart_keeps_jobs_and_output(fresh_daemon: Daemon) -> None:
         assert c.link(handle, sleeper) == [5, "before\nafter\n", ""]
         assert c.run(handle, "echo still usable") == [0, "still usable\n", ""]
         c.destroy(handle)
-    assert leftovers(d) == {"mounts": [], "processes": [], "depot": [], "cgroups": []}
+    assert leftovers(d) == {
+        "mounts": [],
+        "processes": [],
+        "depot": [],
+        "cgroups": [],
+        "devices": [],
+    }
 
 
 def test_stream_after_restart_has_full_output(fresh_daemon: Daemon) -> None:
@@ -71,7 +77,13 @@ def test_half_created_container_is_cleaned_at_start(fresh_daemon: Daemon) -> Non
     deadline = time.monotonic() + 5
     while leftovers(d)["depot"] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert leftovers(d) == {"mounts": [], "processes": [], "depot": [], "cgroups": []}
+    assert leftovers(d) == {
+        "mounts": [],
+        "processes": [],
+        "depot": [],
+        "cgroups": [],
+        "devices": [],
+    }
 
 
 def test_container_whose_init_died_is_stopped(fresh_daemon: Daemon) -> None:

@@ -1,6 +1,138 @@
-"""Network plugin (placeholder): addresses, veth, forwarding and egress rules.
+"""Network plugin: an address, a veth and firewall rules for every container.
 
-Until it is built (see the networking issue), every container has a network
-namespace of its own with only ``lo`` up; that namespace and its loopback are
-made by the isolation plugin. This module registers no hook yet.
+Each container gets a /30 of the address pool (host end .1, container .2) or an
+address on a shared bridge, a veth pair whose container end is ``eth0`` with
+the host as default gateway, and the rules of one nftables table owned by this
+daemon: egress denied by default (``net out`` opens a destination), host ports
+forwarded with DNAT (``net in``), outbound NAT for Corral's own subnets only.
+See README.md here for the config keys and what the rules do.
+
+Modules: :mod:`.settings` (the ``[net]`` table), :mod:`.pool` (address, port and
+name pools, pure), :mod:`.rules` (the nftables JSON, pure), :mod:`.firewall`
+(applying it), :mod:`.links` (devices), :mod:`.network` (keeping it all consistent).
 """
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import trio
+
+from plugins.net import links
+from plugins.net.claim import claim
+from plugins.net.network import Network
+from plugins.net.rules import parse_egress
+from plugins.net.settings import NAME, parse
+from supervisor.commands import Handler, Request
+from supervisor.config import Config, ConfigError
+from supervisor.container import Container
+from supervisor.errors import InvalidRequest
+from supervisor.hookspecs import hookimpl
+from supervisor.protocol import Args
+
+_network: Network | None = None
+
+IN_OPTIONS: dict[str, type | tuple[type, ...]] = {"host_port": int, "container_port": int}
+OUT_OPTIONS: dict[str, type | tuple[type, ...]] = {"protocol": str}
+
+
+def network() -> Network:
+    """The daemon's :class:`Network` (set by ``corral_configure``)."""
+    if _network is None:
+        raise RuntimeError("the net plugin is not configured")
+    return _network
+
+
+@hookimpl
+def corral_configure(config: Config) -> None:
+    global _network
+    settings = parse(config.section(NAME))
+    claim(settings.table, settings.interface_prefix)
+    try:
+        used = links.host_networks(settings.interface_prefix)
+        _network = Network(settings)
+    except OSError as exc:
+        raise ConfigError(f"[{NAME}] {exc}") from None
+    ours = [("pool", settings.pool)] + [(f"bridges.{n}", s) for n, s in settings.bridges.items()]
+    for key, subnet in ours:
+        for device, net in used:
+            if subnet.overlaps(net):
+                # Routing it would hijack or break the host's own networking.
+                raise ConfigError(
+                    f"[{NAME}] {key}: {subnet} overlaps {net} of host device {device}; "
+                    "choose a subnet the host does not use"
+                )
+
+
+@hookimpl
+def corral_startup(live_handles: frozenset[str]) -> Awaitable[None]:
+    return network().startup(live_handles)
+
+
+@hookimpl
+def corral_shutdown() -> Awaitable[None]:
+    return network().shutdown()
+
+
+@hookimpl
+def corral_create_options() -> Mapping[str, Any]:
+    return {"network": lambda value: network().check_options(value)}
+
+
+@hookimpl
+def corral_container_attach(
+    container: Container, restoring: bool
+) -> AbstractAsyncContextManager[None]:
+    return _attached(container, restoring)
+
+
+@asynccontextmanager
+async def _attached(container: Container, restoring: bool) -> AsyncIterator[None]:
+    net = network()
+    await (net.restore(container) if restoring else net.attach(container))
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            await net.release(container)
+
+
+@hookimpl
+def corral_container_info(container: Container) -> Mapping[str, Any]:
+    return network().info(container)
+
+
+@hookimpl
+def corral_commands() -> Mapping[str, Handler]:
+    return {"net": net}
+
+
+def _port(opts: dict[str, Any], key: str) -> int | None:
+    value = opts.get(key)
+    if value is not None and not 1 <= value <= 65535:
+        raise InvalidRequest(f"net in: {key} {value} is not a port from 1 to 65535")
+    return value
+
+
+async def net(request: Request, *args: Any) -> Any:
+    """``["net", HANDLE, "in", OPTS?]`` or ``["net", HANDLE, "out", "ADDR[/MASK][:PORT[-PORT]]", OPTS?]``."""
+    if len(args) >= 2 and args[1] == "in":
+        a = Args("net in", list(args), ("HANDLE", "DIRECTION", "OPTS"))
+        container = request.container(a.string(0))
+        opts = a.options(2, IN_OPTIONS)
+        host_port, container_port = await network().forward(
+            container, _port(opts, "host_port"), _port(opts, "container_port")
+        )
+        return {"host_port": host_port, "container_port": container_port}
+    if len(args) >= 2 and args[1] == "out":
+        a = Args("net out", list(args), ("HANDLE", "DIRECTION", "DESTINATION", "OPTS"))
+        container = request.container(a.string(0))
+        destination = a.string(2)
+        opts = a.options(3, OUT_OPTIONS)
+        await network().allow(container, parse_egress(destination, opts.get("protocol", "all")))
+        return "ok"
+    a = Args("net", list(args), ("HANDLE", "DIRECTION", "ARG", "OPTS"))
+    a.string(0)
+    raise InvalidRequest(f'net: DIRECTION must be "in" or "out", got {a._get(1, True)!r}')

@@ -1,0 +1,238 @@
+"""Network devices: veth pairs and bridges on the host (pyroute2), ``eth0`` inside a container.
+
+The functions here block; the plugin calls them through ``trio.to_thread.run_sync``,
+each with an ``IPRoute`` of its own. The daemon never enters a container's
+namespace (``setns`` in a threaded process moves only one thread, see
+DESIGN.md): the container end of a veth is created directly in the
+container's namespace (``net_ns_pid``), and it is configured by one short-lived
+``nsenter --net=... ip -batch -`` process running the host's ``ip``.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import trio
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from plugins.net.pool import Lease
+from supervisor.errors import CorralError
+
+#: Name of the container end of every veth, inside the container.
+CONTAINER_IFNAME = "eth0"
+MAIN_TABLE = 254
+
+
+class LinkError(CorralError):
+    """A device could not be created or configured."""
+
+
+@contextmanager
+def _netlink(what: str) -> Iterator[IPRoute]:
+    try:
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as exc:
+        raise LinkError(f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
+    except OSError as exc:  # a sysctl of the device
+        raise LinkError(f"{what}: {exc}") from exc
+
+
+def _sysctl(path: str, value: str) -> None:
+    Path(path).write_text(value)
+
+
+def _device_sysctls(device: str, route_localnet: bool) -> None:
+    # No IPv6 on Corral's host-side devices: a link-local address would let a
+    # container reach the host's services around the IPv4 input rules.
+    _sysctl(f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6", "1")
+    if route_localnet:
+        # Lets `net in` DNAT host traffic sent to 127.0.0.1 out of this device
+        # (the source is then masqueraded, see rules.py); this device only.
+        _sysctl(f"/proc/sys/net/ipv4/conf/{device}/route_localnet", "1")
+
+
+def create_veth(device: str, pid: int, lease: Lease, bridge: str | None) -> None:
+    """Create the veth pair of a container and set up its host end.
+
+    The container end is made directly inside the namespace of *pid* as ``eth0``
+    (down, unconfigured; see :class:`Inside`). The host end *device* gets the
+    gateway address, or joins *bridge* (whose own address is the gateway), and is up.
+
+    Raises:
+        LinkError: naming the device and the kernel's reason; nothing is left behind
+            (a device of that name that existed before is not touched).
+    """
+    with _netlink(f"veth {device}") as ipr:
+        ipr.link(
+            "add",
+            ifname=device,
+            kind="veth",
+            peer={"ifname": CONTAINER_IFNAME, "net_ns_pid": pid},
+        )
+        try:
+            index = ipr.link("get", ifname=device)[0]["index"]
+            _device_sysctls(device, route_localnet=bridge is None)
+            if bridge is None:
+                ipr.addr("add", index=index, address=str(lease.gateway), prefixlen=lease.prefixlen)
+            else:
+                master = ipr.link("get", ifname=bridge)[0]["index"]
+                ipr.link("set", index=index, master=master)
+            ipr.link("set", index=index, state="up")
+        except BaseException:
+            _delete(ipr, device)
+            raise
+
+
+def ensure_bridge(device: str, gateway_cidr: str) -> None:
+    """Create bridge *device* with the gateway address, unless it exists already."""
+    with _netlink(f"bridge {device}") as ipr:
+        if ipr.link_lookup(ifname=device):
+            return
+        ipr.link("add", ifname=device, kind="bridge")
+        try:
+            index = ipr.link("get", ifname=device)[0]["index"]
+            _device_sysctls(device, route_localnet=True)
+            address, prefixlen = gateway_cidr.split("/")
+            ipr.addr("add", index=index, address=address, prefixlen=int(prefixlen))
+            ipr.link("set", index=index, state="up")
+        except BaseException:
+            _delete(ipr, device)
+            raise
+
+
+def _delete(ipr: IPRoute, device: str) -> bool:
+    try:
+        ipr.link("del", ifname=device)
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return False
+        raise
+    return True
+
+
+def delete_link(device: str) -> bool:
+    """Delete *device* (a veth goes with its peer); False if it did not exist."""
+    with _netlink(f"delete {device}") as ipr:
+        return _delete(ipr, device)
+
+
+def exists(device: str) -> bool:
+    """Whether *device* exists on the host."""
+    with _netlink(f"look up {device}") as ipr:
+        return bool(ipr.link_lookup(ifname=device))
+
+
+def devices(prefix: str) -> list[str]:
+    """Names of the host's devices starting with *prefix*."""
+    with _netlink("list devices") as ipr:
+        names = (link.get("ifname") for link in ipr.get_links())
+        return sorted(n for n in names if n and n.startswith(prefix))
+
+
+def host_networks(ignore_prefix: str) -> list[tuple[str, IPv4Network]]:
+    """IPv4 networks the host already uses (addresses and main-table routes), by device.
+
+    Devices whose name starts with *ignore_prefix* (this daemon's own) are left out.
+    The default route is left out too: it overlaps everything.
+    """
+    with _netlink("list addresses") as ipr:
+        names = {link["index"]: link.get("ifname") or "?" for link in ipr.get_links()}
+        found = []
+        for addr in ipr.get_addr(family=2):
+            name = names.get(addr["index"], "?")
+            if not name.startswith(ignore_prefix):
+                net = IPv4Network(f"{addr.get('address')}/{addr['prefixlen']}", strict=False)
+                found.append((name, net))
+        for route in ipr.get_routes(family=2, table=MAIN_TABLE):
+            name = names.get(route.get("oif"), "?")
+            if route["dst_len"] and not name.startswith(ignore_prefix):
+                found.append((name, IPv4Network(f"{route.get('dst')}/{route['dst_len']}")))
+        return found
+
+
+def ip_forwarding() -> bool:
+    """Whether the host routes IPv4 (``net.ipv4.ip_forward``)."""
+    return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+
+
+def enable_ip_forwarding() -> None:
+    """Turn on IPv4 routing on the host, which containers' traffic needs."""
+    _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+
+
+class Inside:
+    """Configures ``eth0`` inside a container with one ``nsenter ... ip -batch -`` process."""
+
+    def __init__(self) -> None:
+        nsenter, ip = shutil.which("nsenter"), shutil.which("ip")
+        if nsenter is None or ip is None:
+            raise OSError("nsenter (util-linux) and ip (iproute2) are needed on the host")
+        self.nsenter, self.ip = nsenter, ip
+
+    async def start(self, pid: int) -> trio.Process:
+        """Start ``ip -batch -`` in the network namespace of the container with init *pid*.
+
+        Starting it takes the time of two ``execve`` and the dynamic loader;
+        it is done first so that this overlaps making the veth. The process waits
+        for its commands on stdin (see :meth:`send`).
+        """
+        return await trio.lowlevel.open_process(
+            [self.nsenter, f"--net=/proc/{pid}/ns/net", self.ip, "-batch", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    async def send(self, process: trio.Process, lease: Lease) -> None:
+        """Give ``eth0`` its address, bring it up, route by the gateway (once ``eth0`` exists).
+
+        The script fits in the pipe buffer, so this does not wait for ``ip``.
+        """
+        script = (
+            f"addr add {lease.cidr} dev {CONTAINER_IFNAME}\n"
+            f"link set {CONTAINER_IFNAME} up\n"
+            f"route add default via {lease.gateway} dev {CONTAINER_IFNAME}\n"
+        )
+        assert process.stdin is not None
+        try:
+            await process.stdin.send_all(script.encode())
+        except trio.BrokenResourceError:
+            pass  # `ip` (or nsenter) is gone already: finish() reports why
+        await process.stdin.aclose()
+
+    async def finish(self, process: trio.Process, pid: int) -> None:
+        """Wait for :meth:`start`'s process.
+
+        Raises:
+            LinkError: naming the container's init pid and what ``ip`` said.
+        """
+        assert process.stderr is not None
+        errors = b""
+        try:
+            while chunk := await process.stderr.receive_some():
+                errors += chunk
+            await process.wait()
+        finally:
+            await self.abort(process)
+        if process.returncode != 0:
+            reason = errors.decode(errors="replace").strip().replace("\n", "; ")
+            raise LinkError(f"eth0 of container init {pid}: ip failed: {reason}")
+
+    @staticmethod
+    async def abort(process: trio.Process) -> None:
+        """Kill the process if it still runs, and reap it (also when cancelled)."""
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            for stream in (process.stdin, process.stderr):
+                if stream is not None:
+                    await stream.aclose()

@@ -1,0 +1,410 @@
+"""The network of one daemon: every container's address, devices and rules, kept consistent.
+
+A container's :class:`Attachment` is written to its ``plugin_state`` before any
+device is made, so a daemon that dies half-way finds what to remove. The
+records are the truth: at start the pools are rebuilt from the restored
+containers, devices of no live container are deleted, and the nftables table
+is replaced in one transaction by the rules the records describe.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
+
+import structlog
+import trio
+
+from plugins.net import links
+from plugins.net.firewall import Firewall
+from plugins.net.pool import AddressPool, BridgePool, Lease, PortPool, SlotPool, SubnetPool
+from plugins.net.rules import Egress, Ruleset
+from plugins.net.settings import MAX_IDS, NAME, Settings
+from supervisor.container import Container, State
+from supervisor.errors import InvalidRequest, InvalidState, NoCapacity
+
+log = structlog.get_logger()
+
+NETWORK_KEYS = ("address", "bridge")
+
+
+@dataclass
+class Attachment:
+    """What the network plugin holds for one container (persisted in its ``plugin_state``)."""
+
+    handle: str
+    ident: int
+    #: Host end of the container's veth.
+    device: str
+    #: Device the container's traffic enters the host by: the veth, or its bridge.
+    ingress: str
+    #: Configured bridge name, or None for a /30 of the pool.
+    bridge: str | None
+    lease: Lease
+    forwards: list[tuple[int, int]] = field(default_factory=list)
+    egress: list[Egress] = field(default_factory=list)
+    #: Release has begun: no rule may be added any more.
+    closed: bool = False
+    #: The daemon shut down and left the container running.
+    detached: bool = False
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "id": self.ident,
+            "device": self.device,
+            "ingress": self.ingress,
+            "bridge": self.bridge,
+            "lease": self.lease.to_json(),
+            "forwards": [list(f) for f in self.forwards],
+            "egress": [e.to_json() for e in self.egress],
+        }
+
+    @classmethod
+    def from_state(cls, handle: str, data: dict[str, Any]) -> Attachment:
+        return cls(
+            handle=handle,
+            ident=data["id"],
+            device=data["device"],
+            ingress=data["ingress"],
+            bridge=data.get("bridge"),
+            lease=Lease.from_json(data["lease"]),
+            forwards=[(int(p), int(q)) for p, q in data.get("forwards", [])],
+            egress=[Egress.from_json(e) for e in data.get("egress", [])],
+        )
+
+
+class Network:
+    """Pools, devices and rules of every container of this daemon."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ruleset = Ruleset(settings)
+        self.firewall = Firewall(self.ruleset)
+        self.inside = links.Inside()
+        self.subnets = SubnetPool(settings.pool, settings.quarantine)
+        self.bridges = {
+            name: BridgePool(name, net, settings.quarantine)
+            for name, net in settings.bridges.items()
+        }
+        self.ports = PortPool(*settings.port_range)
+        self.ids = SlotPool("device names", MAX_IDS)
+        self.attachments: dict[str, Attachment] = {}
+        #: Handles of the containers on each bridge (a bridge exists while it has members).
+        self.members: dict[str, set[str]] = {name: set() for name in settings.bridges}
+        self._bridge_lock = trio.Lock()
+        #: Held from "may this container get a rule" to "the rule is recorded".
+        self._rules_lock = trio.Lock()
+
+    # -- create options ------------------------------------------------------------
+
+    def check_options(self, value: Any) -> dict[str, Any]:
+        """Validate the ``network`` key of ``create`` (see README.md); return it normalized."""
+        if value is None:
+            value = {}
+        if not isinstance(value, dict) or set(value) - set(NETWORK_KEYS):
+            raise InvalidRequest(
+                'network: must be an object with "address": "A.B.C.D[/NN]" and/or "bridge": NAME'
+            )
+        bridge = value.get("bridge")
+        if bridge is not None and bridge not in self.bridges:
+            known = ", ".join(sorted(self.bridges)) or "none"
+            raise InvalidRequest(f"network: unknown bridge {bridge!r} (configured: {known})")
+        address = value.get("address")
+        if address is None:
+            return {"address": None, "bridge": bridge}
+        try:
+            interface = IPv4Interface(address) if isinstance(address, str) else None
+        except ValueError:
+            interface = None
+        if interface is None:
+            raise InvalidRequest(
+                f"network: address {address!r} is not an IPv4 address A.B.C.D[/NN]"
+            )
+        ip = interface.ip
+        if bridge is None:
+            # An address of a bridge subnet puts the container on that bridge.
+            bridge = next((n for n, p in self.bridges.items() if ip in p.network), None)
+        pool = self._pool(bridge)
+        if ip not in pool.network:
+            raise InvalidRequest(
+                f"network: address {ip} is not in the address pool {self.subnets.network}"
+                + "".join(f" nor in bridge {n} ({p.network})" for n, p in self.bridges.items())
+            )
+        expected = pool.lease(0).prefixlen
+        if "/" in address and interface.network.prefixlen != expected:
+            raise InvalidRequest(
+                f"network: address {address}: the prefix length here is /{expected}"
+            )
+        try:
+            pool.slot_of(ip)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"network: {exc.message}") from None
+        return {"address": str(ip), "bridge": bridge}
+
+    def _pool(self, bridge: str | None) -> AddressPool:
+        return self.subnets if bridge is None else self.bridges[bridge]
+
+    # -- container lifetime -----------------------------------------------------------
+
+    async def attach(self, container: Container) -> None:
+        """Give a new container its address, veth and ``eth0``; on failure leave nothing.
+
+        Raises:
+            NoCapacity: the address pool (or bridge subnet) is exhausted.
+            InvalidRequest: the address asked for is taken or in quarantine.
+            LinkError: a device could not be made.
+        """
+        assert container.sandbox is not None
+        started = time.perf_counter()
+        options = container.options.get("network") or {}
+        bridge, address = options.get("bridge"), options.get("address")
+        pool = self._pool(bridge)
+        try:
+            lease = pool.reserve(IPv4Address(address)) if address else pool.allocate()
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"network: {exc.message}") from None
+        except NoCapacity as exc:
+            raise NoCapacity(f"container {container.handle}: {exc.message}") from None
+        try:
+            ident = self.ids.allocate()
+        except BaseException:
+            pool.release(lease, quarantine=False)
+            raise
+        device = self.settings.veth_name(ident)
+        ingress = device if bridge is None else self.settings.bridge_device(bridge)
+        att = Attachment(container.handle, ident, device, ingress, bridge, lease)
+        self.attachments[att.handle] = att
+        # Recorded before any device exists, so a crash from here on is cleaned up at restart.
+        self._save(container, att)
+        try:
+            await self._plumb(att, container.sandbox.pid)
+        except BaseException:
+            # _plumb removed what it made; a device of that name it did not make stays.
+            with trio.CancelScope(shield=True):
+                await self._teardown(att, quarantine=False, delete_device=False)
+            container.plugin_state(NAME).clear()
+            raise
+        container.log.info(
+            "network attached",
+            address=lease.cidr,
+            device=device,
+            bridge=bridge,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def restore(self, container: Container) -> None:
+        """Re-adopt a restored container's network; re-create its veth if it vanished."""
+        state = container.plugin_state(NAME)
+        if not state:
+            return  # it died before anything of the network was acquired
+        att = Attachment.from_state(container.handle, state)
+        self._reserve_restored(att, container)
+        self.attachments[att.handle] = att
+        if att.bridge is not None:
+            self.members.setdefault(att.bridge, set()).add(att.handle)
+        sandbox = container.sandbox
+        if container.state is State.BORN or sandbox is None or not sandbox.alive:
+            return
+        if await trio.to_thread.run_sync(links.exists, att.device):
+            return
+        container.log.warning(
+            "network device missing after restart; re-creating", device=att.device
+        )
+        try:
+            await self._plumb(att, sandbox.pid)
+        except Exception:
+            container.log.exception("network device could not be re-created", device=att.device)
+
+    def _reserve_restored(self, att: Attachment, container: Container) -> None:
+        steps: list[tuple[str, Any]] = [
+            ("address", lambda: self._pool(att.bridge).reserve(att.lease.address, force=True)),
+            ("device id", lambda: self.ids.reserve(att.ident, f"device {att.device}", force=True)),
+        ]
+        steps += [
+            (f"host port {p}", lambda p=p: self.ports.reserve(p, force=True))
+            for p, _ in att.forwards
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except (InvalidRequest, KeyError) as exc:
+                # Two records claim the same thing: keep both, say so loudly.
+                container.log.error("network resource claimed twice", what=what, error=str(exc))
+
+    async def release(self, container: Container) -> None:
+        """Remove everything of the container: rules, devices, addresses, ports.
+
+        When the daemon only detaches (shutdown), nothing is touched.
+        """
+        att = self.attachments.get(container.handle)
+        if att is None:
+            return
+        if container.detaching:
+            att.detached = True
+            return
+        async with self._rules_lock:
+            att.closed = True
+            if att.forwards or att.egress:
+                try:
+                    await self.firewall.remove_tagged(att.handle)
+                except Exception:
+                    container.log.exception("firewall rules of the container not removed")
+        await self._teardown(att, quarantine=True)
+        container.log.info("network released", address=att.lease.cidr, device=att.device)
+
+    async def _plumb(self, att: Attachment, pid: int) -> None:
+        bridge_device = None
+        if att.bridge is not None:
+            bridge_device = self.settings.bridge_device(att.bridge)
+            async with self._bridge_lock:
+                self.members.setdefault(att.bridge, set()).add(att.handle)
+                await trio.to_thread.run_sync(
+                    links.ensure_bridge, bridge_device, att.lease.gateway_cidr
+                )
+        # The `ip` process for the container's side starts (two execve, the loader)
+        # while a worker thread makes the veth; then it only has to configure eth0.
+        process = await self.inside.start(pid)
+        try:
+            await trio.to_thread.run_sync(
+                links.create_veth, att.device, pid, att.lease, bridge_device
+            )
+        except BaseException:
+            await self.inside.abort(process)
+            raise
+        try:
+            await self.inside.send(process, att.lease)
+            await self.inside.finish(process, pid)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(links.delete_link, att.device)
+            raise
+
+    async def _teardown(
+        self, att: Attachment, quarantine: bool, delete_device: bool = True
+    ) -> None:
+        """Delete the container's devices and give back what it held (never raises)."""
+        if delete_device:
+            try:
+                await trio.to_thread.run_sync(links.delete_link, att.device)
+            except Exception:
+                log.exception("veth not deleted", handle=att.handle, device=att.device)
+        if att.bridge is not None:
+            async with self._bridge_lock:
+                members = self.members.setdefault(att.bridge, set())
+                members.discard(att.handle)
+                if not members:
+                    device = self.settings.bridge_device(att.bridge)
+                    try:
+                        await trio.to_thread.run_sync(links.delete_link, device)
+                    except Exception:
+                        log.exception("unused bridge not deleted", device=device)
+        try:
+            self._pool(att.bridge).release(att.lease, quarantine)
+        except (InvalidRequest, KeyError):
+            pass  # the pool or bridge changed in the config; nothing to give back
+        self.ids.release(att.ident, quarantine=False)
+        for host_port, _ in att.forwards:
+            self.ports.release(host_port)
+        if self.attachments.get(att.handle) is att:
+            del self.attachments[att.handle]
+
+    def _save(self, container: Container, att: Attachment) -> None:
+        state = container.plugin_state(NAME)
+        state.clear()
+        state.update(att.to_state())
+        container.save()
+
+    # -- commands -------------------------------------------------------------------
+
+    def attachment(self, container: Container) -> Attachment:
+        """The container's attachment, or InvalidState when it has no network."""
+        att = self.attachments.get(container.handle)
+        if att is None or att.closed:
+            raise InvalidState(f"container {container.handle}: has no network (being destroyed?)")
+        return att
+
+    async def forward(
+        self, container: Container, host_port: int | None, container_port: int | None
+    ) -> tuple[int, int]:
+        """Forward a host TCP port to the container (``net in``); return (host, container) port.
+
+        Raises:
+            NoCapacity: no port of the range is free.
+            InvalidRequest: *host_port* is already forwarded.
+        """
+        async with self._rules_lock:
+            att = self.attachment(container)
+            try:
+                if host_port is None:
+                    host_port = self.ports.allocate()
+                else:
+                    self.ports.reserve(host_port)
+            except NoCapacity as exc:
+                raise NoCapacity(f"net in: container {container.handle}: {exc.message}") from None
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"net in: {exc.message}") from None
+            container_port = container_port or host_port
+            try:
+                await self.firewall.apply(
+                    self.ruleset.forward(att.handle, host_port, att.lease.address, container_port),
+                    f"forward port {host_port} to container {att.handle}",
+                )
+            except BaseException:
+                self.ports.release(host_port)
+                raise
+            att.forwards.append((host_port, container_port))
+            self._save(container, att)
+        container.log.info("port forwarded", host_port=host_port, container_port=container_port)
+        return host_port, container_port
+
+    async def allow(self, container: Container, allow: Egress) -> None:
+        """Let the container reach one destination (``net out``); asking twice is harmless."""
+        async with self._rules_lock:
+            att = self.attachment(container)
+            if allow in att.egress:
+                return
+            await self.firewall.apply(
+                self.ruleset.egress(att.handle, att.ingress, att.lease.address, allow),
+                f"allow egress of container {att.handle}",
+            )
+            att.egress.append(allow)
+            self._save(container, att)
+        container.log.info("egress allowed", **allow.to_json())
+
+    def info(self, container: Container) -> dict[str, Any]:
+        """``host_ip`` and ``container_ip`` of the container (nothing when it has no network)."""
+        att = self.attachments.get(container.handle)
+        if att is None:
+            return {}
+        return {"host_ip": str(att.lease.gateway), "container_ip": str(att.lease.address)}
+
+    # -- daemon lifetime --------------------------------------------------------------
+
+    async def startup(self, live_handles: frozenset[str]) -> None:
+        """Remove what belongs to no live container; (re)build the whole table in one transaction."""
+        if not await trio.to_thread.run_sync(links.ip_forwarding):
+            await trio.to_thread.run_sync(links.enable_ip_forwarding)
+            log.warning("net.ipv4.ip_forward was 0; turned on for container traffic")
+        live = [a for a in self.attachments.values() if a.handle in live_handles]
+        wanted = {a.device for a in live} | {
+            self.settings.bridge_device(name) for name, m in self.members.items() if m
+        }
+        prefix = self.settings.interface_prefix
+        for device in await trio.to_thread.run_sync(links.devices, prefix):
+            if device not in wanted:
+                await trio.to_thread.run_sync(links.delete_link, device)
+                log.warning("leftover network device removed", device=device)
+        commands = self.ruleset.base()
+        for att in live:
+            commands += self.ruleset.container(
+                att.handle, att.ingress, att.lease.address, att.forwards, att.egress
+            )
+        await self.firewall.apply(commands, "build the table")
+        log.info("network ready", table=self.settings.table, containers=len(live))
+
+    async def shutdown(self) -> None:
+        """Remove the table when no container is left (detached containers keep their rules)."""
+        if not self.attachments:
+            await self.firewall.apply(self.ruleset.delete_table(), "remove the table")
