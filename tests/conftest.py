@@ -140,6 +140,16 @@ class Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: What :func:`leftovers` returns when a daemon left nothing behind.
+NOTHING_LEFT: dict[str, list[str]] = {
+    "mounts": [],
+    "processes": [],
+    "depot": [],
+    "cgroups": [],
+    "devices": [],
+}
+
+
 def leftovers(daemon: Daemon) -> dict[str, list[str]]:
     """What of this daemon's containers is still on the host: mounts, processes, depot entries."""
     mounts = [

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import errors, hookspecs
-from tests.conftest import REPO, Daemon, leftovers
+from tests.conftest import NOTHING_LEFT, REPO, Daemon, leftovers
 
 PLUGIN_DIR = REPO / "tests" / "plugins" / "corral_testplugin"
 
@@ -105,13 +105,7 @@ def test_failure_half_way_through_create_rolls_back(
             "acquire doomed restoring=False",
             "release doomed detaching=False",
         ]
-        assert leftovers(d) == {
-            "mounts": [],
-            "processes": [],
-            "depot": [],
-            "cgroups": [],
-            "devices": [],
-        }
+        assert leftovers(d) == NOTHING_LEFT
     finally:
         d.close()
 

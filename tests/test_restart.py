@@ -6,7 +6,7 @@ import json
 import time
 
 from supervisor.depot import record_path
-from tests.conftest import Daemon, leftovers
+from tests.conftest import NOTHING_LEFT, Daemon, leftovers
 
 
 def test_kill9_then_restart_keeps_jobs_and_output(fresh_daemon: Daemon) -> None:
@@ -26,13 +26,7 @@ def test_kill9_then_restart_keeps_jobs_and_output(fresh_daemon: Daemon) -> None:
         assert c.link(handle, sleeper) == [5, "before\nafter\n", ""]
         assert c.run(handle, "echo still usable") == [0, "still usable\n", ""]
         c.destroy(handle)
-    assert leftovers(d) == {
-        "mounts": [],
-        "processes": [],
-        "depot": [],
-        "cgroups": [],
-        "devices": [],
-    }
+    assert leftovers(d) == NOTHING_LEFT
 
 
 def test_stream_after_restart_has_full_output(fresh_daemon: Daemon) -> None:
@@ -77,13 +71,7 @@ def test_half_created_container_is_cleaned_at_start(fresh_daemon: Daemon) -> Non
     deadline = time.monotonic() + 5
     while leftovers(d)["depot"] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert leftovers(d) == {
-        "mounts": [],
-        "processes": [],
-        "depot": [],
-        "cgroups": [],
-        "devices": [],
-    }
+    assert leftovers(d) == NOTHING_LEFT
 
 
 def test_container_whose_init_died_is_stopped(fresh_daemon: Daemon) -> None:
