@@ -184,9 +184,15 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
 def device_leftovers(daemon: Daemon) -> list[str]:
     """Network devices named with this daemon's prefix (its containers' veths and bridges)."""
     prefix = tomllib.loads(daemon.config.read_text()).get("net", {}).get("interface_prefix")
-    return sorted(
-        name for name in os.listdir("/sys/class/net") if prefix and name.startswith(prefix)
-    )
+
+    def ours() -> list[str]:
+        return sorted(n for n in os.listdir("/sys/class/net") if prefix and n.startswith(prefix))
+
+    # A destroyed container's veth goes with its network namespace, in the background.
+    deadline = time.monotonic() + 5
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ours()
 
 
 def cgroup_leftovers(daemon: Daemon) -> list[str]:

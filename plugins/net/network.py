@@ -30,6 +30,11 @@ log = structlog.get_logger()
 NETWORK_KEYS = ("address", "bridge")
 
 
+#: Seconds a released device name is not reused: the kernel removes the veth of a
+#: destroyed container asynchronously, with its network namespace.
+DEVICE_QUARANTINE = 10.0
+
+
 @dataclass
 class Attachment:
     """What the network plugin holds for one container (persisted in its ``plugin_state``)."""
@@ -89,7 +94,7 @@ class Network:
             for name, net in settings.bridges.items()
         }
         self.ports = PortPool(*settings.port_range)
-        self.ids = SlotPool("device names", MAX_IDS)
+        self.ids = SlotPool("device names", MAX_IDS, DEVICE_QUARANTINE)
         self.attachments: dict[str, Attachment] = {}
         #: Handles of the containers on each bridge (a bridge exists while it has members).
         self.members: dict[str, set[str]] = {name: set() for name in settings.bridges}
@@ -251,7 +256,11 @@ class Network:
                     await self.firewall.remove_tagged(att.handle)
                 except Exception:
                     container.log.exception("firewall rules of the container not removed")
-        await self._teardown(att, quarantine=True)
+        # The veth pair is not deleted here: it goes with the container's network
+        # namespace when the init is killed, right after. Deleting it ourselves
+        # waits ~16 ms for the kernel (an RCU grace period); the namespace's
+        # cleanup does the same work in the background, batched.
+        await self._teardown(att, quarantine=True, delete_device=False)
         container.log.info("network released", address=att.lease.cidr, device=att.device)
 
     async def _plumb(self, att: Attachment, pid: int) -> None:
@@ -304,7 +313,8 @@ class Network:
             self._pool(att.bridge).release(att.lease, quarantine)
         except (InvalidRequest, KeyError):
             pass  # the pool or bridge changed in the config; nothing to give back
-        self.ids.release(att.ident, quarantine=False)
+        # A device name waits too: its veth may still be on its way out (see release).
+        self.ids.release(att.ident, quarantine=quarantine)
         for host_port, _ in att.forwards:
             self.ports.release(host_port)
         if self.attachments.get(att.handle) is att:

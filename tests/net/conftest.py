@@ -105,8 +105,15 @@ def host_addresses() -> list[str]:
 
 
 def net_leftovers(daemon: Daemon, handle: str | None = None) -> dict[str, Any]:
-    """What of this daemon's network is left: devices, per-container rules, pool addresses."""
+    """What of this daemon's network is left: devices, per-container rules, pool addresses.
+
+    A destroyed container's veth goes with its network namespace, which the kernel
+    cleans up in the background: give the devices a few seconds to vanish.
+    """
     settings = net_settings(daemon)
+    deadline = time.monotonic() + 5
+    while devices(settings["interface_prefix"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     rules = table_rules(settings["table"]) or []
     ours = [IPv4Network(settings["pool"]), *map(IPv4Network, settings.get("bridges", {}).values())]
     return {
