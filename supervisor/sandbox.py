@@ -90,6 +90,16 @@ class Sandbox(Protocol):
     async def running_jobs(self) -> set[int]:
         """Ids of the jobs whose leader still runs."""
 
+    async def configure_interface(
+        self, name: str, address: str, prefixlen: int, gateway: str | None
+    ) -> None:
+        """Give network device *name* inside the sandbox an IPv4 address, bring it up,
+        and route by *gateway* (if any).
+
+        Raises:
+            CorralError: the kernel refused; the message names the device and the step.
+        """
+
 
 @runtime_checkable
 class Limit(Protocol):

@@ -14,7 +14,10 @@
 #include <linux/capability.h>
 #include <linux/loop.h>
 #include <malloc.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -1075,6 +1078,75 @@ static void do_jobs(struct server *s, size_t ci)
 	free(m.buf);
 }
 
+/* An IPv4 sockaddr for ADDR in SA; false if ADDR is not a dotted quad. */
+static bool set_inet(struct sockaddr *sa, const char *addr)
+{
+	struct sockaddr_in *in = (struct sockaddr_in *)sa;
+
+	memset(in, 0, sizeof *in);
+	in->sin_family = AF_INET;
+	return inet_pton(AF_INET, addr, &in->sin_addr) == 1;
+}
+
+/*
+ * "ifconfig NAME ADDRESS PREFIXLEN GATEWAY": give the device its address, bring
+ * it up and, unless GATEWAY is "-", route by it. Plain ioctls from PID 1, which
+ * lives in the container's network namespace: cheaper than any helper process.
+ */
+static void do_ifconfig(struct server *s, size_t ci, char **strs, int n)
+{
+	struct ifreq ifr = { 0 };
+	struct rtentry rt = { 0 };
+	unsigned long long prefix;
+	char err[256];
+	const char *failed = NULL;
+	int fd = -1;
+
+	if (n != 5 || strlen(strs[1]) >= IFNAMSIZ || !parse_uint(strs[3], 32, &prefix)) {
+		reply(s, ci, "error", "", "ifconfig: bad request", NULL);
+		return;
+	}
+	strcpy(ifr.ifr_name, strs[1]);
+	if (!set_inet(&ifr.ifr_addr, strs[2]) || (strcmp(strs[4], "-") && !set_inet(&rt.rt_gateway, strs[4]))) {
+		reply(s, ci, "error", "", "ifconfig: bad address", NULL);
+		return;
+	}
+	if ((fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0)
+		failed = "socket AF_INET";
+	else if (ioctl(fd, SIOCSIFADDR, &ifr) < 0)
+		failed = "ioctl SIOCSIFADDR";
+	if (!failed) {
+		set_inet(&ifr.ifr_netmask, "0.0.0.0");
+		((struct sockaddr_in *)&ifr.ifr_netmask)->sin_addr.s_addr =
+			htonl(prefix ? ~0U << (32 - prefix) : 0);
+		if (ioctl(fd, SIOCSIFNETMASK, &ifr) < 0)
+			failed = "ioctl SIOCSIFNETMASK";
+		else if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+			failed = "ioctl SIOCGIFFLAGS";
+	}
+	if (!failed) {
+		ifr.ifr_flags |= IFF_UP;
+		if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+			failed = "ioctl SIOCSIFFLAGS";
+	}
+	if (!failed && strcmp(strs[4], "-")) {
+		set_inet(&rt.rt_dst, "0.0.0.0");
+		set_inet(&rt.rt_genmask, "0.0.0.0");
+		rt.rt_flags = RTF_UP | RTF_GATEWAY;
+		rt.rt_dev = strs[1];
+		if (ioctl(fd, SIOCADDRT, &rt) < 0)
+			failed = "ioctl SIOCADDRT";
+	}
+	if (failed) {
+		snprintf(err, sizeof err, "ifconfig %s: %s: %s", strs[1], failed, strerror(errno));
+		reply(s, ci, "error", "", err, NULL);
+	} else {
+		reply(s, ci, "ok", NULL);
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
 static void dispatch(struct server *s, size_t ci, char **strs, int n, int *fds, int nfds)
 {
 	if (!strcmp(strs[0], "spawn"))
@@ -1083,6 +1155,8 @@ static void dispatch(struct server *s, size_t ci, char **strs, int n, int *fds, 
 		do_signal(s, ci, strs, n);
 	else if (!strcmp(strs[0], "killall"))
 		do_killall(s, ci, strs, n);
+	else if (!strcmp(strs[0], "ifconfig"))
+		do_ifconfig(s, ci, strs, n);
 	else if (!strcmp(strs[0], "jobs") && n == 1)
 		do_jobs(s, ci);
 	else if (!strcmp(strs[0], "ping") && n == 1)

@@ -17,7 +17,7 @@ import structlog
 import trio
 
 from supervisor.container import Container
-from supervisor.errors import InvalidRequest, InvalidState
+from supervisor.errors import CorralError, InvalidRequest, InvalidState
 from supervisor.events import JobExited, SandboxExited
 from supervisor.sandbox import JobRequest
 
@@ -172,9 +172,22 @@ class InitSandbox:
             return False
         return (await self._request(encode("killall", str(signum))))[:1] == ["ok"]
 
+    async def configure_interface(
+        self, name: str, address: str, prefixlen: int, gateway: str | None
+    ) -> None:
+        reply = await self._request(
+            encode("ifconfig", name, address, str(prefixlen), gateway or "-")
+        )
+        if reply[:1] != ["ok"]:
+            raise InterfaceError(f"container {self.container.handle}: {reply[-1]}")
+
     async def running_jobs(self) -> set[int]:
         reply = await self._request(encode("jobs"))
         return {int(job_id) for job_id in reply[1:]}
+
+
+class InterfaceError(CorralError):
+    """The container's init could not configure a network device."""
 
 
 def signal_pidfd(pidfd: int, signum: int) -> None:

@@ -5,20 +5,17 @@ each with an ``IPRoute`` of its own. The daemon never enters a container's
 namespace (``setns`` in a threaded process moves only one thread, see
 DESIGN.md): the container end of a veth is created directly in the
 container's namespace (``net_ns_pid``), and it is configured by one short-lived
-``nsenter --net=... ip -batch -`` process running the host's ``ip``.
+container's init (see ``Sandbox.configure_interface``).
 """
 
 from __future__ import annotations
 
 import errno
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Network
 from pathlib import Path
 
-import trio
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -63,7 +60,7 @@ def create_veth(device: str, pid: int, lease: Lease, bridge: str | None) -> None
     """Create the veth pair of a container and set up its host end.
 
     The container end is made directly inside the namespace of *pid* as ``eth0``
-    (down, unconfigured; see :class:`Inside`). The host end *device* gets the
+    (down, unconfigured; the container's init configures it). The host end *device* gets the
     gateway address, or joins *bridge* (whose own address is the gateway), and is up.
 
     Raises:
@@ -166,73 +163,3 @@ def ip_forwarding() -> bool:
 def enable_ip_forwarding() -> None:
     """Turn on IPv4 routing on the host, which containers' traffic needs."""
     _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
-
-
-class Inside:
-    """Configures ``eth0`` inside a container with one ``nsenter ... ip -batch -`` process."""
-
-    def __init__(self) -> None:
-        nsenter, ip = shutil.which("nsenter"), shutil.which("ip")
-        if nsenter is None or ip is None:
-            raise OSError("nsenter (util-linux) and ip (iproute2) are needed on the host")
-        self.nsenter, self.ip = nsenter, ip
-
-    async def start(self, pid: int) -> trio.Process:
-        """Start ``ip -batch -`` in the network namespace of the container with init *pid*.
-
-        Starting it takes the time of two ``execve`` and the dynamic loader;
-        it is done first so that this overlaps making the veth. The process waits
-        for its commands on stdin (see :meth:`send`).
-        """
-        return await trio.lowlevel.open_process(
-            [self.nsenter, f"--net=/proc/{pid}/ns/net", self.ip, "-batch", "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    async def send(self, process: trio.Process, lease: Lease) -> None:
-        """Give ``eth0`` its address, bring it up, route by the gateway (once ``eth0`` exists).
-
-        The script fits in the pipe buffer, so this does not wait for ``ip``.
-        """
-        script = (
-            f"addr add {lease.cidr} dev {CONTAINER_IFNAME}\n"
-            f"link set {CONTAINER_IFNAME} up\n"
-            f"route add default via {lease.gateway} dev {CONTAINER_IFNAME}\n"
-        )
-        assert process.stdin is not None
-        try:
-            await process.stdin.send_all(script.encode())
-        except trio.BrokenResourceError:
-            pass  # `ip` (or nsenter) is gone already: finish() reports why
-        await process.stdin.aclose()
-
-    async def finish(self, process: trio.Process, pid: int) -> None:
-        """Wait for :meth:`start`'s process.
-
-        Raises:
-            LinkError: naming the container's init pid and what ``ip`` said.
-        """
-        assert process.stderr is not None
-        errors = b""
-        try:
-            while chunk := await process.stderr.receive_some():
-                errors += chunk
-            await process.wait()
-        finally:
-            await self.abort(process)
-        if process.returncode != 0:
-            reason = errors.decode(errors="replace").strip().replace("\n", "; ")
-            raise LinkError(f"eth0 of container init {pid}: ip failed: {reason}")
-
-    @staticmethod
-    async def abort(process: trio.Process) -> None:
-        """Kill the process if it still runs, and reap it (also when cancelled)."""
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-            for stream in (process.stdin, process.stderr):
-                if stream is not None:
-                    await stream.aclose()

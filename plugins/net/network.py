@@ -24,6 +24,7 @@ from plugins.net.rules import Egress, Ruleset
 from plugins.net.settings import MAX_IDS, NAME, Settings
 from supervisor.container import Container, State
 from supervisor.errors import InvalidRequest, InvalidState, NoCapacity
+from supervisor.sandbox import Sandbox
 
 log = structlog.get_logger()
 
@@ -87,7 +88,6 @@ class Network:
         self.settings = settings
         self.ruleset = Ruleset(settings)
         self.firewall = Firewall(self.ruleset)
-        self.inside = links.Inside()
         self.subnets = SubnetPool(settings.pool, settings.quarantine)
         self.bridges = {
             name: BridgePool(name, net, settings.quarantine)
@@ -184,7 +184,7 @@ class Network:
         # Recorded before any device exists, so a crash from here on is cleaned up at restart.
         self._save(container, att)
         try:
-            await self._plumb(att, container.sandbox.pid)
+            await self._plumb(att, container.sandbox)
         except BaseException:
             # _plumb removed what it made; a device of that name it did not make stays.
             with trio.CancelScope(shield=True):
@@ -218,7 +218,7 @@ class Network:
             "network device missing after restart; re-creating", device=att.device
         )
         try:
-            await self._plumb(att, sandbox.pid)
+            await self._plumb(att, sandbox)
         except Exception:
             container.log.exception("network device could not be re-created", device=att.device)
 
@@ -263,7 +263,7 @@ class Network:
         await self._teardown(att, quarantine=True, delete_device=False)
         container.log.info("network released", address=att.lease.cidr, device=att.device)
 
-    async def _plumb(self, att: Attachment, pid: int) -> None:
+    async def _plumb(self, att: Attachment, sandbox: Sandbox) -> None:
         bridge_device = None
         if att.bridge is not None:
             bridge_device = self.settings.bridge_device(att.bridge)
@@ -272,19 +272,17 @@ class Network:
                 await trio.to_thread.run_sync(
                     links.ensure_bridge, bridge_device, att.lease.gateway_cidr
                 )
-        # The `ip` process for the container's side starts (two execve, the loader)
-        # while a worker thread makes the veth; then it only has to configure eth0.
-        process = await self.inside.start(pid)
+        await trio.to_thread.run_sync(
+            links.create_veth, att.device, sandbox.pid, att.lease, bridge_device
+        )
         try:
-            await trio.to_thread.run_sync(
-                links.create_veth, att.device, pid, att.lease, bridge_device
+            # The container's init, in its network namespace, configures eth0.
+            await sandbox.configure_interface(
+                links.CONTAINER_IFNAME,
+                str(att.lease.address),
+                att.lease.prefixlen,
+                str(att.lease.gateway),
             )
-        except BaseException:
-            await self.inside.abort(process)
-            raise
-        try:
-            await self.inside.send(process, att.lease)
-            await self.inside.finish(process, pid)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(links.delete_link, att.device)
