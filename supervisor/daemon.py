@@ -10,6 +10,7 @@ import argparse
 import ctypes
 import fcntl
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -34,6 +35,14 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def raise_open_files_limit() -> None:
+    """Every container costs the daemon a few fds (init socket, pidfd, OOM eventfd):
+    take all the hard limit allows (raising the hard limit needs CAP_SYS_RESOURCE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def lock_depot(depot: Depot) -> int:
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         hooks = Hooks(make_plugin_manager(config))
         hooks.configure(config)
         become_subreaper()
+        raise_open_files_limit()
         trio.run(serve, config, hooks)
     except (config_module.ConfigError, AlreadyServing) as exc:
         log.error("corrald cannot start", error=str(exc))
