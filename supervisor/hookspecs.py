@@ -27,6 +27,12 @@ plugin must then re-adopt what it already owns for this container (it finds it
 in ``container.plugin_state``), acquire nothing new, and tolerate missing pieces,
 because a container half-created when the daemon died is restored only to be
 released again.
+
+On exit, a context manager releases its kernel resources unless
+``container.detaching`` is true: the daemon is shutting down and the container
+lives on, so only what the daemon process itself holds is closed. Whatever a
+plugin must find again after a crash goes in ``container.plugin_state(NAME)``,
+saved with ``container.save()`` before the resource exists.
 """
 
 from __future__ import annotations
