@@ -235,10 +235,19 @@ def _kill(pids: Iterable[int], keep: int | None) -> int:
 
 def _rmdir_tree(path: Path) -> bool:
     """Remove a cgroup directory and any child cgroup under it; False while tasks remain."""
+    # Control files do not keep a cgroup from going: try the directory itself first,
+    # and only look for child cgroups (a stat-free scandir) when it is busy.
+    if _rmdir(path):
+        return True
     try:
-        for child in path.iterdir():
-            if child.is_dir() and not _rmdir_tree(child):
-                return False
+        children = [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return True
+    return all(_rmdir_tree(child) for child in children) and _rmdir(path)
+
+
+def _rmdir(path: Path) -> bool:
+    try:
         path.rmdir()
     except FileNotFoundError:
         pass
