@@ -14,6 +14,7 @@ the *value* (EINVAL, ERANGE, EBUSY: the client asked something impossible) and
 from __future__ import annotations
 
 import errno
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,15 @@ class CgroupError(CorralError):
 
 def read(path: Path) -> str:
     """The whole content of a cgroup file, without the trailing newline."""
-    with open(path) as f:
-        return f.read().rstrip("\n")
+    # Plain fd reads: ``info`` reads a dozen of these, and a text file object costs 3x.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode().rstrip("\n")
 
 
 def read_int(path: Path) -> int | None:

@@ -16,6 +16,7 @@ another directory with ``rootfs``.
 from __future__ import annotations
 
 import shutil
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -221,15 +222,32 @@ def corral_container_info(container: Container) -> Any:
     return _disk_stat(container)
 
 
+#: Seconds a walked usage of a writable layer without quota is reused: ``info`` is
+#: a hot path, and walking a big tree on every call would make it slow.
+TREE_USAGE_TTL = 2.0
+_tree_usage_cache: weakref.WeakKeyDictionary[Container, tuple[float, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _tree_usage(container: Container) -> int:
+    cached = _tree_usage_cache.get(container)
+    if cached is not None and trio.current_time() - cached[0] < TREE_USAGE_TTL:
+        return cached[1]
+    used = await trio.to_thread.run_sync(quota.tree_usage, container.path / "upper")
+    _tree_usage_cache[container] = (trio.current_time(), used)
+    return used
+
+
 async def _disk_stat(container: Container) -> dict[str, Any]:
     size_mb = container.options.get("disk_size_mb")
     sandbox = container.sandbox
     used: int | None
     if size_mb is not None:
         alive = sandbox is not None and sandbox.alive
-        used = await trio.to_thread.run_sync(quota.usage, sandbox.pid) if alive else None  # type: ignore[union-attr]
+        used = quota.usage(sandbox.pid) if alive else None  # type: ignore[union-attr]  # one statvfs
     else:
-        used = await trio.to_thread.run_sync(quota.tree_usage, container.path / "upper")
+        used = await _tree_usage(container)
     limit = None if size_mb is None else size_mb * 1024 * 1024
     return {"disk_stat": {"bytes_used": used, "limit": limit}, "limits": {"disk": size_mb}}
 
