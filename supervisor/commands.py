@@ -14,7 +14,7 @@ import structlog
 
 from supervisor.errors import InvalidRequest
 from supervisor.jobs import encode_output
-from supervisor.protocol import Args, encode_stream_line
+from supervisor.protocol import Args, encode_stream_chunk
 from supervisor.registry import parse_env
 from supervisor.sandbox import JobRequest
 
@@ -194,7 +194,7 @@ async def stream(request: Request, *args: Any) -> list[Any]:
     job = container.job(job_id)
     structlog.contextvars.bind_contextvars(job_id=job_id)
     async for name, chunk in job.stream(request.supervisor.config.containers.output_limit):
-        await request.send(encode_stream_line([name, encode_output(chunk, encoding)]))
+        await request.send(encode_stream_chunk(name, chunk, encoding))
     return []
 
 

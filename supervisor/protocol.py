@@ -7,6 +7,7 @@ always travel as valid UTF-8.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -50,9 +51,15 @@ def encode_error(code: str, message: str) -> bytes:
     return _line({"type": "error", "payload": {"code": code, "message": message}})
 
 
-def encode_stream_line(payload: Any) -> bytes:
-    """One intermediate ``stream`` line (a bare JSON array)."""
-    return _line(payload)
+def encode_stream_chunk(stream: str, chunk: bytes, encoding: str) -> bytes:
+    """One intermediate ``stream`` line: ``["stdout", CHUNK]``.
+
+    Base64 needs no JSON escaping, so that line is put together directly: the
+    fast path for clients that stream a lot.
+    """
+    if encoding == "base64":
+        return b'["' + stream.encode() + b'","' + base64.b64encode(chunk) + b'"]\n'
+    return _line([stream, chunk.decode("utf-8", "surrogateescape")])
 
 
 # -- argument checking ---------------------------------------------------------

@@ -124,3 +124,16 @@ def test_depot_keeps_one_record_and_survives_a_torn_write(tmp_path: Path) -> Non
     (depot.path("h") / "state.4.json").write_text('{"n": 3, "tor')  # a crash mid-write
     assert dict(Depot(depot.root).records()) == {"h": {"n": 2}}
     assert [p.name for p in depot.path("h").glob("state.*")] == ["state.3.json"]
+
+
+def test_stream_chunk_lines() -> None:
+    import base64
+    import json
+
+    from supervisor.protocol import encode_stream_chunk
+
+    raw = b"\xff\x00ab\n"
+    line = encode_stream_chunk("stdout", raw, "base64")
+    assert json.loads(line) == ["stdout", base64.b64encode(raw).decode()]
+    name, text = json.loads(encode_stream_chunk("stderr", raw, "utf-8"))
+    assert name == "stderr" and text.encode("utf-8", "surrogateescape") == raw
