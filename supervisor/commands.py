@@ -63,12 +63,12 @@ async def ping(request: Request, *args: Any) -> str:
 
 async def echo(request: Request, *args: Any) -> Any:
     a = Args("echo", list(args), ("MSG",))
-    return a._get(0, True)
+    return a.value(0, True)
 
 
 async def create(request: Request, *args: Any) -> str:
     a = Args("create", list(args), ("CONFIG",))
-    raw = a._get(0, False)
+    raw = a.value(0, False)
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise InvalidRequest("create: CONFIG must be an object")
@@ -222,7 +222,7 @@ async def limit(request: Request, *args: Any) -> Any:
     a = Args("limit", list(args), ("HANDLE", "RESOURCE", "VALUE"))
     container = request.container(a.string(0))
     resource = a.string(1)
-    value = a._get(2, False)
+    value = a.value(2, False)
     handler = request.supervisor.limits.get(resource)
     if handler is None:
         known = ", ".join(sorted(request.supervisor.limits)) or "none"
@@ -252,7 +252,7 @@ async def info(request: Request, *args: Any) -> dict[str, Any]:
 
 async def list_(request: Request, *args: Any) -> list[str]:
     a = Args("list", list(args), ("FILTER",))
-    wanted = a._get(0, False)
+    wanted = a.value(0, False)
     wanted = {} if wanted is None else wanted
     if not isinstance(wanted, dict) or not all(isinstance(v, str) for v in wanted.values()):
         raise InvalidRequest("list: FILTER must be an object of property strings")

@@ -77,7 +77,8 @@ class Args:
         self._args = args
         self._names = names
 
-    def _get(self, index: int, required: bool) -> Any:
+    def value(self, index: int, required: bool = True) -> Any:
+        """Argument *index* of any JSON type (None when absent and not required)."""
         if index < len(self._args):
             return self._args[index]
         if required:
@@ -85,7 +86,7 @@ class Args:
         return None
 
     def string(self, index: int, required: bool = True) -> Any:
-        value = self._get(index, required)
+        value = self.value(index, required)
         if value is not None and not isinstance(value, str):
             raise InvalidRequest(
                 f"{self.command}: {self._names[index]} must be a string, got {json.dumps(value)}"
@@ -93,7 +94,7 @@ class Args:
         return value
 
     def integer(self, index: int) -> int:
-        value = self._get(index, True)
+        value = self.value(index, True)
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidRequest(
                 f"{self.command}: {self._names[index]} must be an integer, got {json.dumps(value)}"
@@ -102,7 +103,7 @@ class Args:
 
     def options(self, index: int, allowed: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
         """An optional object whose keys must be in *allowed*, with values of those types."""
-        value = self._get(index, False)
+        value = self.value(index, False)
         if value is None:
             return {}
         if not isinstance(value, dict):

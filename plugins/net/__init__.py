@@ -135,4 +135,4 @@ async def net(request: Request, *args: Any) -> Any:
         return "ok"
     a = Args("net", list(args), ("HANDLE", "DIRECTION", "ARG", "OPTS"))
     a.string(0)
-    raise InvalidRequest(f'net: DIRECTION must be "in" or "out", got {a._get(1, True)!r}')
+    raise InvalidRequest(f'net: DIRECTION must be "in" or "out", got {a.value(1, True)!r}')
