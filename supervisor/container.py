@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -160,12 +161,25 @@ class Container:
                 AsyncExitStack() as stack,
             ):
                 plan = LaunchPlan(root_dir=self.path / "rootfs")
+                clock = [time.perf_counter()]
                 # Plugins save what they must find again after a crash themselves.
                 for resource in hooks.prepare(self, plan, restoring):
                     await stack.enter_async_context(resource)
+                clock.append(time.perf_counter())
                 self.sandbox = await stack.enter_async_context(hooks.launch(self, plan, restoring))
+                clock.append(time.perf_counter())
                 for resource in hooks.attach(self, restoring):
                     await stack.enter_async_context(resource)
+                clock.append(time.perf_counter())
+                self.log.info(
+                    "container restored" if restoring else "container built",
+                    **{
+                        f"{phase}_ms": round((end - start) * 1000, 2)
+                        for phase, start, end in zip(
+                            ("prepare", "launch", "attach"), clock, clock[1:], strict=False
+                        )
+                    },
+                )
                 if restoring:
                     await self._restore_jobs()
                 elif self.state is State.BORN:
