@@ -1307,9 +1307,9 @@ class Bench:
 
         out: dict[str, Any] = {"iterations": iterations}
         passes = {
-            "svg": (["--format", "flamegraph"], BENCH / "profile-cold.svg"),
-            "cpu": (["--format", "raw"], BENCH / "profile-cold-cpu.txt"),
-            "wall": (["--format", "raw", "--idle"], BENCH / "profile-cold-wall.txt"),
+            "svg": (["--format", "flamegraph"], self.args.out / "profile-cold.svg"),
+            "cpu": (["--format", "raw"], self.args.out / "profile-cold-cpu.txt"),
+            "wall": (["--format", "raw", "--idle"], self.args.out / "profile-cold-wall.txt"),
         }
         for label, (flags, path) in passes.items():
             cmd = [
@@ -1341,7 +1341,9 @@ class Bench:
             if not path.exists():
                 out[f"{label}_error"] = spy_out[-500:]
                 continue
-            out[f"{label}_file"] = str(path.relative_to(REPO))
+            out[f"{label}_file"] = (
+                str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+            )
             if label in ("cpu", "wall"):
                 out[label] = analyse_collapsed(path)
         return out
@@ -1408,8 +1410,9 @@ def corral_timeline(log_path: Path, marks: dict[str, list[float]]) -> dict[str, 
         if event == "state changed":
             event = f"{rec.get('old')} -> {rec.get('new')}"
         per_handle[handle].append((when, event))
-        if isinstance(rec.get("ms"), int | float):
-            extra.setdefault(f"{event} (its own ms field)", []).append(float(rec["ms"]))
+        for key, value in rec.items():  # durations the daemon logs itself: ms, prepare_ms...
+            if (key == "ms" or key.endswith("_ms")) and isinstance(value, int | float):
+                extra.setdefault(f"{event}: {key} (logged by the daemon)", []).append(float(value))
     spans: dict[str, list[float]] = {}
     position: dict[str, list[int]] = {}
     for events in per_handle.values():
@@ -2104,6 +2107,8 @@ def main() -> int:
         }
         sys.stderr.write(inst.stdout + inst.stderr)
 
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="cbench-", dir="/tmp"))
     prefix = f"cbench{os.getpid()}-"
     janitor = Janitor(prefix, workdir)
@@ -2209,7 +2214,6 @@ def main() -> int:
         results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
         results["cleanup"] = leftovers(prefix, workdir)
         results.setdefault("versions", versions(corral))
-        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
         report(results, args.out / "RESULTS.md")
         log(f"wrote {args.out / 'RESULTS.md'} and {args.out / 'results.json'}")
