@@ -188,7 +188,7 @@ class Network:
         except BaseException:
             # _plumb removed what it made; a device of that name it did not make stays.
             with trio.CancelScope(shield=True):
-                await self._teardown(att, quarantine=False, delete_device=False)
+                await self._teardown(att, quarantine=False)
             container.plugin_state(NAME).clear()
             raise
         container.log.info(
@@ -260,7 +260,7 @@ class Network:
         # namespace when the init is killed, right after. Deleting it ourselves
         # waits ~16 ms for the kernel (an RCU grace period); the namespace's
         # cleanup does the same work in the background, batched.
-        await self._teardown(att, quarantine=True, delete_device=False)
+        await self._teardown(att, quarantine=True)
         container.log.info("network released", address=att.lease.cidr, device=att.device)
 
     async def _plumb(self, att: Attachment, sandbox: Sandbox) -> None:
@@ -288,15 +288,12 @@ class Network:
                 await trio.to_thread.run_sync(links.delete_link, att.device)
             raise
 
-    async def _teardown(
-        self, att: Attachment, quarantine: bool, delete_device: bool = True
-    ) -> None:
-        """Delete the container's devices and give back what it held (never raises)."""
-        if delete_device:
-            try:
-                await trio.to_thread.run_sync(links.delete_link, att.device)
-            except Exception:
-                log.exception("veth not deleted", handle=att.handle, device=att.device)
+    async def _teardown(self, att: Attachment, quarantine: bool) -> None:
+        """Give back what the container held, and its bridge if it was the last (never raises).
+
+        The container's veth is not deleted here: it goes with the container's
+        network namespace (see :meth:`release`), or :meth:`_plumb` removed it.
+        """
         if att.bridge is not None:
             async with self._bridge_lock:
                 members = self.members.setdefault(att.bridge, set())
