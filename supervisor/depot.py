@@ -78,13 +78,7 @@ class Depot:
                 yield entry.name, self._load(entry)
 
     def _load(self, path: Path) -> dict[str, Any] | None:
-        versions = sorted(
-            (int(name[len(STATE_PREFIX) : -len(STATE_SUFFIX)]), name)
-            for name in os.listdir(path)
-            if name.startswith(STATE_PREFIX)
-            and name.endswith(STATE_SUFFIX)
-            and name[len(STATE_PREFIX) : -len(STATE_SUFFIX)].isdigit()
-        )
+        versions = _record_versions(path)
         record = None
         for version, name in reversed(versions):
             try:
@@ -93,8 +87,8 @@ class Depot:
                 continue  # torn by a crash mid-write: the previous version holds
             self._versions[path.name] = version
             break
-        for _, name in versions:  # keep only the version in force
-            if self._versions.get(path.name) != int(name[len(STATE_PREFIX) : -len(STATE_SUFFIX)]):
+        for version, name in versions:  # keep only the version in force
+            if self._versions.get(path.name) != version:
                 (path / name).unlink(missing_ok=True)
         return record
 
@@ -108,12 +102,17 @@ def _state_name(version: int) -> str:
     return f"{STATE_PREFIX}{version}{STATE_SUFFIX}"
 
 
+def _record_versions(container_dir: Path) -> list[tuple[int, str]]:
+    """``(version, file name)`` of every record file in a container directory, oldest first."""
+    versions = []
+    for name in os.listdir(container_dir):
+        number = name[len(STATE_PREFIX) : -len(STATE_SUFFIX)]
+        if name.startswith(STATE_PREFIX) and name.endswith(STATE_SUFFIX) and number.isdigit():
+            versions.append((int(number), name))
+    return sorted(versions)
+
+
 def record_path(container_dir: Path) -> Path | None:
     """The file holding the newest record of a container directory (for tools and tests)."""
-    names = [
-        n
-        for n in os.listdir(container_dir)
-        if n.startswith(STATE_PREFIX) and n.endswith(STATE_SUFFIX)
-    ]
-    names.sort(key=lambda n: int(n[len(STATE_PREFIX) : -len(STATE_SUFFIX)]))
-    return container_dir / names[-1] if names else None
+    versions = _record_versions(container_dir)
+    return container_dir / versions[-1][1] if versions else None
