@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from supervisor.errors import InvalidRequest
-from supervisor.jobs import encode_output
-from supervisor.protocol import Args, encode_stream_chunk
+from supervisor.protocol import Args, encode_output, encode_stream_chunk
 from supervisor.registry import parse_env
 from supervisor.sandbox import JobRequest
 

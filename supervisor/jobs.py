@@ -9,7 +9,6 @@ job writing while nobody reads costs the daemon nothing.
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -22,13 +21,6 @@ STREAMS = ("stdout", "stderr")
 STREAM_CHUNK = 256 * 1024
 #: How often a streaming reader looks for new output while the job is quiet.
 STREAM_POLL = 0.02
-
-
-def encode_output(data: bytes, encoding: str) -> str:
-    """Bytes as a JSON string: UTF-8 (undecodable bytes kept as surrogates) or base64."""
-    if encoding == "base64":
-        return base64.b64encode(data).decode("ascii")
-    return data.decode("utf-8", "surrogateescape")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Wire format: one JSON array per request line, one JSON object per reply line.
 
 See docs/protocol.md for the contract. Replies are encoded with ``ensure_ascii``
-so that output bytes carried as surrogates (see :func:`supervisor.jobs.encode_output`)
+so that output bytes carried as surrogates (see :func:`encode_output`)
 always travel as valid UTF-8.
 """
 
@@ -51,6 +51,13 @@ def encode_error(code: str, message: str) -> bytes:
     return _line({"type": "error", "payload": {"code": code, "message": message}})
 
 
+def encode_output(data: bytes, encoding: str) -> str:
+    """Job output as a JSON string: UTF-8 (undecodable bytes kept as surrogates) or base64."""
+    if encoding == "base64":
+        return base64.b64encode(data).decode("ascii")
+    return data.decode("utf-8", "surrogateescape")
+
+
 def encode_stream_chunk(stream: str, chunk: bytes, encoding: str) -> bytes:
     """One intermediate ``stream`` line: ``["stdout", CHUNK]``.
 
@@ -59,7 +66,7 @@ def encode_stream_chunk(stream: str, chunk: bytes, encoding: str) -> bytes:
     """
     if encoding == "base64":
         return b'["' + stream.encode() + b'","' + base64.b64encode(chunk) + b'"]\n'
-    return _line([stream, chunk.decode("utf-8", "surrogateescape")])
+    return _line([stream, encode_output(chunk, encoding)])
 
 
 # -- argument checking ---------------------------------------------------------
