@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from supervisor.client import Client
-from tests.conftest import Daemon
+from tests.conftest import Daemon, device_leftovers
 
 #: Test-only range for outside namespaces (RFC 2544 benchmarking addresses).
 OUTSIDE_RANGE = "198.18.0.0/15"
@@ -105,19 +105,12 @@ def host_addresses() -> list[str]:
 
 
 def net_leftovers(daemon: Daemon, handle: str | None = None) -> dict[str, Any]:
-    """What of this daemon's network is left: devices, per-container rules, pool addresses.
-
-    A destroyed container's veth goes with its network namespace, which the kernel
-    cleans up in the background: give the devices a few seconds to vanish.
-    """
+    """What of this daemon's network is left: devices, per-container rules, pool addresses."""
     settings = net_settings(daemon)
-    deadline = time.monotonic() + 5
-    while devices(settings["interface_prefix"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
     rules = table_rules(settings["table"]) or []
     ours = [IPv4Network(settings["pool"]), *map(IPv4Network, settings.get("bridges", {}).values())]
     return {
-        "devices": [d for d in devices(settings["interface_prefix"])],
+        "devices": device_leftovers(daemon),  # waits for veths still going with their netns
         "rules": [
             r.get("comment")
             for r in rules
