@@ -1,30 +1,42 @@
 """Network devices: veth pairs and bridges on the host (pyroute2), ``eth0`` inside a container.
 
-The functions here block; the plugin calls them through ``trio.to_thread.run_sync``,
+A container's veth is made and deleted with requests on the daemon's one
+:class:`~plugins.net.netlink.RouteSocket` (async, on every create's path). The
+other functions block; the plugin calls them through ``trio.to_thread.run_sync``,
 each with an ``IPRoute`` of its own. The daemon never enters a container's
 namespace (``setns`` in a threaded process moves only one thread, see
 DESIGN.md): the container end of a veth is created directly in the
-container's namespace (``net_ns_pid``), and it is configured by one short-lived
-container's init (see ``Sandbox.configure_interface``).
+container's namespace (``net_ns_pid``) and configured by the container's init
+(see ``Sandbox.configure_interface``).
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Any
 
+import trio
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
+from plugins.net.netlink import RouteSocket
 from plugins.net.pool import Lease
 from supervisor.errors import CorralError
 
 #: Name of the container end of every veth, inside the container.
 CONTAINER_IFNAME = "eth0"
 MAIN_TABLE = 254
+
+_rtnl = RouteSocket()
 
 
 class LinkError(CorralError):
@@ -56,7 +68,7 @@ def _device_sysctls(device: str, route_localnet: bool) -> None:
         _sysctl(f"/proc/sys/net/ipv4/conf/{device}/route_localnet", "1")
 
 
-def create_veth(device: str, pid: int, lease: Lease, bridge: str | None) -> None:
+async def create_veth(device: str, pid: int, lease: Lease, bridge: str | None) -> None:
     """Create the veth pair of a container and set up its host end.
 
     The container end is made directly inside the namespace of *pid* as ``eth0``
@@ -67,25 +79,76 @@ def create_veth(device: str, pid: int, lease: Lease, bridge: str | None) -> None
         LinkError: naming the device and the kernel's reason; nothing is left behind
             (a device of that name that existed before is not touched).
     """
-    with _netlink(f"veth {device}") as ipr:
-        ipr.link(
-            "add",
-            ifname=device,
-            kind="veth",
-            peer={"ifname": CONTAINER_IFNAME, "net_ns_pid": pid},
-        )
-        try:
-            index = ipr.link("get", ifname=device)[0]["index"]
-            _device_sysctls(device, route_localnet=bridge is None)
-            if bridge is None:
-                ipr.addr("add", index=index, address=str(lease.gateway), prefixlen=lease.prefixlen)
-            else:
-                master = ipr.link("get", ifname=bridge)[0]["index"]
-                ipr.link("set", index=index, master=master)
-            ipr.link("set", index=index, state="up")
-        except BaseException:
-            _delete(ipr, device)
-            raise
+    what = f"veth {device}"
+    # One request makes the pair, moves the peer, enslaves and raises the host end.
+    # The host end has no carrier (nor an IPv6 address) until the init raises eth0.
+    attrs: list[tuple[str, Any]] = [
+        ("IFLA_IFNAME", device),
+        ("IFLA_LINKINFO", {"attrs": [
+            ("IFLA_INFO_KIND", "veth"),
+            ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": [
+                ("IFLA_IFNAME", CONTAINER_IFNAME),
+                ("IFLA_NET_NS_PID", pid),
+            ]})]}),
+        ]}),
+    ]  # fmt: skip
+    if bridge is not None:
+        attrs.append(("IFLA_MASTER", _index(bridge, what)))
+    await _request(what, _link(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, attrs, up=True))
+    try:
+        _device_sysctls(device, route_localnet=bridge is None)
+        if bridge is None:
+            address = ifaddrmsg()
+            address["family"] = socket.AF_INET
+            address["prefixlen"] = lease.prefixlen
+            address["index"] = _index(device, what)
+            address["attrs"] = [
+                ("IFA_LOCAL", str(lease.gateway)),
+                ("IFA_ADDRESS", str(lease.gateway)),
+            ]
+            address["header"]["type"] = RTM_NEWADDR
+            address["header"]["flags"] = NLM_F_CREATE | NLM_F_EXCL
+            await _request(what, address)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await delete_link(device)
+        raise
+
+
+async def delete_link(device: str) -> bool:
+    """Delete *device* (a veth goes with its peer); False if it did not exist."""
+    try:
+        await _rtnl.request(_link(RTM_DELLINK, 0, [("IFLA_IFNAME", device)]))
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            return False
+        raise LinkError(f"delete {device}: {exc.strerror}") from exc
+    return True
+
+
+async def _request(what: str, message: Any) -> None:
+    try:
+        await _rtnl.request(message)
+    except OSError as exc:
+        raise LinkError(f"{what}: {exc.strerror}") from exc
+
+
+def _link(kind: int, flags: int, attrs: list[tuple[str, Any]], up: bool = False) -> Any:
+    message = ifinfmsg()
+    message["family"] = socket.AF_UNSPEC
+    if up:
+        message["flags"] = message["change"] = IFF_UP
+    message["attrs"] = attrs
+    message["header"]["type"] = kind
+    message["header"]["flags"] = flags
+    return message
+
+
+def _index(device: str, what: str) -> int:
+    try:
+        return socket.if_nametoindex(device)
+    except OSError as exc:
+        raise LinkError(f"{what}: no device {device}") from exc
 
 
 def ensure_bridge(device: str, gateway_cidr: str) -> None:
@@ -113,12 +176,6 @@ def _delete(ipr: IPRoute, device: str) -> bool:
             return False
         raise
     return True
-
-
-def delete_link(device: str) -> bool:
-    """Delete *device* (a veth goes with its peer); False if it did not exist."""
-    with _netlink(f"delete {device}") as ipr:
-        return _delete(ipr, device)
 
 
 def exists(device: str) -> bool:

@@ -272,9 +272,7 @@ class Network:
                 await trio.to_thread.run_sync(
                     links.ensure_bridge, bridge_device, att.lease.gateway_cidr
                 )
-        await trio.to_thread.run_sync(
-            links.create_veth, att.device, sandbox.pid, att.lease, bridge_device
-        )
+        await links.create_veth(att.device, sandbox.pid, att.lease, bridge_device)
         try:
             # The container's init, in its network namespace, configures eth0.
             await sandbox.configure_interface(
@@ -285,7 +283,7 @@ class Network:
             )
         except BaseException:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(links.delete_link, att.device)
+                await links.delete_link(att.device)
             raise
 
     async def _teardown(self, att: Attachment, quarantine: bool) -> None:
@@ -301,7 +299,7 @@ class Network:
                 if not members:
                     device = self.settings.bridge_device(att.bridge)
                     try:
-                        await trio.to_thread.run_sync(links.delete_link, device)
+                        await links.delete_link(device)
                     except Exception:
                         log.exception("unused bridge not deleted", device=device)
         try:
@@ -399,7 +397,7 @@ class Network:
         prefix = self.settings.interface_prefix
         for device in await trio.to_thread.run_sync(links.devices, prefix):
             if device not in wanted:
-                await trio.to_thread.run_sync(links.delete_link, device)
+                await links.delete_link(device)
                 log.warning("leftover network device removed", device=device)
         commands = self.ruleset.base()
         for att in live:
