@@ -94,6 +94,7 @@ class Container:
         self._grace_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._destroy_requested = trio.Event()
+        #: Set by the registry once everything of the container is gone, its directory too.
         self.finished = trio.Event()
         #: True once the container's resources are all acquired (create succeeded).
         self.ready = False
@@ -195,7 +196,6 @@ class Container:
         finally:
             for job in self.jobs.values():
                 job.finish(None)
-            self.finished.set()
 
     async def _serve(
         self,

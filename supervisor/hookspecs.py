@@ -30,9 +30,12 @@ released again.
 
 On exit, a context manager releases its kernel resources unless
 ``container.detaching`` is true: the daemon is shutting down and the container
-lives on, so only what the daemon process itself holds is closed. Whatever a
-plugin must find again after a crash goes in ``container.plugin_state(NAME)``,
-saved with ``container.save()`` before the resource exists.
+lives on, so only what the daemon process itself holds is closed. Files a
+plugin keeps in the container's directory (``container.path``) need no
+release: the core removes the directory after every context has exited.
+Whatever a plugin must find again after a crash goes in
+``container.plugin_state(NAME)``, saved with ``container.save()`` before the
+resource exists.
 """
 
 from __future__ import annotations

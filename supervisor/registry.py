@@ -170,10 +170,14 @@ class Supervisor:
             container.log.exception("container task failed; releasing what could be released")
         finally:
             self.containers.pop(container.handle, None)
-            if not container.detaching:
-                container.state = State.DESTROYED
-                self.depot.remove(container.handle)
-                container.log.info("container destroyed")
+            try:
+                if not container.detaching:
+                    container.state = State.DESTROYED
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self.depot.remove, container.handle)
+                    container.log.info("container destroyed")
+            finally:
+                container.finished.set()
 
     async def _recover(self) -> None:
         """Re-adopt the containers in the depot; release the half-created ones."""

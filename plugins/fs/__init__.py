@@ -15,7 +15,6 @@ another directory with ``rootfs``.
 
 from __future__ import annotations
 
-import shutil
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -169,20 +168,10 @@ async def _layers(container: Container, plan: LaunchPlan, restoring: bool) -> As
         yield
     finally:
         await command.copies.abandon(container.handle)
-        if not container.detaching:
-            if size_mb is not None:
-                await _release_loops(container, image)
-            # overlay's work dir holds root-only 000 entries; rmtree as root copes.
-            await trio.to_thread.run_sync(
-                _remove,
-                (
-                    container.path / "upper",
-                    container.path / "work",
-                    plan.root_dir,
-                    image,
-                    container.path / quota.MOUNT_NAME,
-                ),
-            )
+        if not container.detaching and size_mb is not None:
+            await _release_loops(container, image)
+        # The layers, the image and the mount points are in the container's
+        # directory, which the core removes next.
 
 
 async def _make_image(container: Container, size_mb: int) -> None:
@@ -204,14 +193,6 @@ async def _release_loops(container: Container, image: Path) -> None:
     for name in await trio.to_thread.run_sync(quota.loops_of, image):
         container.log.warning("loop device still attached after destroy; detaching", device=name)
         quota.detach(name)
-
-
-def _remove(paths: tuple[Path, ...]) -> None:
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 # -- info and limit -------------------------------------------------------------------
