@@ -254,9 +254,12 @@ async def _transparent_nursery() -> AsyncIterator[trio.Nursery]:
 
 
 async def _create(container: Container, group: ContainerCgroups) -> None:
-    await trio.to_thread.run_sync(setup_parents, settings.layout, settings.parent)
+    def make() -> None:  # one trip to a worker thread
+        setup_parents(settings.layout, settings.parent)
+        group.create()
+
     try:
-        await trio.to_thread.run_sync(group.create)
+        await trio.to_thread.run_sync(make)
     except FileExistsError:
         # Only a crashed daemon leaves a directory named after a free handle.
         container.log.warning("leftover cgroups of the same handle removed")
