@@ -672,6 +672,11 @@ class Corral:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 log(f"corrald (blocked={blocked}) failed: {errors[-1][:300]}")
                 self.stop()
+                if "in use by another corrald" in str(exc):
+                    # Another run of this benchmark: figures without a network would mislead.
+                    raise RuntimeError(
+                        f"another benchmark is running: {errors[-1][:300]}"
+                    ) from None
         raise RuntimeError("corrald would not run a container: " + " | ".join(errors))
 
     def _start(self, blocked: list[str]) -> None:
