@@ -13,22 +13,18 @@ container's namespace (``net_ns_pid``) and configured by the container's init
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
 
 import trio
 from pyroute2 import IPRoute
-from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
-from plugins.net.netlink import RouteSocket
+from plugins.net import netlink
 from plugins.net.pool import Lease
 from supervisor.errors import CorralError
 
@@ -36,7 +32,7 @@ from supervisor.errors import CorralError
 CONTAINER_IFNAME = "eth0"
 MAIN_TABLE = 254
 
-_rtnl = RouteSocket()
+_rtnl = netlink.RouteSocket()
 
 
 class LinkError(CorralError):
@@ -55,7 +51,11 @@ def _netlink(what: str) -> Iterator[IPRoute]:
 
 
 def _sysctl(path: str, value: str) -> None:
-    Path(path).write_text(value)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _device_sysctls(device: str, route_localnet: bool) -> None:
@@ -82,33 +82,13 @@ async def create_veth(device: str, pid: int, lease: Lease, bridge: str | None) -
     what = f"veth {device}"
     # One request makes the pair, moves the peer, enslaves and raises the host end.
     # The host end has no carrier (nor an IPv6 address) until the init raises eth0.
-    attrs: list[tuple[str, Any]] = [
-        ("IFLA_IFNAME", device),
-        ("IFLA_LINKINFO", {"attrs": [
-            ("IFLA_INFO_KIND", "veth"),
-            ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": [
-                ("IFLA_IFNAME", CONTAINER_IFNAME),
-                ("IFLA_NET_NS_PID", pid),
-            ]})]}),
-        ]}),
-    ]  # fmt: skip
-    if bridge is not None:
-        attrs.append(("IFLA_MASTER", _index(bridge, what)))
-    await _request(what, _link(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, attrs, up=True))
+    master = None if bridge is None else _index(bridge, what)
+    await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, pid, master))
     try:
         _device_sysctls(device, route_localnet=bridge is None)
         if bridge is None:
-            address = ifaddrmsg()
-            address["family"] = socket.AF_INET
-            address["prefixlen"] = lease.prefixlen
-            address["index"] = _index(device, what)
-            address["attrs"] = [
-                ("IFA_LOCAL", str(lease.gateway)),
-                ("IFA_ADDRESS", str(lease.gateway)),
-            ]
-            address["header"]["type"] = RTM_NEWADDR
-            address["header"]["flags"] = NLM_F_CREATE | NLM_F_EXCL
-            await _request(what, address)
+            index = _index(device, what)
+            await _request(what, netlink.new_address(index, str(lease.gateway), lease.prefixlen))
     except BaseException:
         with trio.CancelScope(shield=True):
             await delete_link(device)
@@ -118,7 +98,7 @@ async def create_veth(device: str, pid: int, lease: Lease, bridge: str | None) -
 async def delete_link(device: str) -> bool:
     """Delete *device* (a veth goes with its peer); False if it did not exist."""
     try:
-        await _rtnl.request(_link(RTM_DELLINK, 0, [("IFLA_IFNAME", device)]))
+        await _rtnl.request(netlink.delete_link(device))
     except OSError as exc:
         if exc.errno == errno.ENODEV:
             return False
@@ -126,22 +106,11 @@ async def delete_link(device: str) -> bool:
     return True
 
 
-async def _request(what: str, message: Any) -> None:
+async def _request(what: str, message: tuple[int, int, bytes]) -> None:
     try:
         await _rtnl.request(message)
     except OSError as exc:
         raise LinkError(f"{what}: {exc.strerror}") from exc
-
-
-def _link(kind: int, flags: int, attrs: list[tuple[str, Any]], up: bool = False) -> Any:
-    message = ifinfmsg()
-    message["family"] = socket.AF_UNSPEC
-    if up:
-        message["flags"] = message["change"] = IFF_UP
-    message["attrs"] = attrs
-    message["header"]["type"] = kind
-    message["header"]["flags"] = flags
-    return message
 
 
 def _index(device: str, what: str) -> int:

@@ -2,10 +2,11 @@
 
 Making a container's veth is on the path of every create. pyroute2's
 ``IPRoute`` cost about 2 ms per container there (a socket, an event loop and
-request filters each time, in a worker thread); here the messages are still
-pyroute2's, but they go over one trio socket, one request at a time, each
-waiting for its acknowledgement. Dumps (listing devices and addresses at
-start-up) stay with ``IPRoute`` in :mod:`.links`.
+request filters each time, in a worker thread), and encoding a message with
+pyroute2's classes alone 0.2 ms. The few messages of that path are packed here
+(the layouts are the kernel's ``<linux/rtnetlink.h>``) and go over one trio
+socket, one request at a time, each waiting for its acknowledgement. Dumps
+(listing devices and addresses at start-up) stay with pyroute2 in :mod:`.links`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,64 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Any
 
 import trio
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 #: struct nlmsghdr: length, type, flags, sequence number, port id.
 _HEADER = struct.Struct("=IHHII")
+#: struct ifinfomsg: family, type, index, flags, change.
+_IFINFO = struct.Struct("=BxHiII")
+#: struct ifaddrmsg: family, prefix length, flags, scope, index.
+_IFADDR = struct.Struct("=BBBBI")
 _ERROR_CODE = struct.Struct("=i")
+_U32 = struct.Struct("=I")
+
+IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_PID = 3, 10, 18, 19
+IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+NLA_F_NESTED = 0x8000
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute (struct rtattr), padded to 4 bytes."""
+    return struct.pack("=HH", 4 + len(payload), kind) + payload + bytes(-len(payload) % 4)
+
+
+def _name(name: str) -> bytes:
+    return name.encode() + b"\0"
+
+
+def new_veth(device: str, peer: str, peer_pid: int, master: int | None) -> tuple[int, int, bytes]:
+    """RTM_NEWLINK: veth *device*, up, its *peer* made in the network namespace of *peer_pid*."""
+    peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(peer))
+    peer_info += _attr(IFLA_NET_NS_PID, _U32.pack(peer_pid))
+    data = _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info)
+    link_info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + _attr(IFLA_IFNAME, _name(device))
+    body += _attr(IFLA_LINKINFO | NLA_F_NESTED, link_info)
+    if master is not None:
+        body += _attr(IFLA_MASTER, _U32.pack(master))
+    return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body
+
+
+def new_address(index: int, address: str, prefixlen: int) -> tuple[int, int, bytes]:
+    """RTM_NEWADDR: IPv4 *address*/*prefixlen* on device *index*."""
+    packed = socket.inet_aton(address)
+    body = _IFADDR.pack(socket.AF_INET, prefixlen, 0, 0, index)
+    body += _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
+    return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body
+
+
+def delete_link(device: str) -> tuple[int, int, bytes]:
+    """RTM_DELLINK of *device* by name."""
+    return (
+        RTM_DELLINK,
+        0,
+        _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(device)),
+    )
 
 
 class RouteSocket:
@@ -33,27 +84,25 @@ class RouteSocket:
 
     def _socket(self) -> trio.socket.SocketType:
         if self._sock is None:
-            sock = trio.socket.socket(
+            self._sock = trio.socket.socket(
                 socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
             )
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self._sock = sock
         return self._sock
 
-    async def request(self, message: Any) -> None:
-        """Send *message* (a pyroute2 nlmsg with its type and flags set) and await its ack.
+    async def request(self, message: tuple[int, int, bytes]) -> None:
+        """Send *message* ``(type, flags, body)`` and await the kernel's acknowledgement.
 
         Raises:
             OSError: the kernel's error for the request (errno set).
         """
+        kind, flags, body = message
         async with self._lock:
             sock = self._socket()
             self._sequence = self._sequence % 0xFFFFFFFF + 1
-            header = message["header"]
-            header["sequence_number"] = self._sequence
-            header["flags"] |= NLM_F_REQUEST | NLM_F_ACK
-            message.encode()
-            await sock.send(message.data)
+            header = _HEADER.pack(
+                _HEADER.size + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, self._sequence, 0
+            )
+            await sock.send(header + body)
             while True:
                 code = _ack(await sock.recv(1 << 16), self._sequence)
                 if code is None:
@@ -61,11 +110,6 @@ class RouteSocket:
                 if code:
                     raise OSError(-code, os.strerror(-code))
                 return
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
 
 def _ack(data: bytes, sequence: int) -> int | None:
