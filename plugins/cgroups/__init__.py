@@ -129,8 +129,7 @@ def setup_parents(layout: Layout, parent: str) -> None:
 
     Every level from the hierarchy root down is set up (v1 cpuset copies, v2
     enables the controllers in ``cgroup.subtree_control``); done at start and
-    again before each create, as it is cheap and an administrator may have
-    removed the parent meanwhile.
+    again at a create that finds a parent gone (an administrator removed it).
     """
     parts = parent.split("/")
     for root, placement in layout.hierarchies().items():
@@ -255,7 +254,9 @@ async def _transparent_nursery() -> AsyncIterator[trio.Nursery]:
 
 async def _create(container: Container, group: ContainerCgroups) -> None:
     def make() -> None:  # one trip to a worker thread
-        setup_parents(settings.layout, settings.parent)
+        # Set up at start; again only if an administrator removed a parent since.
+        if not all(path.parent.is_dir() for path in group.directories()):
+            setup_parents(settings.layout, settings.parent)
         group.create()
 
     try:

@@ -234,6 +234,22 @@ def test_destroy_removes_the_cgroups_in_every_hierarchy(daemon: Daemon, client: 
     assert [p for p in made if p.exists()] == []
 
 
+def test_a_parent_removed_meanwhile_is_made_again(fresh_daemon: Daemon) -> None:
+    client = fresh_daemon.client()
+    client.destroy(client.create())  # all parents exist, and no container is in them
+    parents = [h / parent_name(fresh_daemon) for h in CGROUP_ROOT.iterdir()]
+    removed = [p for p in parents if p.is_dir()]
+    for parent in removed:
+        parent.rmdir()  # what an administrator might do while the daemon runs
+    handle = client.create({"limits": {"mem": 64 * MB}})
+    try:
+        assert all(p.is_dir() for p in removed)
+        assert client.run(handle, "echo ok")[:2] == [0, "ok\n"]
+    finally:
+        client.destroy(handle)
+        client.close()
+
+
 def test_failed_creates_leave_no_cgroup(daemon: Daemon, client: Client) -> None:
     before = cgroup_dirs(daemon)
     with pytest.raises(InvalidRequest, match="cpuset '99': core 99 does not exist"):
