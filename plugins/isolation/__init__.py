@@ -4,7 +4,9 @@ Each container is a ``corral-init`` process (C, see README.md here) in new pid,
 mount, uts, ipc and network namespaces, pivoted into the root the launch plan
 describes. The daemon talks to it over a Unix socket in the container's depot
 directory. Killing the init releases every namespace and mount of the container
-at once, so nothing is left behind even if the daemon died half-way.
+at once, so nothing is left behind even if the daemon died half-way. The
+launcher starts first among the plugins' preparations and makes the namespaces
+meanwhile (:mod:`.launcher`).
 
 Config (``[isolation]``): ``init`` is the path of the built ``corral-init``.
 """
@@ -22,6 +24,7 @@ import structlog
 import trio
 
 from plugins.isolation import spec
+from plugins.isolation.launcher import Launcher
 from plugins.isolation.sandbox import InitSandbox, process_start_time
 from supervisor.config import Config, ConfigError
 from supervisor.container import Container
@@ -34,8 +37,6 @@ DEFAULT_INIT = Path("/usr/local/lib/corral/corral-init")
 SOCKET_NAME = "init.sock"
 #: sun_path holds 108 bytes with the terminating NUL.
 MAX_SOCKET_PATH = 107
-#: Bytes of the launcher's stdout (a pid) or stderr (one error message) read.
-MAX_LAUNCHER_OUTPUT = 64 * 1024
 
 log = structlog.get_logger()
 
@@ -65,6 +66,30 @@ def corral_configure(config: Config) -> None:
             f"[{NAME}] init: {settings.init} is not an executable; build it with "
             f"`python -m plugins.isolation.build {settings.init}`"
         )
+
+
+@hookimpl(tryfirst=True)  # the launcher works while the other plugins prepare
+def corral_container_prepare(
+    container: Container, plan: LaunchPlan, restoring: bool
+) -> AbstractAsyncContextManager[None]:
+    return _early_launcher(container, restoring)
+
+
+_launchers: dict[str, Launcher] = {}
+
+
+@asynccontextmanager
+async def _early_launcher(container: Container, restoring: bool) -> AsyncIterator[None]:
+    if restoring:
+        yield
+        return
+    launcher = Launcher(settings.init, container.path)
+    _launchers[container.handle] = launcher
+    try:
+        yield
+    finally:
+        del _launchers[container.handle]
+        launcher.close()
 
 
 @hookimpl
@@ -99,7 +124,7 @@ async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
         )
     plan.root_dir.mkdir(exist_ok=True)
     text = spec.render(plan, container.handle, socket_path)
-    returncode, out, err = await _run_launcher(text.encode(), container.path)
+    returncode, out, err = await _launchers[container.handle].finish(text.encode())
     if returncode != 0:
         reason = err.decode(errors="replace").strip() or f"exit status {returncode}"
         raise LaunchFailed(f"container {container.handle}: {reason}")
@@ -117,49 +142,6 @@ async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
         os.close(pidfd)
         raise
     return InitSandbox(container, pid, pidfd, sock)
-
-
-async def _run_launcher(spec_text: bytes, container_path: Path) -> tuple[int, bytes, bytes]:
-    """Run ``corral-init launch`` on *spec_text*: its exit code, stdout and stderr.
-
-    posix_spawn (a vfork) with memfds as stdin, stdout and stderr costs half a
-    ``subprocess.Popen`` and leaves no pipe to feed or drain. The launcher gets an
-    empty environment: the init keeps it, and the daemon's has no business in a container.
-    """
-    files = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("spec", "stdout", "stderr")]
-    try:
-        view = memoryview(spec_text)
-        while view:
-            view = view[os.write(files[0], view) :]
-        os.lseek(files[0], 0, os.SEEK_SET)
-        pid = os.posix_spawn(
-            settings.init,
-            [str(settings.init), "launch", str(container_path)],
-            {},
-            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(files)],
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, not by C
-            setsigmask=(),
-        )
-        try:
-            pidfd = os.pidfd_open(pid)
-            try:
-                await trio.lowlevel.wait_readable(pidfd)
-            finally:
-                os.close(pidfd)
-        except BaseException:
-            # An init it forked already is in the cgroups, whose removal kills it.
-            os.kill(pid, signal.SIGKILL)
-            raise
-        finally:
-            _, status = os.waitpid(pid, 0)
-        return (
-            os.waitstatus_to_exitcode(status),
-            os.pread(files[1], MAX_LAUNCHER_OUTPUT, 0),
-            os.pread(files[2], MAX_LAUNCHER_OUTPUT, 0),
-        )
-    finally:
-        for fd in files:
-            os.close(fd)
 
 
 async def _reconnect(container: Container) -> InitSandbox:

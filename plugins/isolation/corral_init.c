@@ -1293,11 +1293,13 @@ static int launch(void)
 	pid_t pid;
 
 	TRY(close_range(3, ~0U, 0), "close_range");
-	sp.text = read_all(STDIN_FILENO, "launch spec");
-	parse_spec(&sp);
+	/* The namespaces first: the daemon may start the launcher early and finish
+	 * its other preparations while they are made, then send the spec. */
 	TRY(unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID), "unshare");
 	/* Nothing mounted from here on may propagate to the host. */
 	TRY(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "mount --make-rprivate /");
+	sp.text = read_all(STDIN_FILENO, "launch spec");
+	parse_spec(&sp);
 	/* Host mounts (the disk-quota filesystem on a loop device) before joining the
 	 * cgroups: a devices cgroup would deny opening the loop device. */
 	for (struct directive *d = sp.d; d < sp.d + sp.n; d++)
