@@ -344,7 +344,8 @@ class Container:
         result = await job.collect(self.supervisor.config.containers.output_limit)
         if self.jobs.get(job.id) is job:
             del self.jobs[job.id]
-            await trio.to_thread.run_sync(job.remove_files)
+            # Not awaited: the reply need not wait for the disk. Destroy removes what is left.
+            self._start_task(trio.to_thread.run_sync, job.remove_files)
         return result
 
     async def _guard_output(self, job: Job) -> None:

@@ -21,6 +21,8 @@ STREAMS = ("stdout", "stderr")
 STREAM_CHUNK = 256 * 1024
 #: How often a streaming reader looks for new output while the job is quiet.
 STREAM_POLL = 0.02
+#: Output read on the event loop itself, as a worker thread's round trip costs more.
+INLINE_READ = 64 * 1024
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Job:
             if self.result is None:
                 if self.discard_output:
                     self.result = (self.status, None, None)
+                elif self.output_size() <= INLINE_READ:
+                    self.result = (self.status, *self._read_outputs(limit))
                 else:
                     out, err = await trio.to_thread.run_sync(self._read_outputs, limit)
                     self.result = (self.status, out, err)
