@@ -37,13 +37,18 @@ def decode_request(line: bytes) -> tuple[str, list[Any]]:
     return name, args
 
 
+#: What ``json.dumps(obj, separators=(",", ":"))`` uses, built once: dumps makes a
+#: new encoder on every call that passes options.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _line(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
+    return _encode(obj).encode("ascii") + b"\n"
 
 
 def encode_reply(payload: Any) -> bytes:
-    """A success reply line."""
-    return _line({"type": "object", "payload": payload})
+    """A success reply line: ``{"type":"object","payload":PAYLOAD}``."""
+    return b'{"type":"object","payload":' + _encode(payload).encode("ascii") + b"}\n"
 
 
 def encode_error(code: str, message: str) -> bytes:

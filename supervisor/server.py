@@ -1,5 +1,8 @@
 """The Unix socket server: one task per connection, line framing with a size cap.
 
+After a ping, a connection's task waits for the next request in the :class:`Poller`,
+which answers a lone ``["ping"]`` itself: the hot path costs a recv and a send.
+
 Each connection counts as a reference to every container it created or named;
 when it closes, those references are dropped (and grace timers may start).
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import grp
 import os
+import select
 import socket as stdsocket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,13 +42,72 @@ class AlreadyServing(RuntimeError):
     """Another daemon answers on the socket path."""
 
 
-class Connection:
-    """One client connection."""
+#: The most frequent request, answered without JSON, a handler or a log context.
+PING = b'["ping"]'
+PING_LINE = PING + b"\n"
+PONG = encode_reply("pong")
 
-    def __init__(self, stream: trio.SocketStream, server: Server) -> None:
-        self.stream = stream
+
+class Poller:
+    """Watches the connections waiting for their next request, in one epoll set of its own.
+
+    A connection's task parks here after a ping, until its next request. A lone
+    ``["ping"]`` is answered on the spot; any other input wakes the task. So a ping
+    costs a recv and a send: no task switch, and no epoll_ctl (trio re-arms an fd on
+    every wait of a task). Handing other requests over costs more than that saves,
+    so after one of them the task waits for the next request itself.
+    """
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.parked: dict[int, Connection] = {}
+
+    async def park(self, connection: Connection) -> None:
+        """Wait until *connection* has input (or lost its client) that its task must handle."""
+        fd = connection.sock.fileno()
+        connection.wake = trio.Event()
+        self.epoll.register(fd, select.EPOLLIN)
+        self.parked[fd] = connection
+        try:
+            await connection.wake.wait()
+        finally:
+            self.release(fd)
+
+    def release(self, fd: int) -> None:
+        if self.parked.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+
+    async def run(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self.epoll.fileno())
+            for fd, _ in self.epoll.poll(0):
+                connection = self.parked[fd]
+                if not connection.answer_ping():
+                    self.release(fd)
+                    connection.wake.set()
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self.epoll.fileno())
+        self.epoll.close()
+
+
+class Connection:
+    """One client connection, served on its plain non-blocking socket.
+
+    trio's SocketStream yields to the scheduler on every send and receive and tries a
+    receive before each wait; here a request costs at most one wait, one recv and one send.
+    """
+
+    def __init__(self, sock: stdsocket.socket, server: Server) -> None:
+        self.sock = sock
         self.server = server
         self.refs: set[Container] = set()
+        self.request = Request(server.supervisor, self)
+        self.buffer = bytearray()  # received, not answered yet
+        self.pending: list[bytes] = []  # replies not sent yet, in order
+        self.eof = False  # the client closed or broke the connection
+        self.pinged = False  # the last request was a ping: wait for the next in the poller
+        self.wake = trio.Event()  # set by the poller when a parked task has work
 
     def reference(self, container: Container) -> None:
         if container not in self.refs:
@@ -52,11 +115,76 @@ class Connection:
             container.add_ref()
 
     async def send(self, line: bytes) -> None:
-        await self.stream.send_all(line)
+        """Send *line* after the pending replies (a handler's extra lines: ``stream``).
+
+        A checkpoint, like trio's send_all: a handler that sends in a loop must not
+        starve the other connections while the socket has room.
+        """
+        self.pending.append(line)
+        await self.flush()
+        await trio.lowlevel.checkpoint()
+
+    async def flush(self) -> None:
+        """Send the pending replies in one write, waiting only while the socket is full."""
+        if not self.pending:
+            return
+        data = memoryview(b"".join(self.pending))
+        self.pending.clear()
+        try:
+            while data:
+                try:
+                    data = data[self.sock.send(data) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self.sock)
+        except OSError as exc:  # as SocketStream.send_all reports it to handlers
+            raise trio.BrokenResourceError(f"client went away: {exc}") from exc
+
+    def answer_ping(self) -> bool:
+        """For the poller: receive; True if that was a lone ping, now answered.
+
+        False leaves the task to deal with what came: data in the buffer, an
+        unsent reply in pending, or eof.
+        """
+        try:
+            data = self.sock.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if data != PING_LINE:
+            self.buffer.extend(data)
+            self.eof = not data
+            return False
+        try:
+            sent = self.sock.send(PONG)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.eof = True
+            return False
+        if sent < len(PONG):
+            self.pending.append(PONG[sent:])
+            return False
+        return True
+
+    async def receive(self) -> None:
+        """Add the client's next bytes to the buffer, or set eof."""
+        if self.pinged and not self.buffer:
+            await self.server.poller.park(self)  # between requests: see Poller
+            return
+        await trio.lowlevel.wait_readable(self.sock)
+        try:
+            data = self.sock.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.buffer.extend(data)
+        self.eof = not data
 
     async def serve(self) -> None:
         """Answer requests in order until the peer closes or breaks the framing."""
-        buffer = bytearray()
+        buffer = self.buffer  # the same bytearray, which receive() and the poller extend
         scanned = 0
         limit = self.server.supervisor.config.daemon.max_line_bytes
         try:
@@ -71,10 +199,11 @@ class Connection:
                             )
                         )
                         return
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                    if not data:
+                    # Every complete line is answered: their replies go out in one write.
+                    await self.flush()
+                    if self.eof:
                         return
-                    buffer += data
+                    await self.receive()
                     continue
                 line = bytes(buffer[:end])
                 del buffer[: end + 1]
@@ -87,17 +216,24 @@ class Connection:
                 if not line.strip():
                     continue
                 if not await self.answer(line):
+                    await self.flush()
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
             for container in self.refs:
                 container.drop_ref()
-            with trio.CancelScope(shield=True):
-                await self.stream.aclose()
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
 
     async def answer(self, line: bytes) -> bool:
-        """Handle one request line; False when the connection must close."""
+        """Queue the reply to one request line; False when the connection must close."""
+        self.pinged = line == PING
+        if self.pinged:
+            self.pending.append(PONG)
+            return True
+        # A handler may block (link, stop...): the replies before it go out first.
+        await self.flush()
         structlog.contextvars.clear_contextvars()
         try:
             name, args = decode_request(line)
@@ -105,12 +241,12 @@ class Connection:
             handler = self.server.commands.get(name)
             if handler is None:
                 raise UnknownCommand(f"unknown command {name!r}")
-            payload = await handler(Request(self.server.supervisor, self), *args)
+            payload = await handler(self.request, *args)
             reply = encode_reply(payload)
         except Exception as exc:
             error = unwrap(exc)
             if isinstance(error, ProtocolViolation):
-                await self.send(encode_error(error.code, error.message))
+                self.pending.append(encode_error(error.code, error.message))
                 return False
             if isinstance(error, CorralError):
                 log.info("request failed", code=error.code, error=error.message)
@@ -118,7 +254,7 @@ class Connection:
             else:
                 log.exception("request crashed")
                 reply = encode_error("internal", f"{type(error).__name__}: {error}")
-        await self.send(reply)
+        self.pending.append(reply)
         return True
 
 
@@ -128,6 +264,7 @@ class Server:
     def __init__(self, supervisor: Supervisor, extra_commands: dict[str, Handler]) -> None:
         self.supervisor = supervisor
         self.commands = {**extra_commands, **CORE_COMMANDS}
+        self.poller = Poller()
 
     async def serve(
         self,
@@ -135,11 +272,20 @@ class Server:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                stream = await listener.accept()
-                nursery.start_soon(Connection(stream, self).serve)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.poller.run)
+                task_status.started()
+                while True:
+                    stream = await listener.accept()
+                    # Served on the plain socket: trio's stream layer costs more than a request.
+                    sock = stdsocket.socket(
+                        stdsocket.AF_UNIX, stdsocket.SOCK_STREAM, 0, stream.socket.detach()
+                    )
+                    sock.setblocking(False)
+                    nursery.start_soon(Connection(sock, self).serve)
+        finally:
+            self.poller.close()  # every connection task has ended
 
 
 @contextmanager

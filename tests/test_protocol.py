@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 
 import pytest
 
@@ -109,3 +111,82 @@ def test_many_clients_at_once(daemon: Daemon) -> None:
     finally:
         for c in clients:
             c.close()
+
+
+PONG = b'{"type":"object","payload":"pong"}\n'
+
+
+def raw_bytes(daemon: Daemon, data: bytes) -> bytes:
+    """Send raw bytes on a fresh connection; return what the daemon sends until it closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(daemon.socket))
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    return received
+
+
+def test_ping_reply_bytes(daemon: Daemon) -> None:
+    # An exact ["ping"] is answered without JSON; other spellings go through it: same bytes.
+    assert raw_bytes(daemon, b'["ping"]\n') == PONG
+    assert raw_bytes(daemon, b'[ "ping" ]\n') == PONG
+    assert raw_bytes(daemon, b'["ping"]\n["ping"]\n') == PONG * 2
+
+
+def test_pings_among_other_requests_in_order(daemon: Daemon) -> None:
+    data = b'["ping"]\n["echo", 1]\n["ping"]\n\n["ping"]\n["nope"]\n["ping"]\n["echo", 2]\n'
+    replies = raw(daemon, data)
+    assert [r["payload"] for r in replies[:4]] == ["pong", 1, "pong", "pong"]
+    assert error(replies[4])[0] == "unknown_command"
+    assert [r["payload"] for r in replies[5:]] == ["pong", 2]
+
+
+def test_ping_split_across_writes(daemon: Daemon) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(daemon.socket))
+        for part in (b'["pi', b'ng"]\n["pi', b'ng"]', b"\n"):
+            s.sendall(part)
+            time.sleep(0.05)
+        received = b""
+        while len(received) < 2 * len(PONG):
+            received += s.recv(65536)
+    assert received == PONG * 2
+
+
+def test_one_connection_alternates_pings_and_other_requests(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        for i in range(200):
+            assert c.ping() == "pong"
+            assert c.call("echo", i) == i
+            assert c.ping() == "pong"
+
+
+def test_many_pipelined_pings_with_a_slow_reader(daemon: Daemon) -> None:
+    # More replies than the socket buffers hold: the daemon must wait for room, not drop any.
+    count = 100_000
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(daemon.socket))
+        sender = threading.Thread(target=s.sendall, args=(b'["ping"]\n' * count,))
+        sender.start()
+        time.sleep(0.3)  # let the daemon fill the socket before anything is read
+        received = bytearray()
+        while len(received) < count * len(PONG):
+            chunk = s.recv(1 << 20)
+            assert chunk
+            received += chunk
+        sender.join()
+    assert received == PONG * count
+
+
+def test_client_gone_with_unread_replies(daemon: Daemon) -> None:
+    for _ in range(5):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(daemon.socket))
+            s.sendall(b'["ping"]\n' * 20_000)  # closed without reading a reply
+    with daemon.client() as c:
+        assert c.ping() == "pong"
