@@ -215,10 +215,14 @@ class Container:
         if self._refs == 0:
             self._start_grace_timer()
         await self._destroy_requested.wait()
-        if not self.detaching and self.state is State.ACTIVE:
-            # No TERM, no waiting: releasing the sandbox kills its init, and with
-            # it, at once, every process of its pid namespace (forks included).
-            await self._move(State.STOPPED)
+        if not self.detaching:
+            # No TERM, no waiting: killing the init kills, at once, every process
+            # of its pid namespace (forks included); the kernel's teardown runs
+            # while the plugins release the rest.
+            if self.sandbox is not None:
+                self.sandbox.terminate()
+            if self.state is State.ACTIVE:
+                await self._move(State.STOPPED)
 
     def _start_task(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run *fn* in the container's nursery; its failure is logged, never fatal to the container."""

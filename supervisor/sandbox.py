@@ -87,6 +87,13 @@ class Sandbox(Protocol):
     async def signal_all(self, signum: int) -> bool:
         """Send *signum* to every process but the init; False when none is left."""
 
+    def terminate(self) -> None:
+        """Start killing the init and with it the whole sandbox, without waiting.
+
+        Destroy calls it first, so the kernel tears the sandbox down while the
+        plugins release the rest; the launch plugin's context still waits for the end.
+        """
+
     async def running_jobs(self) -> set[int]:
         """Ids of the jobs whose leader still runs."""
 

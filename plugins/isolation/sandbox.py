@@ -73,6 +73,7 @@ class InitSandbox:
         self._lock = trio.Lock()
         self._replies_send, self._replies = trio.open_memory_channel[list[str]](1)
         self._alive = pidfd is not None and sock is not None
+        self._terminated = False  # killed on purpose: its exit is no news
 
     @property
     def alive(self) -> bool:
@@ -110,8 +111,9 @@ class InitSandbox:
         await trio.lowlevel.wait_readable(self._pidfd)
         self._alive = False
         self.reap()
-        log.warning("container init exited", handle=self.container.handle, pid=self.pid)
-        await self.container.publish(SandboxExited(self.container.handle))
+        if not self._terminated:
+            log.warning("container init exited", handle=self.container.handle, pid=self.pid)
+            await self.container.publish(SandboxExited(self.container.handle))
 
     def reap(self) -> None:
         """Collect the init's exit status if it is our child (it is unless a daemon restarted since)."""
@@ -122,14 +124,21 @@ class InitSandbox:
         except ChildProcessError:
             pass  # adopted by the host's init after a daemon restart
 
-    async def kill(self) -> None:
-        """SIGKILL the init (its namespaces, mounts and processes go with it) and wait for it."""
+    def terminate(self) -> None:
+        """SIGKILL the init: its namespaces, mounts and processes go with it."""
         if self._pidfd is None:
             return
+        self._terminated = True
         try:
             signal_pidfd(self._pidfd, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    async def kill(self) -> None:
+        """SIGKILL the init and wait for it."""
+        if self._pidfd is None:
+            return
+        self.terminate()
         await trio.lowlevel.wait_readable(self._pidfd)
         self._alive = False
         self.reap()
