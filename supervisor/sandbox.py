@@ -42,7 +42,8 @@ class LaunchPlan:
     root_mount: Mount | None = None
     #: Further mounts (bind mounts...), made in order after the system mounts.
     mounts: list[Mount] = field(default_factory=list)
-    #: cgroup membership files (``cgroup.procs``) the init joins before it runs.
+    #: cgroup membership files (``cgroup.procs``, v1 ``tasks``) the launcher joins
+    #: by writing ``0`` (itself) before it forks the init.
     cgroup_procs: list[Path] = field(default_factory=list)
 
 

@@ -125,6 +125,8 @@ class Backend(ABC):
     """The files of one cgroup version, behind the operations Corral needs."""
 
     version: ClassVar[int]
+    #: The file a process writes ``0`` to, to join the cgroup itself.
+    join_file: ClassVar[str] = "cgroup.procs"
 
     # -- set-up -------------------------------------------------------------------
 

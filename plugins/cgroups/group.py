@@ -88,8 +88,8 @@ class ContainerCgroups:
         return found
 
     def procs_files(self) -> list[Path]:
-        """The ``cgroup.procs`` files the container's init joins."""
-        return [path / "cgroup.procs" for path in self.directories()]
+        """The files the container's launcher joins by (see ``Backend.join_file``)."""
+        return [path / backend.join_file for path, (backend, _) in self.directories().items()]
 
     # -- life --------------------------------------------------------------------------
 

@@ -52,6 +52,10 @@ class V1(Backend):
     """The v1 files."""
 
     version = 1
+    # A thread's own move ("0" to ``tasks``) skips the global threadgroup lock; a
+    # process's (``cgroup.procs``) takes it and waits an RCU grace period, 5-14 ms
+    # here. The launcher is single-threaded: moving its one thread moves it.
+    join_file = "tasks"
 
     def setup_parent(self, controller: str, path: Path) -> None:
         if controller == CPUSET:

@@ -1305,12 +1305,13 @@ static int launch(void)
 	for (struct directive *d = sp.d; d < sp.d + sp.n; d++)
 		if (d->kind == D_MOUNT && (d->opts & OPT_HOST))
 			do_mount(&host_root, d);
-	snprintf(text, sizeof text, "%d\n", (int)getpid());
+	/* "0" is the writer itself: to a v1 tasks file, a move of the one thread that
+	 * skips the kernel's global threadgroup lock (and its RCU grace period). */
 	for (struct directive *d = sp.d; d < sp.d + sp.n; d++) {
 		if (d->kind != D_CGROUP)
 			continue;
 		TRY(fd = open(d->f[0], O_WRONLY | O_CLOEXEC), "open %s", d->f[0]);
-		TRY(write(fd, text, strlen(text)), "write %s", d->f[0]);
+		TRY(write(fd, "0\n", 2), "write %s", d->f[0]);
 		close(fd);
 	}
 	TRY(pipe2(ready, O_CLOEXEC), "pipe2");

@@ -353,7 +353,8 @@ def test_symlink_in_rootfs_cannot_lead_to_the_host(new_container) -> None:
             host_dir.rmdir()
 
 
-def test_cgroup_directive_moves_the_container(new_container) -> None:
+@pytest.mark.parametrize("join_file", ["tasks", "cgroup.procs"])
+def test_cgroup_directive_moves_the_container(new_container, join_file: str) -> None:
     pids_root = pathlib.Path("/sys/fs/cgroup/pids")
     if not (pids_root / "cgroup.procs").exists():
         pytest.skip("no cgroup v1 pids hierarchy")
@@ -361,7 +362,7 @@ def test_cgroup_directive_moves_the_container(new_container) -> None:
     cgroup.mkdir()
     try:
         c = new_container()
-        c.launch(cgroups=(cgroup / "cgroup.procs",))
+        c.launch(cgroups=(cgroup / join_file,))
         job = c.run("grep :pids: /proc/self/cgroup")
         assert job.out.strip().endswith(f":pids:/{cgroup.name}")
         assert str(c.pid) in (cgroup / "cgroup.procs").read_text().split()
