@@ -24,11 +24,13 @@ if TYPE_CHECKING:
     from supervisor.container import Container
     from supervisor.sandbox import LaunchPlan, Limit, Sandbox
 
-#: Built-in plugins, by name, in registration (and so call) order.
+#: Built-in plugins, by name, in registration (and so call) order. Isolation
+#: first: the launcher it starts at prepare makes the namespaces while the
+#: others prepare.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("isolation", "plugins.isolation"),
     ("fs", "plugins.fs"),
     ("cgroups", "plugins.cgroups"),
-    ("isolation", "plugins.isolation"),
     ("net", "plugins.net"),
 )
 

@@ -68,7 +68,7 @@ def corral_configure(config: Config) -> None:
         )
 
 
-@hookimpl(tryfirst=True)  # the launcher works while the other plugins prepare
+@hookimpl  # first (see BUILTIN_PLUGINS): the launcher works while the others prepare
 def corral_container_prepare(
     container: Container, plan: LaunchPlan, restoring: bool
 ) -> AbstractAsyncContextManager[None]:
