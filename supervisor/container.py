@@ -64,6 +64,8 @@ OUTPUT_CHECK_MAX = 2.0
 OUTPUT_CHECK_MIN = 0.05
 #: How often a stopping container is asked whether processes are left.
 STOP_POLL = 0.02
+#: Job ids recorded ahead at a time (a restart skips at most this many).
+JOB_ID_BLOCK = 64
 
 
 class Container:
@@ -85,10 +87,15 @@ class Container:
         self.log = structlog.get_logger().bind(handle=handle)
         self.sandbox: Sandbox | None = None
         self.jobs: dict[int, Job] = {}
+        restored = record is not None
         record = record or {}
         self.state = State(record.get("state", State.BORN))
         self.events: list[str] = list(record.get("events", []))
         self.next_job_id: int = record.get("next_job_id", 1)
+        # The record holds a bound, not the next id: ids below it may have been handed
+        # out, so a restored container goes on from there. Saved once per block of ids
+        # (a new container's first record, written right after this, holds the first).
+        self._job_ids_recorded = self.next_job_id + (0 if restored else JOB_ID_BLOCK)
         self._plugin_state: dict[str, dict[str, Any]] = record.get("plugins", {})
         self._refs = 0
         self._grace_scope: trio.CancelScope | None = None
@@ -127,7 +134,7 @@ class Container:
             "state": str(self.state),
             "options": self.options,
             "events": self.events,
-            "next_job_id": self.next_job_id,
+            "next_job_id": self._job_ids_recorded,
             "plugins": self._plugin_state,
         }
 
@@ -332,9 +339,12 @@ class Container:
         return job
 
     def allocate_job_id(self) -> int:
+        """A job id never handed out before in this container, even across daemon restarts."""
         job_id = self.next_job_id
         self.next_job_id += 1
-        self.save()
+        if self.next_job_id > self._job_ids_recorded:
+            self._job_ids_recorded = self.next_job_id + JOB_ID_BLOCK
+            self.save()
         return job_id
 
     def job(self, job_id: int) -> Job:

@@ -29,6 +29,22 @@ def test_kill9_then_restart_keeps_jobs_and_output(fresh_daemon: Daemon) -> None:
     assert leftovers(d) == NOTHING_LEFT
 
 
+def test_job_ids_are_never_reused_across_restarts(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    seen: list[int] = []
+    with d.client() as c:
+        handle = c.create()
+        seen += [c.spawn(handle, "true"), c.spawn(handle, "true")]
+    for _ in range(2):  # the second restart comes before any new id was recorded
+        d.kill9()
+        d.start()
+        with d.client() as c:
+            seen.append(c.spawn(handle, "true"))
+    with d.client() as c:
+        c.destroy(handle)
+    assert seen == sorted(set(seen)), seen  # increasing: none handed out twice
+
+
 def test_stream_after_restart_has_full_output(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     with d.client() as c:
