@@ -15,10 +15,14 @@ KINDS = ("mnt", "pid", "net", "uts", "ipc")
 def _namespace_holders(daemon: Daemon) -> list[str]:
     """What besides a process can keep a namespace alive: an fd of the daemon, an nsfs mount."""
     assert daemon.process is not None
-    fds = Path(f"/proc/{daemon.process.pid}/fd")
-    held = [
-        link for link in (os.readlink(fd) for fd in fds.iterdir()) if link.split(":")[0] in KINDS
-    ]
+    held = []
+    for fd in Path(f"/proc/{daemon.process.pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except FileNotFoundError:
+            continue  # closed since the listing
+        if link.split(":")[0] in KINDS:
+            held.append(link)
     mounts = [
         line for line in Path("/proc/self/mountinfo").read_text().splitlines() if " - nsfs " in line
     ]
