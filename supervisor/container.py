@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -358,8 +359,11 @@ class Container:
         result = await job.collect(self.supervisor.config.containers.output_limit)
         if self.jobs.get(job.id) is job:
             del self.jobs[job.id]
-            # Not awaited: the reply need not wait for the disk. Destroy removes what is left.
-            self._start_task(trio.to_thread.run_sync, job.remove_files)
+            # Not awaited: the reply need not wait for the disk. Nor does destroy,
+            # whose removal of the container's directory covers these files.
+            self._start_task(
+                partial(trio.to_thread.run_sync, job.remove_files, abandon_on_cancel=True)
+            )
         return result
 
     async def _guard_output(self, job: Job) -> None:
