@@ -3,8 +3,9 @@
 Every container gets its own cgroup, ``PARENT/HANDLE``, in each hierarchy that
 holds a controller Corral uses (:mod:`~plugins.cgroups.layout` finds them at
 start, cgroup v1, v2 or a mix). The directories are made and configured in
-``corral_container_prepare``, before the container's init joins them through
-the launch plan's ``cgroup.procs`` files, so every process of the container is
+``corral_container_prepare``, before the container's launcher joins them through
+the launch plan's membership files (``cgroup.procs``; v1 ``tasks``, see
+:attr:`~plugins.cgroups.v1.V1.join_file`), so every process of the container is
 accounted and limited from its first instruction. They are removed when the
 container is destroyed, when its creation fails, and at start for handles the
 daemon no longer knows.
