@@ -14,6 +14,11 @@ from tests.conftest import Daemon
 
 def raw(daemon: Daemon, data: bytes) -> list[dict]:
     """Send raw bytes on a fresh connection; return every reply line until the daemon closes or goes quiet."""
+    return [json.loads(line) for line in raw_bytes(daemon, data).splitlines()]
+
+
+def raw_bytes(daemon: Daemon, data: bytes) -> bytes:
+    """Send raw bytes on a fresh connection; return what the daemon sends until it closes."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(str(daemon.socket))
@@ -22,7 +27,7 @@ def raw(daemon: Daemon, data: bytes) -> list[dict]:
         received = b""
         while chunk := s.recv(65536):
             received += chunk
-    return [json.loads(line) for line in received.splitlines()]
+    return received
 
 
 def error(reply: dict) -> tuple[str, str]:
@@ -114,19 +119,6 @@ def test_many_clients_at_once(daemon: Daemon) -> None:
 
 
 PONG = b'{"type":"object","payload":"pong"}\n'
-
-
-def raw_bytes(daemon: Daemon, data: bytes) -> bytes:
-    """Send raw bytes on a fresh connection; return what the daemon sends until it closes."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(str(daemon.socket))
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := s.recv(65536):
-            received += chunk
-    return received
 
 
 def test_ping_reply_bytes(daemon: Daemon) -> None:
