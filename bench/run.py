@@ -1584,6 +1584,15 @@ def fmt(x: Any, digits: int = 2) -> str:
     return str(x)
 
 
+def fastest_peer(stats: dict[str, Any], corral: str) -> tuple[str, float] | None:
+    """The peer with the lowest median in *stats* (Corral's entry *corral* left out)."""
+    return min(
+        ((k, v["median"]) for k, v in stats.items() if k != corral and v.get("n")),
+        key=lambda kv: kv[1],
+        default=None,
+    )
+
+
 def ratio_row(
     metric: str,
     corral: float | None,
@@ -1653,11 +1662,7 @@ def report(results: dict[str, Any], path: Path) -> None:
                 "ms",
             )
         )
-        best = min(
-            ((k, v["median"]) for k, v in cold.items() if k != "corral" and v.get("n")),
-            key=lambda kv: kv[1],
-            default=None,
-        )
+        best = fastest_peer(cold, "corral")
         if best:
             rows.append(
                 ratio_row("cold run, median", c, f"best peer ({best[0]})", best[1], "–", None, "ms")
@@ -1677,11 +1682,7 @@ def report(results: dict[str, Any], path: Path) -> None:
                 "ms",
             )
         )
-        best = min(
-            ((k, v["median"]) for k, v in ex.items() if k != "corral run" and v.get("n")),
-            key=lambda kv: kv[1],
-            default=None,
-        )
+        best = fastest_peer(ex, "corral run")
         if best and best[0] != "nsenter -a":
             rows.append(
                 ratio_row("exec, median", c, f"best peer ({best[0]})", best[1], "–", None, "ms")
