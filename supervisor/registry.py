@@ -7,8 +7,11 @@ holds and leave the kernel resources in place for the next daemon to re-adopt.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
+import shutil
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -92,11 +95,16 @@ class Supervisor:
         #: Resources of the ``limit`` command, by name.
         self.limits = hooks.limit_resources()
         self._nursery: trio.Nursery | None = None
+        # Directories of destroyed containers, deleted one at a time after the reply.
+        self._trash_send, self._trash_receive = trio.open_memory_channel[Path](math.inf)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the containers' tasks: recover the depot, then serve until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._empty_trash)
+            for path in self.depot.trash_left():
+                self._trash_send.send_nowait(path)
             await self._recover()
             await self.hooks.startup(frozenset(self.containers))
             task_status.started()
@@ -173,11 +181,19 @@ class Supervisor:
             try:
                 if not container.detaching:
                     container.state = State.DESTROYED
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self.depot.remove, container.handle)
+                    trash = self.depot.discard(container.handle)
+                    if trash is not None:
+                        self._trash_send.send_nowait(trash)
+                    else:
+                        with trio.CancelScope(shield=True):
+                            await trio.to_thread.run_sync(self.depot.remove, container.handle)
                     container.log.info("container destroyed")
             finally:
                 container.finished.set()
+
+    async def _empty_trash(self) -> None:
+        async for path in self._trash_receive:
+            await trio.to_thread.run_sync(shutil.rmtree, path, True)
 
     async def _recover(self) -> None:
         """Re-adopt the containers in the depot; release the half-created ones."""

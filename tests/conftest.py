@@ -172,6 +172,13 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
         if daemon.depot.exists()
         else []
     )
+    # Destroyed containers' directories are deleted from the trash after the reply.
+    trash = daemon.depot / ".trash"
+    deadline = time.monotonic() + 5
+    while trash.is_dir() and any(trash.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if trash.is_dir():
+        depot += sorted(f".trash/{p.name}" for p in trash.iterdir())
     return {
         "mounts": mounts,
         "processes": processes,

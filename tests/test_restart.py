@@ -109,3 +109,15 @@ def test_container_whose_init_died_is_stopped(fresh_daemon: Daemon) -> None:
         assert "container init exited" in info["events"]
         assert c.link(handle, job)[0] is None
         c.destroy(handle)
+
+
+def test_trash_left_by_a_killed_daemon_is_deleted_at_start(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    d.kill9()
+    # What a daemon killed between a destroy's reply and the deletion leaves.
+    left = d.depot / ".trash" / "gone.1"
+    (left / "jobs" / "1").mkdir(parents=True)
+    (left / "jobs" / "1" / "stdout").write_text("old output")
+    d.start()
+    assert leftovers(d) == NOTHING_LEFT
+    assert not left.exists()

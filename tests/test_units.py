@@ -126,6 +126,23 @@ def test_depot_keeps_one_record_and_survives_a_torn_write(tmp_path: Path) -> Non
     assert [p.name for p in depot.path("h").glob("state.*")] == ["state.3.json"]
 
 
+def test_depot_discard_moves_a_container_out_of_the_records(tmp_path: Path) -> None:
+    from supervisor.depot import Depot
+
+    depot = Depot(tmp_path / "depot")
+    depot.open()
+    for handle in ("h", "k"):
+        depot.create(handle)
+        depot.save(handle, {"handle": handle})
+    trash = depot.discard("h")
+    assert trash is not None and (trash / "state.1.json").exists()
+    assert dict(depot.records()) == {"k": {"handle": "k"}}
+    depot.create("h")  # the handle is free again, and so is its next trash name
+    second = depot.discard("h")
+    assert second is not None and second != trash and depot.trash_left() == sorted([trash, second])
+    assert depot.discard("never-made") is None
+
+
 def test_stream_chunk_lines() -> None:
     import base64
     import json
