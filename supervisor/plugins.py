@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+import trio
 
 from supervisor import hookspecs
 
@@ -54,6 +55,23 @@ def make_plugin_manager(config: Config) -> pluggy.PluginManager:
             pm.register(importlib.import_module(module), name=name)
     pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     return pm
+
+
+@asynccontextmanager
+async def context_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for a plugin's container context, letting a lone error out as itself.
+
+    The container's later phases fail *through* a prepare or attach context
+    (errors are thrown in at its ``yield``); the core and the client should see
+    that error, not an exception group holding it.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 async def _resolve(value: Any) -> Any:

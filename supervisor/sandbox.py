@@ -10,6 +10,7 @@ inside a mount or a cgroup.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -45,6 +46,12 @@ class LaunchPlan:
     #: cgroup membership files (``cgroup.procs``, v1 ``tasks``) the launcher joins
     #: by writing ``0`` (itself) before it forks the init.
     cgroup_procs: list[Path] = field(default_factory=list)
+    #: Set during prepare by a launch plugin that can: waits until the container's
+    #: network namespace exists, then gives an fd of it (the launch plugin's, open
+    #: until the prepare phase is undone), or None if it never will. A prepare
+    #: plugin may then work in the namespace while the sandbox sets up (the net
+    #: plugin makes the container's veth); otherwise it waits for the sandbox.
+    network_namespace: Callable[[], Awaitable[int | None]] | None = None
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from supervisor.container import Container
 from supervisor.errors import InvalidRequest
 from supervisor.events import OutOfMemory
 from supervisor.hookspecs import hookimpl
+from supervisor.plugins import context_nursery
 from supervisor.sandbox import LaunchPlan, Limit
 
 NAME = "cgroups"
@@ -208,7 +209,7 @@ async def _cgroups(container: Container, plan: LaunchPlan, restoring: bool) -> A
         state["dirs"] = group.to_state()
         container.save()
     try:
-        async with _transparent_nursery() as nursery:
+        async with context_nursery() as nursery:
             if not restoring:
                 await _create(container, group)
             if group.has(MEMORY) and group.path(MEMORY).is_dir():
@@ -234,23 +235,6 @@ async def _cgroups(container: Container, plan: LaunchPlan, restoring: bool) -> A
         if not container.detaching:
             with trio.CancelScope(shield=True):
                 await group.remove()
-
-
-@asynccontextmanager
-async def _transparent_nursery() -> AsyncIterator[trio.Nursery]:
-    """A nursery that lets a lone error out as itself, not wrapped in an exception group.
-
-    The container's later phases fail *through* this context (launch errors are
-    thrown in at the ``yield``); the core and the client should see that error,
-    not a group holding it.
-    """
-    try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
 
 
 async def _create(container: Container, group: ContainerCgroups) -> None:

@@ -72,19 +72,22 @@ def corral_configure(config: Config) -> None:
 def corral_container_prepare(
     container: Container, plan: LaunchPlan, restoring: bool
 ) -> AbstractAsyncContextManager[None]:
-    return _early_launcher(container, restoring)
+    return _early_launcher(container, plan, restoring)
 
 
 _launchers: dict[str, Launcher] = {}
 
 
 @asynccontextmanager
-async def _early_launcher(container: Container, restoring: bool) -> AsyncIterator[None]:
+async def _early_launcher(
+    container: Container, plan: LaunchPlan, restoring: bool
+) -> AsyncIterator[None]:
     if restoring:
         yield
         return
     launcher = Launcher(settings.init, container.path)
     _launchers[container.handle] = launcher
+    plan.network_namespace = launcher.network_namespace
     try:
         yield
     finally:

@@ -1292,10 +1292,11 @@ static int launch(void)
 	char buf[1024], text[32];
 	pid_t pid;
 
-	TRY(close_range(3, ~0U, 0), "close_range");
 	/* The namespaces first: the daemon may start the launcher early and finish
-	 * its other preparations while they are made, then send the spec. */
+	 * its other preparations while they are made, then send the spec. Closing
+	 * fd 3 (a pipe, if the daemon passed one) tells it they exist. */
 	TRY(unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID), "unshare");
+	TRY(close_range(3, ~0U, 0), "close_range");
 	/* Nothing mounted from here on may propagate to the host. */
 	TRY(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "mount --make-rprivate /");
 	sp.text = read_all(STDIN_FILENO, "launch spec");

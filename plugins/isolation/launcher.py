@@ -4,7 +4,9 @@ The launcher unshares first and only then reads its spec from stdin (see
 README.md here). Started when the container's preparation begins, it spends
 the time the other plugins take (layers, cgroups) making the new namespaces in
 a process of its own; :meth:`Launcher.finish` then sends the spec and waits
-for the init's pid.
+for the init's pid. The launcher closes its fd 3, a pipe, once it has
+unshared: :meth:`Launcher.network_namespace` waits for that, so the net plugin
+can make the container's veth while the init sets up.
 
 posix_spawn (a vfork) with memfds for stdout and stderr costs half a
 ``subprocess.Popen`` and leaves no pipe to drain. The launcher gets an empty
@@ -28,7 +30,9 @@ class Launcher:
 
     def __init__(self, init: Path, container_path: Path) -> None:
         self.pid: int | None = None
+        self._netns: int | None = None
         spec_read, self._spec = os.pipe2(os.O_CLOEXEC)
+        self._unshared, unshared_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._out = os.memfd_create("stdout", os.MFD_CLOEXEC)
         self._err = os.memfd_create("stderr", os.MFD_CLOEXEC)
         try:
@@ -38,7 +42,7 @@ class Launcher:
                 {},
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, fd, target)
-                    for target, fd in enumerate((spec_read, self._out, self._err))
+                    for target, fd in enumerate((spec_read, self._out, self._err, unshared_write))
                 ],
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, not by C
                 setsigmask=(),
@@ -48,7 +52,31 @@ class Launcher:
             raise
         finally:
             os.close(spec_read)
+            os.close(unshared_write)
         os.set_blocking(self._spec, False)
+
+    async def network_namespace(self) -> int | None:
+        """An fd of the container's network namespace once the launcher made it (None: it failed).
+
+        The fd stays open until :meth:`close`.
+        """
+        if self._unshared >= 0:
+            await trio.lowlevel.wait_readable(self._unshared)  # EOF: it closed its end
+            self._close_unshared()
+            try:
+                fd = os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None  # it died before unsharing; finish() tells why
+            if os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+                os.close(fd)  # never expected; but nothing may be plumbed into the host's
+                return None
+            self._netns = fd
+        return self._netns
+
+    def _close_unshared(self) -> None:
+        trio.lowlevel.notify_closing(self._unshared)
+        os.close(self._unshared)
+        self._unshared = -1
 
     async def finish(self, spec: bytes) -> tuple[int, bytes, bytes]:
         """Send *spec*; wait for the launcher to exit: its exit code, stdout and stderr."""
@@ -93,7 +121,10 @@ class Launcher:
         if self.pid is not None:
             os.kill(self.pid, signal.SIGKILL)
             self._reap()
-        for fd in (self._spec, self._out, self._err):
-            if fd >= 0:
+        if self._unshared >= 0:
+            self._close_unshared()
+        for fd in (self._spec, self._out, self._err, self._netns):
+            if fd is not None and fd >= 0:
                 os.close(fd)
         self._spec = self._out = self._err = -1
+        self._netns = None

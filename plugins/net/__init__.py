@@ -7,6 +7,10 @@ daemon: egress denied by default (``net out`` opens a destination), host ports
 forwarded with DNAT (``net in``), outbound NAT for Corral's own subnets only.
 See README.md here for the config keys and what the rules do.
 
+The address is reserved at prepare, and the veth made as soon as the launch
+plugin has made the container's network namespace (``LaunchPlan.network_namespace``),
+while the container's init still sets up; attach has the init configure ``eth0``.
+
 Modules: :mod:`.settings` (the ``[net]`` table), :mod:`.pool` (address, port and
 name pools, pure), :mod:`.rules` (the nftables JSON, pure), :mod:`.firewall`
 (applying it), :mod:`.links` (devices), :mod:`.network` (keeping it all consistent).
@@ -14,7 +18,7 @@ name pools, pure), :mod:`.rules` (the nftables JSON, pure), :mod:`.firewall`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -22,7 +26,7 @@ import trio
 
 from plugins.net import links
 from plugins.net.claim import claim
-from plugins.net.network import Network
+from plugins.net.network import Attachment, Network
 from plugins.net.rules import parse_egress
 from plugins.net.settings import NAME, parse
 from supervisor.commands import Handler, Request
@@ -30,7 +34,9 @@ from supervisor.config import Config, ConfigError
 from supervisor.container import Container
 from supervisor.errors import InvalidRequest
 from supervisor.hookspecs import hookimpl
+from supervisor.plugins import context_nursery
 from supervisor.protocol import Args
+from supervisor.sandbox import LaunchPlan
 
 _network: Network | None = None
 
@@ -81,6 +87,69 @@ def corral_create_options() -> Mapping[str, Any]:
     return {"network": lambda value: network().check_options(value)}
 
 
+class _EarlyVeth:
+    """A new container's veth, made at prepare once its network namespace exists."""
+
+    def __init__(self, att: Attachment) -> None:
+        #: Held here until attach takes it; given back at prepare's exit if never taken.
+        self.att: Attachment | None = att
+        self.plumbed = False
+        self.error: Exception | None = None
+        self.done = trio.Event()
+
+    async def make(self, namespace: Callable[[], Awaitable[int | None]]) -> None:
+        try:
+            netns = await namespace()
+            if netns is not None and self.att is not None:
+                await network().plumb(self.att, netns)
+                self.plumbed = True
+        except Exception as exc:  # attach reports it
+            self.error = exc
+        finally:
+            self.done.set()
+
+    async def take(self) -> tuple[Attachment, bool]:
+        """The attachment, and whether its veth is made (no namespace came: not yet)."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.att is not None
+        att, self.att = self.att, None
+        return att, self.plumbed
+
+
+_early: dict[str, _EarlyVeth] = {}
+
+
+@hookimpl
+def corral_container_prepare(
+    container: Container, plan: LaunchPlan, restoring: bool
+) -> AbstractAsyncContextManager[None]:
+    return _early_veth(container, plan, restoring)
+
+
+@asynccontextmanager
+async def _early_veth(
+    container: Container, plan: LaunchPlan, restoring: bool
+) -> AsyncIterator[None]:
+    namespace = plan.network_namespace
+    if restoring or namespace is None:
+        yield  # attach does it all
+        return
+    early = _EarlyVeth(network().reserve(container))
+    _early[container.handle] = early
+    try:
+        async with context_nursery() as nursery:
+            nursery.start_soon(early.make, namespace)
+            yield
+            nursery.cancel_scope.cancel()
+    finally:
+        del _early[container.handle]
+        if early.att is not None:  # a later phase failed before attach took it
+            with trio.CancelScope(shield=True):
+                await network().abandon(container, early.att, made=early.plumbed)
+
+
 @hookimpl
 def corral_container_attach(
     container: Container, restoring: bool
@@ -91,7 +160,13 @@ def corral_container_attach(
 @asynccontextmanager
 async def _attached(container: Container, restoring: bool) -> AsyncIterator[None]:
     net = network()
-    await (net.restore(container) if restoring else net.attach(container))
+    early = _early.get(container.handle)
+    if restoring:
+        await net.restore(container)
+    elif early is not None:
+        await net.attach(container, *await early.take())
+    else:
+        await net.attach(container)
     try:
         yield
     finally:

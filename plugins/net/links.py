@@ -6,7 +6,7 @@ other functions block; the plugin calls them through ``trio.to_thread.run_sync``
 each with an ``IPRoute`` of its own. The daemon never enters a container's
 namespace (``setns`` in a threaded process moves only one thread, see
 DESIGN.md): the container end of a veth is created directly in the
-container's namespace (``net_ns_pid``) and configured by the container's init
+container's namespace (``net_ns_fd``) and configured by the container's init
 (see ``Sandbox.configure_interface``).
 """
 
@@ -68,10 +68,23 @@ def _device_sysctls(device: str, route_localnet: bool) -> None:
         _sysctl(f"/proc/sys/net/ipv4/conf/{device}/route_localnet", "1")
 
 
-async def create_veth(device: str, pid: int, lease: Lease, bridge: str | None) -> None:
+@contextmanager
+def network_namespace_of(pid: int) -> Iterator[int]:
+    """An fd of the network namespace of process *pid*, for :func:`create_veth`."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LinkError(f"network namespace of process {pid}: {exc.strerror}") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None) -> None:
     """Create the veth pair of a container and set up its host end.
 
-    The container end is made directly inside the namespace of *pid* as ``eth0``
+    The container end is made directly inside the network namespace *netns* (an fd) as ``eth0``
     (down, unconfigured; the container's init configures it). The host end *device* gets the
     gateway address, or joins *bridge* (whose own address is the gateway), and is up.
 
@@ -83,7 +96,7 @@ async def create_veth(device: str, pid: int, lease: Lease, bridge: str | None) -
     # One request makes the pair, moves the peer, enslaves and raises the host end.
     # The host end has no carrier (nor an IPv6 address) until the init raises eth0.
     master = None if bridge is None else _index(bridge, what)
-    await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, pid, master))
+    await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, netns, master))
     try:
         _device_sysctls(device, route_localnet=bridge is None)
         if bridge is None:

@@ -29,7 +29,7 @@ _IFADDR = struct.Struct("=BBBBI")
 _ERROR_CODE = struct.Struct("=i")
 _U32 = struct.Struct("=I")
 
-IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_PID = 3, 10, 18, 19
+IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 3, 10, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 NLA_F_NESTED = 0x8000
@@ -44,10 +44,10 @@ def _name(name: str) -> bytes:
     return name.encode() + b"\0"
 
 
-def new_veth(device: str, peer: str, peer_pid: int, master: int | None) -> tuple[int, int, bytes]:
-    """RTM_NEWLINK: veth *device*, up, its *peer* made in the network namespace of *peer_pid*."""
+def new_veth(device: str, peer: str, peer_netns: int, master: int | None) -> tuple[int, int, bytes]:
+    """RTM_NEWLINK: veth *device*, up, its *peer* made in the network namespace *peer_netns* (an fd)."""
     peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(peer))
-    peer_info += _attr(IFLA_NET_NS_PID, _U32.pack(peer_pid))
+    peer_info += _attr(IFLA_NET_NS_FD, _U32.pack(peer_netns))
     data = _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info)
     link_info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
     body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + _attr(IFLA_IFNAME, _name(device))

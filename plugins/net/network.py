@@ -153,16 +153,13 @@ class Network:
 
     # -- container lifetime -----------------------------------------------------------
 
-    async def attach(self, container: Container) -> None:
-        """Give a new container its address, veth and ``eth0``; on failure leave nothing.
+    def reserve(self, container: Container) -> Attachment:
+        """A new container's address and device name, recorded before any device exists.
 
         Raises:
             NoCapacity: the address pool (or bridge subnet) is exhausted.
             InvalidRequest: the address asked for is taken or in quarantine.
-            LinkError: a device could not be made.
         """
-        assert container.sandbox is not None
-        started = time.perf_counter()
         options = container.options.get("network") or {}
         bridge, address = options.get("bridge"), options.get("address")
         pool = self._pool(bridge)
@@ -183,21 +180,48 @@ class Network:
         self.attachments[att.handle] = att
         # Recorded before any device exists, so a crash from here on is cleaned up at restart.
         self._save(container, att)
+        return att
+
+    async def attach(
+        self, container: Container, att: Attachment | None = None, plumbed: bool = False
+    ) -> None:
+        """Give a new container its network (*att* reserved, and *plumbed*, already); on failure leave nothing.
+
+        Raises:
+            NoCapacity: the address pool (or bridge subnet) is exhausted.
+            InvalidRequest: the address asked for is taken or in quarantine.
+            LinkError: a device could not be made.
+        """
+        sandbox = container.sandbox
+        assert sandbox is not None
+        started = time.perf_counter()
+        att = att or self.reserve(container)
         try:
-            await self._plumb(att, container.sandbox)
+            if not plumbed:
+                with links.network_namespace_of(sandbox.pid) as netns:
+                    await self.plumb(att, netns)
+            await self._configure(att, sandbox)
         except BaseException:
-            # _plumb removed what it made; a device of that name it did not make stays.
             with trio.CancelScope(shield=True):
-                await self._teardown(att, quarantine=False)
-            container.plugin_state(NAME).clear()
+                await self.abandon(container, att, made=False)
             raise
         container.log.info(
             "network attached",
-            address=lease.cidr,
-            device=device,
-            bridge=bridge,
+            address=att.lease.cidr,
+            device=att.device,
+            bridge=att.bridge,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+    async def abandon(self, container: Container, att: Attachment, made: bool) -> None:
+        """Give back what a container that never ran holds, its veth too if *made* (never raises)."""
+        if made:
+            try:
+                await links.delete_link(att.device)
+            except Exception:
+                container.log.exception("veth of a failed create not deleted", device=att.device)
+        await self._teardown(att, quarantine=False)
+        container.plugin_state(NAME).clear()
 
     async def restore(self, container: Container) -> None:
         """Re-adopt a restored container's network; re-create its veth if it vanished."""
@@ -218,7 +242,9 @@ class Network:
             "network device missing after restart; re-creating", device=att.device
         )
         try:
-            await self._plumb(att, sandbox)
+            with links.network_namespace_of(sandbox.pid) as netns:
+                await self.plumb(att, netns)
+            await self._configure(att, sandbox)
         except Exception:
             container.log.exception("network device could not be re-created", device=att.device)
 
@@ -263,7 +289,15 @@ class Network:
         await self._teardown(att, quarantine=True)
         container.log.info("network released", address=att.lease.cidr, device=att.device)
 
-    async def _plumb(self, att: Attachment, sandbox: Sandbox) -> None:
+    async def plumb(self, att: Attachment, netns: int) -> None:
+        """Make the container's veth, ``eth0`` in the network namespace *netns* (an fd).
+
+        Needs no sandbox: it may run while the container's init sets up. On
+        failure it removes what it made (a device of that name it did not make stays).
+
+        Raises:
+            LinkError: a device could not be made.
+        """
         bridge_device = None
         if att.bridge is not None:
             bridge_device = self.settings.bridge_device(att.bridge)
@@ -272,7 +306,9 @@ class Network:
                 await trio.to_thread.run_sync(
                     links.ensure_bridge, bridge_device, att.lease.gateway_cidr
                 )
-        await links.create_veth(att.device, sandbox.pid, att.lease, bridge_device)
+        await links.create_veth(att.device, netns, att.lease, bridge_device)
+
+    async def _configure(self, att: Attachment, sandbox: Sandbox) -> None:
         try:
             # The container's init, in its network namespace, configures eth0.
             await sandbox.configure_interface(
@@ -290,7 +326,7 @@ class Network:
         """Give back what the container held, and its bridge if it was the last (never raises).
 
         The container's veth is not deleted here: it goes with the container's
-        network namespace (see :meth:`release`), or :meth:`_plumb` removed it.
+        network namespace (see :meth:`release`), or :meth:`plumb` removed it.
         """
         if att.bridge is not None:
             async with self._bridge_lock:

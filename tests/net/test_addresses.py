@@ -11,7 +11,7 @@ import pytest
 
 from supervisor.client import Client, CorralError
 from supervisor.errors import InvalidRequest, NoCapacity
-from tests.conftest import Daemon, leftovers
+from tests.conftest import NOTHING_LEFT, Daemon, leftovers
 from tests.net.conftest import devices, net_leftovers, net_settings, wait_listening
 
 
@@ -160,3 +160,21 @@ def test_a_create_that_fails_half_way_leaves_nothing(net_daemon: Callable[..., D
     finally:
         subprocess.run(["ip", "link", "del", taken], check=True)
     assert net_leftovers(d) == {"devices": [], "rules": [], "addresses": []}
+
+
+def test_a_create_that_fails_at_launch_gives_back_its_veth_and_address(
+    net_daemon: Callable[..., Daemon],
+) -> None:
+    d = net_daemon()
+    first = str(_pool(d)[2])
+    with d.client() as c:
+        # pids 1: the launcher joins the cgroups but cannot fork the init. The veth,
+        # made while the launch goes on, may exist by then or not; neither may stay.
+        for _ in range(5):
+            with pytest.raises(CorralError, match="fork"):
+                c.create({"network": {"address": first}, "limits": {"pids": 1}})
+        handle = c.create({"network": {"address": first}})  # given back, not quarantined
+        assert c.info(handle)["container_ip"] == first
+        c.destroy(handle)
+    assert net_leftovers(d) == {"devices": [], "rules": [], "addresses": []}
+    assert leftovers(d) == NOTHING_LEFT

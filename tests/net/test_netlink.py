@@ -32,7 +32,7 @@ def test_new_veth() -> None:
     assert info.get_attr("IFLA_INFO_KIND") == "veth"
     peer = info.get_attr("IFLA_INFO_DATA").get_attr("VETH_INFO_PEER")
     assert peer.get_attr("IFLA_IFNAME") == "eth0"
-    assert peer.get_attr("IFLA_NET_NS_PID") == 4242
+    assert peer.get_attr("IFLA_NET_NS_FD") == 4242
 
 
 def test_new_veth_without_bridge_names_no_master() -> None:
