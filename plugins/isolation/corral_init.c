@@ -571,6 +571,7 @@ static int setup_container(struct spec *sp)
 {
 	struct root r = { .path = sp->root, .fd = -1 };
 	int listen_fd, fd;
+	struct stat st;
 	char path[32];
 
 	reopen_root(&r);
@@ -590,7 +591,10 @@ static int setup_container(struct spec *sp)
 			create_in_root(r.fd, d->f[0], S_IFDIR | d->mode, 0, NULL);
 			fd = must_open_in_root(r.fd, d->f[0], O_PATH | O_DIRECTORY);
 			fd_path(fd, path);
-			TRY(chmod(path, d->mode), "chmod %s", d->f[0]);
+			/* Only if needed: a chmod on the overlay copies the directory up. */
+			TRY(fstat(fd, &st), "stat %s", d->f[0]);
+			if ((st.st_mode & 07777) != d->mode)
+				TRY(chmod(path, d->mode), "chmod %s", d->f[0]);
 			close(fd);
 			break;
 		default: /* the others come after */

@@ -327,6 +327,22 @@ def test_system_mounts_and_devices(container: Container) -> None:
     assert "Read-only file system" in rest
 
 
+def test_mkdir_sets_the_mode_and_leaves_a_right_one_alone(new_container) -> None:
+    c = new_container()
+    # /tmp is 1777 in the rootfs already, /home/corral is not 0700.
+    c.launch(extra=("mkdir\t/tmp\t1777", "mkdir\t/home/corral\t700", "mkdir\t/new/dir\t750"))
+    job = c.run("stat -c '%a %n' /tmp /home/corral /new/dir")
+    assert job.out.split("\n")[:3] == ["1777 /tmp", "700 /home/corral", "750 /new/dir"]
+    # A chmod on the overlay copies the directory up: only the changed ones are there.
+    upper = c.base / "upper"
+    assert sorted(str(p.relative_to(upper)) for p in upper.rglob("*")) == [
+        "home",
+        "home/corral",
+        "new",
+        "new/dir",
+    ]
+
+
 def test_host_never_sees_the_container_mounts(container: Container) -> None:
     container.run("true")
     assert not os.path.ismount(container.root)
