@@ -144,6 +144,8 @@ def setup_parents(layout: Layout, parent: str) -> None:
                 raise CgroupError(f"cannot create cgroup {level}: {exc.strerror}") from None
             for controller in controllers:
                 placement.backend.setup_parent(controller, level)
+        for controller in controllers:
+            placement.backend.setup_containers_parent(controller, levels[-1])
 
 
 # -- create options and limits ----------------------------------------------------------

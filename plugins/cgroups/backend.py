@@ -135,6 +135,10 @@ class Backend(ABC):
         """Make the directory *path* (Corral's parent, or a level above it) able to hold containers."""
 
     @abstractmethod
+    def setup_containers_parent(self, controller: str, path: Path) -> None:
+        """Give Corral's own parent what its new children inherit (after :meth:`setup_parent`)."""
+
+    @abstractmethod
     def setup_child(self, controller: str, path: Path) -> None:
         """Configure a container's new directory before any task joins it."""
 

@@ -10,6 +10,12 @@ What v1 needs that v2 does not:
   ``memory.swappiness`` 0 instead, so it is never pushed to swap.
 - The devices controller: deny everything, then allow the few character devices
   a container's ``/dev`` holds.
+
+A new v1 cgroup starts with its parent's device list, swappiness and OOM
+setting, and, with ``cgroup.clone_children``, its cpus and mems. So Corral's
+own parent is given what every container needs, once, and a container's
+directory is only read to check it (written when it differs: a parent that
+had containers when the daemon started cannot change its device list).
 """
 
 from __future__ import annotations
@@ -70,20 +76,22 @@ class V1(Backend):
                 except CgroupError:
                     pass
 
+    def setup_containers_parent(self, controller: str, path: Path) -> None:
+        if controller == CPUSET:
+            if read(path / "cgroup.clone_children").strip() != "1":
+                write(path / "cgroup.clone_children", "1")
+        elif controller == MEMORY:
+            _container_memory(path)
+        elif controller == DEVICES and not any(p.is_dir() for p in path.iterdir()):
+            _container_devices(path)  # refused by the kernel while it has children
+
     def setup_child(self, controller: str, path: Path) -> None:
         if controller == CPUSET:
             _inherit_cpuset(path)
         elif controller == MEMORY:
-            # A parent with oom_kill_disable=1 would hand it down: the container would
-            # then hang at its limit instead of having a process killed.
-            write(path / "memory.oom_control", "0")
-            if not (path / "memory.memsw.limit_in_bytes").exists():
-                swappiness = path / "memory.swappiness"
-                if swappiness.exists():
-                    write(swappiness, "0")
+            _container_memory(path)
         elif controller == DEVICES:
-            for name, rule in devices_rules():
-                write(path / name, rule)
+            _container_devices(path)
 
     # -- memory ---------------------------------------------------------------------
 
@@ -177,6 +185,23 @@ def memory_write_order(
     if memsw_now is not None and limit > memsw_now:
         return memsw, mem
     return mem, memsw
+
+
+def _container_memory(path: Path) -> None:
+    # A parent with oom_kill_disable=1 would hand it down: the container would
+    # then hang at its limit instead of having a process killed.
+    if read(path / "memory.oom_control").startswith("oom_kill_disable 1"):
+        write(path / "memory.oom_control", "0")
+    swappiness = path / "memory.swappiness"
+    if not (path / "memory.memsw.limit_in_bytes").exists() and swappiness.exists():
+        if read(swappiness).strip() != "0":
+            write(swappiness, "0")
+
+
+def _container_devices(path: Path) -> None:
+    if set(read(path / "devices.list").splitlines()) != set(ALLOWED_DEVICES):
+        for name, rule in devices_rules():
+            write(path / name, rule)
 
 
 def _inherit_cpuset(path: Path) -> None:

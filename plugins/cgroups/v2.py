@@ -107,6 +107,9 @@ class V2(Backend):
             if controller not in read(control).split():
                 write(control, f"+{controller}")
 
+    def setup_containers_parent(self, controller: str, path: Path) -> None:
+        """Nothing: a new v2 cgroup inherits none of the settings a container needs."""
+
     def setup_child(self, controller: str, path: Path) -> None:
         if controller == MEMORY:
             _no_swap(path)

@@ -619,3 +619,64 @@ def test_real_v1_oom_is_seen_through_the_eventfd(scratch_cgroup: Path) -> None:
     trio.run(main)
     assert seen == [1]
     assert b.memory_stat(scratch_cgroup).oom_count == 1
+
+
+V1_DEVICES = Path("/sys/fs/cgroup/devices")
+V1_CPUSET = Path("/sys/fs/cgroup/cpuset")
+
+
+def _device_list(path: Path) -> set[str]:
+    return set((path / "devices.list").read_text().splitlines())
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V1_DEVICES], indirect=True)
+def test_real_v1_containers_inherit_the_device_list_of_the_parent(scratch_cgroup: Path) -> None:
+    b = v1.V1()
+    b.setup_containers_parent("devices", scratch_cgroup)
+    assert _device_list(scratch_cgroup) == set(v1.ALLOWED_DEVICES)
+    child = scratch_cgroup / "h"
+    child.mkdir()
+    try:
+        assert _device_list(child) == set(v1.ALLOWED_DEVICES)  # by the kernel, at mkdir
+        b.setup_child("devices", child)
+        assert _device_list(child) == set(v1.ALLOWED_DEVICES)
+    finally:
+        child.rmdir()
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V1_DEVICES], indirect=True)
+def test_real_v1_a_parent_that_had_children_still_gets_denying_containers(
+    scratch_cgroup: Path,
+) -> None:
+    b = v1.V1()
+    old = scratch_cgroup / "old"
+    old.mkdir()  # a container from before the daemon started: the kernel keeps the list
+    child = scratch_cgroup / "h"
+    try:
+        b.setup_containers_parent("devices", scratch_cgroup)
+        assert _device_list(scratch_cgroup) == {"a *:* rwm"}
+        child.mkdir()
+        b.setup_child("devices", child)
+        assert _device_list(child) == set(v1.ALLOWED_DEVICES)
+    finally:
+        for path in (child, old):
+            if path.exists():
+                path.rmdir()
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V1_CPUSET], indirect=True)
+def test_real_v1_containers_get_cpus_and_mems_from_the_parent(scratch_cgroup: Path) -> None:
+    b = v1.V1()
+    b.setup_parent("cpuset", scratch_cgroup)
+    b.setup_containers_parent("cpuset", scratch_cgroup)
+    child = scratch_cgroup / "h"
+    child.mkdir()
+    try:
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            expected = (scratch_cgroup / name).read_text()
+            assert expected.strip() and (child / name).read_text() == expected
+    finally:
+        child.rmdir()
