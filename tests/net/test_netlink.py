@@ -33,6 +33,8 @@ def test_new_veth() -> None:
     peer = info.get_attr("IFLA_INFO_DATA").get_attr("VETH_INFO_PEER")
     assert peer.get_attr("IFLA_IFNAME") == "eth0"
     assert peer.get_attr("IFLA_NET_NS_FD") == 4242
+    for end in (msg, peer):  # one queue each: no shrinking, which waits for RCU
+        assert (end.get_attr("IFLA_NUM_TX_QUEUES"), end.get_attr("IFLA_NUM_RX_QUEUES")) == (1, 1)
 
 
 def test_new_veth_without_bridge_names_no_master() -> None:
