@@ -12,7 +12,7 @@ import pytest
 from plugins.fs import OVERLAY_OPTIONS
 from supervisor import errors
 from supervisor.client import Client
-from supervisor.depot import record_path
+from supervisor.depot import read_record
 from tests.conftest import Daemon
 
 
@@ -253,9 +253,8 @@ def test_destroy_releases_everything(client: Client, daemon: Daemon) -> None:
 
 
 def _init_pid(daemon: Daemon, handle: str) -> int:
-    import json
 
-    record = json.loads(record_path(daemon.depot / handle).read_text())
+    record = read_record(daemon.depot / handle)
     return int(record["plugins"]["isolation"]["pid"])
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from supervisor.depot import record_path
+from supervisor.depot import read_record
 from tests.conftest import NOTHING_LEFT, Daemon, leftovers
 
 KINDS = ("mnt", "pid", "net", "uts", "ipc")
@@ -30,7 +29,7 @@ def _namespace_holders(daemon: Daemon) -> list[str]:
 
 
 def _container_namespaces(daemon: Daemon, handle: str) -> set[str]:
-    record = json.loads(record_path(daemon.depot / handle).read_text())
+    record = read_record(daemon.depot / handle)
     pid = record["plugins"]["isolation"]["pid"]
     return {os.readlink(f"/proc/{pid}/ns/{kind}") for kind in KINDS}
 

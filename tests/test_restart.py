@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 
-from supervisor.depot import record_path
+from supervisor.depot import Depot, read_record
 from tests.conftest import NOTHING_LEFT, Daemon, leftovers
 
 
@@ -77,10 +76,11 @@ def test_half_created_container_is_cleaned_at_start(fresh_daemon: Daemon) -> Non
         handle = c.create()
     d.kill9()
     # Make it look as if the daemon died in the middle of create.
-    state_file = record_path(d.depot / handle)
-    record = json.loads(state_file.read_text())
+    depot = Depot(d.depot)
+    record = dict(depot.records())[handle]
+    assert record is not None
     record["state"] = "born"
-    state_file.write_text(json.dumps(record))
+    depot.save(handle, record)
     d.start()
     with d.client() as c:
         assert handle not in c.list()
@@ -95,7 +95,9 @@ def test_container_whose_init_died_is_stopped(fresh_daemon: Daemon) -> None:
     with d.client() as c:
         handle = c.create()
         job = c.spawn(handle, "sleep 100")
-    pid = json.loads(record_path(d.depot / handle).read_text())["plugins"]["isolation"]["pid"]
+    record = read_record(d.depot / handle)
+    assert record is not None
+    pid = record["plugins"]["isolation"]["pid"]
     d.kill9()
     import os
     import signal

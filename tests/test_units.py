@@ -110,20 +110,38 @@ def test_spawn_message_format() -> None:
     assert encode("a", "b") == b"a\0b\0"
 
 
-def test_depot_keeps_one_record_and_survives_a_torn_write(tmp_path: Path) -> None:
-    from supervisor.depot import Depot, record_path
+def test_depot_keeps_two_slots_and_survives_a_torn_write(tmp_path: Path) -> None:
+    from supervisor.depot import Depot, read_record
 
     depot = Depot(tmp_path / "depot")
     depot.open()
     depot.create("h")
     for n in range(3):
-        depot.save("h", {"n": n})
-    newest = record_path(depot.path("h"))
-    assert newest is not None and newest.name == "state.3.json"
-    assert [p.name for p in depot.path("h").glob("state.*")] == ["state.3.json"]
-    (depot.path("h") / "state.4.json").write_text('{"n": 3, "tor')  # a crash mid-write
-    assert dict(Depot(depot.root).records()) == {"h": {"n": 2}}
-    assert [p.name for p in depot.path("h").glob("state.*")] == ["state.3.json"]
+        depot.save("h", {"n": n, "pad": "x" * (30 - 10 * n)})  # shorter each time
+    assert sorted(p.name for p in depot.path("h").glob("record.*")) == ["record.0", "record.1"]
+    assert read_record(depot.path("h")) == {"n": 2, "pad": "x" * 10}
+    # As if the daemon died writing version 3 (n=2) over slot 1, which held version 1.
+    slot = depot.path("h") / "record.1"
+    blob = slot.read_bytes()
+    start = blob.index(b"\n") + 1  # the JSON: half new, half old
+    slot.write_bytes(blob[:start] + b'{"n": 0, "pad"' + blob[start + 14 :])
+    assert dict(Depot(depot.root).records()) == {"h": {"n": 1, "pad": "x" * 20}}
+    slot.write_bytes(b"corral-record 4 999 0\n{}")
+    assert read_record(depot.path("h")) == {"n": 1, "pad": "x" * 20}
+
+
+def test_depot_reads_and_converts_a_record_of_the_old_layout(tmp_path: Path) -> None:
+    from supervisor.depot import Depot, read_record
+
+    old = tmp_path / "depot" / "h"
+    old.mkdir(parents=True)
+    (old / "state.6.json").write_text('{"n": 6}')
+    (old / "state.7.json").write_text('{"n": 7, "tor')  # torn by a crash
+    depot = Depot(tmp_path / "depot")
+    assert dict(depot.records()) == {"h": {"n": 6}}
+    assert sorted(p.name for p in old.iterdir()) == ["record.1"]  # version 7, rewritten
+    depot.save("h", {"n": 8})
+    assert read_record(old) == {"n": 8}
 
 
 def test_depot_discard_moves_a_container_out_of_the_records(tmp_path: Path) -> None:
@@ -135,7 +153,7 @@ def test_depot_discard_moves_a_container_out_of_the_records(tmp_path: Path) -> N
         depot.create(handle)
         depot.save(handle, {"handle": handle})
     trash = depot.discard("h")
-    assert trash is not None and (trash / "state.1.json").exists()
+    assert trash is not None and (trash / "record.1").exists()
     assert dict(depot.records()) == {"k": {"handle": "k"}}
     depot.create("h")  # the handle is free again, and so is its next trash name
     second = depot.discard("h")

@@ -7,7 +7,6 @@ report quotes (CPU ratio, OOM time to stop) are printed: run with ``-s`` to see 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from supervisor.client import Client
-from supervisor.depot import record_path
+from supervisor.depot import read_record
 from supervisor.errors import CorralError, InvalidRequest
 from tests.conftest import Daemon, leftovers
 
@@ -49,7 +48,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 
 
 
 def init_pid(daemon: Daemon, handle: str) -> int:
-    record = json.loads(record_path(daemon.depot / handle).read_text())
+    record = read_record(daemon.depot / handle)
     return int(record["plugins"]["isolation"]["pid"])
 
 
