@@ -26,11 +26,11 @@ if TYPE_CHECKING:
     from supervisor.sandbox import LaunchPlan, Limit, Sandbox
 
 #: Built-in plugins, by name, in registration (and so call) order. Isolation
-#: first: the launcher it starts at prepare makes the namespaces while the
-#: others prepare.
+#: right after fs: the launcher it starts at prepare, given the root fs fs
+#: planned, makes the namespaces and mounts while the others prepare.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("isolation", "plugins.isolation"),
     ("fs", "plugins.fs"),
+    ("isolation", "plugins.isolation"),
     ("cgroups", "plugins.cgroups"),
     ("net", "plugins.net"),
 )

@@ -37,7 +37,7 @@ def test_builtin_plugins_implement_only_known_hooks() -> None:
     pm = make_plugin_manager(Config())
     pm.check_pending()  # raises for an implementation without a spec
     names = [name for name, _ in pm.list_name_plugin()]
-    assert names[:4] == ["isolation", "fs", "cgroups", "net"]
+    assert names[:4] == ["fs", "isolation", "cgroups", "net"]
 
 
 @pytest.fixture(scope="module")

@@ -67,21 +67,33 @@ def test_state_table_is_consistent() -> None:
     assert ALLOWED["spawn"] == {State.ACTIVE}
 
 
-def test_spec_orders_root_system_then_user_mounts() -> None:
+def test_spec_sends_the_setup_then_the_cgroups() -> None:
     plan = LaunchPlan(
         root_dir=Path("/d/rootfs"),
         root_mount=Mount("overlay", "overlay", "/", (), "lowerdir=/b,upperdir=/u,workdir=/w"),
         mounts=[Mount("none", "/host/data", "/data", ("bind", "ro"))],
         cgroup_procs=[Path("/sys/fs/cgroup/pids/corral/h/cgroup.procs")],
     )
-    lines = spec.render(plan, "h", Path("/d/init.sock")).splitlines()
-    assert lines[0] == "cgroup\t/sys/fs/cgroup/pids/corral/h/cgroup.procs"
-    assert lines[1] == "root\t/d/rootfs"
-    assert lines[2].startswith("mount\toverlay\toverlay\t/\t-\tlowerdir=")
-    assert lines.index("mount\tnone\t/host/data\t/data\tbind,ro\t-") > lines.index(
-        "mount\tproc\tproc\t/proc\tnosuid,nodev,noexec,mkdir\t-"
-    )
-    assert lines[-3:] == ["hostname\th", "loopback", "socket\t/d/init.sock"]
+    setup = spec.render_setup(plan, "h", Path("/d/init.sock")).splitlines()
+    assert setup[0] == "root\t/d/rootfs"
+    assert setup[1].startswith("mount\toverlay\toverlay\t/\t-\tlowerdir=")
+    proc = setup.index("mount\tproc\tproc\t/proc\tnosuid,nodev,noexec,mkdir\t-")
+    # The launcher applies what comes before the proc mount, PID 1 the rest: all
+    # that lies in /proc, then the plan's own mounts, in order.
+    early, late = setup[:proc], setup[proc + 1 :]
+    assert early[-3:] == ["hostname\th", "loopback", "socket\t/d/init.sock"]
+
+    def targets(lines: list[str]) -> list[str]:
+        return [line.split("\t")[3] for line in lines if line.startswith("mount\t")]
+
+    assert not any(t.startswith("/proc") for t in targets(early))
+    assert all(t.startswith("/proc/") for t in targets(late[:-1])) and len(late) > 5
+    assert late[-1] == "mount\tnone\t/host/data\t/data\tbind,ro\t-"
+    assert spec.render_cgroups(plan) == "cgroup\t/sys/fs/cgroup/pids/corral/h/cgroup.procs\n"
+    assert spec.render(plan, "h", Path("/d/init.sock")).splitlines() == [
+        *setup,
+        "cgroup\t/sys/fs/cgroup/pids/corral/h/cgroup.procs",
+    ]
     with pytest.raises(spec.SpecError):
         spec.render(LaunchPlan(root_dir=Path("/a\tb")), "h", Path("/s"))
 

@@ -5,8 +5,9 @@ mount, uts, ipc and network namespaces, pivoted into the root the launch plan
 describes. The daemon talks to it over a Unix socket in the container's depot
 directory. Killing the init releases every namespace and mount of the container
 at once, so nothing is left behind even if the daemon died half-way. The
-launcher starts first among the plugins' preparations and makes the namespaces
-meanwhile (:mod:`.launcher`).
+launcher starts as soon as the filesystem plugin has planned the root: it
+makes the namespaces and mounts the root while the other plugins prepare
+(:mod:`.launcher`); the launch then only adds the cgroups to join.
 
 Config (``[isolation]``): ``init`` is the path of the built ``corral-init``.
 """
@@ -19,6 +20,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 import trio
@@ -68,14 +70,29 @@ def corral_configure(config: Config) -> None:
         )
 
 
-@hookimpl  # first (see BUILTIN_PLUGINS): the launcher works while the others prepare
+@hookimpl  # right after fs (see BUILTIN_PLUGINS): the launcher works while the others prepare
 def corral_container_prepare(
     container: Container, plan: LaunchPlan, restoring: bool
 ) -> AbstractAsyncContextManager[None]:
     return _early_launcher(container, plan, restoring)
 
 
-_launchers: dict[str, Launcher] = {}
+class _Launch(NamedTuple):
+    launcher: Launcher
+    #: The set-up part of the spec, sent at prepare.
+    setup: str
+
+
+_launchers: dict[str, _Launch] = {}
+
+
+def _socket_path(container: Container) -> Path:
+    socket_path = container.path / SOCKET_NAME
+    if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
+        raise InvalidRequest(
+            f"container {container.handle}: socket path {socket_path} is too long for a Unix socket"
+        )
+    return socket_path
 
 
 @asynccontextmanager
@@ -85,14 +102,18 @@ async def _early_launcher(
     if restoring:
         yield
         return
+    socket_path = _socket_path(container)
+    plan.root_dir.mkdir(exist_ok=True)
     launcher = Launcher(settings.init, container.path)
-    _launchers[container.handle] = launcher
+    _launchers[container.handle] = _Launch(
+        launcher, spec.render_setup(plan, container.handle, socket_path)
+    )
     plan.network_namespace = launcher.network_namespace
     try:
+        launcher.send(_launchers[container.handle].setup.encode())
         yield
     finally:
-        del _launchers[container.handle]
-        launcher.close()
+        _launchers.pop(container.handle).launcher.close()
 
 
 @hookimpl
@@ -120,14 +141,16 @@ async def _launch(
 
 
 async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
-    socket_path = container.path / SOCKET_NAME
-    if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
-        raise InvalidRequest(
-            f"container {container.handle}: socket path {socket_path} is too long for a Unix socket"
-        )
-    plan.root_dir.mkdir(exist_ok=True)
-    text = spec.render(plan, container.handle, socket_path)
-    returncode, out, err = await _launchers[container.handle].finish(text.encode())
+    socket_path = _socket_path(container)
+    launcher, sent = _launchers[container.handle]
+    setup = spec.render_setup(plan, container.handle, socket_path)
+    if setup != sent:
+        # A plugin prepared after this one changed the filesystem plan: start over.
+        launcher.close()
+        launcher = Launcher(settings.init, container.path)
+        _launchers[container.handle] = _Launch(launcher, setup)
+        launcher.send(setup.encode())
+    returncode, out, err = await launcher.finish(spec.render_cgroups(plan).encode())
     if returncode != 0:
         reason = err.decode(errors="replace").strip() or f"exit status {returncode}"
         raise LaunchFailed(f"container {container.handle}: {reason}")

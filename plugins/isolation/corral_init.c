@@ -54,7 +54,7 @@ struct corral_open_how {
 
 #define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_FDS 8                  /* fds accepted with one message */
-#define MAX_FILE (4 * 1024 * 1024) /* largest launch spec or /etc/passwd */
+#define MAX_FILE (4 * 1024 * 1024) /* largest /etc/passwd */
 #define SEND_TIMEOUT_SEC 2         /* a client that does not read is dropped */
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -204,6 +204,8 @@ enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4, OPT_LOOP = 8, OPT_HOST =
 
 struct directive {
 	enum kind kind;
+	bool done;  /* applied by the launcher */
+	char *line; /* holds the fields */
 	char *f[5];
 	unsigned long mflags; /* mount: MS_* */
 	unsigned opts;        /* mount: OPT_* */
@@ -212,10 +214,10 @@ struct directive {
 };
 
 struct spec {
-	char *text;
 	struct directive *d;
-	size_t n;
+	size_t n, cap;
 	const char *root, *socket;
+	bool late; /* from the proc mount on, directives wait for PID 1 */
 };
 
 static void parse_mount_flags(struct directive *d, int line)
@@ -267,7 +269,7 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
 		die_msg("launch spec line %d: unknown directive %s", lineno, fields[0]);
 	if (n - 1 != kinds[k].nfields)
 		die_msg("launch spec line %d: %s takes %d fields", lineno, fields[0], kinds[k].nfields);
-	*d = (struct directive){ .kind = (enum kind)k };
+	*d = (struct directive){ .kind = (enum kind)k, .line = line };
 	memcpy(d->f, fields + 1, sizeof(char *) * (size_t)(n - 1));
 	if (d->kind == D_ROOT || d->kind == D_SOCKET) {
 		const char **slot = d->kind == D_ROOT ? &sp->root : &sp->socket;
@@ -286,26 +288,6 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
 	} else if (d->kind == D_MKDIR && !parse_mode(d->f[1], &d->mode)) {
 		die_msg("launch spec line %d: bad mode %s", lineno, d->f[1]);
 	}
-}
-
-static void parse_spec(struct spec *sp)
-{
-	char *line, *next;
-	int lineno = 0;
-	size_t cap = 0;
-
-	for (line = sp->text; line; line = next) {
-		if ((next = strchr(line, '\n')))
-			*next++ = '\0';
-		lineno++;
-		if (!*line)
-			continue;
-		if (sp->n == cap)
-			sp->d = xrealloc(sp->d, (cap = cap ? cap * 2 : 16) * sizeof *sp->d);
-		parse_directive(sp, &sp->d[sp->n++], line, lineno);
-	}
-	if (!sp->root || !sp->socket)
-		die_msg("launch spec: no %s", sp->root ? "socket" : "root");
 }
 
 /* ---- paths inside the container root ---------------------------------- */
@@ -566,55 +548,85 @@ static void pivot(int rootfd)
 	TRY(chdir("/"), "chdir /");
 }
 
-/* Apply the spec in PID 1 (umask 0: the spec's modes are exact); return the listening socket. */
-static int setup_container(struct spec *sp)
+/* Set-up state shared by the launcher and PID 1 (its fork). */
+struct setup {
+	struct root r;
+	struct root host; /* host mounts never use the root */
+	int listen_fd;
+};
+
+static void join_cgroup(const char *file)
 {
-	struct root r = { .path = sp->root, .fd = -1 };
-	int listen_fd, fd;
+	int fd;
+
+	/* "0" is the writer itself: to a v1 tasks file, a move of the one thread that
+	 * skips the kernel's global threadgroup lock (and its RCU grace period). */
+	TRY(fd = open(file, O_WRONLY | O_CLOEXEC), "open %s", file);
+	TRY(write(fd, "0\n", 2), "write %s", file);
+	close(fd);
+}
+
+/* Apply one directive (umask 0: the spec's modes are exact). */
+static void apply(struct setup *s, const struct directive *d)
+{
 	struct stat st;
 	char path[32];
+	int fd;
 
-	reopen_root(&r);
-	for (struct directive *d = sp->d; d < sp->d + sp->n; d++) {
-		switch (d->kind) {
-		case D_MOUNT:
-			if (!(d->opts & OPT_HOST)) /* made by the launcher */
-				do_mount(&r, d);
-			break;
-		case D_MKNOD:
-			create_in_root(r.fd, d->f[0], S_IFCHR | d->mode, d->dev, NULL);
-			break;
-		case D_SYMLINK:
-			create_in_root(r.fd, d->f[1], 0, 0, d->f[0]);
-			break;
-		case D_MKDIR:
-			create_in_root(r.fd, d->f[0], S_IFDIR | d->mode, 0, NULL);
-			fd = must_open_in_root(r.fd, d->f[0], O_PATH | O_DIRECTORY);
-			fd_path(fd, path);
-			/* Only if needed: a chmod on the overlay copies the directory up. */
-			TRY(fstat(fd, &st), "stat %s", d->f[0]);
-			if ((st.st_mode & 07777) != d->mode)
-				TRY(chmod(path, d->mode), "chmod %s", d->f[0]);
-			close(fd);
-			break;
-		default: /* the others come after */
-			break;
-		}
+	switch (d->kind) {
+	case D_CGROUP:
+		join_cgroup(d->f[0]);
+		break;
+	case D_ROOT:
+		s->r.path = d->f[0];
+		reopen_root(&s->r);
+		break;
+	case D_MOUNT:
+		if (!(d->opts & OPT_HOST) && s->r.fd < 0)
+			die_msg("launch spec: mount %s before root", d->f[2]);
+		do_mount(d->opts & OPT_HOST ? &s->host : &s->r, d);
+		break;
+	case D_MKNOD:
+		create_in_root(s->r.fd, d->f[0], S_IFCHR | d->mode, d->dev, NULL);
+		break;
+	case D_SYMLINK:
+		create_in_root(s->r.fd, d->f[1], 0, 0, d->f[0]);
+		break;
+	case D_MKDIR:
+		create_in_root(s->r.fd, d->f[0], S_IFDIR | d->mode, 0, NULL);
+		fd = must_open_in_root(s->r.fd, d->f[0], O_PATH | O_DIRECTORY);
+		fd_path(fd, path);
+		/* Only if needed: a chmod on the overlay copies the directory up. */
+		TRY(fstat(fd, &st), "stat %s", d->f[0]);
+		if ((st.st_mode & 07777) != d->mode)
+			TRY(chmod(path, d->mode), "chmod %s", d->f[0]);
+		close(fd);
+		break;
+	case D_HOSTNAME:
+		TRY(sethostname(d->f[0], strlen(d->f[0])), "sethostname %s", d->f[0]);
+		break;
+	case D_LOOPBACK:
+		bring_up_loopback();
+		break;
+	case D_SOCKET:
+		s->listen_fd = listen_socket(d->f[0]);
+		break;
 	}
-	if (!r.mounted) { /* pivot_root needs a mount point */
-		TRY(mount(r.path, r.path, NULL, MS_BIND | MS_REC, NULL), "mount bind %s on itself", r.path);
-		reopen_root(&r);
+}
+
+/* In PID 1: the directives the launcher left, then pivot into the root. */
+static void finish_setup(struct setup *s, struct spec *sp)
+{
+	for (size_t i = 0; i < sp->n; i++)
+		if (!sp->d[i].done)
+			apply(s, &sp->d[i]);
+	if (!s->r.mounted) { /* pivot_root needs a mount point */
+		TRY(mount(s->r.path, s->r.path, NULL, MS_BIND | MS_REC, NULL), "mount bind %s on itself",
+		    s->r.path);
+		reopen_root(&s->r);
 	}
-	for (struct directive *d = sp->d; d < sp->d + sp->n; d++)
-		if (d->kind == D_HOSTNAME && sethostname(d->f[0], strlen(d->f[0])) < 0)
-			die("sethostname %s", d->f[0]);
-	for (struct directive *d = sp->d; d < sp->d + sp->n; d++)
-		if (d->kind == D_LOOPBACK)
-			bring_up_loopback();
-	listen_fd = listen_socket(sp->socket);
-	pivot(r.fd);
-	close(r.fd);
-	return listen_fd;
+	pivot(s->r.fd);
+	close(s->r.fd);
 }
 
 /* ---- jobs ------------------------------------------------------------- */
@@ -1259,7 +1271,7 @@ static noreturn void serve(struct server *s)
 	}
 }
 
-static noreturn void init_main(struct spec *sp, int ready_fd)
+static noreturn void init_main(struct setup *setup, struct spec *sp, int ready_fd)
 {
 	struct server s = { .sig_fd = -1 };
 	struct sigaction ign = { .sa_handler = SIG_IGN };
@@ -1268,12 +1280,13 @@ static noreturn void init_main(struct spec *sp, int ready_fd)
 	err_fd = ready_fd;
 	for (size_t i = 0; i < ARRAY_LEN(ignored); i++)
 		TRY(sigaction(ignored[i], &ign, NULL), "sigaction %d", ignored[i]);
-	umask(0);
 	TRY(s.devnull = open("/dev/null", O_RDWR | O_CLOEXEC), "open /dev/null");
-	s.listen_fd = setup_container(sp);
+	finish_setup(setup, sp);
+	s.listen_fd = setup->listen_fd;
 	umask(022);
+	for (size_t i = 0; i < sp->n; i++)
+		free(sp->d[i].line);
 	free(sp->d);
-	free(sp->text);
 	/* Receive buffers (up to a few hundred KiB) are mmapped, so freeing returns them. */
 	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 128 * 1024);
@@ -1288,12 +1301,31 @@ static noreturn void init_main(struct spec *sp, int ready_fd)
 
 /* ---- launcher --------------------------------------------------------- */
 
+/* One line of the spec from stdin (without its newline), or NULL at EOF. */
+static char *next_line(FILE *in)
+{
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n = getline(&line, &cap, in);
+
+	if (n < 0) {
+		if (ferror(in))
+			die("read launch spec");
+		free(line);
+		return NULL;
+	}
+	if (n > 0 && line[n - 1] == '\n')
+		line[n - 1] = '\0';
+	return line;
+}
+
 static int launch(void)
 {
 	struct spec sp = { 0 };
-	struct root host_root = { .path = "/", .fd = -1 }; /* host mounts never use the root */
-	int ready[2], fd, wstatus;
-	char buf[1024], text[32];
+	struct setup setup = { .r = { .fd = -1 }, .host = { .path = "/", .fd = -1 }, .listen_fd = -1 };
+	int ready[2], wstatus, lineno = 0;
+	char buf[1024], text[32], *line;
+	FILE *in;
 	pid_t pid;
 
 	/* The namespaces first: the daemon may start the launcher early and finish
@@ -1303,27 +1335,37 @@ static int launch(void)
 	TRY(close_range(3, ~0U, 0), "close_range");
 	/* Nothing mounted from here on may propagate to the host. */
 	TRY(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "mount --make-rprivate /");
-	sp.text = read_all(STDIN_FILENO, "launch spec");
-	parse_spec(&sp);
-	/* Host mounts (the disk-quota filesystem on a loop device) before joining the
-	 * cgroups: a devices cgroup would deny opening the loop device. */
-	for (struct directive *d = sp.d; d < sp.d + sp.n; d++)
-		if (d->kind == D_MOUNT && (d->opts & OPT_HOST))
-			do_mount(&host_root, d);
-	/* "0" is the writer itself: to a v1 tasks file, a move of the one thread that
-	 * skips the kernel's global threadgroup lock (and its RCU grace period). */
-	for (struct directive *d = sp.d; d < sp.d + sp.n; d++) {
-		if (d->kind != D_CGROUP)
+	umask(0);
+	/* Directives are applied as they arrive (the daemon sends the set-up while
+	 * it makes the cgroups, then the cgroups): here up to the proc mount, which
+	 * must be made from inside the new pid namespace, and from there on by PID 1;
+	 * cgroup lines here, always, so PID 1 starts in the cgroups. */
+	if (!(in = fdopen(STDIN_FILENO, "r")))
+		die("fdopen stdin");
+	while ((line = next_line(in))) {
+		struct directive d;
+
+		lineno++;
+		if (!*line) {
+			free(line);
 			continue;
-		TRY(fd = open(d->f[0], O_WRONLY | O_CLOEXEC), "open %s", d->f[0]);
-		TRY(write(fd, "0\n", 2), "write %s", d->f[0]);
-		close(fd);
+		}
+		parse_directive(&sp, &d, line, lineno);
+		if (d.kind == D_MOUNT && !strcmp(d.f[0], "proc"))
+			sp.late = true;
+		if ((d.done = !sp.late || d.kind == D_CGROUP))
+			apply(&setup, &d);
+		if (sp.n == sp.cap)
+			sp.d = xrealloc(sp.d, (sp.cap = sp.cap ? sp.cap * 2 : 16) * sizeof *sp.d);
+		sp.d[sp.n++] = d;
 	}
+	if (!sp.root || !sp.socket)
+		die_msg("launch spec: no %s", sp.root ? "socket" : "root");
 	TRY(pipe2(ready, O_CLOEXEC), "pipe2");
 	TRY(pid = fork(), "fork");
 	if (pid == 0) {
 		close(ready[0]);
-		init_main(&sp, ready[1]);
+		init_main(&setup, &sp, ready[1]);
 	}
 	close(ready[1]);
 	if (read_report(ready[0], buf, sizeof buf) == 3 && !strcmp(buf, "ok\n")) {

@@ -3,8 +3,10 @@
 The launcher unshares first and only then reads its spec from stdin (see
 README.md here). Started when the container's preparation begins, it spends
 the time the other plugins take (layers, cgroups) making the new namespaces in
-a process of its own; :meth:`Launcher.finish` then sends the spec and waits
-for the init's pid. The launcher closes its fd 3, a pipe, once it has
+a process of its own. The spec goes in two parts: :meth:`Launcher.send`
+the container's set-up as soon as the filesystem is planned (the launcher
+mounts the root while the daemon makes the cgroups), then
+:meth:`Launcher.finish` the cgroups, and wait for the init's pid. The launcher closes its fd 3, a pipe, once it has
 unshared: :meth:`Launcher.network_namespace` waits for that, so the net plugin
 can make the container's veth while the init sets up.
 
@@ -31,6 +33,7 @@ class Launcher:
     def __init__(self, init: Path, container_path: Path) -> None:
         self.pid: int | None = None
         self._netns: int | None = None
+        self._unsent = b""
         spec_read, self._spec = os.pipe2(os.O_CLOEXEC)
         self._unshared, unshared_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._out = os.memfd_create("stdout", os.MFD_CLOEXEC)
@@ -78,10 +81,21 @@ class Launcher:
         os.close(self._unshared)
         self._unshared = -1
 
-    async def finish(self, spec: bytes) -> tuple[int, bytes, bytes]:
-        """Send *spec*; wait for the launcher to exit: its exit code, stdout and stderr."""
+    def send(self, part: bytes) -> None:
+        """Send a first part of the spec, as much as the pipe takes now; :meth:`finish` the rest."""
+        self._unsent += part
+        try:
+            self._unsent = self._unsent[os.write(self._spec, self._unsent) :]
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:
+            self._unsent = b""  # it failed; finish() tells why
+
+    async def finish(self, part: bytes) -> tuple[int, bytes, bytes]:
+        """Send the last part of the spec; wait for the launcher to exit: its exit code, stdout and stderr."""
         assert self.pid is not None
-        view = memoryview(spec)
+        view = memoryview(self._unsent + part)
+        self._unsent = b""
         try:
             while view:
                 try:

@@ -25,13 +25,14 @@ MASKED_FILES = (
     "/proc/sched_debug",
     "/proc/latency_stats",
 )
-MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware")
+MASKED_DIRS = ("/proc/acpi", "/proc/scsi")
+MASKED_SYS_DIRS = ("/sys/firmware",)
 #: Kernel settings that are host-wide: read-only even for privileged jobs
 #: (a writable /proc/sys/kernel/core_pattern alone would be a way out).
 READ_ONLY_PROC = ("/proc/sys", "/proc/sysrq-trigger", "/proc/bus", "/proc/fs", "/proc/irq")
 
+PROC_MOUNT = Mount("proc", "proc", "/proc", ("nosuid", "nodev", "noexec", "mkdir"))
 SYSTEM_MOUNTS = (
-    Mount("proc", "proc", "/proc", ("nosuid", "nodev", "noexec", "mkdir")),
     Mount("sysfs", "sysfs", "/sys", ("ro", "nosuid", "nodev", "noexec", "mkdir")),
     Mount("tmpfs", "tmpfs", "/dev", ("nosuid", "noexec", "mkdir"), "mode=755,size=1024k"),
 )
@@ -68,9 +69,18 @@ def _mount(m: Mount) -> str:
 
 
 def render(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
-    """The whole spec: cgroups, root, host mounts, root mount, system and other mounts, identity, socket."""
-    lines: list[str] = [_line("cgroup", str(p)) for p in plan.cgroup_procs]
-    lines.append(_line("root", str(plan.root_dir)))
+    """The whole spec: :func:`render_setup`, then :func:`render_cgroups`."""
+    return render_setup(plan, hostname, socket_path) + render_cgroups(plan)
+
+
+def render_setup(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
+    """The container's set-up: root, mounts, devices, identity, socket.
+
+    The launcher applies the lines as they arrive, up to the proc mount, while
+    the daemon still makes the cgroups; PID 1 applies the proc mount and what
+    follows (all that lies in /proc, then the plan's own mounts, in order).
+    """
+    lines = [_line("root", str(plan.root_dir))]
     # Mounts on host paths (e.g. the disk-quota filesystem holding the overlay's
     # upper layer) come first: the root mount may need them.
     lines += [_mount(m) for m in plan.mounts if "host" in m.flags]
@@ -92,22 +102,31 @@ def render(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
         )
     )
     lines.append(_line("mkdir", "/tmp", "1777"))
+    lines += [_masked_dir(path) for path in MASKED_SYS_DIRS]
+    lines.append(_line("hostname", hostname))
+    lines.append(_line("loopback"))
+    lines.append(_line("socket", str(socket_path)))
+    lines.append(_mount(PROC_MOUNT))
     lines += [
         _mount(Mount("none", "/dev/null", path, ("bind", "optional"))) for path in MASKED_FILES
     ]
-    lines += [
-        _mount(Mount("tmpfs", "tmpfs", path, ("ro", "optional"), "size=4k")) for path in MASKED_DIRS
-    ]
+    lines += [_masked_dir(path) for path in MASKED_DIRS]
     # Before pivot the container's /proc is visible at ROOT/proc: bind it onto itself read-only.
     lines += [
         _mount(Mount("none", f"{plan.root_dir}{path}", path, ("bind", "rec", "ro", "optional")))
         for path in READ_ONLY_PROC
     ]
     lines += [_mount(m) for m in plan.mounts if "host" not in m.flags]
-    lines.append(_line("hostname", hostname))
-    lines.append(_line("loopback"))
-    lines.append(_line("socket", str(socket_path)))
     return "".join(lines)
+
+
+def render_cgroups(plan: LaunchPlan) -> str:
+    """The cgroups to join: the launcher joins them last, then forks PID 1 into them."""
+    return "".join(_line("cgroup", str(p)) for p in plan.cgroup_procs)
+
+
+def _masked_dir(path: str) -> str:
+    return _mount(Mount("tmpfs", "tmpfs", path, ("ro", "optional"), "size=4k"))
 
 
 def _symlinks(pairs: Iterable[tuple[str, str]]) -> list[str]:

@@ -105,23 +105,24 @@ class Container:
             (base / name).mkdir()
 
     def spec(self, extra: tuple[str, ...] = (), cgroups: tuple[pathlib.Path, ...] = ()) -> str:
-        """The launch spec of a container, with *extra* lines before ``hostname``."""
+        """The launch spec of a container, in the daemon's order: the set-up (the
+        launcher's part up to the proc mount, then PID 1's, *extra* last), then cgroups."""
         lines = [
-            *(f"cgroup\t{path}" for path in cgroups),
             f"root\t{self.root}",
             f"mount\toverlay\toverlay\t/\t-\tlowerdir={self.rootfs},"
             f"upperdir={self.base / 'upper'},workdir={self.base / 'work'}",
-            "mount\tproc\tproc\t/proc\tnosuid,nodev,noexec,mkdir\t-",
             "mount\tsysfs\tsysfs\t/sys\tro,nosuid,nodev,noexec\t-",
             "mount\ttmpfs\ttmpfs\t/dev\tnosuid\tmode=755",
             *(f"mknod\t/dev/{name}\tc\t{major}\t{minor}\t666" for name, major, minor in DEVICES),
             "mount\tdevpts\tdevpts\t/dev/pts\tmkdir\tnewinstance,ptmxmode=0666,mode=620",
             "symlink\tpts/ptmx\t/dev/ptmx",
             "mount\ttmpfs\tshm\t/dev/shm\tmkdir,nosuid,nodev\tmode=1777",
-            *extra,
             f"hostname\t{self.hostname}",
             "loopback",
             f"socket\t{self.socket_path}",
+            "mount\tproc\tproc\t/proc\tnosuid,nodev,noexec,mkdir\t-",
+            *extra,
+            *(f"cgroup\t{path}" for path in cgroups),
         ]
         return "".join(line + "\n" for line in lines)
 
@@ -385,6 +386,46 @@ def test_cgroup_directive_moves_the_container(new_container, join_file: str) -> 
         c.destroy()
         assert (cgroup / "cgroup.procs").read_text() == ""
     finally:
+        cgroup.rmdir()
+
+
+def test_launcher_sets_up_while_the_cgroups_are_still_to_come(new_container) -> None:
+    pids_root = pathlib.Path("/sys/fs/cgroup/pids")
+    if not (pids_root / "tasks").exists():
+        pytest.skip("no cgroup v1 pids hierarchy")
+    cgroup = pids_root / f"corral-test-stream-{os.getpid()}"
+    cgroup.mkdir()
+    c = new_container()
+    launcher = subprocess.Popen(
+        [str(c.init), "launch", str(c.base)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert launcher.stdin is not None
+        launcher.stdin.write(c.spec())
+        launcher.stdin.flush()
+        # The set-up up to the proc mount is applied at once, the socket included.
+        deadline = time.monotonic() + TIMEOUT
+        while not c.socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert c.socket_path.exists() and launcher.poll() is None
+        launcher.stdin.write(f"cgroup\t{cgroup / 'tasks'}\n")
+        out, err = launcher.communicate(timeout=TIMEOUT)
+        assert launcher.returncode == 0, err
+        c.pid = int(out)
+        c.sock = c.connect()
+        job = c.run("grep :pids: /proc/self/cgroup; cat /proc/1/comm; hostname; ls /dev/pts")
+        lines = job.out.split("\n")
+        assert lines[0].endswith(f":pids:/{cgroup.name}")  # PID 1 was forked into it
+        assert lines[1:3] == ["corral-init", c.hostname]  # its own /proc, made by PID 1
+        assert "ptmx" in lines[3:]
+        c.destroy()
+    finally:
+        launcher.kill()
+        launcher.wait()
         cgroup.rmdir()
 
 
