@@ -73,6 +73,38 @@ def test_third_party_hooks_run_on_create_and_destroy(
         d.close()
 
 
+def test_a_mount_planned_by_a_later_plugin_is_made(
+    testplugin: None, artifacts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "note").write_text("from the host\n")
+    d = _daemon(artifacts, tmp_path / "hooks.log", extra=f'bind = "{shared}"\n')
+    try:
+        with d.client() as c:
+            handle = c.create()
+            # Planned after the launcher got the set-up: it comes with the cgroups.
+            assert c.run(handle, "cat /testplugin/note") == [0, "from the host\n", ""]
+            c.destroy(handle)
+        assert leftovers(d) == NOTHING_LEFT
+    finally:
+        d.close()
+
+
+def test_a_later_plugin_may_not_replace_the_root_mount(
+    testplugin: None, artifacts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    d = _daemon(artifacts, tmp_path / "hooks.log", extra="tmpfs_root = true\n")
+    try:
+        with d.client() as c:
+            with pytest.raises(errors.CorralError, match="changed the root filesystem plan"):
+                c.create()
+            assert c.list() == []
+        assert leftovers(d) == NOTHING_LEFT
+    finally:
+        d.close()
+
+
 def test_blocked_plugin_is_not_loaded(
     testplugin: None, artifacts: tuple[Path, Path], tmp_path: Path
 ) -> None:

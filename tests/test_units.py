@@ -67,7 +67,7 @@ def test_state_table_is_consistent() -> None:
     assert ALLOWED["spawn"] == {State.ACTIVE}
 
 
-def test_spec_sends_the_setup_then_the_cgroups() -> None:
+def test_spec_sends_the_setup_then_the_plans_mounts_and_cgroups() -> None:
     plan = LaunchPlan(
         root_dir=Path("/d/rootfs"),
         root_mount=Mount("overlay", "overlay", "/", (), "lowerdir=/b,upperdir=/u,workdir=/w"),
@@ -78,8 +78,7 @@ def test_spec_sends_the_setup_then_the_cgroups() -> None:
     assert setup[0] == "root\t/d/rootfs"
     assert setup[1].startswith("mount\toverlay\toverlay\t/\t-\tlowerdir=")
     proc = setup.index("mount\tproc\tproc\t/proc\tnosuid,nodev,noexec,mkdir\t-")
-    # The launcher applies what comes before the proc mount, PID 1 the rest: all
-    # that lies in /proc, then the plan's own mounts, in order.
+    # The launcher applies what comes before the proc mount, PID 1 the rest.
     early, late = setup[:proc], setup[proc + 1 :]
     assert early[-3:] == ["hostname\th", "loopback", "socket\t/d/init.sock"]
 
@@ -87,13 +86,14 @@ def test_spec_sends_the_setup_then_the_cgroups() -> None:
         return [line.split("\t")[3] for line in lines if line.startswith("mount\t")]
 
     assert not any(t.startswith("/proc") for t in targets(early))
-    assert all(t.startswith("/proc/") for t in targets(late[:-1])) and len(late) > 5
-    assert late[-1] == "mount\tnone\t/host/data\t/data\tbind,ro\t-"
-    assert spec.render_cgroups(plan) == "cgroup\t/sys/fs/cgroup/pids/corral/h/cgroup.procs\n"
-    assert spec.render(plan, "h", Path("/d/init.sock")).splitlines() == [
-        *setup,
+    assert all(t.startswith("/proc/") for t in targets(late)) and len(late) > 5
+    assert spec.render_rest(plan).splitlines() == [
+        "mount\tnone\t/host/data\t/data\tbind,ro\t-",
         "cgroup\t/sys/fs/cgroup/pids/corral/h/cgroup.procs",
     ]
+    assert spec.render(plan, "h", Path("/d/init.sock")) == (
+        spec.render_setup(plan, "h", Path("/d/init.sock")) + spec.render_rest(plan)
+    )
     with pytest.raises(spec.SpecError):
         spec.render(LaunchPlan(root_dir=Path("/a\tb")), "h", Path("/s"))
 

@@ -7,7 +7,10 @@ directory. Killing the init releases every namespace and mount of the container
 at once, so nothing is left behind even if the daemon died half-way. The
 launcher starts as soon as the filesystem plugin has planned the root: it
 makes the namespaces and mounts the root while the other plugins prepare
-(:mod:`.launcher`); the launch then only adds the cgroups to join.
+(:mod:`.launcher`); the launch then adds the plan's other mounts and the
+cgroups to join. So plugins prepared after this one (cgroups, net, third-party
+ones) may add mounts to the plan but not change its root, root mount or host
+mounts: the launch fails with an error saying so.
 
 Config (``[isolation]``): ``init`` is the path of the built ``corral-init``.
 """
@@ -104,13 +107,12 @@ async def _early_launcher(
         return
     socket_path = _socket_path(container)
     plan.root_dir.mkdir(exist_ok=True)
+    setup = spec.render_setup(plan, container.handle, socket_path)
     launcher = Launcher(settings.init, container.path)
-    _launchers[container.handle] = _Launch(
-        launcher, spec.render_setup(plan, container.handle, socket_path)
-    )
+    _launchers[container.handle] = _Launch(launcher, setup)
     plan.network_namespace = launcher.network_namespace
     try:
-        launcher.send(_launchers[container.handle].setup.encode())
+        launcher.send(setup.encode())
         yield
     finally:
         _launchers.pop(container.handle).launcher.close()
@@ -141,16 +143,15 @@ async def _launch(
 
 
 async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
-    socket_path = _socket_path(container)
     launcher, sent = _launchers[container.handle]
-    setup = spec.render_setup(plan, container.handle, socket_path)
-    if setup != sent:
-        # A plugin prepared after this one changed the filesystem plan: start over.
-        launcher.close()
-        launcher = Launcher(settings.init, container.path)
-        _launchers[container.handle] = _Launch(launcher, setup)
-        launcher.send(setup.encode())
-    returncode, out, err = await launcher.finish(spec.render_cgroups(plan).encode())
+    socket_path = _socket_path(container)
+    if spec.render_setup(plan, container.handle, socket_path) != sent:
+        raise LaunchFailed(
+            f"container {container.handle}: a plugin changed the root filesystem plan "
+            "(root, root mount, host mounts) after the isolation plugin's preparation; "
+            "later plugins may only add mounts"
+        )
+    returncode, out, err = await launcher.finish(spec.render_rest(plan).encode())
     if returncode != 0:
         reason = err.decode(errors="replace").strip() or f"exit status {returncode}"
         raise LaunchFailed(f"container {container.handle}: {reason}")

@@ -69,16 +69,16 @@ def _mount(m: Mount) -> str:
 
 
 def render(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
-    """The whole spec: :func:`render_setup`, then :func:`render_cgroups`."""
-    return render_setup(plan, hostname, socket_path) + render_cgroups(plan)
+    """The whole spec: :func:`render_setup`, then :func:`render_rest`."""
+    return render_setup(plan, hostname, socket_path) + render_rest(plan)
 
 
 def render_setup(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
-    """The container's set-up: root, mounts, devices, identity, socket.
+    """The container's set-up: root, root mount, system mounts, devices, identity, socket, /proc.
 
-    The launcher applies the lines as they arrive, up to the proc mount, while
-    the daemon still makes the cgroups; PID 1 applies the proc mount and what
-    follows (all that lies in /proc, then the plan's own mounts, in order).
+    Sent as soon as the root is planned: the launcher applies the lines as they
+    arrive, up to the proc mount, while the daemon still makes the cgroups; PID 1
+    applies the proc mount and what lies in /proc.
     """
     lines = [_line("root", str(plan.root_dir))]
     # Mounts on host paths (e.g. the disk-quota filesystem holding the overlay's
@@ -116,13 +116,15 @@ def render_setup(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
         _mount(Mount("none", f"{plan.root_dir}{path}", path, ("bind", "rec", "ro", "optional")))
         for path in READ_ONLY_PROC
     ]
-    lines += [_mount(m) for m in plan.mounts if "host" not in m.flags]
     return "".join(lines)
 
 
-def render_cgroups(plan: LaunchPlan) -> str:
-    """The cgroups to join: the launcher joins them last, then forks PID 1 into them."""
-    return "".join(_line("cgroup", str(p)) for p in plan.cgroup_procs)
+def render_rest(plan: LaunchPlan) -> str:
+    """Sent at launch: the plan's own mounts (made by PID 1, in order), then the cgroups
+    the launcher joins before it forks PID 1 into them."""
+    lines = [_mount(m) for m in plan.mounts if "host" not in m.flags]
+    lines += [_line("cgroup", str(p)) for p in plan.cgroup_procs]
+    return "".join(lines)
 
 
 def _masked_dir(path: str) -> str:

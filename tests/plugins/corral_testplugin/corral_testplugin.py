@@ -1,7 +1,10 @@
 """A small third-party plugin: records its hooks in a log file.
 
 Config ``[testplugin]``: ``log`` (file to append to), ``fail_attach`` (raise in
-the attach phase, to test that create rolls back).
+the attach phase, to test that create rolls back), ``bind`` (a host directory
+bound read-only at ``/testplugin`` in every container: a mount planned after
+the built-in plugins prepared), ``tmpfs_root`` (replace the planned root mount,
+which a plugin prepared after isolation may not do).
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ def corral_container_prepare(container: Any, plan: Any, restoring: bool) -> Any:
     @asynccontextmanager
     async def resource() -> AsyncIterator[None]:
         _note(f"acquire {container.handle} restoring={restoring}")
+        from supervisor.sandbox import Mount
+
+        if "bind" in settings:
+            plan.mounts.append(
+                Mount("none", settings["bind"], "/testplugin", ("bind", "ro", "mkdir"))
+            )
+        if settings.get("tmpfs_root"):
+            plan.root_mount = Mount("tmpfs", "tmpfs", "/")
         try:
             yield
         finally:
