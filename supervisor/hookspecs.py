@@ -109,6 +109,9 @@ def corral_container_prepare(
     :param container: the container being built (``born``) or restored.
     :param plan: the launch plan to contribute to (root mount, mounts, cgroups);
         also filled when restoring, so the launch plugin sees the same plan.
+        Plugins called after ``isolation`` (registered after it: every
+        third-party one) may add mounts but not change the root, root mount or
+        host mounts, which its launcher is already making.
     :param restoring: re-adopt existing resources instead of acquiring new ones.
     :return: an async context manager whose exit releases what it acquired.
     """
