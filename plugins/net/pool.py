@@ -79,8 +79,9 @@ class SlotPool:
                 self._take(slot)
                 return slot
         quarantined = sum(1 for s in list(self._released) if self.quarantined_for(s))
+        waiting = f" for up to {self.quarantine:g} s after release" if quarantined else ""
         raise NoCapacity(
-            f"{self.name} is exhausted ({len(self._used)} in use, {quarantined} in quarantine)"
+            f"{self.name} is exhausted ({len(self._used)} in use, {quarantined} in quarantine{waiting})"
         )
 
     def reserve(self, slot: int, what: str, force: bool = False) -> None:

@@ -46,7 +46,7 @@ def test_released_slot_waits_out_the_quarantine() -> None:
     pool = SlotPool("things", 1, quarantine=60, clock=clock)
     pool.allocate()
     pool.release(0)
-    with pytest.raises(NoCapacity, match="1 in quarantine"):
+    with pytest.raises(NoCapacity, match=r"1 in quarantine for up to 60 s after release\)"):
         pool.allocate()
     with pytest.raises(InvalidRequest, match="quarantine for 60.0 s"):
         pool.reserve(0, "slot 0")
