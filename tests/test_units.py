@@ -90,6 +90,7 @@ def test_spec_sends_the_setup_then_the_plans_mounts_and_cgroups() -> None:
     assert spec.render_rest(plan).splitlines() == [
         "mount\tnone\t/host/data\t/data\tbind,ro\t-",
         "cgroup\t/sys/fs/cgroup/pids/corral/h/cgroup.procs",
+        "end",
     ]
     assert spec.render(plan, "h", Path("/d/init.sock")) == (
         spec.render_setup(plan, "h", Path("/d/init.sock")) + spec.render_rest(plan)

@@ -189,7 +189,7 @@ static size_t read_report(int fd, char *buf, size_t cap)
 
 /* ---- launch spec ------------------------------------------------------ */
 
-enum kind { D_CGROUP, D_ROOT, D_MOUNT, D_MKNOD, D_SYMLINK, D_MKDIR, D_HOSTNAME, D_LOOPBACK, D_SOCKET };
+enum kind { D_CGROUP, D_ROOT, D_MOUNT, D_MKNOD, D_SYMLINK, D_MKDIR, D_HOSTNAME, D_LOOPBACK, D_SOCKET, D_END };
 
 static const struct {
 	const char *name;
@@ -198,6 +198,7 @@ static const struct {
 	[D_CGROUP] = { "cgroup", 1 },     [D_ROOT] = { "root", 1 },         [D_MOUNT] = { "mount", 5 },
 	[D_MKNOD] = { "mknod", 5 },       [D_SYMLINK] = { "symlink", 2 },   [D_MKDIR] = { "mkdir", 2 },
 	[D_HOSTNAME] = { "hostname", 1 }, [D_LOOPBACK] = { "loopback", 0 }, [D_SOCKET] = { "socket", 1 },
+	[D_END] = { "end", 0 },
 };
 
 enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4, OPT_LOOP = 8, OPT_HOST = 16 };
@@ -263,9 +264,9 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
 		if ((p = strchr(p, '\t')))
 			*p++ = '\0';
 	}
-	for (k = 0; k <= D_SOCKET && strcmp(fields[0], kinds[k].name); k++)
+	for (k = 0; k <= D_END && strcmp(fields[0], kinds[k].name); k++)
 		;
-	if (k > D_SOCKET)
+	if (k > D_END)
 		die_msg("launch spec line %d: unknown directive %s", lineno, fields[0]);
 	if (n - 1 != kinds[k].nfields)
 		die_msg("launch spec line %d: %s takes %d fields", lineno, fields[0], kinds[k].nfields);
@@ -610,6 +611,8 @@ static void apply(struct setup *s, const struct directive *d)
 		break;
 	case D_SOCKET:
 		s->listen_fd = listen_socket(d->f[0]);
+		break;
+	case D_END:
 		break;
 	}
 }
@@ -1342,15 +1345,22 @@ static int launch(void)
 	 * cgroup lines here, always, so PID 1 starts in the cgroups. */
 	if (!(in = fdopen(STDIN_FILENO, "r")))
 		die("fdopen stdin");
-	while ((line = next_line(in))) {
+	for (;;) {
 		struct directive d;
 
+		/* Only a whole spec launches: a daemon that died half-way leaves no container. */
+		if (!(line = next_line(in)))
+			die_msg("launch spec: no end line");
 		lineno++;
 		if (!*line) {
 			free(line);
 			continue;
 		}
 		parse_directive(&sp, &d, line, lineno);
+		if (d.kind == D_END) {
+			free(line);
+			break;
+		}
 		if (d.kind == D_MOUNT && !strcmp(d.f[0], "proc"))
 			sp.late = true;
 		if ((d.done = !sp.late || d.kind == D_CGROUP))

@@ -120,10 +120,11 @@ def render_setup(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
 
 
 def render_rest(plan: LaunchPlan) -> str:
-    """Sent at launch: the plan's own mounts (made by PID 1, in order), then the cgroups
-    the launcher joins before it forks PID 1 into them."""
+    """Sent at launch: the plan's own mounts (made by PID 1, in order), the cgroups
+    the launcher joins before it forks PID 1 into them, and the end of the spec."""
     lines = [_mount(m) for m in plan.mounts if "host" not in m.flags]
     lines += [_line("cgroup", str(p)) for p in plan.cgroup_procs]
+    lines.append(_line("end"))
     return "".join(lines)
 
 

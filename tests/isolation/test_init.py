@@ -123,6 +123,7 @@ class Container:
             "mount\tproc\tproc\t/proc\tnosuid,nodev,noexec,mkdir\t-",
             *extra,
             *(f"cgroup\t{path}" for path in cgroups),
+            "end",
         ]
         return "".join(line + "\n" for line in lines)
 
@@ -405,14 +406,14 @@ def test_launcher_sets_up_while_the_cgroups_are_still_to_come(new_container) -> 
     )
     try:
         assert launcher.stdin is not None
-        launcher.stdin.write(c.spec())
+        launcher.stdin.write(c.spec().removesuffix("end\n"))
         launcher.stdin.flush()
         # The set-up up to the proc mount is applied at once, the socket included.
         deadline = time.monotonic() + TIMEOUT
         while not c.socket_path.exists() and time.monotonic() < deadline:
             time.sleep(0.005)
         assert c.socket_path.exists() and launcher.poll() is None
-        launcher.stdin.write(f"cgroup\t{cgroup / 'tasks'}\n")
+        launcher.stdin.write(f"cgroup\t{cgroup / 'tasks'}\nend\n")
         out, err = launcher.communicate(timeout=TIMEOUT)
         assert launcher.returncode == 0, err
         c.pid = int(out)
@@ -638,11 +639,13 @@ def test_launch_failure_names_the_step(new_container) -> None:
         ("mknod\t/dev/x\tb\t1\t3\t666\n", "launch spec line 1: bad mknod fields"),
         ("mkdir\t/x\t999\n", "launch spec line 1: bad mode 999"),
         (f"socket\t/{'s' * 110}\n", "launch spec line 1: socket path longer than 107 bytes"),
-        ("socket\t/tmp/s\n", "launch spec: no root"),
+        ("socket\t/tmp/s\nend\n", "launch spec: no root"),
         (
-            "root\t/nonexistent\nsocket\t/tmp/s\n",
+            "root\t/nonexistent\nsocket\t/tmp/s\nend\n",
             "open root /nonexistent: No such file or directory",
         ),
+        # A daemon that died half-way: the launcher makes no container.
+        ("hostname\th\nloopback\n", "launch spec: no end line"),
     ],
 )
 def test_bad_spec_is_rejected(init_binary: pathlib.Path, spec: str, error: str) -> None:
