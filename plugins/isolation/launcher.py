@@ -1,14 +1,14 @@
 """``corral-init launch``, started early: it makes the namespaces while the daemon prepares.
 
 The launcher unshares first and only then reads its spec from stdin (see
-README.md here). Started when the container's preparation begins, it spends
-the time the other plugins take (layers, cgroups) making the new namespaces in
-a process of its own. The spec goes in two parts: :meth:`Launcher.send`
-the container's set-up as soon as the filesystem is planned (the launcher
-mounts the root while the daemon makes the cgroups), then
-:meth:`Launcher.finish` the cgroups, and wait for the init's pid. The launcher closes its fd 3, a pipe, once it has
-unshared: :meth:`Launcher.network_namespace` waits for that, so the net plugin
-can make the container's veth while the init sets up.
+README.md here). Started as soon as the fs plugin has planned the root, it
+spends the time the other plugins take (cgroups, network) in a process of its
+own: :meth:`Launcher.send` gives it the container's set-up at once, which it
+applies while the daemon makes the cgroups; :meth:`Launcher.finish` sends the
+rest (the plan's own mounts, the cgroups, ``end``) and waits for the init's
+pid. The launcher closes its fd 3, a pipe, once it has unshared:
+:meth:`Launcher.network_namespace` waits for that, so the net plugin can make
+the container's veth meanwhile.
 
 posix_spawn (a vfork) with memfds for stdout and stderr costs half a
 ``subprocess.Popen`` and leaves no pipe to drain. The launcher gets an empty
