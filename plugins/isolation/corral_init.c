@@ -574,6 +574,10 @@ static void apply(struct setup *s, const struct directive *d)
 	char path[32];
 	int fd;
 
+	/* All but cgroups and host mounts are made in the container root. */
+	if (s->r.fd < 0 && d->kind != D_CGROUP && d->kind != D_ROOT && d->kind != D_END &&
+	    !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
+		die_msg("launch spec: %s before root", kinds[d->kind].name);
 	switch (d->kind) {
 	case D_CGROUP:
 		join_cgroup(d->f[0]);
@@ -583,8 +587,6 @@ static void apply(struct setup *s, const struct directive *d)
 		reopen_root(&s->r);
 		break;
 	case D_MOUNT:
-		if (!(d->opts & OPT_HOST) && s->r.fd < 0)
-			die_msg("launch spec: mount %s before root", d->f[2]);
 		do_mount(d->opts & OPT_HOST ? &s->host : &s->r, d);
 		break;
 	case D_MKNOD:

@@ -639,13 +639,14 @@ def test_launch_failure_names_the_step(new_container) -> None:
         ("mknod\t/dev/x\tb\t1\t3\t666\n", "launch spec line 1: bad mknod fields"),
         ("mkdir\t/x\t999\n", "launch spec line 1: bad mode 999"),
         (f"socket\t/{'s' * 110}\n", "launch spec line 1: socket path longer than 107 bytes"),
-        ("socket\t/tmp/s\nend\n", "launch spec: no root"),
+        ("hostname\th\nend\n", "launch spec: hostname before root"),
+        ("end\n", "launch spec: no root"),
         (
             "root\t/nonexistent\nsocket\t/tmp/s\nend\n",
             "open root /nonexistent: No such file or directory",
         ),
         # A daemon that died half-way: the launcher makes no container.
-        ("hostname\th\nloopback\n", "launch spec: no end line"),
+        ("root\t/\n", "launch spec: no end line"),
     ],
 )
 def test_bad_spec_is_rejected(init_binary: pathlib.Path, spec: str, error: str) -> None:
