@@ -1292,6 +1292,7 @@ static noreturn void init_main(struct setup *setup, struct spec *sp, int ready_f
 	for (size_t i = 0; i < sp->n; i++)
 		free(sp->d[i].line);
 	free(sp->d);
+	malloc_trim(0); /* the spec's memory goes back: PID 1 lives as long as the container */
 	/* Receive buffers (up to a few hundred KiB) are mmapped, so freeing returns them. */
 	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 128 * 1024);
@@ -1328,7 +1329,7 @@ static int launch(void)
 {
 	struct spec sp = { 0 };
 	struct setup setup = { .r = { .fd = -1 }, .host = { .path = "/", .fd = -1 }, .listen_fd = -1 };
-	int ready[2], wstatus, lineno = 0;
+	int ready[2], wstatus, fd, lineno = 0;
 	char buf[1024], text[32], *line;
 	FILE *in;
 	pid_t pid;
@@ -1345,7 +1346,8 @@ static int launch(void)
 	 * it makes the cgroups, then the cgroups): here up to the proc mount, which
 	 * must be made from inside the new pid namespace, and from there on by PID 1;
 	 * cgroup lines here, always, so PID 1 starts in the cgroups. */
-	if (!(in = fdopen(STDIN_FILENO, "r")))
+	/* A copy of stdin, so fclose (which frees the buffer) leaves fds 0-2 as they are. */
+	if ((fd = fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3)) < 0 || !(in = fdopen(fd, "r")))
 		die("fdopen stdin");
 	for (;;) {
 		struct directive d;
@@ -1371,6 +1373,7 @@ static int launch(void)
 			sp.d = xrealloc(sp.d, (sp.cap = sp.cap ? sp.cap * 2 : 16) * sizeof *sp.d);
 		sp.d[sp.n++] = d;
 	}
+	fclose(in); /* and its buffer: PID 1 would keep a copy */
 	if (!sp.root || !sp.socket)
 		die_msg("launch spec: no %s", sp.root ? "socket" : "root");
 	TRY(pipe2(ready, O_CLOEXEC), "pipe2");
