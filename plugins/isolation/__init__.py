@@ -23,7 +23,6 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import NamedTuple
 
 import structlog
 import trio
@@ -80,13 +79,9 @@ def corral_container_prepare(
     return _early_launcher(container, plan, restoring)
 
 
-class _Launch(NamedTuple):
-    launcher: Launcher
-    #: The set-up part of the spec, sent at prepare.
-    setup: str
-
-
-_launchers: dict[str, _Launch] = {}
+_launchers: dict[str, Launcher] = {}
+#: The set-up part of each launcher's spec, sent at prepare, until the launch.
+_setups: dict[str, str] = {}
 
 
 def _socket_path(container: Container) -> Path:
@@ -109,13 +104,15 @@ async def _early_launcher(
     plan.root_dir.mkdir(exist_ok=True)
     setup = spec.render_setup(plan, container.handle, socket_path)
     launcher = Launcher(settings.init, container.path)
-    _launchers[container.handle] = _Launch(launcher, setup)
+    _launchers[container.handle] = launcher
+    _setups[container.handle] = setup
     plan.network_namespace = launcher.network_namespace
     try:
         launcher.send(setup.encode())
         yield
     finally:
-        _launchers.pop(container.handle).launcher.close()
+        _setups.pop(container.handle, None)
+        _launchers.pop(container.handle).close()
 
 
 @hookimpl
@@ -143,9 +140,9 @@ async def _launch(
 
 
 async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
-    launcher, sent = _launchers[container.handle]
+    launcher = _launchers[container.handle]
     socket_path = _socket_path(container)
-    if spec.render_setup(plan, container.handle, socket_path) != sent:
+    if spec.render_setup(plan, container.handle, socket_path) != _setups.pop(container.handle):
         raise LaunchFailed(
             f"container {container.handle}: a plugin changed the root filesystem plan "
             "(root, root mount, host mounts) after the isolation plugin's preparation; "
