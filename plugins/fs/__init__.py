@@ -4,11 +4,7 @@ Each container's root is a private overlay of a base rootfs. Its writable
 layer (``upper/``) and the overlay work dir live in its depot directory or,
 with ``disk_size_mb``, on a filesystem of that size (:mod:`plugins.fs.quota`).
 Every mount is made by the container's init inside the container's own mount
-namespace, so the host never sees it and it vanishes with the container. The
-overlay is ``volatile`` (Linux 5.10+): the writable layer dies with the
-container, so syncing it is wasted work, and without the option the overlay's
-unmount, when the init dies, syncs the whole filesystem the layer is on (the
-host's, usually), on every destroy and on every ``sync`` in a container. Bind
+namespace, so the host never sees it and it vanishes with the container. Bind
 mounts from the create CONFIG follow, in order, their container paths resolved
 inside the container root by the init. ``copy in``/``copy out`` are in
 :mod:`plugins.fs.command`.
@@ -19,8 +15,6 @@ another directory with ``rootfs``.
 
 from __future__ import annotations
 
-import os
-import re
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -42,15 +36,6 @@ NAME = "fs"
 FORBIDDEN = (",", ":", "\t", "\n", "\0")
 #: How long destroy waits for the kernel to release a container's loop device.
 LOOP_RELEASE_WAIT = 5.0
-
-
-def _kernel_at_least(major: int, minor: int) -> bool:
-    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return found is not None and (int(found[1]), int(found[2])) >= (major, minor)
-
-
-#: Overlay options beyond the layers (``volatile`` came with Linux 5.10).
-OVERLAY_OPTIONS = ",volatile" if _kernel_at_least(5, 10) else ""
 
 log = structlog.get_logger()
 
@@ -173,11 +158,7 @@ async def _layers(container: Container, plan: LaunchPlan, restoring: bool) -> As
             plan.mounts.append(Mount("ext4", str(image), str(disk), ("loop", "host")))
         base = container.options.get("rootfs", str(settings.rootfs))
         plan.root_mount = Mount(
-            "overlay",
-            "overlay",
-            "/",
-            (),
-            f"lowerdir={base},upperdir={upper},workdir={work}{OVERLAY_OPTIONS}",
+            "overlay", "overlay", "/", (), f"lowerdir={base},upperdir={upper},workdir={work}"
         )
         for host, target, options in container.options.get("bind_mounts", []):
             flags: tuple[str, ...] = ("bind", "rec", "mkdir" if Path(host).is_dir() else "mkfile")
