@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from supervisor.sandbox import LaunchPlan, Limit, Sandbox
 
 #: Built-in plugins, by name, in registration (and so call) order. Isolation
-#: right after fs: the launcher it starts at prepare, given the root fs fs
-#: planned, makes the namespaces and mounts while the others prepare.
+#: comes right after fs: once fs has planned the root, the launcher isolation
+#: starts at prepare makes the namespaces and mounts the root while the others
+#: prepare.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("fs", "plugins.fs"),
     ("isolation", "plugins.isolation"),
