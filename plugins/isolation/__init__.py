@@ -23,6 +23,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 import trio
@@ -34,7 +35,7 @@ from supervisor.config import Config, ConfigError
 from supervisor.container import Container
 from supervisor.errors import CorralError, InvalidRequest
 from supervisor.hookspecs import hookimpl
-from supervisor.sandbox import LaunchPlan
+from supervisor.sandbox import LaunchPlan, Mount
 
 NAME = "isolation"
 DEFAULT_INIT = Path("/usr/local/lib/corral/corral-init")
@@ -79,9 +80,21 @@ def corral_container_prepare(
     return _early_launcher(container, plan, restoring)
 
 
-_launchers: dict[str, Launcher] = {}
-#: The set-up part of each launcher's spec, sent at prepare, until the launch.
-_setups: dict[str, str] = {}
+RootPlan = tuple[Path, Mount | None, tuple[Mount, ...]]
+
+
+class _Launch(NamedTuple):
+    launcher: Launcher
+    #: What the set-up sent at prepare was made from (see :func:`_root_plan`).
+    root: RootPlan
+
+
+_launches: dict[str, _Launch] = {}
+
+
+def _root_plan(plan: LaunchPlan) -> RootPlan:
+    """The parts of the plan the set-up sent at prepare holds: root, root mount, host mounts."""
+    return plan.root_dir, plan.root_mount, tuple(m for m in plan.mounts if "host" in m.flags)
 
 
 def _socket_path(container: Container) -> Path:
@@ -104,15 +117,13 @@ async def _early_launcher(
     plan.root_dir.mkdir(exist_ok=True)
     setup = spec.render_setup(plan, container.handle, socket_path)
     launcher = Launcher(settings.init, container.path)
-    _launchers[container.handle] = launcher
-    _setups[container.handle] = setup
+    _launches[container.handle] = _Launch(launcher, _root_plan(plan))
     plan.network_namespace = launcher.network_namespace
     try:
         launcher.send(setup.encode())
         yield
     finally:
-        _setups.pop(container.handle, None)
-        _launchers.pop(container.handle).close()
+        _launches.pop(container.handle).launcher.close()
 
 
 @hookimpl
@@ -140,9 +151,9 @@ async def _launch(
 
 
 async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
-    launcher = _launchers[container.handle]
+    launcher, root = _launches[container.handle]
     socket_path = _socket_path(container)
-    if spec.render_setup(plan, container.handle, socket_path) != _setups.pop(container.handle):
+    if _root_plan(plan) != root:
         raise LaunchFailed(
             f"container {container.handle}: a plugin changed the root filesystem plan "
             "(root, root mount, host mounts) after the isolation plugin's preparation; "
