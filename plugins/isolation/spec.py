@@ -68,11 +68,6 @@ def _mount(m: Mount) -> str:
     return _line("mount", m.fstype, m.source, m.target, ",".join(m.flags) or "-", m.data or "-")
 
 
-def render(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
-    """The whole spec: :func:`render_setup`, then :func:`render_rest`."""
-    return render_setup(plan, hostname, socket_path) + render_rest(plan)
-
-
 def render_setup(plan: LaunchPlan, hostname: str, socket_path: Path) -> str:
     """The container's set-up: root, root mount, system mounts, devices, identity, socket, /proc.
 
