@@ -1331,6 +1331,7 @@ static int launch(void)
 	struct setup setup = { .r = { .fd = -1 }, .host = { .path = "/", .fd = -1 }, .listen_fd = -1 };
 	int ready[2], wstatus, fd, lineno = 0;
 	char buf[1024], text[32], *line;
+	cpu_set_t cpus;
 	FILE *in;
 	pid_t pid;
 
@@ -1376,6 +1377,12 @@ static int launch(void)
 	fclose(in); /* and its buffer: PID 1 would keep a copy */
 	if (!sp.root || !sp.socket)
 		die_msg("launch spec: no %s", sp.root ? "socket" : "root");
+	/* The daemon started the launcher off its own CPU (see launcher.py): the init
+	 * and its jobs may run on every CPU of their cpuset again. */
+	CPU_ZERO(&cpus);
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+		CPU_SET(cpu, &cpus);
+	TRY(sched_setaffinity(0, sizeof cpus, &cpus), "sched_setaffinity");
 	TRY(pipe2(ready, O_CLOEXEC), "pipe2");
 	TRY(pid = fork(), "fork");
 	if (pid == 0) {

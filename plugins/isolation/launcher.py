@@ -13,10 +13,16 @@ the container's veth meanwhile.
 posix_spawn (a vfork) with memfds for stdout and stderr costs half a
 ``subprocess.Popen`` and leaves no pipe to drain. The launcher gets an empty
 environment: the init keeps it, and the daemon's has no business in a container.
+
+A spawned process is queued on its parent's CPU. Measured on 2-vCPU VMs, the
+launcher then started only when the daemon blocked, 1.3 ms later, instead of
+on the idle CPU: so the daemon moves it off its own CPU (:func:`_run_elsewhere`),
+and the launcher widens its affinity again before it forks the init.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from pathlib import Path
@@ -25,6 +31,15 @@ import trio
 
 #: Bytes of the launcher's stdout (a pid) or stderr (one error message) read.
 MAX_OUTPUT = 64 * 1024
+
+_libc = ctypes.CDLL(None)
+
+
+def _run_elsewhere(pid: int) -> None:
+    """Let process *pid* run on any CPU the daemon may use but the one it runs on now."""
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) > 1:
+        os.sched_setaffinity(pid, allowed - {_libc.sched_getcpu()})
 
 
 class Launcher:
@@ -50,6 +65,7 @@ class Launcher:
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, not by C
                 setsigmask=(),
             )
+            _run_elsewhere(self.pid)
         except BaseException:
             self.close()
             raise

@@ -170,6 +170,21 @@ def test_cpuset_pins_jobs_to_the_given_core(daemon: Daemon, client: Client) -> N
         client.destroy(handle)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 cpus")
+def test_init_and_jobs_may_use_every_cpu_of_their_cpuset(daemon: Daemon, client: Client) -> None:
+    """The daemon starts each launcher off its own CPU; the init and its jobs get them all back."""
+    handle = client.create()
+    try:
+        cpus = client.call("limit", handle, "cpuset")
+        init_status = Path(f"/proc/{init_pid(daemon, handle)}/status").read_text().splitlines()
+        assert f"Cpus_allowed_list:\t{cpus}" in init_status
+        status, out, _ = client.run(handle, "grep Cpus_allowed_list /proc/self/status")
+        assert status == 0
+        assert out.split() == ["Cpus_allowed_list:", cpus]
+    finally:
+        client.destroy(handle)
+
+
 # -- pids ----------------------------------------------------------------------------------
 
 
