@@ -33,6 +33,17 @@ class Mount:
     data: str | None = None
 
 
+@dataclass(frozen=True)
+class NetworkNamespace:
+    """A container's network namespace as the launch plugin offers it before the init runs."""
+
+    #: An fd of the namespace (e.g. for ``IFLA_NET_NS_FD``).
+    fd: int
+    #: A ``NETLINK_ROUTE`` socket opened inside the namespace: rtnetlink requests
+    #: on it configure the namespace's devices, addresses and routes.
+    route_socket: int
+
+
 @dataclass
 class LaunchPlan:
     """What the sandbox must set up before the container's first process runs."""
@@ -47,11 +58,12 @@ class LaunchPlan:
     #: by writing ``0`` (itself) before it forks the init.
     cgroup_procs: list[Path] = field(default_factory=list)
     #: Set during prepare by a launch plugin that can: waits until the container's
-    #: network namespace exists, then gives an fd of it (the launch plugin's, open
+    #: network namespace exists, then gives it (fds the launch plugin owns, open
     #: until the prepare phase is undone), or None if it never will. A prepare
     #: plugin may then work in the namespace while the sandbox sets up (the net
-    #: plugin makes the container's veth); otherwise it waits for the sandbox.
-    network_namespace: Callable[[], Awaitable[int | None]] | None = None
+    #: plugin makes and configures the container's veth); otherwise it waits for
+    #: the sandbox.
+    network_namespace: Callable[[], Awaitable[NetworkNamespace | None]] | None = None
 
 
 @dataclass(frozen=True)

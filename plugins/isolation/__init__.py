@@ -29,7 +29,7 @@ import structlog
 import trio
 
 from plugins.isolation import spec
-from plugins.isolation.launcher import Launcher
+from plugins.isolation.launcher import Launcher, LaunchError
 from plugins.isolation.sandbox import InitSandbox, process_start_time
 from supervisor.config import Config, ConfigError
 from supervisor.container import Container
@@ -141,6 +141,8 @@ async def _launch(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sandbox.serve)
+            if not restoring:  # the launcher exits once the init is ready: reap it
+                nursery.start_soon(_launches[container.handle].launcher.wait)
             yield sandbox
             nursery.cancel_scope.cancel()
     finally:
@@ -152,30 +154,23 @@ async def _launch(
 
 async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
     launcher, root = _launches[container.handle]
-    socket_path = _socket_path(container)
     if _root_plan(plan) != root:
         raise LaunchFailed(
             f"container {container.handle}: a plugin changed the root filesystem plan "
             "(root, root mount, host mounts) after the isolation plugin's preparation; "
             "later plugins may only add mounts"
         )
-    returncode, out, err = await launcher.finish(spec.render_rest(plan).encode())
-    if returncode != 0:
-        reason = err.decode(errors="replace").strip() or f"exit status {returncode}"
-        raise LaunchFailed(f"container {container.handle}: {reason}")
-    pid = int(out)
+    try:
+        pid = await launcher.finish(spec.render_rest(plan).encode())
+    except LaunchError as exc:
+        raise LaunchFailed(f"container {container.handle}: {exc}") from None
     state = container.plugin_state(NAME)
     state.update(pid=pid, start_time=process_start_time(pid))
     container.save()
+    # The init is our child (the launcher's orphan: the daemon is a subreaper),
+    # so its pid stays its own until we reap it.
     pidfd = os.pidfd_open(pid)
-    try:
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        await sock.connect(str(socket_path))
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await InitSandbox(container, pid, pidfd, None).kill()
-        os.close(pidfd)
-        raise
+    sock = trio.socket.from_stdlib_socket(launcher.take_connection())
     return InitSandbox(container, pid, pidfd, sock)
 
 

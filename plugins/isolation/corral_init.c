@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <linux/capability.h>
 #include <linux/loop.h>
+#include <linux/netlink.h>
 #include <malloc.h>
 #include <arpa/inet.h>
 #include <net/if.h>
@@ -56,6 +57,7 @@ struct corral_open_how {
 #define MAX_FDS 8                  /* fds accepted with one message */
 #define MAX_FILE (4 * 1024 * 1024) /* largest /etc/passwd */
 #define SEND_TIMEOUT_SEC 2         /* a client that does not read is dropped */
+#define CONTROL_FD 3               /* the daemon's control socket, if it passed one */
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 extern char **environ;
@@ -547,6 +549,48 @@ static void pivot(int rootfd)
 	TRY(syscall(SYS_pivot_root, ".", "."), "pivot_root");
 	TRY(umount2(".", MNT_DETACH), "umount2 old root");
 	TRY(chdir("/"), "chdir /");
+}
+
+/* Send one message (NUL-terminated strings, LEN bytes) and NFDS fds on the
+ * control socket; false if fd 3 is no socket (no daemon passed one). */
+static bool tell_daemon(const char *msg, size_t len, const int *fds, size_t nfds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * 2)];
+	} control = { 0 };
+	struct iovec iov = { (void *)msg, len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (nfds) {
+		mh.msg_control = control.buf;
+		mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+	}
+	return sendmsg(CONTROL_FD, &mh, MSG_NOSIGNAL) >= 0;
+}
+
+/* Give the daemon the new network namespace: an fd of it and a NETLINK_ROUTE
+ * socket opened in it, so it makes and configures the container's devices while
+ * the launcher sets up. False (and fd 3 closed) if there is no control socket. */
+static bool report_namespace(void)
+{
+	static const char msg[] = "netns";
+	int fds[2];
+	bool sent;
+
+	TRY(fds[0] = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC), "open /proc/self/ns/net");
+	TRY(fds[1] = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE), "socket AF_NETLINK");
+	sent = tell_daemon(msg, sizeof msg, fds, 2);
+	close(fds[0]);
+	close(fds[1]);
+	if (!sent)
+		close(CONTROL_FD);
+	return sent;
 }
 
 /* Set-up state shared by the launcher and PID 1 (its fork). */
@@ -1276,7 +1320,7 @@ static noreturn void serve(struct server *s)
 	}
 }
 
-static noreturn void init_main(struct setup *setup, struct spec *sp, int ready_fd)
+static noreturn void init_main(struct setup *setup, struct spec *sp, int ready_fd, bool control)
 {
 	struct server s = { .sig_fd = -1 };
 	struct sigaction ign = { .sa_handler = SIG_IGN };
@@ -1298,6 +1342,16 @@ static noreturn void init_main(struct setup *setup, struct spec *sp, int ready_f
 	mallopt(M_TRIM_THRESHOLD, 128 * 1024);
 	for (int fd = 0; fd < 3; fd++) /* the launcher's caller waits for EOF on them */
 		TRY(dup2(s.devnull, fd), "dup2 /dev/null");
+	if (control) { /* served like an accepted client, after "ready" */
+		static const char ready[] = "ready";
+		struct timeval tv = { .tv_sec = SEND_TIMEOUT_SEC };
+
+		TRY(fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC), "fcntl control socket");
+		TRY(setsockopt(CONTROL_FD, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), "setsockopt SO_SNDTIMEO");
+		TRY(send(CONTROL_FD, ready, sizeof ready, MSG_NOSIGNAL), "send ready");
+		s.clients = xrealloc(NULL, sizeof(int));
+		s.clients[s.nclients++] = CONTROL_FD;
+	}
 	if (write(ready_fd, "ok\n", 3) != 3)
 		die("write ready");
 	close(ready_fd);
@@ -1331,15 +1385,17 @@ static int launch(void)
 	struct setup setup = { .r = { .fd = -1 }, .host = { .path = "/", .fd = -1 }, .listen_fd = -1 };
 	int ready[2], wstatus, fd, lineno = 0;
 	char buf[1024], text[32], *line;
+	bool control;
 	cpu_set_t cpus;
 	FILE *in;
 	pid_t pid;
 
 	/* The namespaces first: the daemon may start the launcher early and finish
-	 * its other preparations while they are made, then send the spec. Closing
-	 * fd 3 (a pipe, if the daemon passed one) tells it they exist. */
+	 * its other preparations while they are made, then send the spec. The
+	 * control socket (fd 3, if the daemon passed one) tells it they exist. */
 	TRY(unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID), "unshare");
-	TRY(close_range(3, ~0U, 0), "close_range");
+	TRY(close_range(CONTROL_FD + 1, ~0U, 0), "close_range");
+	control = report_namespace();
 	/* Nothing mounted from here on may propagate to the host. */
 	TRY(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "mount --make-rprivate /");
 	umask(0);
@@ -1387,9 +1443,14 @@ static int launch(void)
 	TRY(pid = fork(), "fork");
 	if (pid == 0) {
 		close(ready[0]);
-		init_main(&setup, &sp, ready[1]);
+		init_main(&setup, &sp, ready[1], control);
 	}
 	close(ready[1]);
+	if (control) { /* PID 1 keeps the control socket: the daemon's first connection */
+		int len = snprintf(text, sizeof text, "init%c%d", '\0', (int)pid);
+		tell_daemon(text, (size_t)len + 1, NULL, 0);
+		close(CONTROL_FD);
+	}
 	if (read_report(ready[0], buf, sizeof buf) == 3 && !strcmp(buf, "ok\n")) {
 		snprintf(text, sizeof text, "%d\n", (int)pid);
 		TRY(write(STDOUT_FILENO, text, strlen(text)), "write stdout");

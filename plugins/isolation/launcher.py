@@ -5,10 +5,15 @@ README.md here). Started as soon as the fs plugin has planned the root, it
 spends the time the other plugins take (cgroups, network) in a process of its
 own: :meth:`Launcher.send` gives it the container's set-up at once, which it
 applies while the daemon makes the cgroups; :meth:`Launcher.finish` sends the
-rest (the plan's own mounts, the cgroups, ``end``) and waits for the init's
-pid. The launcher closes its fd 3, a pipe, once it has unshared:
-:meth:`Launcher.network_namespace` waits for that, so the net plugin can make
-the container's veth meanwhile.
+rest (the plan's own mounts, the cgroups, ``end``) and waits until the init is
+ready.
+
+Its fd 3 is the other end of a ``SOCK_SEQPACKET`` pair, the *control socket*:
+the launcher sends the new network namespace on it as soon as it has unshared
+(:meth:`Launcher.network_namespace`, so the net plugin makes the container's
+veth meanwhile), then the init's pid; the init says ``ready`` on it and serves
+it as the daemon's connection (:meth:`Launcher.take_connection`). So the
+daemon neither waits for the launcher to exit nor connects to the init.
 
 posix_spawn (a vfork) with memfds for stdout and stderr costs half a
 ``subprocess.Popen`` and leaves no pipe to drain. The launcher gets an empty
@@ -25,12 +30,17 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 from pathlib import Path
 
 import trio
 
-#: Bytes of the launcher's stdout (a pid) or stderr (one error message) read.
+from supervisor.sandbox import NetworkNamespace
+
+#: Bytes of the launcher's stderr (one error message) read.
 MAX_OUTPUT = 64 * 1024
+#: Longest message on the control socket (``init PID``).
+MAX_MESSAGE = 256
 
 _libc = ctypes.CDLL(None)
 
@@ -42,16 +52,23 @@ def _run_elsewhere(pid: int) -> None:
         os.sched_setaffinity(pid, allowed - {_libc.sched_getcpu()})
 
 
+class LaunchError(Exception):
+    """The launcher failed; the message is its own (one line, naming the step)."""
+
+
 class Launcher:
     """One running ``corral-init launch``, waiting for its spec."""
 
     def __init__(self, init: Path, container_path: Path) -> None:
         self.pid: int | None = None
-        self._netns: int | None = None
+        self._namespace: NetworkNamespace | None = None
+        self._namespace_asked = False
+        self._first_message = trio.Lock()
         self._unsent = b""
         spec_read, self._spec = os.pipe2(os.O_CLOEXEC)
-        self._unshared, unshared_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._out = os.memfd_create("stdout", os.MFD_CLOEXEC)
+        control, launcher_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        control.setblocking(False)
+        self._control: socket.socket | None = control
         self._err = os.memfd_create("stderr", os.MFD_CLOEXEC)
         try:
             self.pid = os.posix_spawn(
@@ -59,8 +76,10 @@ class Launcher:
                 [str(init), "launch", str(container_path)],
                 {},
                 file_actions=[
-                    (os.POSIX_SPAWN_DUP2, fd, target)
-                    for target, fd in enumerate((spec_read, self._out, self._err, unshared_write))
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, spec_read, 0),
+                    (os.POSIX_SPAWN_DUP2, self._err, 2),
+                    (os.POSIX_SPAWN_DUP2, launcher_end.fileno(), 3),
                 ],
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, not by C
                 setsigmask=(),
@@ -71,31 +90,39 @@ class Launcher:
             raise
         finally:
             os.close(spec_read)
-            os.close(unshared_write)
+            launcher_end.close()
         os.set_blocking(self._spec, False)
 
-    async def network_namespace(self) -> int | None:
-        """An fd of the container's network namespace once the launcher made it (None: it failed).
-
-        The fd stays open until :meth:`close`.
-        """
-        if self._unshared >= 0:
-            await trio.lowlevel.wait_readable(self._unshared)  # EOF: it closed its end
-            self._close_unshared()
+    async def _receive(self) -> tuple[list[bytes], list[int]]:
+        """The next message on the control socket: its strings and fds (no strings: EOF)."""
+        assert self._control is not None
+        while True:
             try:
-                fd = os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                data, fds, _, _ = socket.recv_fds(
+                    self._control, MAX_MESSAGE, 2, socket.MSG_CMSG_CLOEXEC
+                )
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._control)
+                continue
             except OSError:
-                return None  # it died before unsharing; finish() tells why
-            if os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
-                os.close(fd)  # never expected; but nothing may be plumbed into the host's
-                return None
-            self._netns = fd
-        return self._netns
+                return [], []
+            return data.split(b"\0")[:-1], fds
 
-    def _close_unshared(self) -> None:
-        trio.lowlevel.notify_closing(self._unshared)
-        os.close(self._unshared)
-        self._unshared = -1
+    async def network_namespace(self) -> NetworkNamespace | None:
+        """The container's network namespace once the launcher made it (None: it failed).
+
+        Its fds stay open until :meth:`close`.
+        """
+        async with self._first_message:
+            if not self._namespace_asked:
+                self._namespace_asked = True
+                words, fds = await self._receive()
+                if words == [b"netns"] and len(fds) == 2 and not _is_ours(fds[0]):
+                    self._namespace = NetworkNamespace(*fds)
+                else:  # it died before unsharing (finish() tells why), or never expected
+                    for fd in fds:
+                        os.close(fd)
+        return self._namespace
 
     def send(self, part: bytes) -> None:
         """Send a first part of the spec, as much as the pipe takes now; :meth:`finish` the rest."""
@@ -107,8 +134,12 @@ class Launcher:
         except BrokenPipeError:
             self._unsent = b""  # it failed; finish() tells why
 
-    async def finish(self, part: bytes) -> tuple[int, bytes, bytes]:
-        """Send the last part of the spec; wait for the launcher to exit: its exit code, stdout and stderr."""
+    async def finish(self, part: bytes) -> int:
+        """Send the last part of the spec; wait until the init is ready: its host pid.
+
+        Raises:
+            LaunchError: with the launcher's own message.
+        """
         assert self.pid is not None
         view = memoryview(self._unsent + part)
         self._unsent = b""
@@ -122,17 +153,42 @@ class Launcher:
             pass  # it failed before reading it all; its stderr says why
         os.close(self._spec)
         self._spec = -1
+        await self.network_namespace()  # the first message, whoever asks for it
+        pid, ready = None, False
+        while pid is None or not ready:  # "init PID" (the launcher), "ready" (the init)
+            words, fds = await self._receive()
+            for fd in fds:
+                os.close(fd)
+            if not words:
+                raise LaunchError(await self._failure())
+            if words[0] == b"init" and len(words) == 2 and words[1].isdigit():
+                pid = int(words[1])
+            elif words == [b"ready"]:
+                ready = True
+        return pid
+
+    async def _failure(self) -> str:
+        """Wait for the failed launcher to exit: its error message."""
+        code = await self.wait()
+        message = os.pread(self._err, MAX_OUTPUT, 0).decode(errors="replace").strip()
+        return message or f"exit status {code}"
+
+    def take_connection(self) -> socket.socket:
+        """The control socket, served by the ready init from now on: the daemon's connection."""
+        sock, self._control = self._control, None
+        assert sock is not None
+        return sock
+
+    async def wait(self) -> int | None:
+        """Wait until the launcher exited and reap it: its exit code (it exits once the init is ready)."""
+        if self.pid is None:
+            return None
         pidfd = os.pidfd_open(self.pid)
         try:
             await trio.lowlevel.wait_readable(pidfd)
         finally:
             os.close(pidfd)
-        returncode = self._reap(os.WNOHANG)
-        return (
-            returncode if returncode is not None else -1,
-            os.pread(self._out, MAX_OUTPUT, 0),
-            os.pread(self._err, MAX_OUTPUT, 0),
-        )
+        return self._reap()
 
     def _reap(self, flags: int = 0) -> int | None:
         if self.pid is None:
@@ -151,10 +207,20 @@ class Launcher:
         if self.pid is not None:
             os.kill(self.pid, signal.SIGKILL)
             self._reap()
-        if self._unshared >= 0:
-            self._close_unshared()
-        for fd in (self._spec, self._out, self._err, self._netns):
-            if fd is not None and fd >= 0:
+        if self._control is not None:
+            trio.lowlevel.notify_closing(self._control)
+            self._control.close()
+            self._control = None
+        for fd in (self._spec, self._err):
+            if fd >= 0:
                 os.close(fd)
-        self._spec = self._out = self._err = -1
-        self._netns = None
+        self._spec = self._err = -1
+        if self._namespace is not None:
+            os.close(self._namespace.fd)
+            os.close(self._namespace.route_socket)
+            self._namespace = None
+
+
+def _is_ours(netns: int) -> bool:
+    """Whether *netns* is the daemon's own network namespace (never expected; nothing may be plumbed there)."""
+    return os.fstat(netns).st_ino == os.stat("/proc/self/ns/net").st_ino

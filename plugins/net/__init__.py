@@ -7,9 +7,9 @@ daemon: egress denied by default (``net out`` opens a destination), host ports
 forwarded with DNAT (``net in``), outbound NAT for Corral's own subnets only.
 See README.md here for the config keys and what the rules do.
 
-The address is reserved at prepare, and the veth made as soon as the launch
-plugin has made the container's network namespace (``LaunchPlan.network_namespace``),
-while the container's init still sets up; attach has the init configure ``eth0``.
+The address is reserved at prepare, and the veth made and ``eth0`` configured as
+soon as the launch plugin has made the container's network namespace
+(``LaunchPlan.network_namespace``), while the container's init still sets up.
 
 Modules: :mod:`.settings` (the ``[net]`` table), :mod:`.pool` (address, port and
 name pools, pure), :mod:`.rules` (the nftables JSON, pure), :mod:`.firewall`
@@ -36,7 +36,7 @@ from supervisor.errors import InvalidRequest
 from supervisor.hookspecs import hookimpl
 from supervisor.plugins import context_nursery
 from supervisor.protocol import Args
-from supervisor.sandbox import LaunchPlan
+from supervisor.sandbox import LaunchPlan, NetworkNamespace
 
 _network: Network | None = None
 
@@ -97,11 +97,11 @@ class _EarlyVeth:
         self.error: Exception | None = None
         self.done = trio.Event()
 
-    async def make(self, namespace: Callable[[], Awaitable[int | None]]) -> None:
+    async def make(self, namespace: Callable[[], Awaitable[NetworkNamespace | None]]) -> None:
         try:
             netns = await namespace()
             if netns is not None and self.att is not None:
-                await network().plumb(self.att, netns)
+                await network().plumb(self.att, netns.fd, netns.route_socket)
                 self.plumbed = True
         except Exception as exc:  # attach reports it
             self.error = exc
@@ -109,7 +109,7 @@ class _EarlyVeth:
             self.done.set()
 
     async def take(self) -> tuple[Attachment, bool]:
-        """The attachment, and whether its veth is made (no namespace came: not yet)."""
+        """The attachment, and whether its veth is made and configured (no namespace came: not yet)."""
         await self.done.wait()
         if self.error is not None:
             raise self.error

@@ -6,7 +6,9 @@ other functions block; the plugin calls them through ``trio.to_thread.run_sync``
 each with an ``IPRoute`` of its own. The daemon never enters a container's
 namespace (``setns`` in a threaded process moves only one thread, see
 DESIGN.md): the container end of a veth is created directly in the
-container's namespace (``net_ns_fd``) and configured by the container's init
+container's namespace (``net_ns_fd``) and configured with rtnetlink requests
+on a socket the launcher opened in that namespace, or, for a namespace that
+came without one (a veth re-created after a restart), by the container's init
 (see ``Sandbox.configure_interface``).
 """
 
@@ -106,6 +108,30 @@ async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None)
         with trio.CancelScope(shield=True):
             await delete_link(device)
         raise
+
+
+async def configure_container_end(device: str, route_socket: int, lease: Lease) -> None:
+    """Give ``eth0``, the container end of veth *device*, the lease's address, raise it
+    and route by the lease's gateway, with rtnetlink requests on *route_socket* (a
+    NETLINK_ROUTE socket opened in the container's network namespace).
+
+    Raises:
+        LinkError: naming the device and the kernel's reason; the veth is deleted.
+    """
+    rtnl = netlink.RouteSocket(route_socket)
+    try:
+        index = rtnl.index_of(CONTAINER_IFNAME)
+        await rtnl.request(netlink.new_address(index, str(lease.address), lease.prefixlen))
+        await rtnl.request(netlink.set_up(index))
+        await rtnl.request(netlink.new_default_route(str(lease.gateway)))
+    except BaseException as exc:
+        with trio.CancelScope(shield=True):
+            await delete_link(device)
+        if isinstance(exc, OSError):
+            raise LinkError(f"{CONTAINER_IFNAME} of veth {device}: {exc.strerror}") from exc
+        raise
+    finally:
+        rtnl.close()
 
 
 async def delete_link(device: str) -> bool:

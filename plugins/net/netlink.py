@@ -11,13 +11,14 @@ socket, one request at a time, each waiting for its acknowledgement. Dumps
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import struct
 
 import trio
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 #: struct nlmsghdr: length, type, flags, sequence number, port id.
@@ -26,6 +27,11 @@ _HEADER = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 #: struct ifaddrmsg: family, prefix length, flags, scope, index.
 _IFADDR = struct.Struct("=BBBBI")
+#: struct rtmsg: family, dst/src length, tos, table, protocol, scope, type, flags.
+_RTMSG = struct.Struct("=BBBBBBBBI")
+#: struct ifreq with an int (ifr_ifindex), for SIOCGIFINDEX.
+_IFREQ_INDEX = struct.Struct("=16si20x")
+SIOCGIFINDEX = 0x8933
 _ERROR_CODE = struct.Struct("=i")
 _U32 = struct.Struct("=I")
 
@@ -33,6 +39,8 @@ IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 3, 10, 18, 28
 IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 31, 32
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+RTA_GATEWAY = 5
+RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 NLA_F_NESTED = 0x8000
 
 
@@ -76,6 +84,23 @@ def new_address(index: int, address: str, prefixlen: int) -> tuple[int, int, byt
     return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body
 
 
+def set_up(index: int) -> tuple[int, int, bytes]:
+    """RTM_NEWLINK: bring device *index* up."""
+    return RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
+
+
+def new_default_route(gateway: str) -> tuple[int, int, bytes]:
+    """RTM_NEWROUTE: the IPv4 default route by *gateway* in the main table."""
+    body = _RTMSG.pack(
+        socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0
+    )
+    return (
+        RTM_NEWROUTE,
+        NLM_F_CREATE | NLM_F_EXCL,
+        body + _attr(RTA_GATEWAY, socket.inet_aton(gateway)),
+    )
+
+
 def delete_link(device: str) -> tuple[int, int, bytes]:
     """RTM_DELLINK of *device* by name."""
     return (
@@ -86,12 +111,34 @@ def delete_link(device: str) -> tuple[int, int, bytes]:
 
 
 class RouteSocket:
-    """A NETLINK_ROUTE socket opened on first use; requests are serialized."""
+    """A NETLINK_ROUTE socket opened on first use; requests are serialized.
 
-    def __init__(self) -> None:
+    Given *fd*, a NETLINK_ROUTE socket opened in another network namespace (a
+    container's), it works on a duplicate of that socket, in that namespace.
+    """
+
+    def __init__(self, fd: int | None = None) -> None:
         self._sock: trio.socket.SocketType | None = None
+        if fd is not None:
+            self._sock = trio.socket.from_stdlib_socket(socket.socket(fileno=os.dup(fd)))
         self._lock = trio.Lock()
         self._sequence = 0
+
+    def index_of(self, device: str) -> int:
+        """The index of *device* in the socket's network namespace.
+
+        Raises:
+            OSError: no such device (ENODEV).
+        """
+        request = _IFREQ_INDEX.pack(device.encode(), 0)
+        return int(
+            _IFREQ_INDEX.unpack(fcntl.ioctl(self._socket().fileno(), SIOCGIFINDEX, request))[1]
+        )
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _socket(self) -> trio.socket.SocketType:
         if self._sock is None:

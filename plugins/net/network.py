@@ -185,7 +185,8 @@ class Network:
     async def attach(
         self, container: Container, att: Attachment | None = None, plumbed: bool = False
     ) -> None:
-        """Give a new container its network (*att* reserved, and *plumbed*, already); on failure leave nothing.
+        """Give a new container its network (*att* reserved, and *plumbed* and configured,
+        already); on failure leave nothing.
 
         Raises:
             NoCapacity: the address pool (or bridge subnet) is exhausted.
@@ -200,7 +201,7 @@ class Network:
             if not plumbed:
                 with links.network_namespace_of(sandbox.pid) as netns:
                     await self.plumb(att, netns)
-            await self._configure(att, sandbox)
+                await self._configure(att, sandbox)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.abandon(container, att, made=False)
@@ -289,8 +290,10 @@ class Network:
         await self._teardown(att, quarantine=True)
         container.log.info("network released", address=att.lease.cidr, device=att.device)
 
-    async def plumb(self, att: Attachment, netns: int) -> None:
-        """Make the container's veth, ``eth0`` in the network namespace *netns* (an fd).
+    async def plumb(self, att: Attachment, netns: int, route_socket: int | None = None) -> None:
+        """Make the container's veth, ``eth0`` in the network namespace *netns* (an fd);
+        with *route_socket* (a NETLINK_ROUTE socket opened in that namespace) configure
+        ``eth0`` too, else :meth:`attach` has the init do it.
 
         Needs no sandbox: it may run while the container's init sets up. On
         failure it removes what it made (a device of that name it did not make stays).
@@ -307,6 +310,8 @@ class Network:
                     links.ensure_bridge, bridge_device, att.lease.gateway_cidr
                 )
         await links.create_veth(att.device, netns, att.lease, bridge_device)
+        if route_socket is not None:
+            await links.configure_container_end(att.device, route_socket, att.lease)
 
     async def _configure(self, att: Attachment, sandbox: Sandbox) -> None:
         try:

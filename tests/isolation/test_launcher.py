@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import trio
 from plugins.isolation.launcher import Launcher
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
+
+SIOCGSKNS = 0x894C
 
 
 def test_network_namespace_is_reported_before_the_spec(
@@ -23,15 +26,23 @@ def test_network_namespace_is_reported_before_the_spec(
         launcher = Launcher(init, tmp_path)
         try:
             with trio.fail_after(10):
-                fd = await launcher.network_namespace()
-            assert fd is not None
+                namespace = await launcher.network_namespace()
+            assert namespace is not None
             assert launcher.pid is not None  # still waiting for its spec
-            assert os.fstat(fd).st_ino == os.stat(f"/proc/{launcher.pid}/ns/net").st_ino != host
-            assert await launcher.network_namespace() == fd  # asked again: the same fd
+            netns = os.fstat(namespace.fd).st_ino
+            assert netns == os.stat(f"/proc/{launcher.pid}/ns/net").st_ino != host
+            # The route socket was opened in that namespace (SIOCGSKNS: the socket's namespace).
+            socket_netns = fcntl.ioctl(namespace.route_socket, SIOCGSKNS)
+            try:
+                assert os.fstat(socket_netns).st_ino == netns
+            finally:
+                os.close(socket_netns)
+            assert await launcher.network_namespace() == namespace  # asked again: the same
         finally:
             launcher.close()
-        with pytest.raises(OSError):
-            os.fstat(fd)  # closed with the launcher
+        for fd in (namespace.fd, namespace.route_socket):
+            with pytest.raises(OSError):
+                os.fstat(fd)  # closed with the launcher
 
     trio.run(main)
 

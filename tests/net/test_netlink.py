@@ -7,9 +7,10 @@ import struct
 from typing import Any
 
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from plugins.net import netlink
 
@@ -47,6 +48,19 @@ def test_new_address() -> None:
     assert (kind, flags) == (RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
     assert (msg["family"], msg["prefixlen"], msg["index"]) == (socket.AF_INET, 30, 31)
     assert msg.get_attr("IFA_LOCAL") == msg.get_attr("IFA_ADDRESS") == "10.254.0.1"
+
+
+def test_set_up() -> None:
+    kind, flags, msg = _decode(ifinfmsg, netlink.set_up(5))
+    assert (kind, flags) == (RTM_NEWLINK, 0)
+    assert msg["index"] == 5 and msg["flags"] & IFF_UP and msg["change"] & IFF_UP
+
+
+def test_new_default_route() -> None:
+    kind, flags, msg = _decode(rtmsg, netlink.new_default_route("10.254.0.1"))
+    assert (kind, flags) == (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)
+    assert (msg["family"], msg["dst_len"], msg["table"], msg["type"]) == (socket.AF_INET, 0, 254, 1)
+    assert msg.get_attr("RTA_GATEWAY") == "10.254.0.1"
 
 
 def test_delete_link() -> None:
