@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from supervisor.depot import Depot, read_record
 from tests.conftest import NOTHING_LEFT, Daemon, leftovers
@@ -81,6 +82,27 @@ def test_half_created_container_is_cleaned_at_start(fresh_daemon: Daemon) -> Non
     assert record is not None
     record["state"] = "born"
     depot.save(handle, record)
+    d.start()
+    with d.client() as c:
+        assert handle not in c.list()
+    deadline = time.monotonic() + 5
+    while leftovers(d)["depot"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers(d) == NOTHING_LEFT
+
+
+def test_container_with_only_its_first_record_is_cleaned_at_start(fresh_daemon: Daemon) -> None:
+    """A daemon killed mid-create, after the init started but before any plugin state was
+    saved (create saves the record when it starts and when the container is active)."""
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create()
+    d.kill9()
+    depot = Depot(d.depot)
+    record = dict(depot.records())[handle]
+    assert record is not None and record["plugins"]
+    depot.save(handle, {**record, "state": "born", "plugins": {}})
+    assert Path(f"/proc/{record['plugins']['isolation']['pid']}").exists()  # the init lives
     d.start()
     with d.client() as c:
         assert handle not in c.list()

@@ -207,9 +207,9 @@ async def _cgroups(container: Container, plan: LaunchPlan, restoring: bool) -> A
         # directories, if any, are where this layout puts them.
         group = ContainerCgroups.plan(settings.layout, settings.parent, container.handle)
     if not restoring:
-        # Recorded before the first mkdir, so a crash right after still finds them.
+        # Saved with the container's next record. A daemon that dies before that
+        # finds the directories where the layout puts them (above) at its start.
         state["dirs"] = group.to_state()
-        container.save()
     try:
         async with context_nursery() as nursery:
             if not restoring:

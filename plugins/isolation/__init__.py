@@ -164,9 +164,10 @@ async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
         pid = await launcher.finish(spec.render_rest(plan).encode())
     except LaunchError as exc:
         raise LaunchFailed(f"container {container.handle}: {exc}") from None
+    # Saved with the container's next record (active). A daemon that dies before
+    # that kills the init at its start, found by its cmdline (corral_startup).
     state = container.plugin_state(NAME)
     state.update(pid=pid, start_time=process_start_time(pid))
-    container.save()
     # The init is our child (the launcher's orphan: the daemon is a subreaper),
     # so its pid stays its own until we reap it.
     pidfd = os.pidfd_open(pid)

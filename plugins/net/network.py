@@ -178,8 +178,10 @@ class Network:
         ingress = device if bridge is None else self.settings.bridge_device(bridge)
         att = Attachment(container.handle, ident, device, ingress, bridge, lease)
         self.attachments[att.handle] = att
-        # Recorded before any device exists, so a crash from here on is cleaned up at restart.
-        self._save(container, att)
+        # Saved with the container's next record. A daemon that dies before that
+        # leaves nothing to give back: the pool lives in memory, and the veth goes
+        # with the container's network namespace when its init is killed.
+        self._record(container, att)
         return att
 
     async def attach(
@@ -354,10 +356,13 @@ class Network:
         if self.attachments.get(att.handle) is att:
             del self.attachments[att.handle]
 
-    def _save(self, container: Container, att: Attachment) -> None:
+    def _record(self, container: Container, att: Attachment) -> None:
         state = container.plugin_state(NAME)
         state.clear()
         state.update(att.to_state())
+
+    def _save(self, container: Container, att: Attachment) -> None:
+        self._record(container, att)
         container.save()
 
     # -- commands -------------------------------------------------------------------
