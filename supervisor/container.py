@@ -110,12 +110,24 @@ class Container:
         #: daemon process holds and leave the container running for the next daemon.
         self.detaching = False
         self._stopping = trio.Lock()
+        self._after_destroy: list[Callable[[], None]] = []
 
     # -- plugin-facing API ---------------------------------------------------
 
     def plugin_state(self, plugin: str) -> dict[str, Any]:
         """The persisted scratch space of *plugin* for this container (call :meth:`save` after changing it)."""
         return self._plugin_state.setdefault(plugin, {})
+
+    def after_destroy(self, cleanup: Callable[[], None]) -> None:
+        """Have the core run the blocking *cleanup* in a worker thread once destroy has
+        replied, before it deletes the container's directory: for a last reference to a
+        kernel object whose teardown waits for the disk (see the isolation plugin)."""
+        self._after_destroy.append(cleanup)
+
+    def take_cleanups(self) -> list[Callable[[], None]]:
+        """The cleanups registered with :meth:`after_destroy` (for the core), once."""
+        cleanups, self._after_destroy = self._after_destroy, []
+        return cleanups
 
     def save(self) -> None:
         """Write the container's record to the depot, atomically."""

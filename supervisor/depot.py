@@ -18,7 +18,8 @@ the machine (containers do not survive a reboot either). A directory with
 ``state.N.json`` files (Corral before the slots) is read and rewritten in slots.
 
 Destroy moves a container's directory into ``.trash`` (one rename) and deletes
-it after the reply: deleting a container's dozen files and directories costs
+it after the reply, after the cleanups its plugins registered with
+``Container.after_destroy``: deleting a container's dozen files and directories costs
 about a millisecond, most of a destroy's own work. Whatever a daemon leaves
 in the trash, the next one deletes at start.
 """

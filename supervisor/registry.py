@@ -11,6 +11,7 @@ import math
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,11 @@ class Supervisor:
         #: Resources of the ``limit`` command, by name.
         self.limits = hooks.limit_resources()
         self._nursery: trio.Nursery | None = None
-        # Directories of destroyed containers, deleted one at a time after the reply.
-        self._trash_send, self._trash_receive = trio.open_memory_channel[Path](math.inf)
+        # Directories of destroyed containers, deleted one at a time after the reply,
+        # each after the cleanups its plugins left (Container.after_destroy).
+        self._trash_send, self._trash_receive = trio.open_memory_channel[
+            tuple[Path, list[Callable[[], None]]]
+        ](math.inf)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the containers' tasks: recover the depot, then serve until cancelled."""
@@ -104,7 +108,7 @@ class Supervisor:
             self._nursery = nursery
             nursery.start_soon(self._empty_trash)
             for path in self.depot.trash_left():
-                self._trash_send.send_nowait(path)
+                self._trash_send.send_nowait((path, []))
             await self._recover()
             await self.hooks.startup(frozenset(self.containers))
             task_status.started()
@@ -182,18 +186,21 @@ class Supervisor:
                 if not container.detaching:
                     container.state = State.DESTROYED
                     trash = self.depot.discard(container.handle)
+                    cleanups = container.take_cleanups()
                     if trash is not None:
-                        self._trash_send.send_nowait(trash)
-                    else:
+                        self._trash_send.send_nowait((trash, cleanups))
+                    else:  # not moved: deleted in place, before the reply
                         with trio.CancelScope(shield=True):
-                            await trio.to_thread.run_sync(self.depot.remove, container.handle)
+                            await trio.to_thread.run_sync(
+                                _clean_up, self.depot.path(container.handle), cleanups
+                            )
                     container.log.info("container destroyed")
             finally:
                 container.finished.set()
 
     async def _empty_trash(self) -> None:
-        async for path in self._trash_receive:
-            await trio.to_thread.run_sync(shutil.rmtree, path, True)
+        async for path, cleanups in self._trash_receive:
+            await trio.to_thread.run_sync(_clean_up, path, cleanups)
 
     async def _recover(self) -> None:
         """Re-adopt the containers in the depot; release the half-created ones."""
@@ -214,3 +221,13 @@ class Supervisor:
                 container.log.exception("container could not be restored; released")
             else:
                 container.log.info("container restored", state=str(container.state))
+
+
+def _clean_up(path: Path, cleanups: list[Callable[[], None]]) -> None:
+    """Run a destroyed container's cleanups, then delete its directory (never raises)."""
+    for cleanup in cleanups:
+        try:
+            cleanup()
+        except Exception:
+            log.exception("clean-up after destroy failed", path=str(path))
+    shutil.rmtree(path, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,10 +66,14 @@ def test_third_party_hooks_run_on_create_and_destroy(
             assert c.info(handle)["testplugin"] == "hi"
             assert c.call("testplugin-hello", "world") == "hello world"
             c.destroy(handle)
+        deadline = time.monotonic() + 5  # the clean-up runs after the reply
+        while len(log.read_text().splitlines()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
         lines = log.read_text().splitlines()
         assert lines[0] == f"acquire {handle} restoring=False"
         assert lines[1].startswith(f"attach {handle} pid=")
         assert lines[2] == f"release {handle} detaching=False"
+        assert lines[3] == f"after destroy {handle}"
     finally:
         d.close()
 
@@ -133,11 +138,12 @@ def test_failure_half_way_through_create_rolls_back(
                 c.create({"handle": "doomed"})
             assert c.list() == []
             assert c.ping() == "pong"
+        assert leftovers(d) == NOTHING_LEFT  # waits for the trash: the clean-ups ran before
         assert log.read_text().splitlines() == [
             "acquire doomed restoring=False",
             "release doomed detaching=False",
+            "after destroy doomed",
         ]
-        assert leftovers(d) == NOTHING_LEFT
     finally:
         d.close()
 

@@ -15,9 +15,11 @@ another directory with ``rootfs``.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +171,9 @@ async def _layers(container: Container, plan: LaunchPlan, restoring: bool) -> As
     finally:
         await command.copies.abandon(container.handle)
         if not container.detaching and size_mb is not None:
-            await _release_loops(container, image)
+            # The image is mounted in the container's mount namespace, which goes
+            # after destroy has replied (see the isolation plugin's InitSandbox.kill).
+            container.after_destroy(partial(_release_loops, container, image))
         # The layers, the image and the mount points are in the container's
         # directory, which the core removes next.
 
@@ -185,12 +189,15 @@ async def _make_image(container: Container, size_mb: int) -> None:
     container.log.debug("disk image made", size_mb=size_mb, seconds=trio.current_time() - start)
 
 
-async def _release_loops(container: Container, image: Path) -> None:
-    """Wait until the kernel released the container's loop device (autoclear); detach a straggler."""
-    with trio.move_on_after(LOOP_RELEASE_WAIT):
-        while await trio.to_thread.run_sync(quota.loops_of, image):
-            await trio.sleep(0.02)
-    for name in await trio.to_thread.run_sync(quota.loops_of, image):
+def _release_loops(container: Container, image: Path) -> None:
+    """Wait until the kernel released the container's loop device (autoclear); detach a straggler.
+
+    Blocking: run after destroy, in a worker thread.
+    """
+    deadline = time.monotonic() + LOOP_RELEASE_WAIT
+    while quota.loops_of(image) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for name in quota.loops_of(image):
         container.log.warning("loop device still attached after destroy; detaching", device=name)
         quota.detach(name)
 

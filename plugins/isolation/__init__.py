@@ -4,7 +4,9 @@ Each container is a ``corral-init`` process (C, see README.md here) in new pid,
 mount, uts, ipc and network namespaces, pivoted into the root the launch plan
 describes. The daemon talks to it over a Unix socket in the container's depot
 directory. Killing the init releases every namespace and mount of the container
-at once, so nothing is left behind even if the daemon died half-way. The
+at once, so nothing is left behind even if the daemon died half-way (on
+destroy the daemon holds the mount namespace a little longer, see
+``InitSandbox.kill``). The
 launcher starts as soon as the filesystem plugin has planned the root: it
 makes the namespaces and mounts the root while the other plugins prepare
 (:mod:`.launcher`); the launch then adds the plan's other mounts and the

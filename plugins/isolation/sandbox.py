@@ -11,6 +11,7 @@ import array
 import os
 import signal
 import socket
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -70,6 +71,13 @@ class InitSandbox:
         self.pid = pid
         self._pidfd = pidfd
         self._sock = sock
+        # The daemon's own reference to the container's mount namespace (see kill).
+        self._mount_namespace: int | None = None
+        if pidfd is not None:
+            try:
+                self._mount_namespace = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # the init is gone already
         self._lock = trio.Lock()
         self._replies_send, self._replies = trio.open_memory_channel[list[str]](1)
         self._alive = pidfd is not None and sock is not None
@@ -135,7 +143,15 @@ class InitSandbox:
             pass
 
     async def kill(self) -> None:
-        """SIGKILL the init and wait for it."""
+        """SIGKILL the init and wait for it.
+
+        Its mounts outlive it: the daemon still holds the mount namespace, whose
+        teardown unmounts the root overlay, and an overlay's unmount syncs the
+        whole filesystem of its writable layer (the host's, usually), about as
+        long as the rest of a destroy. The daemon drops that reference after
+        destroy has replied (``Container.after_destroy``); only then are the
+        mounts gone, and the container's directory deleted.
+        """
         if self._pidfd is None:
             return
         self.terminate()
@@ -144,11 +160,18 @@ class InitSandbox:
         self.reap()
 
     def close(self) -> None:
+        """Close what the daemon holds; the mount namespace after destroy, unless detaching."""
         if self._sock is not None:
             self._sock.close()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        if self._mount_namespace is not None:
+            if self.container.detaching:  # the init lives on, and holds it
+                os.close(self._mount_namespace)
+            else:
+                self.container.after_destroy(partial(os.close, self._mount_namespace))
+            self._mount_namespace = None
 
     async def _request(self, message: bytes, fds: tuple[int, ...] = ()) -> list[str]:
         if not self._alive or self._sock is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,10 @@ def test_writing_past_the_limit_fails_with_enospc_inside_only(
         assert len(_loops_of(daemon)) == 1
     finally:
         client.destroy(handle)
+    # The loop device goes with the container's mount namespace, just after the reply.
+    deadline = time.monotonic() + 5
+    while _loops_of(daemon) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert _loops_of(daemon) == []
     assert leftovers(daemon)["mounts"] == []
     assert not (daemon.depot / handle).exists()
@@ -110,5 +115,8 @@ def test_quota_survives_a_daemon_restart_and_crash_leftovers_are_detached(
         assert c.info(handle)["disk_stat"]["limit"] == 32 * MB
         assert len(_loops_of(fresh_daemon)) == 1
         c.destroy(handle)
+    deadline = time.monotonic() + 5  # released just after the reply
+    while _loops_of(fresh_daemon) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert _loops_of(fresh_daemon) == []
     assert leftovers(fresh_daemon)["mounts"] == []

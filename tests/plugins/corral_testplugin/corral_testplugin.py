@@ -1,4 +1,4 @@
-"""A small third-party plugin: records its hooks in a log file.
+"""A small third-party plugin: records its hooks (and a clean-up after destroy) in a log file.
 
 Config ``[testplugin]``: ``log`` (file to append to), ``fail_attach`` (raise in
 the attach phase, to test that create rolls back), ``bind`` (a host directory
@@ -52,6 +52,9 @@ def corral_container_prepare(container: Any, plan: Any, restoring: bool) -> Any:
             yield
         finally:
             _note(f"release {container.handle} detaching={container.detaching}")
+            if not container.detaching:
+                handle = container.handle
+                container.after_destroy(lambda: _note(f"after destroy {handle}"))
 
     return resource()
 
