@@ -31,7 +31,7 @@ import structlog
 import trio
 
 from plugins.isolation import spec
-from plugins.isolation.launcher import Launcher, LaunchError
+from plugins.isolation.launcher import Launcher, LaunchError, Zygote
 from plugins.isolation.sandbox import InitSandbox, process_start_time
 from supervisor.config import Config, ConfigError
 from supervisor.container import Container
@@ -58,6 +58,8 @@ class _Settings:
 
 
 settings = _Settings()
+#: Forks every launcher (started on first use, stopped at shutdown).
+_zygote: Zygote | None = None
 
 
 @hookimpl
@@ -73,6 +75,10 @@ def corral_configure(config: Config) -> None:
             f"[{NAME}] init: {settings.init} is not an executable; build it with "
             f"`python -m plugins.isolation.build {settings.init}`"
         )
+    global _zygote
+    if _zygote is not None:
+        _zygote.close()
+    _zygote = Zygote(settings.init)
 
 
 @hookimpl  # right after fs (see BUILTIN_PLUGINS): the launcher works while the others prepare
@@ -118,7 +124,7 @@ async def _early_launcher(
     socket_path = _socket_path(container)
     plan.root_dir.mkdir(exist_ok=True)
     setup = spec.render_setup(plan, container.handle, socket_path)
-    launcher = Launcher(settings.init, container.path)
+    launcher = Launcher(settings.init, container.path, _zygote)
     _launches[container.handle] = _Launch(launcher, _root_plan(plan))
     plan.network_namespace = launcher.network_namespace
     try:
@@ -191,6 +197,13 @@ async def _reconnect(container: Container) -> InitSandbox:
         sock.close()
         return InitSandbox(container, pid, pidfd, None)
     return InitSandbox(container, pid, pidfd, sock)
+
+
+@hookimpl
+def corral_shutdown() -> None:
+    """Stop the zygote; running containers and launchers go on."""
+    if _zygote is not None:
+        _zygote.close()
 
 
 @hookimpl

@@ -1462,10 +1462,94 @@ static int launch(void)
 	die_msg("init exited during set-up (wait status %d)", wstatus);
 }
 
+/* ---- zygote ------------------------------------------------------------ */
+
+/* Write "launch\0LABEL\0" over the argument strings from argv[1] on (the rest
+ * zeroed), so /proc/PID/cmdline of the launcher and of PID 1 is what an exec of
+ * `corral-init launch LABEL` gives. False if it does not fit. */
+static bool set_label(int argc, char **argv, const char *label)
+{
+	char *start = argv[1], *end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
+	size_t need = sizeof "launch" + strlen(label) + 1;
+
+	if (need > (size_t)(end - start))
+		return false;
+	memset(start, 0, (size_t)(end - start));
+	memcpy(start, "launch", sizeof "launch");
+	memcpy(start + sizeof "launch", label, strlen(label) + 1);
+	return true;
+}
+
+/* `corral-init zygote ROOM`: on fd 3 (a SOCK_SEQPACKET socket), requests
+ * "launch\0LABEL\0CPU\0" with three fds: the spec (stdin), stderr and the
+ * control socket of one launcher. It forks a launcher for each, as if
+ * `corral-init launch LABEL` had been exec'd with those fds, kept off CPU (the
+ * daemon's; -1: none). ROOM is a long argument whose space holds LABEL. Exits
+ * at EOF (the daemon is gone). Its children are reaped by the kernel. */
+static noreturn void zygote(int argc, char **argv)
+{
+	struct sigaction ign = { .sa_handler = SIG_IGN }, dfl = { .sa_handler = SIG_DFL };
+
+	TRY(sigaction(SIGCHLD, &ign, NULL), "sigaction SIGCHLD");
+	for (;;) {
+		union {
+			struct cmsghdr align;
+			char buf[CMSG_SPACE(sizeof(int) * 3)];
+		} control;
+		char buf[512], *label, *cpu_text;
+		int fds[3], nfds = 0;
+		struct iovec iov = { buf, sizeof buf - 1 };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+				     .msg_controllen = sizeof control.buf };
+		ssize_t n = recvmsg(CONTROL_FD, &mh, MSG_CMSG_CLOEXEC);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			exit(n == 0 ? 0 : 1);
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+			if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+				for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 3; k++)
+					memcpy(&fds[nfds++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+		buf[n] = '\0';
+		label = buf + strlen(buf) + 1;
+		cpu_text = label < buf + n ? label + strlen(label) + 1 : buf + n;
+		if (nfds == 3 && !strcmp(buf, "launch") && cpu_text < buf + n) {
+			pid_t pid = fork();
+
+			if (pid == 0) {
+				int cpu = atoi(cpu_text);
+				cpu_set_t cpus;
+
+				TRY(sigaction(SIGCHLD, &dfl, NULL), "sigaction SIGCHLD");
+				if (dup2(fds[0], STDIN_FILENO) < 0 || dup2(fds[1], STDERR_FILENO) < 0 ||
+				    dup2(fds[2], CONTROL_FD) < 0)
+					die("dup2");
+				TRY(close_range(CONTROL_FD + 1, ~0U, 0), "close_range");
+				if (!set_label(argc, argv, label))
+					die_msg("zygote: label too long: %s", label);
+				/* Off the daemon's CPU, as launcher.py does for an exec'd launcher. */
+				if (cpu >= 0 && sched_getaffinity(0, sizeof cpus, &cpus) == 0 &&
+				    CPU_ISSET(cpu, &cpus) && CPU_COUNT(&cpus) > 1) {
+					CPU_CLR(cpu, &cpus);
+					sched_setaffinity(0, sizeof cpus, &cpus);
+				}
+				exit(launch());
+			}
+			if (pid < 0)
+				dprintf(fds[1], "corral-init: fork: %s\n", strerror(errno));
+		}
+		for (int k = 0; k < nfds; k++)
+			close(fds[k]);
+	}
+}
+
 /* Arguments after "launch" are ignored: PID 1 keeps them in its cmdline, as a label. */
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && !strcmp(argv[1], "launch"))
 		return launch();
-	die_msg("usage: corral-init launch [LABEL...] < SPEC");
+	if (argc == 3 && !strcmp(argv[1], "zygote"))
+		zygote(argc, argv);
+	die_msg("usage: corral-init launch [LABEL...] < SPEC | corral-init zygote ROOM");
 }
