@@ -47,6 +47,7 @@ def test_200_create_destroy_cycles_leave_nothing(fresh_daemon: Daemon) -> None:
                 assert c.run(handle, "echo hi") == [0, "hi\n", ""]
             c.destroy(handle)
         assert c.list() == []
-    # No process of the containers is left (leftovers), and nothing else holds a namespace.
-    assert set(_namespace_holders(daemon)) <= holders_before
+    # No process of the containers is left (leftovers, which waits until the trash is
+    # empty: the mount namespaces are let go just before), and nothing holds a namespace.
     assert leftovers(daemon) == NOTHING_LEFT
+    assert set(_namespace_holders(daemon)) <= holders_before
