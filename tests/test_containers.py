@@ -48,6 +48,20 @@ def test_unprivileged_has_no_capabilities(client: Client, container: str) -> Non
     assert all(line.split()[1] == "0000000000000000" for line in out.splitlines()), out
 
 
+def test_jobs_get_none_of_the_inits_signal_settings(client: Client, container: str) -> None:
+    """The init ignores TERM, INT, HUP and PIPE and blocks CHLD; a job none of them.
+    (The job's shell may ignore others itself: busybox sh ignores QUIT.)"""
+    init_ignored = sum(1 << (sig - 1) for sig in (15, 2, 1, 13))
+    for privileged in (False, True):
+        status, out, _ = client.run(
+            container, "grep -E '^Sig(Ign|Blk)' /proc/self/status", privileged=privileged
+        )
+        assert status == 0
+        fields = dict(line.split() for line in out.splitlines())
+        assert fields["SigBlk:"] == "0" * 16
+        assert int(fields["SigIgn:"], 16) & init_ignored == 0, fields
+
+
 def test_host_invisible(client: Client, container: str) -> None:
     # processes: only the container's own are in /proc
     _, out, _ = client.run(container, "cat /proc/[0-9]*/comm")

@@ -819,15 +819,18 @@ static void lookup_user(const char *want, struct user *u)
 	*u = (struct user){ (uid_t)uid, (gid_t)uid, want, "/" };
 }
 
+/* PID 1 ignores these (and blocks SIGCHLD); every other signal it got at their
+ * defaults (the daemon spawns the zygote and launchers so) and has no handler. */
+static const int init_ignored[] = { SIGTERM, SIGINT, SIGHUP, SIGPIPE };
+
+/* A job's signals as exec'd by a fresh shell: defaults, nothing blocked. */
 static void reset_signals(void)
 {
 	struct sigaction sa = { .sa_handler = SIG_DFL };
 	sigset_t none;
 
-	for (int sig = 1; sig < NSIG; sig++)
-		if (sig != SIGKILL && sig != SIGSTOP && sigaction(sig, &sa, NULL) < 0 &&
-		    errno != EINVAL) /* EINVAL: signals reserved by glibc */
-			die("sigaction %d", sig);
+	for (size_t i = 0; i < ARRAY_LEN(init_ignored); i++)
+		TRY(sigaction(init_ignored[i], &sa, NULL), "sigaction %d", init_ignored[i]);
 	sigemptyset(&none);
 	TRY(sigprocmask(SIG_SETMASK, &none, NULL), "sigprocmask");
 }
@@ -1324,11 +1327,10 @@ static noreturn void init_main(struct setup *setup, struct spec *sp, int ready_f
 {
 	struct server s = { .sig_fd = -1 };
 	struct sigaction ign = { .sa_handler = SIG_IGN };
-	const int ignored[] = { SIGTERM, SIGINT, SIGHUP, SIGPIPE };
 
 	err_fd = ready_fd;
-	for (size_t i = 0; i < ARRAY_LEN(ignored); i++)
-		TRY(sigaction(ignored[i], &ign, NULL), "sigaction %d", ignored[i]);
+	for (size_t i = 0; i < ARRAY_LEN(init_ignored); i++)
+		TRY(sigaction(init_ignored[i], &ign, NULL), "sigaction %d", init_ignored[i]);
 	TRY(s.devnull = open("/dev/null", O_RDWR | O_CLOEXEC), "open /dev/null");
 	finish_setup(setup, sp);
 	s.listen_fd = setup->listen_fd;
@@ -1490,6 +1492,11 @@ static noreturn void zygote(int argc, char **argv)
 {
 	struct sigaction ign = { .sa_handler = SIG_IGN }, dfl = { .sa_handler = SIG_DFL };
 
+	/* Launchers, inits and jobs start from default dispositions (see reset_signals). */
+	for (int sig = 1; sig < NSIG; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP && sigaction(sig, &dfl, NULL) < 0 &&
+		    errno != EINVAL) /* EINVAL: signals reserved by glibc */
+			die("sigaction %d", sig);
 	TRY(sigaction(SIGCHLD, &ign, NULL), "sigaction SIGCHLD");
 	for (;;) {
 		union {

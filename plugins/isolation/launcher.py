@@ -46,6 +46,9 @@ from supervisor.sandbox import NetworkNamespace
 MAX_OUTPUT = 64 * 1024
 #: Longest message on the control socket (``init PID``).
 MAX_MESSAGE = 256
+#: Signals set to their default in the zygote and a spawned launcher: the init's
+#: jobs start from them (corral_init.c resets only what the init itself changed).
+DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 _libc = ctypes.CDLL(None)
 
@@ -86,7 +89,7 @@ class Zygote:
                     (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
                     (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
                 ],
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                setsigdef=DEFAULT_SIGNALS,
                 setsigmask=(),
             )
         except BaseException:
@@ -162,7 +165,7 @@ class Launcher:
                         (os.POSIX_SPAWN_DUP2, self._err, 2),
                         (os.POSIX_SPAWN_DUP2, launcher_end.fileno(), 3),
                     ],
-                    setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, not by C
+                    setsigdef=DEFAULT_SIGNALS,
                     setsigmask=(),
                 )
                 _run_elsewhere(self.pid)
