@@ -1482,22 +1482,28 @@ static bool set_label(int argc, char **argv, const char *label)
 	return true;
 }
 
+static void on_sigchld(int sig)
+{
+	(void)sig; /* only to interrupt recvmsg: the loop reaps */
+}
+
 /* `corral-init zygote ROOM`: on fd 3 (a SOCK_SEQPACKET socket), requests
  * "launch\0LABEL\0CPU\0" with three fds: the spec (stdin), stderr and the
  * control socket of one launcher. It forks a launcher for each, as if
  * `corral-init launch LABEL` had been exec'd with those fds, kept off CPU (the
  * daemon's; -1: none). ROOM is a long argument whose space holds LABEL. Exits
- * at EOF (the daemon is gone). Its children are reaped by the kernel. */
+ * at EOF (the daemon is gone). It reaps its launchers (so their CPU time shows
+ * in its own children's, as an exec'd launcher's did in the daemon's). */
 static noreturn void zygote(int argc, char **argv)
 {
-	struct sigaction ign = { .sa_handler = SIG_IGN }, dfl = { .sa_handler = SIG_DFL };
+	struct sigaction chld = { .sa_handler = on_sigchld }, dfl = { .sa_handler = SIG_DFL };
 
 	/* Launchers, inits and jobs start from default dispositions (see reset_signals). */
 	for (int sig = 1; sig < NSIG; sig++)
 		if (sig != SIGKILL && sig != SIGSTOP && sigaction(sig, &dfl, NULL) < 0 &&
 		    errno != EINVAL) /* EINVAL: signals reserved by glibc */
 			die("sigaction %d", sig);
-	TRY(sigaction(SIGCHLD, &ign, NULL), "sigaction SIGCHLD");
+	TRY(sigaction(SIGCHLD, &chld, NULL), "sigaction SIGCHLD"); /* no SA_RESTART */
 	for (;;) {
 		union {
 			struct cmsghdr align;
@@ -1508,9 +1514,11 @@ static noreturn void zygote(int argc, char **argv)
 		struct iovec iov = { buf, sizeof buf - 1 };
 		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
 				     .msg_controllen = sizeof control.buf };
-		ssize_t n = recvmsg(CONTROL_FD, &mh, MSG_CMSG_CLOEXEC);
+		ssize_t n;
 
-		if (n < 0 && errno == EINTR)
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		if ((n = recvmsg(CONTROL_FD, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			exit(n == 0 ? 0 : 1);
