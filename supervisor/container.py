@@ -158,12 +158,12 @@ class Container:
         if self.state not in ALLOWED[operation]:
             raise InvalidState(f"container {self.handle}: cannot {operation} while {self.state}")
 
-    async def _move(self, new: State) -> None:
+    async def _move(self, new: State, save: bool = True) -> None:
         old = self.state
         if new not in TRANSITIONS[old]:
             raise InvalidState(f"container {self.handle}: cannot go from {old} to {new}")
         self.state = new
-        if new is not State.DESTROYED:
+        if save and new is not State.DESTROYED:
             self.save()
         self.log.info("state changed", old=str(old), new=str(new))
         await self.publish(StateChanged(self.handle, str(old), str(new)))
@@ -242,7 +242,9 @@ class Container:
             if self.sandbox is not None:
                 self.sandbox.terminate()
             if self.state is State.ACTIVE:
-                await self._move(State.STOPPED)
+                # Not saved: the record goes with the container. A daemon that dies
+                # before finds the init gone at its start, and stops the container.
+                await self._move(State.STOPPED, save=False)
 
     def _start_task(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run *fn* in the container's nursery; its failure is logged, never fatal to the container."""
