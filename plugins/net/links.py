@@ -121,9 +121,11 @@ async def configure_container_end(device: str, route_socket: int, lease: Lease) 
     rtnl = netlink.RouteSocket(route_socket)
     try:
         index = rtnl.index_of(CONTAINER_IFNAME)
-        await rtnl.request(netlink.new_address(index, str(lease.address), lease.prefixlen))
-        await rtnl.request(netlink.set_up(index))
-        await rtnl.request(netlink.new_default_route(str(lease.gateway)))
+        await rtnl.request(
+            netlink.new_address(index, str(lease.address), lease.prefixlen),
+            netlink.set_up(index),
+            netlink.new_default_route(str(lease.gateway)),
+        )
     except BaseException as exc:
         with trio.CancelScope(shield=True):
             await delete_link(device)

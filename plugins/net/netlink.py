@@ -147,37 +147,47 @@ class RouteSocket:
             )
         return self._sock
 
-    async def request(self, message: tuple[int, int, bytes]) -> None:
-        """Send *message* ``(type, flags, body)`` and await the kernel's acknowledgement.
+    async def request(self, *messages: tuple[int, int, bytes]) -> None:
+        """Send *messages* ``(type, flags, body)``, in one datagram, and await the kernel's
+        acknowledgements (it handles them in order, each whatever became of the one before).
 
         Raises:
-            OSError: the kernel's error for the request (errno set).
+            OSError: the kernel's error for the first request that failed (errno set).
         """
-        kind, flags, body = message
         async with self._lock:
             sock = self._socket()
-            self._sequence = self._sequence % 0xFFFFFFFF + 1
-            header = _HEADER.pack(
-                _HEADER.size + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, self._sequence, 0
-            )
-            await sock.send(header + body)
-            while True:
-                code = _ack(await sock.recv(1 << 16), self._sequence)
-                if code is None:
-                    continue  # the late ack of a request whose caller was cancelled
+            datagram = b""
+            codes: dict[int, int | None] = {}
+            for kind, flags, body in messages:
+                self._sequence = self._sequence % 0xFFFFFFFF + 1
+                codes[self._sequence] = None
+                datagram += _HEADER.pack(
+                    _HEADER.size + len(body),
+                    kind,
+                    flags | NLM_F_REQUEST | NLM_F_ACK,
+                    self._sequence,
+                    0,
+                )
+                datagram += body
+            await sock.send(datagram)
+            while None in codes.values():
+                for sequence, acked in _acks(await sock.recv(1 << 16)):
+                    if sequence in codes:  # else the late ack of a cancelled caller's request
+                        codes[sequence] = acked
+            for code in codes.values():
                 if code:
                     raise OSError(-code, os.strerror(-code))
-                return
 
 
-def _ack(data: bytes, sequence: int) -> int | None:
-    """The error code (0: success) of the ack for *sequence* in *data*, or None."""
+def _acks(data: bytes) -> list[tuple[int, int]]:
+    """``(sequence, error code)`` (0: success) of each acknowledgement in *data*."""
+    found = []
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, kind, _flags, seq, _port = _HEADER.unpack_from(data, offset)
-        if kind == NLMSG_ERROR and seq == sequence:
-            return int(_ERROR_CODE.unpack_from(data, offset + _HEADER.size)[0])
+        if kind == NLMSG_ERROR:
+            found.append((seq, int(_ERROR_CODE.unpack_from(data, offset + _HEADER.size)[0])))
         if length < _HEADER.size:
             break
         offset += (length + 3) & ~3
-    return None
+    return found

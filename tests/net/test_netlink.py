@@ -69,9 +69,12 @@ def test_delete_link() -> None:
     assert msg.get_attr("IFLA_IFNAME") == "crlv9"
 
 
-def test_ack_finds_the_sequence_number() -> None:
+def test_acks_are_read_with_their_sequence_numbers() -> None:
     def error(seq: int, code: int) -> bytes:
         return struct.pack("=IHHIIi", 20, 2, 0, seq, 0, code)
 
-    assert netlink._ack(error(3, 0) + error(4, -17), 4) == -17
-    assert netlink._ack(error(3, 0), 4) is None
+    def other(seq: int) -> bytes:  # e.g. a RTM_NEWLINK message
+        return struct.pack("=IHHII", 16, 16, 0, seq, 0)
+
+    assert netlink._acks(error(3, 0) + other(9) + error(4, -17)) == [(3, 0), (4, -17)]
+    assert netlink._acks(b"") == []
