@@ -143,7 +143,9 @@ class Supervisor:
         self.depot.create(handle)
         container = Container(self, handle, options)
         self.containers[handle] = container
-        container.save()  # a record in state "born" marks a half-made container after a crash
+        # Its first record is saved once it is active. A daemon that dies before
+        # finds a directory without a record at start and removes it, and the
+        # plugins' start-up removes what the container had (they look for it).
         assert self._nursery is not None
         await self._nursery.start(self._live, container, False)
         return container

@@ -91,9 +91,29 @@ def test_half_created_container_is_cleaned_at_start(fresh_daemon: Daemon) -> Non
     assert leftovers(d) == NOTHING_LEFT
 
 
-def test_container_with_only_its_first_record_is_cleaned_at_start(fresh_daemon: Daemon) -> None:
-    """A daemon killed mid-create, after the init started but before any plugin state was
-    saved (create saves the record when it starts and when the container is active)."""
+def test_container_without_a_record_is_cleaned_at_start(fresh_daemon: Daemon) -> None:
+    """A daemon killed mid-create, after the init started but before the first record
+    was saved (create saves it once the container is active)."""
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create()
+    d.kill9()
+    record = read_record(d.depot / handle)
+    assert record is not None
+    for slot in d.depot.joinpath(handle).glob("record.*"):
+        slot.unlink()
+    assert Path(f"/proc/{record['plugins']['isolation']['pid']}").exists()  # the init lives
+    d.start()
+    with d.client() as c:
+        assert handle not in c.list()
+    assert leftovers(d) == NOTHING_LEFT
+
+
+def test_container_with_a_born_record_and_no_plugin_state_is_cleaned_at_start(
+    fresh_daemon: Daemon,
+) -> None:
+    """A record in state born without plugin state (what a daemon that saved its first
+    record when create started left when it died mid-create)."""
     d = fresh_daemon
     with d.client() as c:
         handle = c.create()
