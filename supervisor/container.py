@@ -95,7 +95,7 @@ class Container:
         self.next_job_id: int = record.get("next_job_id", 1)
         # The record holds a bound, not the next id: ids below it may have been handed
         # out, so a restored container goes on from there. Saved once per block of ids
-        # (a new container's first record, written right after this, holds the first).
+        # (a new container's first record, written once it is active, holds the first).
         self._job_ids_recorded = self.next_job_id + (0 if restored else JOB_ID_BLOCK)
         self._plugin_state: dict[str, dict[str, Any]] = record.get("plugins", {})
         self._refs = 0
