@@ -1488,10 +1488,11 @@ static void on_sigchld(int sig)
 }
 
 /* `corral-init zygote ROOM`: on fd 3 (a SOCK_SEQPACKET socket), requests
- * "launch\0LABEL\0CPU\0" with three fds: the spec (stdin), stderr and the
- * control socket of one launcher. It forks a launcher for each, as if
- * `corral-init launch LABEL` had been exec'd with those fds, kept off CPU (the
- * daemon's; -1: none). ROOM is a long argument whose space holds LABEL. Exits
+ * "launch\0LABEL\0" with three fds: the spec (stdin), stderr and the control
+ * socket of one launcher. It forks a launcher for each, as if `corral-init
+ * launch LABEL` had been exec'd with those fds (and the zygote's CPU affinity,
+ * which the daemon keeps off its own CPU). ROOM is a long argument whose space
+ * holds LABEL. Exits
  * at EOF (the daemon is gone). It reaps its launchers (so their CPU time shows
  * in its own children's, as an exec'd launcher's did in the daemon's). */
 static noreturn void zygote(int argc, char **argv)
@@ -1509,7 +1510,7 @@ static noreturn void zygote(int argc, char **argv)
 			struct cmsghdr align;
 			char buf[CMSG_SPACE(sizeof(int) * 3)];
 		} control;
-		char buf[512], *label, *cpu_text;
+		char buf[512], *label;
 		int fds[3], nfds = 0;
 		struct iovec iov = { buf, sizeof buf - 1 };
 		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
@@ -1528,14 +1529,10 @@ static noreturn void zygote(int argc, char **argv)
 					memcpy(&fds[nfds++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
 		buf[n] = '\0';
 		label = buf + strlen(buf) + 1;
-		cpu_text = label < buf + n ? label + strlen(label) + 1 : buf + n;
-		if (nfds == 3 && !strcmp(buf, "launch") && cpu_text < buf + n) {
+		if (nfds == 3 && !strcmp(buf, "launch") && label < buf + n) {
 			pid_t pid = fork();
 
 			if (pid == 0) {
-				int cpu = atoi(cpu_text);
-				cpu_set_t cpus;
-
 				TRY(sigaction(SIGCHLD, &dfl, NULL), "sigaction SIGCHLD");
 				if (dup2(fds[0], STDIN_FILENO) < 0 || dup2(fds[1], STDERR_FILENO) < 0 ||
 				    dup2(fds[2], CONTROL_FD) < 0)
@@ -1543,12 +1540,6 @@ static noreturn void zygote(int argc, char **argv)
 				TRY(close_range(CONTROL_FD + 1, ~0U, 0), "close_range");
 				if (!set_label(argc, argv, label))
 					die_msg("zygote: label too long: %s", label);
-				/* Off the daemon's CPU, as launcher.py does for an exec'd launcher. */
-				if (cpu >= 0 && sched_getaffinity(0, sizeof cpus, &cpus) == 0 &&
-				    CPU_ISSET(cpu, &cpus) && CPU_COUNT(&cpus) > 1) {
-					CPU_CLR(cpu, &cpus);
-					sched_setaffinity(0, sizeof cpus, &cpus);
-				}
 				exit(launch());
 			}
 			if (pid < 0)

@@ -53,11 +53,16 @@ DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SI
 _libc = ctypes.CDLL(None)
 
 
-def _run_elsewhere(pid: int) -> None:
-    """Let process *pid* run on any CPU the daemon may use but the one it runs on now."""
+def _run_elsewhere(pid: int, avoided: int | None = None) -> int:
+    """Let process *pid* run on any CPU the daemon may use but the one it runs on now.
+
+    Returns that CPU; nothing is changed if it is *avoided* already.
+    """
+    here = int(_libc.sched_getcpu())
     allowed = os.sched_getaffinity(0)
-    if len(allowed) > 1:
-        os.sched_setaffinity(pid, allowed - {_libc.sched_getcpu()})
+    if here != avoided and len(allowed) > 1:
+        os.sched_setaffinity(pid, allowed - {here})
+    return here
 
 
 class LaunchError(Exception):
@@ -75,6 +80,7 @@ class Zygote:
         self.init = init
         self.pid: int | None = None
         self._sock: socket.socket | None = None
+        self._avoided: int | None = None  # the daemon's CPU, which the zygote is kept off
 
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -98,6 +104,7 @@ class Zygote:
         finally:
             theirs.close()
         self._sock = ours
+        self._avoided = None
         return ours
 
     def fork_launcher(self, label: str, spec: int, stderr: int, control: int) -> None:
@@ -106,11 +113,15 @@ class Zygote:
         Raises:
             OSError: the zygote could not be started or reached (twice).
         """
-        message = b"launch\0%s\0%d\0" % (os.fsencode(label), _libc.sched_getcpu())
+        message = b"launch\0%s\0" % os.fsencode(label)
         fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (spec, stderr, control)))]
         for attempt in (1, 2):
             sock = self._sock or self._start()
             try:
+                # Woken by the daemon, the zygote would run (and fork) on the daemon's
+                # CPU, before the daemon goes on; its launchers inherit the affinity.
+                assert self.pid is not None
+                self._avoided = _run_elsewhere(self.pid, self._avoided)
                 sock.sendmsg([message], fds)
                 return
             except OSError:
