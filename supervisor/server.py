@@ -277,10 +277,11 @@ class Server:
                 nursery.start_soon(self.poller.run)
                 task_status.started()
                 while True:
-                    stream = await listener.accept()
-                    # Served on the plain socket: trio's stream layer costs more than a request.
+                    # Served on the plain socket: trio's stream layer costs more than a
+                    # request (a SocketStream also tries TCP options on each connection).
+                    accepted, _ = await listener.socket.accept()
                     sock = stdsocket.socket(
-                        stdsocket.AF_UNIX, stdsocket.SOCK_STREAM, 0, stream.socket.detach()
+                        stdsocket.AF_UNIX, stdsocket.SOCK_STREAM, 0, accepted.detach()
                     )
                     sock.setblocking(False)
                     nursery.start_soon(Connection(sock, self).serve)
