@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from supervisor.depot import Depot, read_record
 from tests.conftest import NOTHING_LEFT, Daemon, leftovers
 
@@ -71,49 +73,13 @@ def test_sigterm_detaches_and_next_daemon_adopts(fresh_daemon: Daemon) -> None:
         c.destroy(handle)
 
 
-def test_half_created_container_is_cleaned_at_start(fresh_daemon: Daemon) -> None:
-    d = fresh_daemon
-    with d.client() as c:
-        handle = c.create()
-    d.kill9()
-    # Make it look as if the daemon died in the middle of create.
-    depot = Depot(d.depot)
-    record = dict(depot.records())[handle]
-    assert record is not None
-    record["state"] = "born"
-    depot.save(handle, record)
-    d.start()
-    with d.client() as c:
-        assert handle not in c.list()
-    deadline = time.monotonic() + 5
-    while leftovers(d)["depot"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert leftovers(d) == NOTHING_LEFT
-
-
-def test_container_without_a_record_is_cleaned_at_start(fresh_daemon: Daemon) -> None:
-    """A daemon killed mid-create, after the init started but before the first record
-    was saved (create saves it once the container is active)."""
-    d = fresh_daemon
-    with d.client() as c:
-        handle = c.create()
-    d.kill9()
-    record = read_record(d.depot / handle)
-    assert record is not None
-    for slot in d.depot.joinpath(handle).glob("record.*"):
-        slot.unlink()
-    assert Path(f"/proc/{record['plugins']['isolation']['pid']}").exists()  # the init lives
-    d.start()
-    with d.client() as c:
-        assert handle not in c.list()
-    assert leftovers(d) == NOTHING_LEFT
-
-
-def test_container_with_a_born_record_and_no_plugin_state_is_cleaned_at_start(
-    fresh_daemon: Daemon,
+@pytest.mark.parametrize("left", ["no record", "born record", "born record, no plugin state"])
+def test_container_half_made_by_a_killed_daemon_is_cleaned_at_start(
+    fresh_daemon: Daemon, left: str
 ) -> None:
-    """A record in state born without plugin state (what a daemon that saved its first
-    record when create started left when it died mid-create)."""
+    """What a daemon killed in the middle of create leaves with the init running: no
+    record (create saves the first once the container is active), or a record in state
+    born, with or without plugin state (what daemons that saved at the start left)."""
     d = fresh_daemon
     with d.client() as c:
         handle = c.create()
@@ -121,7 +87,12 @@ def test_container_with_a_born_record_and_no_plugin_state_is_cleaned_at_start(
     depot = Depot(d.depot)
     record = dict(depot.records())[handle]
     assert record is not None and record["plugins"]
-    depot.save(handle, {**record, "state": "born", "plugins": {}})
+    if left == "no record":
+        for slot in d.depot.joinpath(handle).glob("record.*"):
+            slot.unlink()
+    else:
+        plugins = {} if left.endswith("no plugin state") else record["plugins"]
+        depot.save(handle, {**record, "state": "born", "plugins": plugins})
     assert Path(f"/proc/{record['plugins']['isolation']['pid']}").exists()  # the init lives
     d.start()
     with d.client() as c:
