@@ -6,6 +6,7 @@ Layout under the depot root, one directory per container::
     HANDLE/jobs/ID/            stdout, stderr, status (written by the container's init)
     HANDLE/...                 whatever plugins keep there (rootfs mountpoint, layers, socket)
     .trash/HANDLE.N/           a destroyed container's directory, until it is deleted
+    .spare/N/                  a cleaned one (empty slots, empty jobs/) for a later create
 
 Version N of a record is written over slot ``N % 2`` in place: a header line
 ``corral-record N LENGTH CRC32`` and then the JSON. A reader takes the highest
@@ -22,6 +23,13 @@ it after the reply, after the cleanups its plugins registered with
 ``Container.after_destroy``: deleting a container's dozen files and directories costs
 about a millisecond, most of a destroy's own work. Whatever a daemon leaves
 in the trash, the next one deletes at start.
+
+Up to :data:`MAX_SPARES` of those directories are not deleted but emptied of
+all but the record slots (truncated) and ``jobs/`` (empty), and kept in
+``.spare``: create renames one to its handle instead of making a directory,
+a ``jobs/`` and, at the first save, a record file (about 0.3 ms on ext4 in the
+cold-run benchmark). Nothing of the destroyed container survives but two
+empty files and a directory; the spares are deleted at start.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import json
 import os
 import shutil
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,9 @@ SLOTS = ("record.0", "record.1")
 MAGIC = b"corral-record"
 LEGACY_PREFIX, LEGACY_SUFFIX = "state.", ".json"
 TRASH = ".trash"
+SPARE = ".spare"
+#: How many emptied container directories are kept for later creates.
+MAX_SPARES = 8
 
 
 class Depot:
@@ -47,26 +59,76 @@ class Depot:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.trash = root / TRASH
+        self.spare = root / SPARE
         self._versions: dict[str, int] = {}
         self._discarded = 0
+        # Filled by the worker thread that empties the trash, taken by create:
+        # deque's append and pop are atomic.
+        self._spares: deque[Path] = deque()
+        self._spared = 0
 
     def open(self) -> None:
-        """Create the depot root (mode 0700) and its trash if needed."""
+        """Create the depot root (mode 0700), its trash and spares if needed.
+
+        Spares a daemon left go to the trash (one rename): they are deleted with it.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
         self.trash.mkdir(mode=0o700, exist_ok=True)
+        self.spare.mkdir(mode=0o700, exist_ok=True)
+        for entry in os.listdir(self.spare):
+            os.rename(self.spare / entry, self.trash / f"{SPARE}{entry}")
 
     def path(self, handle: str) -> Path:
         """The directory of container *handle*."""
         return self.root / handle
 
     def create(self, handle: str) -> Path:
-        """Make the directory of a new container; fails if it exists."""
+        """Make the directory of a new container (from a spare if any); fails if it exists."""
         path = self.path(handle)
         self._versions.pop(handle, None)
+        try:
+            spare = self._spares.pop()
+        except IndexError:
+            spare = None
+        if spare is not None:
+            if os.path.lexists(path):
+                self._spares.append(spare)
+                raise FileExistsError(errno.EEXIST, "container directory exists", str(path))
+            try:
+                os.rename(spare, path)
+                return path
+            except OSError:
+                shutil.rmtree(spare, ignore_errors=True)
         path.mkdir(mode=0o700)
         (path / "jobs").mkdir(mode=0o700)
         return path
+
+    def recycle(self, trashed: Path) -> bool:
+        """Empty a destroyed container's directory into a spare (blocking; for a worker thread).
+
+        False if there are spares enough, or it could not be emptied: the caller deletes it.
+        """
+        if len(self._spares) >= MAX_SPARES:
+            return False
+        try:
+            for entry in os.scandir(trashed):
+                if entry.name in SLOTS and entry.is_file(follow_symlinks=False):
+                    os.truncate(entry.path, 0)
+                elif entry.name == "jobs" and entry.is_dir(follow_symlinks=False):
+                    for job in os.scandir(entry.path):
+                        _remove(job)
+                else:
+                    _remove(entry)
+            if not (trashed / "jobs").is_dir():
+                (trashed / "jobs").mkdir(mode=0o700)
+            self._spared += 1
+            target = self.spare / str(self._spared)
+            os.rename(trashed, target)
+        except OSError:
+            return False
+        self._spares.append(target)
+        return True
 
     def save(self, handle: str, record: dict[str, Any]) -> None:
         """Write the next version of the container's record over the older slot."""
@@ -124,6 +186,13 @@ class Depot:
     def trash_left(self) -> list[Path]:
         """What is in the trash (a daemon that stopped before deleting it)."""
         return sorted(self.trash.iterdir()) if self.trash.is_dir() else []
+
+
+def _remove(entry: os.DirEntry[str]) -> None:
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path)
+    else:
+        os.unlink(entry.path)
 
 
 def _decode(blob: bytes) -> tuple[int, dict[str, Any]] | None:

@@ -202,7 +202,7 @@ class Supervisor:
 
     async def _empty_trash(self) -> None:
         async for path, cleanups in self._trash_receive:
-            await trio.to_thread.run_sync(_clean_up, path, cleanups)
+            await trio.to_thread.run_sync(_clean_up, path, cleanups, self.depot)
 
     async def _recover(self) -> None:
         """Re-adopt the containers in the depot; release the half-created ones."""
@@ -225,11 +225,13 @@ class Supervisor:
                 container.log.info("container restored", state=str(container.state))
 
 
-def _clean_up(path: Path, cleanups: list[Callable[[], None]]) -> None:
-    """Run a destroyed container's cleanups, then delete its directory (never raises)."""
+def _clean_up(path: Path, cleanups: list[Callable[[], None]], depot: Depot | None = None) -> None:
+    """Run a destroyed container's cleanups, then delete its directory or make it a
+    spare of *depot* (never raises)."""
     for cleanup in cleanups:
         try:
             cleanup()
         except Exception:
             log.exception("clean-up after destroy failed", path=str(path))
-    shutil.rmtree(path, ignore_errors=True)
+    if depot is None or not depot.recycle(path):
+        shutil.rmtree(path, ignore_errors=True)

@@ -269,6 +269,29 @@ def _init_pid(daemon: Daemon, handle: str) -> int:
     return int(record["plugins"]["isolation"]["pid"])
 
 
+def test_a_spare_directory_brings_nothing_of_the_container_before(
+    client: Client, daemon: Daemon
+) -> None:
+    """Destroyed containers' directories are emptied and reused by later creates."""
+    first = client.create()
+    assert client.run(first, "echo secret > /tmp/secret; echo out")[0] == 0
+    client.destroy(first)
+    spare = daemon.depot / ".spare"
+    deadline = time.monotonic() + 5
+    while not any(spare.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    taken = set(spare.iterdir())
+    assert taken
+    second = client.create()
+    try:
+        assert set(spare.iterdir()) < taken  # one was used
+        assert client.run(second, "cat /tmp/secret")[0] != 0  # its job 1
+        assert client.spawn(second, "sleep 5") == 2  # its own job ids
+        assert sorted(p.name for p in (daemon.depot / second / "jobs").iterdir()) == ["2"]
+    finally:
+        client.destroy(second)
+
+
 def test_info_payload(client: Client, container: str) -> None:
     client.spawn(container, "sleep 5")
     info = client.info(container)

@@ -171,6 +171,44 @@ def test_depot_discard_moves_a_container_out_of_the_records(tmp_path: Path) -> N
     assert depot.discard("never-made") is None
 
 
+def test_depot_recycles_a_destroyed_directory_emptied_for_the_next_create(tmp_path: Path) -> None:
+    from supervisor import depot as depot_module
+    from supervisor.depot import Depot, read_record
+
+    depot = Depot(tmp_path / "depot")
+    depot.open()
+    old = depot.create("old")
+    depot.save("old", {"secret": 1})
+    depot.save("old", {"secret": 2})
+    (old / "jobs" / "1").mkdir()
+    (old / "jobs" / "1" / "stdout").write_text("old output")
+    (old / "upper" / "tmp").mkdir(parents=True)
+    (old / "upper" / "tmp" / "secret").write_text("x")
+    (old / "init.sock").write_text("")
+    trash = depot.discard("old")
+    assert trash is not None and depot.recycle(trash)
+    (spare,) = depot.spare.iterdir()
+    assert sorted(p.name for p in spare.iterdir()) == ["jobs", "record.0", "record.1"]
+    assert not any((spare / "jobs").iterdir())
+    assert (spare / "record.0").stat().st_size == (spare / "record.1").stat().st_size == 0
+    new = depot.create("new")  # the spare, renamed
+    assert not spare.exists() and read_record(new) is None
+    depot.save("new", {"n": 1})
+    assert dict(depot.records()) == {"new": {"n": 1}}
+    with pytest.raises(FileExistsError):
+        depot.create("new")
+    # Spares are bounded; a daemon's spares are deleted with the trash at the next start.
+    handles = [f"c{i}" for i in range(depot_module.MAX_SPARES + 1)]
+    for handle in handles:
+        depot.create(handle)
+    recycled = [depot.recycle(depot.discard(handle) or Path("/nonexistent")) for handle in handles]
+    assert recycled == [True] * depot_module.MAX_SPARES + [False]
+    again = Depot(tmp_path / "depot")
+    again.open()
+    assert not any(again.spare.iterdir())
+    assert len(again.trash_left()) >= depot_module.MAX_SPARES
+
+
 def test_stream_chunk_lines() -> None:
     import base64
     import json
