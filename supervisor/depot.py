@@ -25,11 +25,14 @@ about a millisecond, most of a destroy's own work. Whatever a daemon leaves
 in the trash, the next one deletes at start.
 
 Up to :data:`MAX_SPARES` of those directories are not deleted but emptied of
-all but the record slots (truncated) and ``jobs/`` (empty), and kept in
-``.spare``: create renames one to its handle instead of making a directory,
-a ``jobs/`` and, at the first save, a record file (about 0.3 ms on ext4 in the
-cold-run benchmark). Nothing of the destroyed container survives but two
-empty files and a directory; the spares are deleted at start.
+all but the record slots (truncated) and ``jobs/`` (empty), given new empty
+directories plugins make in every container's directory (the fs plugin's
+``upper``, ``work`` and ``rootfs``, see ``corral_spare_directories``), and
+kept in ``.spare``: create renames one to its handle instead of making a
+directory, a ``jobs/``, the plugins' directories and, at the first save, a
+record file (about 0.3 ms on ext4 in the cold-run benchmark). Nothing of the
+destroyed container survives but two empty files and a directory; the
+spares are deleted at start.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ class Depot:
         # deque's append and pop are atomic.
         self._spares: deque[Path] = deque()
         self._spared = 0
+        #: Directories (name: mode) plugins make in every container's directory,
+        #: made ahead, empty, in each spare (``corral_spare_directories``).
+        self.spare_directories: dict[str, int] = {}
 
     def open(self) -> None:
         """Create the depot root (mode 0700), its trash and spares if needed.
@@ -118,10 +124,13 @@ class Depot:
                 elif entry.name == "jobs" and entry.is_dir(follow_symlinks=False):
                     for job in os.scandir(entry.path):
                         _remove(job)
-                else:
+                else:  # a plugin's directory too: made again, new, below
                     _remove(entry)
             if not (trashed / "jobs").is_dir():
                 (trashed / "jobs").mkdir(mode=0o700)
+            for name, mode in self.spare_directories.items():
+                os.mkdir(trashed / name, mode)
+                os.chmod(trashed / name, mode)  # exact, whatever the umask
             self._spared += 1
             target = self.spare / str(self._spared)
             os.rename(trashed, target)

@@ -168,6 +168,17 @@ def corral_commands() -> Mapping[str, Handler] | None:
 
 
 @hookspec
+def corral_spare_directories() -> Mapping[str, int] | None:
+    """Name directories the plugin makes in each container's directory at prepare.
+
+    :return: a mapping from name (a child of ``container.path``) to mode. The
+        core makes them, empty and with that mode, in the directories it keeps
+        for later creates (see :mod:`supervisor.depot`); so the plugin must
+        accept finding one there (``mkdir(exist_ok=True)``).
+    """
+
+
+@hookspec
 def corral_limit_resources() -> Mapping[str, Limit] | None:
     """Provide resources for the ``limit`` command.
 

@@ -106,6 +106,12 @@ class Hooks:
         for result in self._call("corral_shutdown"):
             await _resolve(result)
 
+    def spare_directories(self) -> dict[str, int]:
+        directories: dict[str, int] = {}
+        for mapping in self._call("corral_spare_directories"):
+            directories.update(mapping)
+        return directories
+
     def create_options(self) -> dict[str, Callable[[Any], Any]]:
         options: dict[str, Callable[[Any], Any]] = {}
         for mapping in self._call("corral_create_options"):

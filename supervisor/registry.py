@@ -95,6 +95,7 @@ class Supervisor:
         self.create_options = {**hooks.create_options(), **CORE_CREATE_OPTIONS}
         #: Resources of the ``limit`` command, by name.
         self.limits = hooks.limit_resources()
+        depot.spare_directories = hooks.spare_directories()
         self._nursery: trio.Nursery | None = None
         # Directories of destroyed containers, deleted one at a time after the reply,
         # each after the cleanups its plugins left (Container.after_destroy).

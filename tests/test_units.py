@@ -177,6 +177,7 @@ def test_depot_recycles_a_destroyed_directory_emptied_for_the_next_create(tmp_pa
 
     depot = Depot(tmp_path / "depot")
     depot.open()
+    depot.spare_directories = {"upper": 0o755}  # as a plugin declares it
     old = depot.create("old")
     depot.save("old", {"secret": 1})
     depot.save("old", {"secret": 2})
@@ -184,12 +185,15 @@ def test_depot_recycles_a_destroyed_directory_emptied_for_the_next_create(tmp_pa
     (old / "jobs" / "1" / "stdout").write_text("old output")
     (old / "upper" / "tmp").mkdir(parents=True)
     (old / "upper" / "tmp" / "secret").write_text("x")
+    (old / "upper").chmod(0o700)  # as a container's chmod of / leaves it
+    (old / "other").mkdir()
     (old / "init.sock").write_text("")
     trash = depot.discard("old")
     assert trash is not None and depot.recycle(trash)
     (spare,) = depot.spare.iterdir()
-    assert sorted(p.name for p in spare.iterdir()) == ["jobs", "record.0", "record.1"]
-    assert not any((spare / "jobs").iterdir())
+    assert sorted(p.name for p in spare.iterdir()) == ["jobs", "record.0", "record.1", "upper"]
+    assert not any((spare / "jobs").iterdir()) and not any((spare / "upper").iterdir())
+    assert (spare / "upper").stat().st_mode & 0o7777 == 0o755
     assert (spare / "record.0").stat().st_size == (spare / "record.1").stat().st_size == 0
     new = depot.create("new")  # the spare, renamed
     assert not spare.exists() and read_record(new) is None

@@ -124,6 +124,12 @@ def corral_create_options() -> dict[str, Any]:
 
 
 @hookimpl
+def corral_spare_directories() -> dict[str, int]:
+    """The overlay's layers and mount point, made new and empty for a spare container directory."""
+    return {"upper": 0o755, "work": 0o755, "rootfs": 0o755}
+
+
+@hookimpl
 def corral_commands() -> dict[str, Any]:
     return {"copy": command.copy}
 
@@ -149,9 +155,9 @@ async def _layers(container: Container, plan: LaunchPlan, restoring: bool) -> As
         upper, work = disk / quota.UPPER, disk / quota.WORK
     try:
         if not restoring:
-            if size_mb is None:
-                upper.mkdir()
-                work.mkdir()
+            if size_mb is None:  # made ahead, empty, in a spare directory (see below)
+                upper.mkdir(exist_ok=True)
+                work.mkdir(exist_ok=True)
             else:
                 await _make_image(container, size_mb)
             plan.root_dir.mkdir(exist_ok=True)
