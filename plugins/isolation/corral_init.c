@@ -1492,9 +1492,9 @@ static void on_sigchld(int sig)
  * socket of one launcher. It forks a launcher for each, as if `corral-init
  * launch LABEL` had been exec'd with those fds (and the zygote's CPU affinity,
  * which the daemon keeps off its own CPU). ROOM is a long argument whose space
- * holds LABEL. Exits
- * at EOF (the daemon is gone). It reaps its launchers (so their CPU time shows
- * in its own children's, as an exec'd launcher's did in the daemon's). */
+ * holds LABEL. Exits at EOF (the daemon is gone). It reaps its launchers (so
+ * their CPU time shows in its own children's, as an exec'd launcher's did in
+ * the daemon's). */
 static noreturn void zygote(int argc, char **argv)
 {
 	struct sigaction chld = { .sa_handler = on_sigchld }, dfl = { .sa_handler = SIG_DFL };

@@ -46,6 +46,8 @@ from supervisor.sandbox import NetworkNamespace
 MAX_OUTPUT = 64 * 1024
 #: Longest message on the control socket (``init PID``).
 MAX_MESSAGE = 256
+#: Bytes of argument space the zygote keeps for a launcher's label (its cmdline).
+LABEL_ROOM = 512
 #: Signals set to their default in the zygote and a spawned launcher: the init's
 #: jobs start from them (corral_init.c resets only what the init itself changed).
 DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
@@ -67,10 +69,6 @@ def _run_elsewhere(pid: int, avoided: int | None = None) -> int:
 
 class LaunchError(Exception):
     """The launcher failed; the message is its own (one line, naming the step)."""
-
-
-#: Bytes of argument space the zygote keeps for a launcher's label (its cmdline).
-LABEL_ROOM = 512
 
 
 class Zygote:
