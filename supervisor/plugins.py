@@ -106,17 +106,18 @@ class Hooks:
         for result in self._call("corral_shutdown"):
             await _resolve(result)
 
+    def _merged(self, name: str) -> dict[str, Any]:
+        """The mappings every plugin returns from hook *name*, in one (later plugins win)."""
+        merged: dict[str, Any] = {}
+        for mapping in self._call(name):
+            merged.update(mapping)
+        return merged
+
     def spare_directories(self) -> dict[str, int]:
-        directories: dict[str, int] = {}
-        for mapping in self._call("corral_spare_directories"):
-            directories.update(mapping)
-        return directories
+        return self._merged("corral_spare_directories")
 
     def create_options(self) -> dict[str, Callable[[Any], Any]]:
-        options: dict[str, Callable[[Any], Any]] = {}
-        for mapping in self._call("corral_create_options"):
-            options.update(mapping)
-        return options
+        return self._merged("corral_create_options")
 
     def prepare(
         self, container: Container, plan: LaunchPlan, restoring: bool
@@ -153,16 +154,10 @@ class Hooks:
         return merged
 
     def commands(self) -> dict[str, Handler]:
-        handlers: dict[str, Handler] = {}
-        for mapping in self._call("corral_commands"):
-            handlers.update(mapping)
-        return handlers
+        return self._merged("corral_commands")
 
     def limit_resources(self) -> dict[str, Limit]:
-        resources: dict[str, Limit] = {}
-        for mapping in self._call("corral_limit_resources"):
-            resources.update(mapping)
-        return resources
+        return self._merged("corral_limit_resources")
 
     async def kill(self, container: Container) -> None:
         for result in self._call("corral_container_kill", container=container):
