@@ -77,7 +77,7 @@ class Depot:
     def open(self) -> None:
         """Create the depot root (mode 0700), its trash and spares if needed.
 
-        Spares a daemon left go to the trash (one rename): they are deleted with it.
+        Spares a daemon left go to the trash (one rename), to be emptied again with it.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)

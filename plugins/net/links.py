@@ -87,8 +87,9 @@ async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None)
     """Create the veth pair of a container and set up its host end.
 
     The container end is made directly inside the network namespace *netns* (an fd) as ``eth0``
-    (down, unconfigured; the container's init configures it). The host end *device* gets the
-    gateway address, or joins *bridge* (whose own address is the gateway), and is up.
+    (down, unconfigured: see :func:`configure_container_end`, or the container's init). The
+    host end *device* gets the gateway address, or joins *bridge* (whose own address is the
+    gateway), and is up.
 
     Raises:
         LinkError: naming the device and the kernel's reason; nothing is left behind
@@ -96,7 +97,7 @@ async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None)
     """
     what = f"veth {device}"
     # One request makes the pair, moves the peer, enslaves and raises the host end.
-    # The host end has no carrier (nor an IPv6 address) until the init raises eth0.
+    # The host end has no carrier (nor an IPv6 address) until eth0 is raised.
     master = None if bridge is None else _index(bridge, what)
     await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, netns, master))
     try:

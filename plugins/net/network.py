@@ -154,7 +154,7 @@ class Network:
     # -- container lifetime -----------------------------------------------------------
 
     def reserve(self, container: Container) -> Attachment:
-        """A new container's address and device name, recorded before any device exists.
+        """A new container's address and device name, in its plugin state (saved with its next record).
 
         Raises:
             NoCapacity: the address pool (or bridge subnet) is exhausted.
@@ -201,9 +201,7 @@ class Network:
         att = att or self.reserve(container)
         try:
             if not plumbed:
-                with links.network_namespace_of(sandbox.pid) as netns:
-                    await self.plumb(att, netns)
-                await self._configure(att, sandbox)
+                await self._plumb_running(att, sandbox)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.abandon(container, att, made=False)
@@ -245,9 +243,7 @@ class Network:
             "network device missing after restart; re-creating", device=att.device
         )
         try:
-            with links.network_namespace_of(sandbox.pid) as netns:
-                await self.plumb(att, netns)
-            await self._configure(att, sandbox)
+            await self._plumb_running(att, sandbox)
         except Exception:
             container.log.exception("network device could not be re-created", device=att.device)
 
@@ -314,6 +310,12 @@ class Network:
         await links.create_veth(att.device, netns, att.lease, bridge_device)
         if route_socket is not None:
             await links.configure_container_end(att.device, route_socket, att.lease)
+
+    async def _plumb_running(self, att: Attachment, sandbox: Sandbox) -> None:
+        """:meth:`plumb` into a running sandbox's namespace; its init configures ``eth0``."""
+        with links.network_namespace_of(sandbox.pid) as netns:
+            await self.plumb(att, netns)
+        await self._configure(att, sandbox)
 
     async def _configure(self, att: Attachment, sandbox: Sandbox) -> None:
         try:
