@@ -1234,6 +1234,18 @@ static void dispatch(struct server *s, size_t ci, char **strs, int n, int *fds, 
 }
 
 /* Receive one packet from client I (sized with MSG_PEEK|MSG_TRUNC) and answer it. */
+/* The fds that came with a received message (SCM_RIGHTS), at most MAX: their count. */
+static int received_fds(struct msghdr *mh, int *fds, int max)
+{
+	int n = 0;
+
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && n < max; k++)
+				memcpy(&fds[n++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+	return n;
+}
+
 static void handle_client(struct server *s, size_t i)
 {
 	union {
@@ -1259,10 +1271,7 @@ static void handle_client(struct server *s, size_t i)
 			close_client(s, i);
 		return;
 	}
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-			for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < MAX_FDS; k++)
-				memcpy(&fds[nfds++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+	nfds = received_fds(&mh, fds, MAX_FDS);
 	buf[n] = '\0'; /* a last string without its NUL is taken as it is */
 	for (char *p = buf; p < buf + n; p += strlen(p) + 1)
 		nstr++;
@@ -1523,10 +1532,7 @@ static noreturn void zygote(int argc, char **argv)
 			continue;
 		if (n <= 0)
 			exit(n == 0 ? 0 : 1);
-		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-			if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-				for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 3; k++)
-					memcpy(&fds[nfds++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+		nfds = received_fds(&mh, fds, 3);
 		buf[n] = '\0';
 		label = buf + strlen(buf) + 1;
 		if (nfds == 3 && !strcmp(buf, "launch") && label < buf + n) {
