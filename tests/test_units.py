@@ -74,9 +74,9 @@ def test_spec_sends_the_setup_then_the_plans_mounts_and_cgroups() -> None:
         mounts=[Mount("none", "/host/data", "/data", ("bind", "ro"))],
         cgroup_procs=[Path("/sys/fs/cgroup/pids/corral/h/cgroup.procs")],
     )
-    setup = spec.render_setup(plan, "h", Path("/d/init.sock")).splitlines()
-    assert setup[0] == "root\t/d/rootfs"
-    assert setup[1].startswith("mount\toverlay\toverlay\t/\t-\tlowerdir=")
+    setup = spec.render_setup(plan, "h", Path("/d/init.sock"), label=Path("/d")).splitlines()
+    assert setup[:2] == ["label\t/d", "root\t/d/rootfs"]
+    assert setup[2].startswith("mount\toverlay\toverlay\t/\t-\tlowerdir=")
     proc = setup.index("mount\tproc\tproc\t/proc\tnosuid,nodev,noexec,mkdir\t-")
     # The launcher applies what comes before the proc mount, PID 1 the rest.
     early, late = setup[:proc], setup[proc + 1 :]
@@ -93,7 +93,7 @@ def test_spec_sends_the_setup_then_the_plans_mounts_and_cgroups() -> None:
         "end",
     ]
     with pytest.raises(spec.SpecError):
-        spec.render_setup(LaunchPlan(root_dir=Path("/a\tb")), "h", Path("/s"))
+        spec.render_setup(LaunchPlan(root_dir=Path("/a\tb")), "h", Path("/s"), label=Path("/a"))
 
 
 def test_spawn_message_format() -> None:

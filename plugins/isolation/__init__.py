@@ -7,10 +7,10 @@ directory. Killing the init releases every namespace and mount of the container
 at once, so nothing is left behind even if the daemon died half-way (on
 destroy the daemon holds the mount namespace a little longer, see
 ``InitSandbox.kill``). The
-launcher starts as soon as the filesystem plugin has planned the root: it
-makes the namespaces and mounts the root while the other plugins prepare
-(:mod:`.launcher`); the launch then adds the plan's other mounts and the
-cgroups to join. So plugins prepared after this one (cgroups, net, third-party
+launcher is forked ahead, with its namespaces made (:mod:`.launcher`); it gets
+the container's set-up as soon as the filesystem plugin has planned the root,
+and mounts the root while the other plugins prepare; the launch then adds the
+plan's other mounts and the cgroups to join. So plugins prepared after this one (cgroups, net, third-party
 ones) may add mounts to the plan but not change its root, root mount or host
 mounts: the launch fails with an error saying so.
 
@@ -24,6 +24,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -123,8 +124,8 @@ async def _early_launcher(
         return
     socket_path = _socket_path(container)
     plan.root_dir.mkdir(exist_ok=True)
-    setup = spec.render_setup(plan, container.handle, socket_path)
-    launcher = Launcher(settings.init, container.path, _zygote)
+    setup = spec.render_setup(plan, container.handle, socket_path, label=container.path)
+    launcher = _zygote.launcher() if _zygote is not None else Launcher(settings.init)
     _launches[container.handle] = _Launch(launcher, _root_plan(plan))
     plan.network_namespace = launcher.network_namespace
     try:
@@ -132,6 +133,16 @@ async def _early_launcher(
         yield
     finally:
         _launches.pop(container.handle).launcher.close()
+        if not container.detaching:
+            # The next container's launcher, forked once destroy has replied and this
+            # container is cleaned up: making its namespaces (the network one holds
+            # the kernel's rtnl lock) would slow what is under way now.
+            container.after_destroy(partial(trio.from_thread.run_sync, _fork_ahead))
+
+
+def _fork_ahead() -> None:
+    if _zygote is not None:
+        _zygote.fork_ahead()
 
 
 @hookimpl
@@ -202,13 +213,16 @@ async def _reconnect(container: Container) -> InitSandbox:
 @hookimpl
 def corral_shutdown() -> None:
     """Stop the zygote; running containers and launchers go on."""
+    global _zygote
     if _zygote is not None:
         _zygote.close()
+        _zygote = None
 
 
 @hookimpl
 def corral_startup(live_handles: frozenset[str]) -> None:
-    """Kill the inits of this depot whose container the daemon does not know (a crash mid-create)."""
+    """Kill the inits of this depot whose container the daemon does not know (a crash
+    mid-create); have the first container's launcher forked ahead."""
     for pid, depot_dir in _inits_of_depot():
         if depot_dir.name not in live_handles:
             log.warning("orphan container init killed", pid=pid, container_path=str(depot_dir))
@@ -216,6 +230,7 @@ def corral_startup(live_handles: frozenset[str]) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    _fork_ahead()
 
 
 def _inits_of_depot() -> list[tuple[int, Path]]:

@@ -191,7 +191,7 @@ static size_t read_report(int fd, char *buf, size_t cap)
 
 /* ---- launch spec ------------------------------------------------------ */
 
-enum kind { D_CGROUP, D_ROOT, D_MOUNT, D_MKNOD, D_SYMLINK, D_MKDIR, D_HOSTNAME, D_LOOPBACK, D_SOCKET, D_END };
+enum kind { D_CGROUP, D_ROOT, D_MOUNT, D_MKNOD, D_SYMLINK, D_MKDIR, D_HOSTNAME, D_LOOPBACK, D_SOCKET, D_LABEL, D_END };
 
 static const struct {
 	const char *name;
@@ -200,7 +200,7 @@ static const struct {
 	[D_CGROUP] = { "cgroup", 1 },     [D_ROOT] = { "root", 1 },         [D_MOUNT] = { "mount", 5 },
 	[D_MKNOD] = { "mknod", 5 },       [D_SYMLINK] = { "symlink", 2 },   [D_MKDIR] = { "mkdir", 2 },
 	[D_HOSTNAME] = { "hostname", 1 }, [D_LOOPBACK] = { "loopback", 0 }, [D_SOCKET] = { "socket", 1 },
-	[D_END] = { "end", 0 },
+	[D_LABEL] = { "label", 1 },       [D_END] = { "end", 0 },
 };
 
 enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4, OPT_LOOP = 8, OPT_HOST = 16 };
@@ -600,6 +600,23 @@ struct setup {
 	int listen_fd;
 };
 
+/* The argument strings from argv[1] on: the room a label is written over. */
+static char *args_start, *args_end;
+
+/* Write "launch\0LABEL\0" over the argument strings (the rest zeroed), so
+ * /proc/PID/cmdline of the launcher and of PID 1 is what an exec of
+ * `corral-init launch LABEL` gives (the daemon finds its inits by it). */
+static void set_label(const char *label)
+{
+	size_t need = sizeof "launch" + strlen(label) + 1;
+
+	if (!args_start || need > (size_t)(args_end - args_start))
+		die_msg("label longer than the argument space: %s", label);
+	memset(args_start, 0, (size_t)(args_end - args_start));
+	memcpy(args_start, "launch", sizeof "launch");
+	memcpy(args_start + sizeof "launch", label, strlen(label) + 1);
+}
+
 static void join_cgroup(const char *file)
 {
 	int fd;
@@ -619,8 +636,8 @@ static void apply(struct setup *s, const struct directive *d)
 	int fd;
 
 	/* All but cgroups and host mounts are made in the container root. */
-	if (s->r.fd < 0 && d->kind != D_CGROUP && d->kind != D_ROOT && d->kind != D_END &&
-	    !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
+	if (s->r.fd < 0 && d->kind != D_CGROUP && d->kind != D_ROOT && d->kind != D_LABEL &&
+	    d->kind != D_END && !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
 		die_msg("launch spec: %s before root", kinds[d->kind].name);
 	switch (d->kind) {
 	case D_CGROUP:
@@ -657,6 +674,9 @@ static void apply(struct setup *s, const struct directive *d)
 		break;
 	case D_SOCKET:
 		s->listen_fd = listen_socket(d->f[0]);
+		break;
+	case D_LABEL:
+		set_label(d->f[0]);
 		break;
 	case D_END:
 		break;
@@ -1394,22 +1414,20 @@ static int launch(void)
 {
 	struct spec sp = { 0 };
 	struct setup setup = { .r = { .fd = -1 }, .host = { .path = "/", .fd = -1 }, .listen_fd = -1 };
-	int ready[2], wstatus, fd, lineno = 0;
+	int ready[2], wstatus, fd, c, lineno = 0;
 	char buf[1024], text[32], *line;
 	bool control;
 	cpu_set_t cpus;
 	FILE *in;
 	pid_t pid;
 
-	/* The namespaces first: the daemon may start the launcher early and finish
-	 * its other preparations while they are made, then send the spec. The
-	 * control socket (fd 3, if the daemon passed one) tells it they exist. */
-	TRY(unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID), "unshare");
+	/* The namespaces first, before the spec: the daemon starts launchers ahead
+	 * and finishes its other preparations while they are made (a network
+	 * namespace takes half a millisecond). The control socket (fd 3, if the
+	 * daemon passed one) tells it they exist. */
+	TRY(unshare(CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID), "unshare");
 	TRY(close_range(CONTROL_FD + 1, ~0U, 0), "close_range");
 	control = report_namespace();
-	/* Nothing mounted from here on may propagate to the host. */
-	TRY(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "mount --make-rprivate /");
-	umask(0);
 	/* Directives are applied as they arrive (the daemon sends the set-up while
 	 * it makes the cgroups, then the cgroups): here up to the proc mount, which
 	 * must be made from inside the new pid namespace, and from there on by PID 1;
@@ -1417,6 +1435,14 @@ static int launch(void)
 	/* A copy of stdin, so fclose (which frees the buffer) leaves fds 0-2 as they are. */
 	if ((fd = fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3)) < 0 || !(in = fdopen(fd, "r")))
 		die("fdopen stdin");
+	/* The mount namespace only once the spec comes: a copy of the host's mounts
+	 * as they are when the container is set up, not when the launcher started. */
+	if ((c = fgetc(in)) != EOF)
+		ungetc(c, in);
+	TRY(unshare(CLONE_NEWNS), "unshare CLONE_NEWNS");
+	/* Nothing mounted from here on may propagate to the host. */
+	TRY(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "mount --make-rprivate /");
+	umask(0);
 	for (;;) {
 		struct directive d;
 
@@ -1475,36 +1501,20 @@ static int launch(void)
 
 /* ---- zygote ------------------------------------------------------------ */
 
-/* Write "launch\0LABEL\0" over the argument strings from argv[1] on (the rest
- * zeroed), so /proc/PID/cmdline of the launcher and of PID 1 is what an exec of
- * `corral-init launch LABEL` gives. False if it does not fit. */
-static bool set_label(int argc, char **argv, const char *label)
-{
-	char *start = argv[1], *end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
-	size_t need = sizeof "launch" + strlen(label) + 1;
-
-	if (need > (size_t)(end - start))
-		return false;
-	memset(start, 0, (size_t)(end - start));
-	memcpy(start, "launch", sizeof "launch");
-	memcpy(start + sizeof "launch", label, strlen(label) + 1);
-	return true;
-}
-
 static void on_sigchld(int sig)
 {
 	(void)sig; /* only to interrupt recvmsg: the loop reaps */
 }
 
 /* `corral-init zygote ROOM`: on fd 3 (a SOCK_SEQPACKET socket), requests
- * "launch\0LABEL\0" with three fds: the spec (stdin), stderr and the control
- * socket of one launcher. It forks a launcher for each, as if `corral-init
- * launch LABEL` had been exec'd with those fds (and the zygote's CPU affinity,
- * which the daemon keeps off its own CPU). ROOM is a long argument whose space
- * holds LABEL. Exits at EOF (the daemon is gone). It reaps its launchers (so
+ * "launch" with three fds: the spec (stdin), stderr and the control socket of
+ * one launcher. It forks a launcher for each, as if `corral-init launch` had
+ * been exec'd with those fds (and the zygote's CPU affinity, which the daemon
+ * keeps off its own CPU). ROOM is a long argument whose space holds the label
+ * the spec gives. Exits at EOF (the daemon is gone). It reaps its launchers (so
  * their CPU time shows in its own children's, as an exec'd launcher's did in
  * the daemon's). */
-static noreturn void zygote(int argc, char **argv)
+static noreturn void zygote(void)
 {
 	struct sigaction chld = { .sa_handler = on_sigchld }, dfl = { .sa_handler = SIG_DFL };
 
@@ -1519,7 +1529,7 @@ static noreturn void zygote(int argc, char **argv)
 			struct cmsghdr align;
 			char buf[CMSG_SPACE(sizeof(int) * 3)];
 		} control;
-		char buf[512], *label;
+		char buf[16];
 		int fds[3], nfds = 0;
 		struct iovec iov = { buf, sizeof buf - 1 };
 		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
@@ -1534,8 +1544,7 @@ static noreturn void zygote(int argc, char **argv)
 			exit(n == 0 ? 0 : 1);
 		nfds = received_fds(&mh, fds, 3);
 		buf[n] = '\0';
-		label = buf + strlen(buf) + 1;
-		if (nfds == 3 && !strcmp(buf, "launch") && label < buf + n) {
+		if (nfds == 3 && !strcmp(buf, "launch")) {
 			pid_t pid = fork();
 
 			if (pid == 0) {
@@ -1544,8 +1553,7 @@ static noreturn void zygote(int argc, char **argv)
 				    dup2(fds[2], CONTROL_FD) < 0)
 					die("dup2");
 				TRY(close_range(CONTROL_FD + 1, ~0U, 0), "close_range");
-				if (!set_label(argc, argv, label))
-					die_msg("zygote: label too long: %s", label);
+				set_label("");
 				exit(launch());
 			}
 			if (pid < 0)
@@ -1556,12 +1564,17 @@ static noreturn void zygote(int argc, char **argv)
 	}
 }
 
-/* Arguments after "launch" are ignored: PID 1 keeps them in its cmdline, as a label. */
+/* Arguments after "launch" are ignored: PID 1 keeps them in its cmdline, as a
+ * label (which a `label` directive replaces). */
 int main(int argc, char **argv)
 {
+	if (argc >= 2) {
+		args_start = argv[1];
+		args_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
+	}
 	if (argc >= 2 && !strcmp(argv[1], "launch"))
 		return launch();
 	if (argc == 3 && !strcmp(argv[1], "zygote"))
-		zygote(argc, argv);
+		zygote();
 	die_msg("usage: corral-init launch [LABEL...] < SPEC | corral-init zygote ROOM");
 }

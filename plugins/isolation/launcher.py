@@ -17,11 +17,16 @@ daemon neither waits for the launcher to exit nor connects to the init.
 
 A :class:`Zygote` (``corral-init zygote``, one per daemon) forks each
 launcher: a request on a socket instead of a spawn and an exec, which blocked
-the daemon for 0.3 ms and took the launcher another 0.3 ms to start. Without
-one, the launcher is spawned: posix_spawn (a vfork) with a memfd for stderr
-costs half a ``subprocess.Popen`` and leaves no pipe to drain. Either way the
-launcher gets an empty environment: the init keeps it, and the daemon's has
-no business in a container.
+the daemon for 0.3 ms and took the launcher another 0.3 ms to start. It forks
+one ahead (:meth:`Zygote.fork_ahead`): that launcher makes its namespaces,
+the network one above all (half a millisecond), before any container needs
+it, then waits for a spec; the mount namespace comes with the spec, so the
+container sees the host's mounts as they are then. The launcher's label (its
+cmdline, by which the daemon finds its inits) comes with the spec too.
+Without a zygote, the launcher is spawned: posix_spawn (a vfork) with a memfd
+for stderr costs half a ``subprocess.Popen`` and leaves no pipe to drain.
+Either way the launcher gets an empty environment: the init keeps it, and the
+daemon's has no business in a container.
 
 A spawned process is queued on its parent's CPU. Measured on 2-vCPU VMs, the
 launcher then started only when the daemon blocked, 1.3 ms later, instead of
@@ -34,6 +39,7 @@ from __future__ import annotations
 import array
 import ctypes
 import os
+import select
 import signal
 import socket
 from pathlib import Path
@@ -46,7 +52,7 @@ from supervisor.sandbox import NetworkNamespace
 MAX_OUTPUT = 64 * 1024
 #: Longest message on the control socket (``init PID``).
 MAX_MESSAGE = 256
-#: Bytes of argument space the zygote keeps for a launcher's label (its cmdline).
+#: Bytes of argument space kept for a launcher's label (its cmdline).
 LABEL_ROOM = 512
 #: Signals set to their default in the zygote and a spawned launcher: the init's
 #: jobs start from them (corral_init.c resets only what the init itself changed).
@@ -79,6 +85,7 @@ class Zygote:
         self.pid: int | None = None
         self._sock: socket.socket | None = None
         self._avoided: int | None = None  # the daemon's CPU, which the zygote is kept off
+        self._ahead: Launcher | None = None
 
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -105,13 +112,35 @@ class Zygote:
         self._avoided = None
         return ours
 
-    def fork_launcher(self, label: str, spec: int, stderr: int, control: int) -> None:
+    def launcher(self) -> Launcher:
+        """A launcher for a new container: the one forked ahead if it still waits, else a new one.
+
+        Raises:
+            OSError: the zygote could not be started or reached.
+        """
+        launcher, self._ahead = self._ahead, None
+        if launcher is not None and launcher.waiting():
+            return launcher
+        if launcher is not None:
+            launcher.close()
+        return Launcher(self.init, self)
+
+    def fork_ahead(self) -> None:
+        """Fork the next container's launcher now (if none waits), so that its namespaces
+        are made before it is needed. Call it when the daemon's CPUs are quiet."""
+        if self._ahead is None:
+            try:
+                self._ahead = Launcher(self.init, self)
+            except OSError:
+                pass  # the next create forks its own and reports the error
+
+    def fork_launcher(self, spec: int, stderr: int, control: int) -> None:
         """Have the zygote fork a launcher with these fds as its stdin, stderr and fd 3.
 
         Raises:
             OSError: the zygote could not be started or reached (twice).
         """
-        message = b"launch\0%s\0" % os.fsencode(label)
+        message = b"launch"
         fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (spec, stderr, control)))]
         for attempt in (1, 2):
             sock = self._sock or self._start()
@@ -128,7 +157,11 @@ class Zygote:
                     raise
 
     def close(self) -> None:
-        """Stop the zygote (it exits when its socket closes); launchers it forked go on."""
+        """Stop the zygote (it exits when its socket closes) and the launcher forked ahead;
+        launchers in use go on."""
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -143,8 +176,8 @@ class Zygote:
 class Launcher:
     """One running ``corral-init launch``, waiting for its spec."""
 
-    def __init__(self, init: Path, container_path: Path, zygote: Zygote | None = None) -> None:
-        """Start ``INIT launch CONTAINER_PATH``, forked by *zygote* if given, else spawned.
+    def __init__(self, init: Path, zygote: Zygote | None = None) -> None:
+        """Start ``INIT launch``, forked by *zygote* if given, else spawned.
 
         A forked launcher is the zygote's child: :attr:`pid` stays None.
         """
@@ -160,13 +193,11 @@ class Launcher:
         self._err = os.memfd_create("stderr", os.MFD_CLOEXEC)
         try:
             if zygote is not None:
-                zygote.fork_launcher(
-                    str(container_path), spec_read, self._err, launcher_end.fileno()
-                )
+                zygote.fork_launcher(spec_read, self._err, launcher_end.fileno())
             else:
                 self.pid = os.posix_spawn(
                     init,
-                    [str(init), "launch", str(container_path)],
+                    [str(init), "launch", "-" * LABEL_ROOM],
                     {},
                     file_actions=[
                         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -216,6 +247,12 @@ class Launcher:
                     for fd in fds:
                         os.close(fd)
         return self._namespace
+
+    def waiting(self) -> bool:
+        """Whether the launcher still waits for its spec (it did not die meanwhile)."""
+        poller = select.poll()
+        poller.register(self._spec, select.POLLOUT)
+        return not any(events & select.POLLERR for _, events in poller.poll(0))
 
     def send(self, part: bytes) -> None:
         """Send a first part of the spec, as much as the pipe takes now; :meth:`finish` the rest."""

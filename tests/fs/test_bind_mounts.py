@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from supervisor import errors
 from supervisor.client import Client
+from tests.conftest import Daemon
 
 CAP_SYS_ADMIN = 21
 
@@ -123,3 +126,44 @@ def test_bad_bind_mounts_are_rejected(client: Client, mounts: list, named: str) 
     with pytest.raises(errors.InvalidRequest) as info:
         client.create({"bind_mounts": mounts})
     assert named in str(info.value)
+
+
+def _waiting_launchers(daemon_pid: int) -> list[int]:
+    """Launchers forked ahead by the daemon's zygote, still waiting for a spec (no label)."""
+
+    def parent(pid: str) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[1:3] == [b"launch", b""] and parent(str(parent(pid))) == daemon_pid:
+                found.append(int(pid))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_host_mount_made_while_the_next_launcher_waits_is_seen(
+    daemon: Daemon, client: Client, tmp_path: Path
+) -> None:
+    """The launcher forked ahead copies the host's mounts only when its spec comes."""
+    assert daemon.process is not None
+    client.destroy(client.create())  # its clean-up forks the next container's launcher
+    deadline = time.monotonic() + 10
+    while not _waiting_launchers(daemon.process.pid):
+        assert time.monotonic() < deadline, "no launcher was forked ahead"
+        time.sleep(0.02)
+    later = tmp_path / "later"
+    later.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "later", str(later)], check=True)
+    try:
+        (later / "file").write_text("mounted after\n")
+        handle = client.create({"bind_mounts": [[str(later), "/mnt/later"]]})
+        try:
+            assert client.run(handle, "cat /mnt/later/file")[1] == "mounted after\n"
+        finally:
+            client.destroy(handle)
+    finally:
+        subprocess.run(["umount", str(later)], check=True)

@@ -25,7 +25,7 @@ def test_network_namespace_is_reported_before_the_spec(
     host = os.stat("/proc/self/ns/net").st_ino
 
     async def main() -> None:
-        launcher = Launcher(init, tmp_path)
+        launcher = Launcher(init)
         try:
             with trio.fail_after(10):
                 namespace = await launcher.network_namespace()
@@ -51,7 +51,7 @@ def test_network_namespace_is_reported_before_the_spec(
 
 def test_a_launcher_that_dies_early_reports_no_namespace(tmp_path: Path) -> None:
     async def main() -> None:
-        launcher = Launcher(Path("/bin/true"), tmp_path)  # exits without unsharing
+        launcher = Launcher(Path("/bin/true"))  # exits without unsharing
         try:
             with trio.fail_after(10):
                 assert await launcher.network_namespace() is None
@@ -79,18 +79,25 @@ def test_a_zygote_forks_launchers_labelled_as_if_exec_d_and_comes_back_after_a_k
     zygote = Zygote(init)
 
     async def launch_one(label: Path) -> None:
-        launcher = Launcher(init, label, zygote)
+        launcher = Launcher(init, zygote)
         try:
             assert launcher.pid is None  # the zygote's child, not ours
             with trio.fail_after(10):
                 namespace = await launcher.network_namespace()
             assert namespace is not None
-            # Its cmdline reads as `corral-init launch LABEL` (the daemon finds inits by it).
-            labelled = [
-                pid
-                for pid in os.listdir("/proc")
-                if pid.isdigit() and _argv(pid)[:3] == [str(init).encode(), b"launch", bytes(label)]
-            ]
+            # Labelled by its spec, its cmdline reads as `corral-init launch LABEL`
+            # (the daemon finds inits by it).
+            launcher.send(b"label\t%s\n" % bytes(label))
+            labelled: list[str] = []
+            with trio.fail_after(10):
+                while not labelled:
+                    await trio.sleep(0.01)
+                    labelled = [
+                        pid
+                        for pid in os.listdir("/proc")
+                        if pid.isdigit()
+                        and _argv(pid)[:3] == [str(init).encode(), b"launch", bytes(label)]
+                    ]
             assert len(labelled) == 1
             netns = os.stat(f"/proc/{labelled[0]}/ns/net").st_ino
             assert netns == os.fstat(namespace.fd).st_ino
@@ -107,6 +114,69 @@ def test_a_zygote_forks_launchers_labelled_as_if_exec_d_and_comes_back_after_a_k
             await trio.sleep(0.01)
         await launch_one(tmp_path / "second")  # through a new zygote
         assert zygote.pid not in (None, first)
+
+    try:
+        trio.run(main)
+    finally:
+        zygote.close()
+
+
+def _launchers_of(zygote_pid: int) -> list[int]:
+    """Pids of the launchers the zygote forked that still wait for their spec (no label yet)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == zygote_pid and _argv(pid)[1:3] == [b"launch", b""] and _state(int(pid)) != "Z":
+            found.append(int(pid))
+    return found
+
+
+def test_the_launcher_forked_ahead_is_used_once_and_replaced_if_it_died(
+    artifacts: tuple[Path, Path],
+) -> None:
+    init, _ = artifacts
+    zygote = Zygote(init)
+
+    async def main() -> None:
+        zygote.fork_ahead()
+        assert zygote.pid is not None
+        with trio.fail_after(10):
+            while not _launchers_of(zygote.pid):
+                await trio.sleep(0.01)
+        ahead = _launchers_of(zygote.pid)
+        assert len(ahead) == 1
+        zygote.fork_ahead()  # one waits already: no second
+        first = zygote.launcher()
+        try:
+            with trio.fail_after(10):
+                namespace = await first.network_namespace()
+            assert namespace is not None
+            # The waiting launcher made its network namespace already.
+            assert os.fstat(namespace.fd).st_ino == os.stat(f"/proc/{ahead[0]}/ns/net").st_ino
+        finally:
+            first.close()
+
+        zygote.fork_ahead()
+        with trio.fail_after(10):
+            while not _launchers_of(zygote.pid):
+                await trio.sleep(0.01)
+        (dead,) = _launchers_of(zygote.pid)
+        dead_netns = os.stat(f"/proc/{dead}/ns/net").st_ino
+        os.kill(dead, signal.SIGKILL)
+        with trio.fail_after(10):
+            while dead in _launchers_of(zygote.pid):
+                await trio.sleep(0.01)
+        second = zygote.launcher()
+        try:
+            with trio.fail_after(10):
+                namespace = await second.network_namespace()
+            assert namespace is not None
+            assert os.fstat(namespace.fd).st_ino != dead_netns  # a new one, not the dead
+        finally:
+            second.close()
 
     try:
         trio.run(main)

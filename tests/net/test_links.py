@@ -40,7 +40,7 @@ def test_eth0_is_configured_and_a_failure_deletes_the_veth(
     device = f"tlk{secrets.token_hex(3)}"
 
     async def main() -> None:
-        launcher = Launcher(init, tmp_path)
+        launcher = Launcher(init)
         try:
             with trio.fail_after(10):
                 namespace = await launcher.network_namespace()
