@@ -102,6 +102,7 @@ class Supervisor:
         self._trash_send, self._trash_receive = trio.open_memory_channel[
             tuple[Path, list[Callable[[], None]]]
         ](math.inf)
+        self._trash_emptied = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the containers' tasks: recover the depot, then serve until cancelled."""
@@ -157,12 +158,15 @@ class Supervisor:
         await container.finished.wait()
 
     async def detach_all(self) -> None:
-        """Let every container's task end without releasing kernel resources."""
+        """Let every container's task end without releasing kernel resources; then
+        finish the clean-ups of the containers destroyed before (the plugins stop next)."""
         for container in list(self.containers.values()):
             container.detaching = True
             container.request_destroy()
         for container in list(self.containers.values()):
             await container.finished.wait()
+        self._trash_send.close()
+        await self._trash_emptied.wait()
 
     def list(self, properties: dict[str, str] | None = None) -> list[str]:
         """Handles of the live containers whose properties include *properties*."""
@@ -203,7 +207,11 @@ class Supervisor:
 
     async def _empty_trash(self) -> None:
         async for path, cleanups in self._trash_receive:
+            # A checkpoint first: the destroy's reply, woken with this task, goes out
+            # before the worker thread competes with the event loop for the GIL.
+            await trio.lowlevel.checkpoint()
             await trio.to_thread.run_sync(_clean_up, path, cleanups, self.depot)
+        self._trash_emptied.set()
 
     async def _recover(self) -> None:
         """Re-adopt the containers in the depot; release the half-created ones."""

@@ -202,16 +202,32 @@ def device_leftovers(daemon: Daemon) -> list[str]:
     return ours()
 
 
+def cgroup_dirs(daemon: Daemon, handle: str | None = None) -> list[Path]:
+    """The container cgroups of *daemon* (of one handle, or all), in every hierarchy.
+
+    Not the daemon's spare sets (``.spare-N``, made ahead); a destroyed container's,
+    renamed to ``.trash-N``, count until they are removed after destroy's reply.
+    """
+    parent = f"corral-test-{daemon.dir.name}"
+
+    def found() -> list[Path]:
+        return sorted(
+            d
+            for h in Path("/sys/fs/cgroup").iterdir()
+            if (h / parent).is_dir()
+            for d in (h / parent).iterdir()
+            if d.is_dir() and not d.name.startswith(".spare-") and handle in (None, d.name)
+        )
+
+    deadline = time.monotonic() + 5
+    while any(d.name.startswith(".trash-") for d in found()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found()
+
+
 def cgroup_leftovers(daemon: Daemon) -> list[str]:
     """Container cgroups of this daemon still on the host, in any hierarchy."""
-    parent = f"corral-test-{daemon.dir.name}"
-    return sorted(
-        str(d)
-        for h in Path("/sys/fs/cgroup").iterdir()
-        if (h / parent).is_dir()
-        for d in (h / parent).iterdir()
-        if d.is_dir()
-    )
+    return [str(d) for d in cgroup_dirs(daemon)]
 
 
 @pytest.fixture(scope="session")

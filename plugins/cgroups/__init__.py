@@ -8,7 +8,9 @@ the launch plan's membership files (``cgroup.procs``; v1 ``tasks``, see
 :attr:`~plugins.cgroups.v1.V1.join_file`), so every process of the container is
 accounted and limited from its first instruction. They are removed when the
 container is destroyed, when its creation fails, and at start for handles the
-daemon no longer knows.
+daemon no longer knows. Where a hierarchy renames cgroups (v1), a set made ahead
+is renamed at create, and destroy renames the container's away and removes them
+after its reply (:mod:`~plugins.cgroups.spares`).
 
 Limits (``mem``, ``cpu``, ``cpus``, ``cpuset``, ``pids``; see
 :mod:`~plugins.cgroups.limits`) come from the create option ``limits`` and the
@@ -30,6 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import structlog
@@ -41,6 +44,7 @@ from plugins.cgroups.backend import CPUSET, MEMORY, CgroupError
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.layout import Layout
 from plugins.cgroups.limits import RESOURCES, CgroupLimit, apply_all, host_cores, read_all
+from plugins.cgroups.spares import Spares
 from plugins.cgroups.values import parse_limits
 from supervisor.config import Config, ConfigError
 from supervisor.container import Container
@@ -61,6 +65,7 @@ class _Settings:
     parent: str = DEFAULT_PARENT
     #: Empty until ``corral_configure``: without it the plugin limits nothing.
     layout: Layout = Layout()
+    spares: Spares = Spares(Layout(), DEFAULT_PARENT)
 
 
 settings = _Settings()
@@ -87,6 +92,7 @@ def corral_configure(config: Config) -> None:
         )
     settings.parent = parent
     settings.layout = layout_module.detect()
+    settings.spares = Spares(settings.layout, parent)
     if settings.layout.placements:
         log.info("cgroup controllers found", parent=parent, **settings.layout.describe())
     else:
@@ -112,13 +118,16 @@ async def _startup(live_handles: frozenset[str]) -> None:
                 e.name for e in parent.iterdir() if e.is_dir() and e.name not in live_handles
             )
     for handle in sorted(stale):
-        log.warning("cgroups of an unknown container removed", handle=handle)
+        if not handle.startswith("."):  # spare and trash sets of a daemon that died go quietly
+            log.warning("cgroups of an unknown container removed", handle=handle)
         await ContainerCgroups.plan(settings.layout, settings.parent, handle).remove()
+    settings.spares.make()
 
 
 @hookimpl
 def corral_shutdown() -> None:
     """Remove the parent cgroups if no container is left in them (containers outlive the daemon)."""
+    settings.spares.clear()
     for root in settings.layout.hierarchies():
         try:
             (root / settings.parent).rmdir()
@@ -235,8 +244,16 @@ async def _cgroups(container: Container, plan: LaunchPlan, restoring: bool) -> A
                 nursery.cancel_scope.cancel()
     finally:
         if not container.detaching:
+            trash = group.to_trash(settings.spares.trash_name())
             with trio.CancelScope(shield=True):
-                await group.remove()
+                await group.remove()  # what could not be renamed
+            container.after_destroy(partial(_remove_trash, trash))
+
+
+def _remove_trash(trash: ContainerCgroups) -> None:
+    """After destroy's reply: remove a container's renamed cgroups, and make the next spares."""
+    trash.remove_now()
+    settings.spares.make()
 
 
 async def _create(container: Container, group: ContainerCgroups) -> None:
@@ -246,9 +263,10 @@ async def _create(container: Container, group: ContainerCgroups) -> None:
     if not all(path.parent.is_dir() for path in group.directories()):
         setup_parents(settings.layout, settings.parent)
     try:
-        group.create()
+        group.create(spare=settings.spares.take())
     except FileExistsError:
-        # Only a crashed daemon leaves a directory named after a free handle.
+        # Only a crashed daemon leaves a directory named after a free handle (and
+        # what of the spare set was not renamed yet, removed at the next start).
         container.log.warning("leftover cgroups of the same handle removed")
         await group.remove()
         group.create()

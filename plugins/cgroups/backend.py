@@ -127,6 +127,8 @@ class Backend(ABC):
     version: ClassVar[int]
     #: The file a process writes ``0`` to, to join the cgroup itself.
     join_file: ClassVar[str] = "cgroup.procs"
+    #: Whether a cgroup can be renamed within its parent (see :mod:`plugins.cgroups.spares`).
+    renames: ClassVar[bool] = False
 
     # -- set-up -------------------------------------------------------------------
 

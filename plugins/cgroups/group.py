@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -87,20 +88,35 @@ class ContainerCgroups:
             found.setdefault(path, (backend, []))[1].append(controller)
         return found
 
+    def renamable(self) -> ContainerCgroups:
+        """The same cgroups in the hierarchies that can rename one (v1) only."""
+        kept = {c: (b.version, p) for c, (b, p) in self._dirs.items() if b.renames}
+        return ContainerCgroups(self.handle, kept)
+
     def procs_files(self) -> list[Path]:
         """The files the container's launcher joins by (see ``Backend.join_file``)."""
         return [path / backend.join_file for path, (backend, _) in self.directories().items()]
 
     # -- life --------------------------------------------------------------------------
 
-    def create(self) -> None:
-        """Make and configure every directory, before any task joins.
+    def create(self, spare: str | None = None) -> None:
+        """Make and configure every directory, before any task joins; where a
+        hierarchy renames, rename the *spare* set's directory instead (see
+        :mod:`plugins.cgroups.spares`) if it is there.
 
         Raises:
             FileExistsError: a directory is already there (a leftover).
             CgroupError: the kernel refused a directory or a setting.
         """
         for path, (backend, controllers) in self.directories().items():
+            if spare is not None and backend.renames:
+                try:
+                    os.rename(path.parent / spare, path)
+                    continue
+                except FileExistsError:
+                    raise  # a leftover, as below
+                except OSError:
+                    pass  # gone with its parent (an administrator removed it): make one
             try:
                 path.mkdir()
             except FileExistsError:
@@ -111,6 +127,34 @@ class ContainerCgroups:
                 ) from None
             for controller in controllers:
                 backend.setup_child(controller, path)
+
+    def to_trash(self, name: str) -> ContainerCgroups:
+        """Rename the directories of the hierarchies that rename to *name*, for
+        :meth:`remove_now` once destroy has replied: those renamed, which this group
+        no longer holds (:meth:`remove` takes the others where they are)."""
+        moved: dict[str, tuple[Backend, Path]] = {}
+        for path, (backend, controllers) in self.directories().items():
+            if not backend.renames:
+                continue
+            try:
+                os.rename(path, path.parent / name)
+            except OSError:
+                continue  # gone, or refused
+            moved.update((c, (backend, path.parent / name)) for c in controllers)
+        self._dirs = {c: entry for c, entry in self._dirs.items() if c not in moved}
+        return ContainerCgroups(self.handle, {c: (b.version, p) for c, (b, p) in moved.items()})
+
+    def remove_now(self) -> list[Path]:
+        """:meth:`remove`, blocking (for a worker thread)."""
+        left = [path for path in self.directories() if path.exists()]
+        deadline = time.monotonic() + REMOVE_TIMEOUT
+        while left and time.monotonic() < deadline:
+            left = [path for path in left if not self._rmdir(path)]
+            if left:
+                self._kill_leftovers()
+                time.sleep(REMOVE_POLL)
+        self._report_left(left)
+        return left
 
     async def remove(self) -> list[Path]:
         """Kill whatever is left in the cgroups and remove them all; tolerates missing ones.
@@ -123,11 +167,14 @@ class ContainerCgroups:
             while left:
                 left = [path for path in left if not self._rmdir(path)]
                 if left:
-                    await self._kill_leftovers()
+                    self._kill_leftovers()
                     await trio.sleep(REMOVE_POLL)
+        self._report_left(left)
+        return left
+
+    def _report_left(self, left: list[Path]) -> None:
         for path in left:
             log.error("cgroup not removed: tasks remain", handle=self.handle, path=str(path))
-        return left
 
     def _rmdir(self, path: Path) -> bool:
         try:
@@ -136,7 +183,7 @@ class ContainerCgroups:
             log.error("cgroup not removed", handle=self.handle, error=exc.message)
             return True  # nothing a retry would change
 
-    async def _kill_leftovers(self) -> None:
+    def _kill_leftovers(self) -> None:
         if self.has(FREEZER) and self.path(FREEZER).exists():
             try:
                 # A freeze cut short (daemon killed mid-stop) would keep SIGKILL from landing.

@@ -62,6 +62,7 @@ class V1(Backend):
     # process's (``cgroup.procs``) takes it and waits an RCU grace period, 5-14 ms
     # here. The launcher is single-threaded: moving its one thread moves it.
     join_file = "tasks"
+    renames = True
 
     def setup_parent(self, controller: str, path: Path) -> None:
         if controller == CPUSET:

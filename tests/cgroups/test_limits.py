@@ -18,7 +18,7 @@ import pytest
 from supervisor.client import Client
 from supervisor.depot import read_record
 from supervisor.errors import CorralError, InvalidRequest
-from tests.conftest import Daemon, leftovers
+from tests.conftest import Daemon, cgroup_dirs, leftovers
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MB = 1 << 20
@@ -26,16 +26,6 @@ MB = 1 << 20
 
 def parent_name(daemon: Daemon) -> str:
     return f"corral-test-{daemon.dir.name}"
-
-
-def cgroup_dirs(daemon: Daemon, handle: str | None = None) -> list[Path]:
-    """The container cgroups of *daemon* (of one handle, or all), in every hierarchy."""
-    found = []
-    for hierarchy in CGROUP_ROOT.iterdir():
-        parent = hierarchy / parent_name(daemon)
-        if parent.is_dir():
-            found += [d for d in parent.iterdir() if d.is_dir() and handle in (None, d.name)]
-    return sorted(found)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
@@ -248,11 +238,54 @@ def test_destroy_removes_the_cgroups_in_every_hierarchy(daemon: Daemon, client: 
     assert [p for p in made if p.exists()] == []
 
 
+def _spare_dirs(daemon: Daemon) -> list[Path]:
+    return sorted(
+        d
+        for h in CGROUP_ROOT.iterdir()
+        if (h / parent_name(daemon)).is_dir()
+        for d in (h / parent_name(daemon)).iterdir()
+        if d.name.startswith(".spare-")
+    )
+
+
+def test_create_renames_the_spare_cgroups_made_ahead(daemon: Daemon, client: Client) -> None:
+    """Where a hierarchy renames cgroups (v1), create takes the set made ahead, and
+    destroy's clean-up, after the reply, removes the container's and makes the next."""
+    client.destroy(client.create())
+    spares = wait_for(lambda: _spare_dirs(daemon))
+    if not spares:
+        pytest.skip("no cgroup hierarchy here renames cgroups (pure v2): nothing is made ahead")
+    inodes = {p.parent: p.stat().st_ino for p in spares}
+    handle = client.create()
+    try:
+        made = cgroup_dirs(daemon, handle)
+        assert {p.parent: p.stat().st_ino for p in made if p.parent in inodes} == inodes
+        assert not any(p.exists() for p in spares)
+    finally:
+        client.destroy(handle)
+    assert cgroup_dirs(daemon) == []  # the container's, renamed away, are gone too
+    assert wait_for(lambda: len(_spare_dirs(daemon)) == len(spares))
+
+
+def test_a_daemon_stopped_right_after_a_destroy_leaves_no_cgroup(fresh_daemon: Daemon) -> None:
+    """Its spare set and the destroyed container's cgroups (removed after the reply)
+    go before it exits, and with them its parent cgroups."""
+    with fresh_daemon.client() as c:
+        c.destroy(c.create())
+    assert fresh_daemon.terminate() == 0
+    parents = [h / parent_name(fresh_daemon) for h in CGROUP_ROOT.iterdir()]
+    assert [p for p in parents if p.exists()] == []
+
+
 def test_a_parent_removed_meanwhile_is_made_again(fresh_daemon: Daemon) -> None:
     client = fresh_daemon.client()
     client.destroy(client.create())  # all parents exist, and no container is in them
     parents = [h / parent_name(fresh_daemon) for h in CGROUP_ROOT.iterdir()]
     removed = [p for p in parents if p.is_dir()]
+    # The destroy's clean-up makes a spare set (where hierarchies rename), which the
+    # next create would take: the administrator removes it too.
+    for spare in wait_for(lambda: _spare_dirs(fresh_daemon), timeout=2):
+        spare.rmdir()
     for parent in removed:
         parent.rmdir()  # what an administrator might do while the daemon runs
     handle = client.create({"limits": {"mem": 64 * MB}})
