@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import fcntl
+import gc
 import os
 import resource
 import signal
@@ -28,6 +29,8 @@ from supervisor.server import AlreadyServing, Server, open_listener
 log = structlog.get_logger()
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+#: Allocations (less frees) between two collections of the youngest generation (Python: 700).
+GC_THRESHOLD = 10_000
 
 
 def become_subreaper() -> None:
@@ -43,6 +46,19 @@ def raise_open_files_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    The modules and plugins loaded at start live as long as the daemon: frozen,
+    a full collection no longer scans them (it took about 20 ms here, twice in 65
+    cold runs). And the first generation is collected ten times less often: a
+    collection costs per object still alive, and the daemon's garbage is freed by
+    reference counting, so most collections found nothing.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD)
 
 
 def lock_depot(depot: Depot) -> int:
@@ -111,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         hooks.configure(config)
         become_subreaper()
         raise_open_files_limit()
+        tune_garbage_collector()
         trio.run(serve, config, hooks)
     except (config_module.ConfigError, AlreadyServing) as exc:
         log.error("corrald cannot start", error=str(exc))
