@@ -27,11 +27,14 @@ if [ ${#missing[@]} -gt 0 ]; then
         || { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; }
 fi
 
-# The virtual environment with Corral (editable, so the checkout is what runs) and its test tools.
+# The virtual environment with Corral and its test tools. Installed, not linked
+# to the checkout: the daemon runs on when the checkout moves or goes (the tests
+# and the benchmark run the checkout's code, from its directory).
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
+"$VENV/bin/pip" install -q --disable-pip-version-check "$REPO[test]"
+rm -rf "$REPO/build"  # pip's in-tree build
 ln -sf "$VENV/bin/corral" /usr/local/bin/corral
 ln -sf "$VENV/bin/corrald" /usr/local/bin/corrald
 
