@@ -223,15 +223,23 @@ async def _cgroups(container: Container, plan: LaunchPlan, restoring: bool) -> A
         async with context_nursery() as nursery:
             if not restoring:
                 await _create(container, group)
-            if group.has(MEMORY) and group.path(MEMORY).is_dir():
-                # Watching starts before the first limit is written, so no OOM goes unseen.
-                await nursery.start(
-                    oom.watch,
-                    group.backend(MEMORY),
-                    group.path(MEMORY),
-                    state.get("oom_kills", 0),
-                    lambda count: _out_of_memory(container, count),
-                )
+            if group.has(MEMORY):
+                # Registered now, before the first limit is written, so that no OOM goes
+                # unseen; watched in a task of its own (a nursery.start, which waits for
+                # the task to run, cost the create a pass of the scheduler).
+                try:
+                    registration = oom.register(group.backend(MEMORY), group.path(MEMORY))
+                except FileNotFoundError:
+                    pass  # restoring a container whose cgroups are gone: nothing to watch
+                else:
+                    nursery.start_soon(
+                        oom.watch,
+                        group.backend(MEMORY),
+                        group.path(MEMORY),
+                        state.get("oom_kills", 0),
+                        lambda count: _out_of_memory(container, count),
+                        registration,
+                    )
             if not restoring:
                 await _apply_create_limits(container, group)
             plan.cgroup_procs.extend(group.procs_files())

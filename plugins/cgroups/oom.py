@@ -10,9 +10,10 @@ cgroup go up?", and differ in how the kernel wakes us:
 - v2: inotify on ``memory.events``, which the kernel marks modified whenever one
   of its counters changes.
 
-A watcher is started with ``nursery.start``: it reports started only once the
-kernel would wake it, so a limit written afterwards cannot OOM unseen. It never
-raises for a cgroup that vanishes (the container is going away); it just ends.
+The wake-up is registered (:func:`register`) before any limit is written, so
+none can OOM unseen: by the caller, or by :func:`watch` before it reports
+started. A watcher never raises for a cgroup that vanishes (the container is
+going away); it just ends.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
@@ -42,11 +44,55 @@ IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
 
+class Registration(NamedTuple):
+    """The kernel wakes :attr:`fd` at each OOM of one memory cgroup (see :func:`register`)."""
+
+    #: v1: an eventfd; v2: an inotify fd.
+    fd: int
+    #: v1: ``memory.oom_control``, open while the eventfd is registered on it; v2: -1.
+    control: int = -1
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self.fd)
+        os.close(self.fd)
+        if self.control >= 0:
+            os.close(self.control)
+
+
+def register(backend: Backend, path: Path) -> Registration:
+    """Have the kernel wake an fd at each OOM of the memory cgroup at *path*, from now on.
+
+    Raises:
+        FileNotFoundError: the cgroup is gone.
+    """
+    if backend.version == 1:
+        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            control = os.open(path / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                write(path / "cgroup.event_control", f"{efd} {control}")
+            except BaseException:
+                os.close(control)
+                raise
+        except BaseException:
+            os.close(efd)
+            raise
+        return Registration(efd, control)
+    fd = inotify_init()
+    try:
+        inotify_add_watch(fd, path / "memory.events", IN_MODIFY)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Registration(fd)
+
+
 async def watch(
     backend: Backend,
     path: Path,
     seen: int,
     on_oom: OomCallback,
+    registration: Registration | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -58,81 +104,40 @@ async def watch(
         seen: the OOM kills already reported (persisted across daemon restarts,
             so kills that happened while no daemon ran are reported once).
         on_oom: awaited with the new count when the counter rises above *seen*.
+        registration: made by :func:`register` already (the watch closes it);
+            if None the watch registers before it reports started.
     """
-    watcher = watch_v1 if backend.version == 1 else watch_v2
-    await watcher(backend, path, seen, on_oom, task_status=task_status)
-
-
-async def watch_v1(
-    backend: Backend,
-    path: Path,
-    seen: int,
-    on_oom: OomCallback,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The v1 watcher: an eventfd on ``memory.oom_control``."""
-    efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    control = -1
-    started = False
-    try:
-        control = os.open(path / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
-        write(path / "cgroup.event_control", f"{efd} {control}")
-        task_status.started()
-        started = True
-        seen = await _check(backend, path, seen, on_oom)
-        while True:
-            await trio.lowlevel.wait_readable(efd)
-            try:
-                os.eventfd_read(efd)
-            except BlockingIOError:
-                continue
-            if not path.is_dir():
-                return
-            # The event comes as the cgroup enters OOM; the kill follows.
-            with trio.move_on_after(V1_KILL_DELAY):
-                while backend.oom_kills(path) <= seen:
-                    await trio.sleep(V1_POLL)
-            seen = await _check(backend, path, seen, on_oom)
-    except FileNotFoundError:
-        # The cgroup went away under us (or never was, restoring a half-made
-        # container): nothing to watch, and nothing that would fail to be seen.
-        if not started:
+    if registration is None:
+        try:
+            registration = register(backend, path)
+        except FileNotFoundError:
+            # The cgroup went away (or never was, restoring a half-made container):
+            # nothing to watch, and nothing that would fail to be seen.
             task_status.started()
-    finally:
-        trio.lowlevel.notify_closing(efd)
-        os.close(efd)
-        if control >= 0:
-            os.close(control)
-
-
-async def watch_v2(
-    backend: Backend,
-    path: Path,
-    seen: int,
-    on_oom: OomCallback,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The v2 watcher: inotify on ``memory.events``."""
-    fd = inotify_init()
-    started = False
+            return
+    task_status.started()
     try:
-        inotify_add_watch(fd, path / "memory.events", IN_MODIFY)
-        task_status.started()
-        started = True
         seen = await _check(backend, path, seen, on_oom)
         while True:
-            await trio.lowlevel.wait_readable(fd)
-            if IN_IGNORED in drain_events(fd):
+            await trio.lowlevel.wait_readable(registration.fd)
+            if backend.version == 1:
+                try:
+                    os.eventfd_read(registration.fd)
+                except BlockingIOError:
+                    continue
+                if not path.is_dir():
+                    return
+                # The event comes as the cgroup enters OOM; the kill follows.
+                with trio.move_on_after(V1_KILL_DELAY):
+                    while backend.oom_kills(path) <= seen:
+                        await trio.sleep(V1_POLL)
+            elif IN_IGNORED in drain_events(registration.fd):
                 return  # the file (so the cgroup) is gone
             seen = await _check(backend, path, seen, on_oom)
     except FileNotFoundError:
-        if not started:
-            task_status.started()
+        return  # the cgroup went away under us
     finally:
-        trio.lowlevel.notify_closing(fd)
-        os.close(fd)
+        registration.close()
 
 
 async def _check(backend: Backend, path: Path, seen: int, on_oom: OomCallback) -> int:

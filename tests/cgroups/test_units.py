@@ -521,6 +521,34 @@ def test_watcher_reports_kills_that_happened_while_no_daemon_ran(v2_dir: Path) -
     assert seen == [2]
 
 
+def test_a_watch_registered_ahead_sees_what_came_before_its_task_ran(v2_dir: Path) -> None:
+    """The plugin registers, writes limits, and only then does the watch's task run."""
+    events = v2_dir / "memory.events"
+    events.write_text("oom 0\noom_kill 0\n")
+    seen: list[int] = []
+
+    async def main() -> None:
+        async def on_oom(count: int) -> None:
+            seen.append(count)
+
+        registration = oom.register(v2.V2(), v2_dir)
+        events.write_text("oom 1\noom_kill 1\n")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(oom.watch, v2.V2(), v2_dir, 0, on_oom, registration)
+            with trio.fail_after(5):
+                while seen != [1]:
+                    await trio.sleep(0.01)
+            events.write_text("oom 2\noom_kill 2\n")
+            with trio.fail_after(5):
+                while seen != [1, 2]:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        with pytest.raises(OSError):
+            os.fstat(registration.fd)  # closed with the watch
+
+    trio.run(main)
+
+
 def test_watcher_of_a_vanished_cgroup_just_ends(tmp_path: Path) -> None:
     async def main() -> None:
         async def on_oom(count: int) -> None:
