@@ -478,19 +478,32 @@ def test_inotify_event_masks_are_parsed() -> None:
     assert oom.parse_event_masks(event * 2) == [oom.IN_MODIFY, oom.IN_IGNORED] * 2
 
 
-def test_v2_watcher_reports_each_rise_of_oom_kill(v2_dir: Path) -> None:
-    """The whole v2 watcher against a plain file: inotify works the same on it."""
+@pytest.mark.parametrize("ahead", [False, True], ids=["registering", "registered-ahead"])
+def test_v2_watcher_reports_each_rise_of_oom_kill(v2_dir: Path, ahead: bool) -> None:
+    """The whole v2 watcher against a plain file: inotify works the same on it.
+
+    Registered ahead, as the plugin does before it writes limits, the watch also
+    reports a kill that came before its task ran, and closes the registration.
+    """
     events = v2_dir / "memory.events"
     events.write_text("oom 0\noom_kill 0\n")
     seen: list[int] = []
+    registration: oom.Registration | None = None
 
     async def main() -> None:
+        nonlocal registration
+
         async def on_oom(count: int) -> None:
             seen.append(count)
 
         async with trio.open_nursery() as nursery:
-            await nursery.start(oom.watch, v2.V2(), v2_dir, 0, on_oom)
-            events.write_text("oom 1\noom_kill 1\n")
+            if ahead:
+                registration = oom.register(v2.V2(), v2_dir)
+                events.write_text("oom 1\noom_kill 1\n")
+                nursery.start_soon(oom.watch, v2.V2(), v2_dir, 0, on_oom, registration)
+            else:
+                await nursery.start(oom.watch, v2.V2(), v2_dir, 0, on_oom)
+                events.write_text("oom 1\noom_kill 1\n")
             with trio.fail_after(5):
                 while seen != [1]:
                     await trio.sleep(0.01)
@@ -502,6 +515,9 @@ def test_v2_watcher_reports_each_rise_of_oom_kill(v2_dir: Path) -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+    if registration is not None:
+        with pytest.raises(OSError):
+            os.fstat(registration.fd)  # closed with the watch
 
 
 def test_watcher_reports_kills_that_happened_while_no_daemon_ran(v2_dir: Path) -> None:
@@ -519,34 +535,6 @@ def test_watcher_reports_kills_that_happened_while_no_daemon_ran(v2_dir: Path) -
 
     trio.run(main)
     assert seen == [2]
-
-
-def test_a_watch_registered_ahead_sees_what_came_before_its_task_ran(v2_dir: Path) -> None:
-    """The plugin registers, writes limits, and only then does the watch's task run."""
-    events = v2_dir / "memory.events"
-    events.write_text("oom 0\noom_kill 0\n")
-    seen: list[int] = []
-
-    async def main() -> None:
-        async def on_oom(count: int) -> None:
-            seen.append(count)
-
-        registration = oom.register(v2.V2(), v2_dir)
-        events.write_text("oom 1\noom_kill 1\n")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(oom.watch, v2.V2(), v2_dir, 0, on_oom, registration)
-            with trio.fail_after(5):
-                while seen != [1]:
-                    await trio.sleep(0.01)
-            events.write_text("oom 2\noom_kill 2\n")
-            with trio.fail_after(5):
-                while seen != [1, 2]:
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-        with pytest.raises(OSError):
-            os.fstat(registration.fd)  # closed with the watch
-
-    trio.run(main)
 
 
 def test_watcher_of_a_vanished_cgroup_just_ends(tmp_path: Path) -> None:
