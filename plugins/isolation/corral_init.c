@@ -1512,9 +1512,9 @@ static void on_sigchld(int sig)
  * been exec'd with those fds (and the zygote's CPU affinity, which the daemon
  * keeps off its own CPU). It runs, and so they run, at nice value NICE (the
  * containers', below the daemon's). ROOM is a long argument whose space holds
- * the label the spec gives. Exits at EOF (the daemon is gone). It reaps its launchers (so
- * their CPU time shows in its own children's, as an exec'd launcher's did in
- * the daemon's). */
+ * the label the spec gives. Exits at EOF (the daemon is gone). It reaps its
+ * launchers (so their CPU time shows in its own children's, as an exec'd
+ * launcher's did in the daemon's). */
 static noreturn void zygote(const char *nice)
 {
 	struct sigaction chld = { .sa_handler = on_sigchld }, dfl = { .sa_handler = SIG_DFL };
