@@ -27,9 +27,6 @@ class DaemonSection:
     #: Longest request line accepted, in bytes.
     max_line_bytes: int = 1 << 20
     log_level: str = "info"
-    #: Nice value of the daemon's threads: above its containers', so that requests
-    #: are served at once while jobs keep the CPUs busy.
-    nice: int = -10
 
 
 @dataclass(frozen=True)
@@ -44,8 +41,6 @@ class ContainersSection:
     stop_timeout: float = 10.0
     #: Bytes of output kept per job and stream; past it the job is killed.
     output_limit: int = 10 << 20
-    #: Nice value every container process starts with.
-    nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,11 +93,6 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
         elif key in {"max_line_bytes", "output_limit"}:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"[{where}] {key}: must be a positive integer, got {value!r}")
-        elif key == "nice":
-            if not isinstance(value, int) or isinstance(value, bool) or not -20 <= value <= 19:
-                raise ConfigError(
-                    f"[{where}] nice: must be an integer from -20 to 19, got {value!r}"
-                )
         elif key == "stop_timeout":
             if not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"[{where}] stop_timeout: must be seconds >= 0")

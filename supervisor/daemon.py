@@ -48,18 +48,6 @@ def raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def set_priority(nice: int) -> None:
-    """Run the daemon's threads (and those it starts later) at *nice*.
-
-    Its containers start from ``[containers] nice`` instead: the zygote that
-    forks their launchers sets its own (see the isolation plugin).
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except OSError as exc:
-        log.warning("cannot set the daemon's nice value", nice=nice, error=exc.strerror)
-
-
 def tune_garbage_collector() -> None:
     """Keep the cyclic garbage collector off the request path.
 
@@ -139,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         hooks.configure(config)
         become_subreaper()
         raise_open_files_limit()
-        set_priority(config.daemon.nice)
         tune_garbage_collector()
         trio.run(serve, config, hooks)
     except (config_module.ConfigError, AlreadyServing) as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import stat
@@ -64,19 +63,3 @@ def test_sigint_stops_cleanly(fresh_daemon: Daemon) -> None:
     finally:
         probe.close()
     fresh_daemon.start()  # and the next one starts on the same depot
-
-
-def test_the_daemon_runs_above_its_containers(artifacts: tuple[Path, Path]) -> None:
-    """The daemon's threads at ``[daemon] nice``, the container's init and jobs at
-    ``[containers] nice``."""
-    daemon = Daemon(*artifacts, containers="nice = 5").start()
-    try:
-        assert daemon.process is not None
-        assert os.getpriority(os.PRIO_PROCESS, daemon.process.pid) == -10
-        with daemon.client() as c:
-            handle = c.create()
-            status, out, _ = c.run(handle, "cut -d' ' -f19 /proc/1/stat /proc/self/stat")
-            assert (status, out.split()) == (0, ["5", "5"])
-            c.destroy(handle)
-    finally:
-        daemon.close()

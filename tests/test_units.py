@@ -22,7 +22,6 @@ def test_config_defaults_and_overrides() -> None:
     assert c.daemon.socket == Path("/tmp/x.sock")
     assert c.daemon.max_line_bytes == 1 << 20
     assert c.containers.grace_time is None
-    assert (c.daemon.nice, c.containers.nice) == (-10, 0)
     assert c.section("net") == {"pool": "10.0.0.0/22"}
     assert config.Config().containers.grace_time == 300
 
@@ -33,7 +32,6 @@ def test_config_defaults_and_overrides() -> None:
         ("[daemon]\nsockt = '/x'", "sockt: unknown setting"),
         ("[daemon]\nsocket = 'relative'", "absolute path"),
         ("[containers]\noutput_limit = -1", "positive integer"),
-        ("[daemon]\nnice = -21", "nice: must be an integer from -20 to 19"),
         ("[plugins]\nblock = 'net'", "list of plugin names"),
         ("[daemon", "not valid TOML"),
     ],

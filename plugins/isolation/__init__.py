@@ -79,7 +79,7 @@ def corral_configure(config: Config) -> None:
     global _zygote
     if _zygote is not None:
         _zygote.close()
-    _zygote = Zygote(settings.init, config.containers.nice)
+    _zygote = Zygote(settings.init)
 
 
 @hookimpl  # right after fs (see BUILTIN_PLUGINS): the launcher works while the others prepare

@@ -1506,27 +1506,18 @@ static void on_sigchld(int sig)
 	(void)sig; /* only to interrupt recvmsg: the loop reaps */
 }
 
-/* `corral-init zygote NICE ROOM`: on fd 3 (a SOCK_SEQPACKET socket), requests
+/* `corral-init zygote ROOM`: on fd 3 (a SOCK_SEQPACKET socket), requests
  * "launch" with three fds: the spec (stdin), stderr and the control socket of
  * one launcher. It forks a launcher for each, as if `corral-init launch` had
  * been exec'd with those fds (and the zygote's CPU affinity, which the daemon
- * keeps off its own CPU). It runs, and so they run, at nice value NICE (the
- * containers', below the daemon's). ROOM is a long argument whose space holds
- * the label the spec gives. Exits at EOF (the daemon is gone). It reaps its
- * launchers (so their CPU time shows in its own children's, as an exec'd
- * launcher's did in the daemon's). */
-static noreturn void zygote(const char *nice)
+ * keeps off its own CPU). ROOM is a long argument whose space holds the label
+ * the spec gives. Exits at EOF (the daemon is gone). It reaps its launchers
+ * (so their CPU time shows in its own children's, as an exec'd launcher's did
+ * in the daemon's). */
+static noreturn void zygote(void)
 {
 	struct sigaction chld = { .sa_handler = on_sigchld }, dfl = { .sa_handler = SIG_DFL };
-	char *end;
-	long n;
 
-	/* Containers run at their own priority, not the daemon's (which is higher). */
-	errno = 0;
-	n = strtol(nice, &end, 10);
-	if (errno || *end || end == nice || n < -20 || n > 19)
-		die_msg("zygote: bad nice value %s", nice);
-	TRY(setpriority(PRIO_PROCESS, 0, (int)n), "setpriority %ld", n);
 	/* Launchers, inits and jobs start from default dispositions (see reset_signals). */
 	for (int sig = 1; sig < NSIG; sig++)
 		if (sig != SIGKILL && sig != SIGSTOP && sigaction(sig, &dfl, NULL) < 0 &&
@@ -1583,7 +1574,7 @@ int main(int argc, char **argv)
 	}
 	if (argc >= 2 && !strcmp(argv[1], "launch"))
 		return launch();
-	if (argc == 4 && !strcmp(argv[1], "zygote"))
-		zygote(argv[2]);
-	die_msg("usage: corral-init launch [LABEL...] < SPEC | corral-init zygote NICE ROOM");
+	if (argc == 3 && !strcmp(argv[1], "zygote"))
+		zygote();
+	die_msg("usage: corral-init launch [LABEL...] < SPEC | corral-init zygote ROOM");
 }

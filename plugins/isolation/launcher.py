@@ -23,12 +23,10 @@ the network one above all (half a millisecond), before any container needs
 it, then waits for a spec; the mount namespace comes with the spec, so the
 container sees the host's mounts as they are then. The launcher's label (its
 cmdline, by which the daemon finds its inits) comes with the spec too.
-The zygote runs at the containers' nice value (``[containers] nice``), below
-the daemon's. Without a zygote (tests), the launcher is spawned, at the
-spawner's priority: posix_spawn (a vfork) with a memfd for stderr costs half a
-``subprocess.Popen`` and leaves no pipe to drain. Either way the launcher gets
-an empty environment: the init keeps it, and the daemon's has no business in a
-container.
+Without a zygote, the launcher is spawned: posix_spawn (a vfork) with a memfd
+for stderr costs half a ``subprocess.Popen`` and leaves no pipe to drain.
+Either way the launcher gets an empty environment: the init keeps it, and the
+daemon's has no business in a container.
 
 A spawned process is queued on its parent's CPU. Measured on 2-vCPU VMs, the
 launcher then started only when the daemon blocked, 1.3 ms later, instead of
@@ -82,10 +80,8 @@ class LaunchError(Exception):
 class Zygote:
     """One ``corral-init zygote``, started on first use, forking launchers on request."""
 
-    def __init__(self, init: Path, nice: int = 0) -> None:
-        """*nice*: the containers' nice value, which the zygote and its launchers take."""
+    def __init__(self, init: Path) -> None:
         self.init = init
-        self.nice = nice
         self.pid: int | None = None
         self._sock: socket.socket | None = None
         self._avoided: int | None = None  # the daemon's CPU, which the zygote is kept off
@@ -96,7 +92,7 @@ class Zygote:
         try:
             self.pid = os.posix_spawn(
                 self.init,
-                [str(self.init), "zygote", str(self.nice), "-" * LABEL_ROOM],
+                [str(self.init), "zygote", "-" * LABEL_ROOM],
                 {},
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
