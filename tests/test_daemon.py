@@ -7,6 +7,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import Daemon
@@ -52,10 +53,41 @@ def test_bad_config_is_refused_with_the_setting_named(tmp_path: Path) -> None:
     assert "grace_tme: unknown setting" in result.stderr
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == pid and stat[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 def test_sigint_stops_cleanly(fresh_daemon: Daemon) -> None:
     assert fresh_daemon.process is not None
+    # The zygote, and the launcher it forked ahead for the next container, go too.
+    helpers = _children(fresh_daemon.process.pid)
+    deadline = time.monotonic() + 10
+    while not any(_children(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        helpers = _children(fresh_daemon.process.pid)
+    helpers += [child for pid in helpers for child in _children(pid)]
+    assert len(helpers) == 2
     fresh_daemon.process.send_signal(signal.SIGINT)
     assert fresh_daemon.process.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in helpers):
+        assert time.monotonic() < deadline, "the zygote or its launcher outlived the daemon"
+        time.sleep(0.02)
     assert not fresh_daemon.socket.exists()
     probe = socket.socket(socket.AF_UNIX)
     try:
