@@ -1,9 +1,9 @@
 """Container cgroups made ahead, and removed after destroy has replied, where they can be renamed.
 
 A container's cgroups cost the daemon about half a millisecond to make on a v1
-host (a directory per hierarchy, each set up) and as much to remove. A v1
-hierarchy renames a cgroup within its parent, which costs a tenth of that;
-v2 renames nothing. So, in the hierarchies that can (:attr:`Backend.renames`),
+host (a directory per hierarchy, each set up) and nearly as much to remove. A
+v1 hierarchy renames a cgroup within its parent, for less (here, seven renames
+took 0.1 ms against 0.25 ms for the seven mkdirs alone); v2 renames nothing. So, in the hierarchies that can (:attr:`Backend.renames`),
 the plugin keeps one *spare* set made ahead (``PARENT/.spare-N`` in each), which
 create renames to the container's handle; and destroy renames the container's
 to ``PARENT/.trash-N`` and removes them once it has replied

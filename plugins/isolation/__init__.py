@@ -6,12 +6,12 @@ describes. The daemon talks to it over a Unix socket in the container's depot
 directory. Killing the init releases every namespace and mount of the container
 at once, so nothing is left behind even if the daemon died half-way (on
 destroy the daemon holds the mount namespace a little longer, see
-``InitSandbox.kill``). The
-launcher is forked ahead, with its namespaces made (:mod:`.launcher`); it gets
-the container's set-up as soon as the filesystem plugin has planned the root,
-and mounts the root while the other plugins prepare; the launch then adds the
-plan's other mounts and the cgroups to join. So plugins prepared after this one (cgroups, net, third-party
-ones) may add mounts to the plan but not change its root, root mount or host
+``InitSandbox.kill``). The launcher is forked ahead, with its namespaces made
+(:mod:`.launcher`); it gets the container's set-up as soon as the filesystem
+plugin has planned the root, and mounts the root while the other plugins
+prepare; the launch then adds the plan's other mounts and the cgroups to join.
+So plugins prepared after this one (cgroups, net, third-party ones) may add
+mounts to the plan but not change its root, root mount or host
 mounts: the launch fails with an error saying so.
 
 Config (``[isolation]``): ``init`` is the path of the built ``corral-init``.
