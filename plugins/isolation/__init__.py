@@ -160,8 +160,11 @@ async def _launch(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sandbox.serve)
-            if not restoring:  # the launcher exits once the init is ready: reap it
-                nursery.start_soon(_launches[container.handle].launcher.wait)
+            launcher = None if restoring else _launches[container.handle].launcher
+            if launcher is not None and launcher.pid is not None:
+                # A spawned launcher exits once the init is ready: reap it (the
+                # zygote reaps those it forked; no task for them).
+                nursery.start_soon(launcher.wait)
             yield sandbox
             nursery.cancel_scope.cancel()
     finally:
