@@ -321,12 +321,10 @@ class Launcher:
             os.close(pidfd)
         return self._reap()
 
-    def _reap(self, flags: int = 0) -> int | None:
+    def _reap(self) -> int | None:
         if self.pid is None:
             return None
-        pid, status = os.waitpid(self.pid, flags)
-        if pid == 0:
-            return None
+        _, status = os.waitpid(self.pid, 0)
         self.pid = None
         return os.waitstatus_to_exitcode(status)
 
