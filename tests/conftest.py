@@ -202,6 +202,32 @@ def device_leftovers(daemon: Daemon) -> list[str]:
     return ours()
 
 
+def live_children(pid: int) -> list[int]:
+    """Pids of the processes whose parent is *pid*, zombies left out."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == pid and stat[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def waiting_launchers(zygote_pid: int) -> list[int]:
+    """Launchers the zygote forked that still wait for their spec (no label in their cmdline)."""
+    found = []
+    for pid in live_children(zygote_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:3] == [b"launch", b""]:
+            found.append(pid)
+    return found
+
+
 def cgroup_dirs(daemon: Daemon, handle: str | None = None) -> list[Path]:
     """The container cgroups of *daemon* (of one handle, or all), in every hierarchy.
 

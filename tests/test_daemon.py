@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, live_children
 
 
 def test_socket_is_root_only(daemon: Daemon) -> None:
@@ -60,27 +60,15 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(stat[1]) == pid and stat[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def test_sigint_stops_cleanly(fresh_daemon: Daemon) -> None:
     assert fresh_daemon.process is not None
     # The zygote, and the launcher it forked ahead for the next container, go too.
-    helpers = _children(fresh_daemon.process.pid)
+    helpers = live_children(fresh_daemon.process.pid)
     deadline = time.monotonic() + 10
-    while not any(_children(pid) for pid in helpers) and time.monotonic() < deadline:
+    while not any(live_children(pid) for pid in helpers) and time.monotonic() < deadline:
         time.sleep(0.02)
-        helpers = _children(fresh_daemon.process.pid)
-    helpers += [child for pid in helpers for child in _children(pid)]
+        helpers = live_children(fresh_daemon.process.pid)
+    helpers += [child for pid in helpers for child in live_children(pid)]
     assert len(helpers) == 2
     fresh_daemon.process.send_signal(signal.SIGINT)
     assert fresh_daemon.process.wait(timeout=30) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from supervisor import errors
 from supervisor.client import Client
-from tests.conftest import Daemon
+from tests.conftest import Daemon, live_children, waiting_launchers
 
 CAP_SYS_ADMIN = 21
 
@@ -128,23 +127,6 @@ def test_bad_bind_mounts_are_rejected(client: Client, mounts: list, named: str) 
     assert named in str(info.value)
 
 
-def _waiting_launchers(daemon_pid: int) -> list[int]:
-    """Launchers forked ahead by the daemon's zygote, still waiting for a spec (no label)."""
-
-    def parent(pid: str) -> int:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if argv[1:3] == [b"launch", b""] and parent(str(parent(pid))) == daemon_pid:
-                found.append(int(pid))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 def test_a_host_mount_made_while_the_next_launcher_waits_is_seen(
     daemon: Daemon, client: Client, tmp_path: Path
 ) -> None:
@@ -152,7 +134,9 @@ def test_a_host_mount_made_while_the_next_launcher_waits_is_seen(
     assert daemon.process is not None
     client.destroy(client.create())  # its clean-up forks the next container's launcher
     deadline = time.monotonic() + 10
-    while not _waiting_launchers(daemon.process.pid):
+    while not [
+        pid for zygote in live_children(daemon.process.pid) for pid in waiting_launchers(zygote)
+    ]:
         assert time.monotonic() < deadline, "no launcher was forked ahead"
         time.sleep(0.02)
     later = tmp_path / "later"

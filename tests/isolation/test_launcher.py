@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from plugins.isolation.launcher import Launcher, Zygote
+from tests.conftest import waiting_launchers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
 
@@ -121,19 +122,6 @@ def test_a_zygote_forks_launchers_labelled_as_if_exec_d_and_comes_back_after_a_k
         zygote.close()
 
 
-def _launchers_of(zygote_pid: int) -> list[int]:
-    """Pids of the launchers the zygote forked that still wait for their spec (no label yet)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == zygote_pid and _argv(pid)[1:3] == [b"launch", b""] and _state(int(pid)) != "Z":
-            found.append(int(pid))
-    return found
-
-
 def test_the_launcher_forked_ahead_is_used_once_and_replaced_if_it_died(
     artifacts: tuple[Path, Path],
 ) -> None:
@@ -144,9 +132,9 @@ def test_the_launcher_forked_ahead_is_used_once_and_replaced_if_it_died(
         zygote.fork_ahead()
         assert zygote.pid is not None
         with trio.fail_after(10):
-            while not _launchers_of(zygote.pid):
+            while not waiting_launchers(zygote.pid):
                 await trio.sleep(0.01)
-        ahead = _launchers_of(zygote.pid)
+        ahead = waiting_launchers(zygote.pid)
         assert len(ahead) == 1
         zygote.fork_ahead()  # one waits already: no second
         first = zygote.launcher()
@@ -161,13 +149,13 @@ def test_the_launcher_forked_ahead_is_used_once_and_replaced_if_it_died(
 
         zygote.fork_ahead()
         with trio.fail_after(10):
-            while not _launchers_of(zygote.pid):
+            while not waiting_launchers(zygote.pid):
                 await trio.sleep(0.01)
-        (dead,) = _launchers_of(zygote.pid)
+        (dead,) = waiting_launchers(zygote.pid)
         dead_netns = os.stat(f"/proc/{dead}/ns/net").st_ino
         os.kill(dead, signal.SIGKILL)
         with trio.fail_after(10):
-            while dead in _launchers_of(zygote.pid):
+            while dead in waiting_launchers(zygote.pid):
                 await trio.sleep(0.01)
         second = zygote.launcher()
         try:
