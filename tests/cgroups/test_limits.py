@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from plugins.cgroups import layout
 from supervisor.client import Client
 from supervisor.depot import read_record
 from supervisor.errors import CorralError, InvalidRequest
@@ -248,11 +249,24 @@ def _spare_dirs(daemon: Daemon) -> list[Path]:
     )
 
 
+def _spare_set(daemon: Daemon, timeout: float = 10.0) -> list[Path]:
+    """The daemon's spare set once complete: one directory in each hierarchy that renames
+    (the daemon makes it one directory at a time, after a destroy); [] where none does."""
+    renaming = {p.root for p in layout.detect().placements.values() if p.backend.renames}
+    if not renaming:
+        return []
+    found = wait_for(
+        lambda: len(spares := _spare_dirs(daemon)) == len(renaming) and spares, timeout
+    )
+    assert found, f"no complete spare set in {len(renaming)} hierarchies: {_spare_dirs(daemon)}"
+    return list(found)
+
+
 def test_create_renames_the_spare_cgroups_made_ahead(daemon: Daemon, client: Client) -> None:
     """Where a hierarchy renames cgroups (v1), create takes the set made ahead, and
     destroy's clean-up, after the reply, removes the container's and makes the next."""
     client.destroy(client.create())
-    spares = wait_for(lambda: _spare_dirs(daemon))
+    spares = _spare_set(daemon)
     if not spares:
         pytest.skip("no cgroup hierarchy here renames cgroups (pure v2): nothing is made ahead")
     inodes = {p.parent: p.stat().st_ino for p in spares}
@@ -264,7 +278,7 @@ def test_create_renames_the_spare_cgroups_made_ahead(daemon: Daemon, client: Cli
     finally:
         client.destroy(handle)
     assert cgroup_dirs(daemon) == []  # the container's, renamed away, are gone too
-    assert wait_for(lambda: len(_spare_dirs(daemon)) == len(spares))
+    assert len(_spare_set(daemon)) == len(spares)
 
 
 def test_a_daemon_stopped_right_after_a_destroy_leaves_no_cgroup(fresh_daemon: Daemon) -> None:
@@ -284,7 +298,7 @@ def test_a_parent_removed_meanwhile_is_made_again(fresh_daemon: Daemon) -> None:
     removed = [p for p in parents if p.is_dir()]
     # The destroy's clean-up makes a spare set (where hierarchies rename), which the
     # next create would take: the administrator removes it too.
-    for spare in wait_for(lambda: _spare_dirs(fresh_daemon), timeout=2):
+    for spare in _spare_set(fresh_daemon):
         spare.rmdir()
     for parent in removed:
         parent.rmdir()  # what an administrator might do while the daemon runs

@@ -146,6 +146,9 @@ def test_the_launcher_forked_ahead_is_used_once_and_replaced_if_it_died(
             assert os.fstat(namespace.fd).st_ino == os.stat(f"/proc/{ahead[0]}/ns/net").st_ino
         finally:
             first.close()
+        with trio.fail_after(10):  # closed without a spec, it exits (at EOF)
+            while ahead[0] in waiting_launchers(zygote.pid):
+                await trio.sleep(0.01)
 
         zygote.fork_ahead()
         with trio.fail_after(10):
