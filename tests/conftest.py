@@ -1,31 +1,26 @@
 """Fixtures: real daemons on private sockets and depots, started as root.
 
-Each :class:`Daemon` runs ``corrald`` as a subprocess with its own short temp
-directory (the init's socket path must fit in ``sun_path``). The init binary
-and base rootfs are the installed ones (``scripts/install.sh``), or are built
-into a temp dir when missing.
+Each :class:`Daemon` (:class:`supervisor.testing.PrivateDaemon`) runs ``corrald``
+as a subprocess with a directory, cgroup parent and network of its own. The init
+binary and base rootfs are the installed ones (``scripts/install.sh``), or are
+built into a temp dir when missing.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from supervisor.client import Client
+from supervisor.testing import INSTALLED_INIT, INSTALLED_ROOTFS, REPO
+from supervisor.testing import PrivateDaemon as Daemon
 
-REPO = Path(__file__).resolve().parent.parent
-INSTALLED_INIT = Path("/usr/local/lib/corral/corral-init")
-INSTALLED_ROOTFS = Path("/var/lib/corral/rootfs/base")
+__all__ = ["REPO", "Daemon"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,93 +46,6 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         rootfs = work / "rootfs"
         subprocess.run(["bash", str(REPO / "scripts" / "build-rootfs.sh"), str(rootfs)], check=True)
     return init, rootfs
-
-
-class Daemon:
-    """A corrald subprocess with its own config, depot and socket."""
-
-    def __init__(
-        self,
-        init: Path,
-        rootfs: Path,
-        containers: str = "",
-        extra_config: str = "",
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="crl-", dir="/tmp"))
-        self.socket = self.dir / "corral.sock"
-        self.depot = self.dir / "depot"
-        self.log = self.dir / "corrald.log"
-        self.config = self.dir / "corral.toml"
-        self.config.write_text(
-            f'[daemon]\nsocket = "{self.socket}"\ndepot = "{self.depot}"\nlog_level = "debug"\n'
-            f'[containers]\nrootfs = "{rootfs}"\nstop_timeout = 2\n{containers}\n'
-            f'[isolation]\ninit = "{init}"\n'
-            f'[cgroups]\nparent = "corral-test-{self.dir.name}"\n'
-            # Network values of this daemon alone (hash of its random dir name), so test
-            # daemons (practically) never share a table, device prefix, subnet or port
-            # with each other or with a system daemon (10.254.0.0/22, "crl", 61001-65000).
-            f'[net]\ntable = "corral_test_{self.dir.name[4:]}"\n'
-            f'interface_prefix = "t{self.dir.name[-5:]}"\n'
-            f'pool = "10.{128 + hash(self.dir.name) % 8192 // 64}.{hash(self.dir.name) % 64 * 4}.0/22"\n'
-            f'bridges = {{lan = "10.{64 + hash(self.dir.name) // 8192 % 16384 // 256}'
-            f'.{hash(self.dir.name) // 8192 % 256}.0/24"}}\n'
-            f"port_range = [{20000 + hash(self.dir.name) // 2**25 % 127 * 100}, "
-            f"{20099 + hash(self.dir.name) // 2**25 % 127 * 100}]\n"
-            "quarantine = 1\n" + extra_config
-        )
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.daemon", "--config", str(self.config)],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"corrald exited {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
-                )
-            try:
-                with self.client() as c:
-                    c.ping()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"corrald did not answer:\n{self.log.read_text()[-3000:]}")
-
-    def client(self, timeout: float | None = 60) -> Client:
-        return Client(self.socket, timeout=timeout)
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def terminate(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-    def destroy_all(self) -> None:
-        with self.client() as c:
-            for handle in c.list():
-                c.destroy(handle)
-
-    def close(self) -> None:
-        """Destroy what is left, stop the daemon, and remove its directory."""
-        if self.process is not None and self.process.poll() is None:
-            try:
-                self.destroy_all()
-            finally:
-                self.terminate()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 #: What :func:`leftovers` returns when a daemon left nothing behind.
@@ -190,7 +98,7 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
 
 def device_leftovers(daemon: Daemon) -> list[str]:
     """Network devices named with this daemon's prefix (its containers' veths and bridges)."""
-    prefix = tomllib.loads(daemon.config.read_text()).get("net", {}).get("interface_prefix")
+    prefix = daemon.net.get("interface_prefix")
 
     def ours() -> list[str]:
         return sorted(n for n in os.listdir("/sys/class/net") if prefix and n.startswith(prefix))
@@ -234,7 +142,7 @@ def cgroup_dirs(daemon: Daemon, handle: str | None = None) -> list[Path]:
     Not the daemon's spare sets (``.spare-N``, made ahead); a destroyed container's,
     renamed to ``.trash-N``, count until they are removed after destroy's reply.
     """
-    parent = f"corral-test-{daemon.dir.name}"
+    parent = daemon.cgroup_parent
 
     def found() -> list[Path]:
         return sorted(

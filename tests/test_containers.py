@@ -188,7 +188,7 @@ def test_discarded_output(client: Client, container: str) -> None:
 
 
 def test_output_cap_kills_the_job(artifacts: tuple[Path, Path]) -> None:
-    d = Daemon(*artifacts, containers="output_limit = 100000").start()
+    d = Daemon(*artifacts, {"containers": {"output_limit": 100000}}).start()
     try:
         with d.client() as c:
             handle = c.create()

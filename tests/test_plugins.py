@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,9 +51,12 @@ def testplugin() -> Iterator[None]:
 
 
 def _daemon(
-    artifacts: tuple[Path, Path], log: Path, extra: str = "", env: dict[str, str] | None = None
+    artifacts: tuple[Path, Path],
+    log: Path,
+    extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Daemon:
-    return Daemon(*artifacts, extra_config=f'[testplugin]\nlog = "{log}"\n{extra}', env=env).start()
+    return Daemon(*artifacts, {"testplugin": {"log": str(log), **(extra or {})}}, env=env).start()
 
 
 def test_third_party_hooks_run_on_create_and_destroy(
@@ -84,7 +88,7 @@ def test_a_mount_planned_by_a_later_plugin_is_made(
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "note").write_text("from the host\n")
-    d = _daemon(artifacts, tmp_path / "hooks.log", extra=f'bind = "{shared}"\n')
+    d = _daemon(artifacts, tmp_path / "hooks.log", extra={"bind": str(shared)})
     try:
         with d.client() as c:
             handle = c.create()
@@ -99,7 +103,7 @@ def test_a_mount_planned_by_a_later_plugin_is_made(
 def test_a_later_plugin_may_not_replace_the_root_mount(
     testplugin: None, artifacts: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    d = _daemon(artifacts, tmp_path / "hooks.log", extra="tmpfs_root = true\n")
+    d = _daemon(artifacts, tmp_path / "hooks.log", extra={"tmpfs_root": True})
     try:
         with d.client() as c:
             with pytest.raises(errors.CorralError, match="changed the root filesystem plan"):
@@ -131,7 +135,7 @@ def test_failure_half_way_through_create_rolls_back(
     testplugin: None, artifacts: tuple[Path, Path], tmp_path: Path
 ) -> None:
     log = tmp_path / "hooks.log"
-    d = _daemon(artifacts, log, extra="fail_attach = true\n")
+    d = _daemon(artifacts, log, extra={"fail_attach": True})
     try:
         with d.client() as c:
             with pytest.raises(errors.CorralError, match="refuses to attach"):

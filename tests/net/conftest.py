@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -34,9 +34,7 @@ HTTP_PAGE = "hello from corral\n"
 
 def net_settings(daemon: Daemon) -> dict[str, Any]:
     """The [net] table the daemon was configured with."""
-    import tomllib
-
-    return tomllib.loads(daemon.config.read_text())["net"]
+    return daemon.net
 
 
 Override = str | Callable[[dict[str, Any]], str]
@@ -49,15 +47,14 @@ def override_net(daemon: Daemon, **values: Override) -> None:
     returning one (to derive e.g. a small pool from the daemon's unique one).
     """
     settings = net_settings(daemon)
-    text = daemon.config.read_text()
-    head, _, rest = text.partition("[net]\n")
-    body, sep, tail = rest.partition("\n[")
-    for key, value in values.items():
-        line = f"{key} = {value(settings) if callable(value) else value}"
-        body, n = re.subn(rf"^{key} = .*$", line, body, flags=re.M)
-        if not n:
-            body = f"{line}\n{body}"
-    daemon.config.write_text(f"{head}[net]\n{body}{sep}{tail}")
+    daemon.configure(
+        {
+            "net": {
+                key: tomllib.loads(f"v = {value(settings) if callable(value) else value}")["v"]
+                for key, value in values.items()
+            }
+        }
+    )
 
 
 @pytest.fixture

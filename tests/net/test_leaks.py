@@ -22,5 +22,5 @@ def test_200_cycles_leave_no_veth_rule_or_address(net_daemon: Callable[..., Daem
         assert c.list() == []
     assert net_leftovers(d) == {"devices": [], "rules": [], "addresses": []}
     assert leftovers(d)["depot"] == []
-    rules = table_rules(d.config.read_text().split('table = "')[1].split('"')[0])
+    rules = table_rules(d.net["table"])
     assert rules and {r["comment"] for r in rules} == {"corral:base"}
