@@ -7,11 +7,11 @@ handlers through the ``corral_commands`` hook.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from supervisor.api import Handler
 from supervisor.errors import InvalidRequest
 from supervisor.protocol import Args, encode_output, encode_stream_chunk
 from supervisor.registry import parse_env
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from supervisor.container import Container
     from supervisor.registry import Supervisor
 
-Handler = Callable[..., Awaitable[Any]]
 
 #: ``execve`` refuses a single argument longer than this (MAX_ARG_STRLEN).
 MAX_SCRIPT_BYTES = 128 * 1024 - 1

@@ -26,6 +26,7 @@ from supervisor.errors import InvalidState, UnknownJob
 from supervisor.events import Event, JobExited, OutOfMemory, SandboxExited, StateChanged
 from supervisor.jobs import Job
 from supervisor.sandbox import JobRequest, LaunchPlan, Sandbox
+from supervisor.stash import Stash
 
 if TYPE_CHECKING:
     from supervisor.registry import Supervisor
@@ -70,7 +71,8 @@ JOB_ID_BLOCK = 64
 
 
 class Container:
-    """One container; the object plugins receive in every container hook."""
+    """One container: its state, jobs and references; plugins see it as a
+    :class:`~supervisor.api.ContainerView`."""
 
     def __init__(
         self,
@@ -87,6 +89,8 @@ class Container:
         self.path: Path = supervisor.depot.path(handle)
         self.log = structlog.get_logger().bind(handle=handle)
         self.sandbox: Sandbox | None = None
+        #: The plugins' in-memory data for this container, by key.
+        self.stash = Stash()
         self.jobs: dict[int, Job] = {}
         restored = record is not None
         record = record or {}

@@ -21,10 +21,11 @@ import trio
 
 from supervisor import config as config_module
 from supervisor import logs
+from supervisor.commands import CORE_COMMANDS
 from supervisor.depot import Depot
-from supervisor.plugins import Hooks, make_plugin_manager
-from supervisor.registry import Supervisor
-from supervisor.server import AlreadyServing, Server, open_listener
+from supervisor.plugins import Hooks, PluginError, load_plugins
+from supervisor.registry import CORE_CREATE_OPTIONS, Supervisor
+from supervisor.server import AlreadyServing, Server, open_listener, unwrap
 
 log = structlog.get_logger()
 
@@ -82,7 +83,7 @@ async def serve(config: config_module.Config, hooks: Hooks) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             listener = await open_listener(config.daemon.socket, config.daemon.socket_group)
-            server = Server(supervisor, hooks.commands())
+            server = Server(supervisor, hooks.commands)
             server_scope = trio.CancelScope()
 
             async def serve_clients() -> None:
@@ -123,14 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(config.daemon.log_level, json=True)
     try:
-        hooks = Hooks(make_plugin_manager(config))
-        hooks.configure(config)
+        hooks = Hooks(load_plugins(config), CORE_COMMANDS, CORE_CREATE_OPTIONS)
         become_subreaper()
         raise_open_files_limit()
         tune_garbage_collector()
         trio.run(serve, config, hooks)
-    except (config_module.ConfigError, AlreadyServing) as exc:
-        log.error("corrald cannot start", error=str(exc))
+    except BaseException as exc:
+        # Errors from the event loop come wrapped in exception groups.
+        error = unwrap(exc)
+        if not isinstance(error, config_module.ConfigError | PluginError | AlreadyServing):
+            raise
+        log.error("corrald cannot start", error=str(error))
         return 1
     return 0
 

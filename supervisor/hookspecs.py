@@ -1,16 +1,21 @@
-"""The plugin API of Corral: every hook a plugin may implement.
+"""The hooks of Corral: every hook a plugin may implement, each with its contract.
 
-A plugin is any object or module with functions named after these hooks and
-marked with :data:`hookimpl`. Built-in plugins (``plugins.fs``,
-``plugins.cgroups``, ``plugins.isolation``, ``plugins.net``) are registered
-first, in that order; third-party plugins come from the entry-point group
-``corral``. A plugin is kept out by naming it in ``[plugins] block`` of the
-config or in the environment variable ``CORRAL_BLOCK_PLUGINS`` (comma list).
+A plugin is a class (see :mod:`supervisor.api`) whose methods marked with
+``hookimpl`` are named after these hooks; a method may take any subset of the
+hook's parameters. Built-in plugins (``fs``, ``isolation``, ``cgroups``,
+``net``) are registered first, in that order; third-party plugins come after,
+from the entry-point group ``corral``. Blocked names (``[plugins] block``,
+``CORRAL_BLOCK_PLUGINS``) are never loaded.
 
-Hooks are synchronous (pluggy), but a hook may return an *awaitable* or an
-*async context manager*, which the core then awaits or enters. Hooks that
-return something are called for every plugin, in registration order; none of
-them stops at the first result.
+Calls: every hook is called for every plugin that implements it, in
+registration order, and none stops at the first result. ``tryfirst``,
+``trylast`` and wrappers are refused at start: the order is the registration
+order. Hooks are synchronous (pluggy); a hook that must wait returns an
+*awaitable* or an *async context manager*, which the core awaits or enters.
+At start the daemon refuses to run when a hook is implemented that is not
+here, when not exactly one plugin implements :func:`corral_container_launch`,
+and when two plugins (or a plugin and the core) claim the same create option,
+command, limit resource or spare directory; the message names both.
 
 Building a container happens in three phases, each a hook returning an async
 context manager per plugin; all of them are entered in one exit stack, so a
@@ -18,24 +23,40 @@ failure at any step releases what the earlier steps acquired, in reverse, and
 ``destroy`` is the same unwinding:
 
 1. :func:`corral_container_prepare`: host-side resources, before any process
-   of the container exists; contribute to the :class:`~supervisor.sandbox.LaunchPlan`.
-2. :func:`corral_container_launch`: exactly one plugin starts the sandbox.
+   of the container exists; contribute to the :class:`~supervisor.api.LaunchPlan`.
+2. :func:`corral_container_launch`: the one launch plugin starts the sandbox.
 3. :func:`corral_container_attach`: work on the running sandbox.
 
 After a daemon restart the same hooks are called with ``restoring=True``: the
 plugin must then re-adopt what it already owns for this container (it finds it
-in ``container.plugin_state``), acquire nothing new, and tolerate missing pieces,
-because a container half-created when the daemon died is restored only to be
-released again.
+in ``container.plugin_state(NAME)``), acquire nothing new, and tolerate missing
+pieces, because a container half-created when the daemon died is restored only
+to be released again.
 
 On exit, a context manager releases its kernel resources unless
 ``container.detaching`` is true: the daemon is shutting down and the container
 lives on, so only what the daemon process itself holds is closed. Files a
 plugin keeps in the container's directory (``container.path``) need no
 release: the core removes the directory after every context has exited.
-Whatever a plugin must find again after a crash goes in
-``container.plugin_state(NAME)``, saved with ``container.save()`` before the
-resource exists.
+
+Channels between plugins (there are no others; a plugin's own data stays in
+``container.stash`` under its own key):
+
+- The launch plan (:class:`~supervisor.api.LaunchPlan`), from the prepare
+  plugins to the launch plugin: the root filesystem, mounts and cgroups the
+  sandbox is made of. The ``fs`` plugin plans the root; plugins prepared after
+  the launch plugin's own prepare (``isolation``, second) may add mounts but not
+  change the root, the root mount or the ``host`` mounts.
+- ``LaunchPlan.network_namespace``, from the launch plugin to the prepare
+  plugins after it: set in its prepare when it can make the container's
+  network namespace ahead of the sandbox; awaiting it gives the namespace (or
+  None). The ``net`` plugin makes and configures the container's veth in it
+  while the sandbox sets up.
+- ``container.sandbox``, from the launch plugin to attach, info, kill and
+  command handlers: the running init (:class:`~supervisor.api.Sandbox`).
+- Events on the bus (``container.publish``), from plugins to the core:
+  :class:`~supervisor.api.JobExited` and :class:`~supervisor.api.SandboxExited`
+  from the launch plugin, :class:`~supervisor.api.OutOfMemory` from ``cgroups``.
 """
 
 from __future__ import annotations
@@ -47,9 +68,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from supervisor.commands import Handler
-    from supervisor.config import Config
-    from supervisor.container import Container
+    from supervisor.api import ContainerView, Handler
     from supervisor.sandbox import LaunchPlan, Limit, Sandbox
 
 PROJECT = "corral"
@@ -59,21 +78,16 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-@hookspec
-def corral_configure(config: Config) -> None:
-    """Read this plugin's settings at daemon start.
-
-    :param config: the whole daemon configuration; a plugin reads its own table
-        with ``config.section(NAME)``.
-
-    Raise :class:`supervisor.config.ConfigError` naming the setting for a bad value:
-    the daemon then refuses to start.
-    """
+# -- the daemon ---------------------------------------------------------------------
 
 
 @hookspec
 def corral_startup(live_handles: frozenset[str]) -> Awaitable[None] | None:
-    """Prepare host-wide resources and remove leftovers after the containers were restored.
+    """Prepare host-wide resources and remove leftovers, after the containers were restored.
+
+    Called once at start, for every plugin in registration order, each awaited
+    before the next; the socket opens after the last. An exception stops the
+    daemon (the restored containers are detached, not destroyed).
 
     :param live_handles: the handles of every container the daemon restored;
         anything the plugin finds on the host that belongs to another handle is a
@@ -85,33 +99,90 @@ def corral_startup(live_handles: frozenset[str]) -> Awaitable[None] | None:
 def corral_shutdown() -> Awaitable[None] | None:
     """Release host-wide resources of the daemon process itself before it exits.
 
-    Containers outlive the daemon: do not touch them here.
+    Called once at a clean stop (SIGTERM, SIGINT), after every container was
+    detached and every ``after_destroy`` clean-up ran, for every plugin in
+    registration order. Containers outlive the daemon: do not touch them here.
+    An exception is logged and the next plugin's shutdown still runs.
     """
+
+
+# -- declarations, read once at start ---------------------------------------------------
 
 
 @hookspec
 def corral_create_options() -> Mapping[str, Callable[[Any], Any]] | None:
     """Claim keys of the ``create`` CONFIG object.
 
-    :return: a mapping from key to a validator; the validator gets the client's
-        value and returns the normalized value kept in ``container.options``, or
-        raises :class:`supervisor.errors.InvalidRequest` naming the key and reason.
-        A key no plugin (nor the core) claims is rejected.
+    Called once at start. A key claimed by two plugins, or by a plugin and the
+    core (``handle``, ``grace_time``, ``properties``, ``env``), refuses the start.
+    A key no plugin (nor the core) claims is refused at create.
+
+    :return: a mapping from key to a validator; at each create that has the key,
+        the validator gets the client's value and returns the normalized value
+        kept in ``container.options``, or raises
+        :class:`~supervisor.api.InvalidRequest` naming the key and the reason
+        (the create then fails with it, before anything is built).
     """
 
 
 @hookspec
+def corral_commands() -> Mapping[str, Handler] | None:
+    """Add protocol commands.
+
+    Called once at start. A name claimed by two plugins, or by a plugin and the
+    core, refuses the start.
+
+    :return: a mapping from command name to an async handler
+        ``handler(request, *args)`` (:data:`~supervisor.api.Handler`). Its return
+        value is the reply's payload; a :class:`~supervisor.api.CorralError` it
+        raises is the error reply, any other exception replies ``internal`` and
+        is logged.
+    """
+
+
+@hookspec
+def corral_limit_resources() -> Mapping[str, Limit] | None:
+    """Provide resources for the ``limit`` command.
+
+    Called once at start. A resource claimed by two plugins refuses the start.
+    A plugin reports the values in force in ``info`` under ``limits`` itself.
+
+    :return: a mapping from resource name (``mem``, ``cpus``...) to a
+        :class:`~supervisor.api.Limit` that reads and writes it.
+    """
+
+
+@hookspec
+def corral_spare_directories() -> Mapping[str, int] | None:
+    """Name directories the plugin makes in each container's directory at prepare.
+
+    Called once at start. A name claimed by two plugins refuses the start.
+
+    :return: a mapping from name (a child of ``container.path``) to mode. The
+        core makes them, empty and with that mode, in the directories it keeps
+        for later creates (see :mod:`supervisor.depot`); so the plugin must
+        accept finding one there (``mkdir(exist_ok=True)``).
+    """
+
+
+# -- a container's life ------------------------------------------------------------------
+
+
+@hookspec
 def corral_container_prepare(
-    container: Container, plan: LaunchPlan, restoring: bool
+    container: ContainerView, plan: LaunchPlan, restoring: bool
 ) -> AbstractAsyncContextManager[None] | None:
     """Acquire host-side resources for a container before its first process runs.
 
+    Called at each create and restore, for every plugin in registration order;
+    each context is entered before the next plugin is called. An exception (from
+    the call or the entering) fails the create with that error (a
+    :class:`~supervisor.api.CorralError` keeps its code, anything else is
+    ``internal``); the contexts entered before exit in reverse order.
+
     :param container: the container being built (``born``) or restored.
-    :param plan: the launch plan to contribute to (root mount, mounts, cgroups);
-        also filled when restoring, so the launch plugin sees the same plan.
-        Plugins called after ``isolation`` (registered after it: every
-        third-party one) may add mounts but not change the root, root mount or
-        host mounts, which its launcher is already making.
+    :param plan: the launch plan to contribute to (see "Channels" above); also
+        filled when restoring, so the launch plugin sees the same plan.
     :param restoring: re-adopt existing resources instead of acquiring new ones.
     :return: an async context manager whose exit releases what it acquired.
     """
@@ -119,26 +190,32 @@ def corral_container_prepare(
 
 @hookspec
 def corral_container_launch(
-    container: Container, plan: LaunchPlan, restoring: bool
+    container: ContainerView, plan: LaunchPlan, restoring: bool
 ) -> AbstractAsyncContextManager[Sandbox] | None:
     """Start (or, restoring, reconnect to) the container's sandbox from the plan.
 
-    Exactly one registered plugin implements this (the built-in ``isolation``).
+    Exactly one registered plugin implements this (the built-in ``isolation``);
+    the daemon refuses to start otherwise. Called after every prepare context
+    was entered; an exception fails the create as in prepare.
 
     :param container: the container being built or restored.
     :param plan: the launch plan the prepare phase filled.
     :param restoring: reconnect to the running sandbox instead of starting one.
-
-    :return: an async context manager yielding the :class:`~supervisor.sandbox.Sandbox`;
-        its exit kills every process of the container.
+    :return: an async context manager yielding the :class:`~supervisor.api.Sandbox`
+        (the core sets it as ``container.sandbox``); its exit kills every
+        process of the container, unless ``container.detaching``.
     """
 
 
 @hookspec
 def corral_container_attach(
-    container: Container, restoring: bool
+    container: ContainerView, restoring: bool
 ) -> AbstractAsyncContextManager[None] | None:
     """Acquire resources that need the running sandbox (``container.sandbox``).
+
+    Called after the launch, for every plugin in registration order, as prepare
+    is; an exception fails the create as in prepare, and the launch context and
+    every prepare context exit too.
 
     :param container: the container being built or restored; its sandbox runs.
     :param restoring: re-adopt existing resources instead of acquiring new ones.
@@ -148,52 +225,28 @@ def corral_container_attach(
 
 @hookspec
 def corral_container_info(
-    container: Container,
+    container: ContainerView,
 ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
     """Contribute fields (e.g. stats) to the ``info`` reply of a container.
 
+    Called at each ``info``, for every plugin in registration order. The
+    mappings are merged into the core's fields: a later plugin's key replaces
+    an earlier one, except ``limits``, merged key by key. An exception fails
+    the request (``internal`` unless it is a :class:`~supervisor.api.CorralError`).
+
     :param container: the container asked about.
-    :return: a mapping merged into the reply, or an awaitable of one; a ``limits``
-        mapping is merged key by key with other plugins' limits.
+    :return: a mapping merged into the reply, or an awaitable of one.
     """
 
 
 @hookspec
-def corral_commands() -> Mapping[str, Handler] | None:
-    """Add protocol commands.
-
-    :return: a mapping from command name to an async handler
-        ``handler(request, *args)``; see :mod:`supervisor.commands`.
-    """
-
-
-@hookspec
-def corral_spare_directories() -> Mapping[str, int] | None:
-    """Name directories the plugin makes in each container's directory at prepare.
-
-    :return: a mapping from name (a child of ``container.path``) to mode. The
-        core makes them, empty and with that mode, in the directories it keeps
-        for later creates (see :mod:`supervisor.depot`); so the plugin must
-        accept finding one there (``mkdir(exist_ok=True)``).
-    """
-
-
-@hookspec
-def corral_limit_resources() -> Mapping[str, Limit] | None:
-    """Provide resources for the ``limit`` command.
-
-    :return: a mapping from resource name (``mem``, ``cpus``...) to a
-        :class:`~supervisor.sandbox.Limit` that reads and writes it. A plugin
-        reports the values in force in ``info`` under ``limits`` itself.
-    """
-
-
-@hookspec
-def corral_container_kill(container: Container) -> Awaitable[None] | None:
+def corral_container_kill(container: ContainerView) -> Awaitable[None] | None:
     """Kill every process of the container except its init, so that none escapes by forking.
 
     Called when a container is stopped with KILL (after the TERM grace, or at
-    once), before the core asks the init to signal what is left.
+    once), for every plugin in registration order, each awaited, before the
+    core asks the sandbox to signal what is left. An exception fails the
+    ``stop`` request.
 
     :param container: the container being stopped.
     """

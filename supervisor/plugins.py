@@ -1,42 +1,57 @@
-"""The plugin manager and a typed facade over ``pm.hook``.
+"""The plugin manager: loads the plugins strictly, and calls their hooks through typed methods.
 
-Built-in plugins are imported by module name (the core does not import them
-statically) and registered before third-party ones from the entry-point group
-``corral``; blocked names are never registered.
+:func:`load_plugins` imports the built-in plugins by name (the core imports no
+plugin statically), then the entry points of the group ``corral``, skipping
+blocked names, and makes each plugin object with its parsed settings.
+:class:`Hooks` checks the whole set before the daemon serves (see
+:mod:`supervisor.hookspecs` for the rules) and calls the hooks in registration
+order. Any problem is a :class:`PluginError` (or a ``ConfigError`` for a bad
+setting): one line naming the plugin, and the daemon does not start.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import pluggy
-import trio
+import structlog
 
 from supervisor import hookspecs
+from supervisor.config import Config
+from supervisor.settings import ConfigError, parse_table
 
 if TYPE_CHECKING:
-    from supervisor.commands import Handler
-    from supervisor.config import Config
-    from supervisor.container import Container
+    from supervisor.api import ContainerView, Handler
     from supervisor.sandbox import LaunchPlan, Limit, Sandbox
 
-#: Built-in plugins, by name, in registration (and so call) order. Isolation
-#: comes right after fs: once fs has planned the root, the launcher isolation
-#: starts at prepare makes the namespaces and mounts the root while the others
-#: prepare.
+log = structlog.get_logger()
+
+#: Built-in plugins, by name, in registration (and so call) order, as
+#: ``module:class``. Isolation comes right after fs: once fs has planned the
+#: root, the launcher isolation starts at prepare makes the namespaces and
+#: mounts the root while the others prepare.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("fs", "plugins.fs"),
-    ("isolation", "plugins.isolation"),
-    ("cgroups", "plugins.cgroups"),
-    ("net", "plugins.net"),
+    ("fs", "plugins.fs:FilesystemPlugin"),
+    ("isolation", "plugins.isolation:IsolationPlugin"),
+    ("cgroups", "plugins.cgroups:CgroupsPlugin"),
+    ("net", "plugins.net:NetworkPlugin"),
 )
 
 BLOCK_ENV = "CORRAL_BLOCK_PLUGINS"
+
+#: The hook every container needs exactly one implementation of.
+LAUNCH_HOOK = "corral_container_launch"
+
+
+class PluginError(Exception):
+    """A plugin cannot be loaded, or clashes with another: the daemon refuses to start."""
 
 
 def blocked_names(config: Config) -> set[str]:
@@ -45,107 +60,236 @@ def blocked_names(config: Config) -> set[str]:
     return (set(config.plugins.block) | from_env) - {""}
 
 
-def make_plugin_manager(config: Config) -> pluggy.PluginManager:
-    """Register the built-in plugins, then the entry-point ones, minus blocked names."""
+def _how_to_block(name: str) -> str:
+    return f'block it with [plugins] block = ["{name}"] or {BLOCK_ENV}={name}'
+
+
+def make_plugin(name: str, loaded: Any, config: Config) -> Any:
+    """The plugin object of *loaded*: a class is made with the parameters its ``__init__``
+    names, of ``settings`` (the table ``[name]`` parsed into the class that parameter is
+    annotated with) and ``config``; a module or an object is the plugin itself.
+
+    Raises:
+        ConfigError: the table ``[name]`` holds a bad value, or the plugin takes none.
+    """
+    table = config.tables.get(name, {})
+    parameters = inspect.signature(loaded).parameters if isinstance(loaded, type) else {}
+    if table and "settings" not in parameters:
+        raise ConfigError(f"[{name}]: plugin {name} takes no settings")
+    if not isinstance(loaded, type):
+        return loaded
+    arguments: dict[str, Any] = {}
+    if "settings" in parameters:
+        declared = typing.get_type_hints(getattr(loaded, "__init__"))["settings"]  # noqa: B009
+        arguments["settings"] = parse_table(declared, table, name)
+    if "config" in parameters:
+        arguments["config"] = config
+    return loaded(**arguments)
+
+
+def _import(name: str, target: str) -> Any:
+    module, _, attributes = target.partition(":")
+    try:
+        loaded = importlib.import_module(module)
+        for attribute in filter(None, attributes.split(".")):
+            loaded = getattr(loaded, attribute)
+        return loaded
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {name} ({target}) failed to load: {type(exc).__name__}: {exc}; "
+            + _how_to_block(name)
+        ) from None
+
+
+def new_manager() -> pluggy.PluginManager:
+    """A pluggy manager with Corral's hookspecs and no plugin."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for name in blocked_names(config):
-        pm.set_blocked(name)
-    for name, module in BUILTIN_PLUGINS:
-        if not pm.is_blocked(name):
-            pm.register(importlib.import_module(module), name=name)
-    pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     return pm
 
 
-@asynccontextmanager
-async def context_nursery() -> AsyncIterator[trio.Nursery]:
-    """A nursery for a plugin's container context, letting a lone error out as itself.
+def load_plugins(
+    config: Config,
+    builtins: Iterable[tuple[str, str]] = BUILTIN_PLUGINS,
+    entry_points: bool = True,
+) -> pluggy.PluginManager:
+    """Register the built-in plugins, then the entry-point ones, minus blocked names.
 
-    The container's later phases fail *through* a prepare or attach context
-    (errors are thrown in at its ``yield``); the core and the client should see
-    that error, not an exception group holding it.
+    Raises:
+        PluginError: a plugin failed to import or to start, or two have one name.
+        ConfigError: a plugin's table holds a bad value, or a table belongs to no plugin.
     """
-    try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+    pm = new_manager()
+    blocked = blocked_names(config)
+    candidates = list(builtins)
+    if entry_points:
+        candidates += [
+            (ep.name, ep.value) for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT)
+        ]
+    for name, target in candidates:
+        if name in blocked:
+            continue
+        if pm.has_plugin(name):
+            raise PluginError(f"two plugins are named {name}; " + _how_to_block(name))
+        plugin = make_plugin(name, _import(name, target), config)
+        try:
+            pm.register(plugin, name=name)
+        except ValueError as exc:  # the same object twice
+            raise PluginError(f"plugin {name}: {exc}") from None
+    strangers = sorted(set(config.tables) - {n for n, _ in pm.list_name_plugin()} - blocked)
+    if strangers:
+        raise ConfigError(
+            f"[{strangers[0]}]: no plugin of that name is loaded (loaded: "
+            f"{', '.join(n for n, _ in pm.list_name_plugin())})"
+        )
+    return pm
+
+
+def plugin_manager(plugins: Iterable[tuple[str, object]]) -> pluggy.PluginManager:
+    """A manager holding exactly these ready plugin objects (e.g. fakes, in tests)."""
+    pm = new_manager()
+    for name, plugin in plugins:
+        pm.register(plugin, name=name)
+    return pm
 
 
 async def _resolve(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-class Hooks:
-    """Named, typed calls of the hooks; results come in registration order."""
+class _Impl:
+    """One plugin's implementation of one hook, called with the arguments it names."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    __slots__ = ("plugin", "function", "argnames")
+
+    def __init__(self, impl: pluggy.HookImpl) -> None:
+        self.plugin: str = impl.plugin_name
+        self.function: Callable[..., Any] = impl.function
+        self.argnames: tuple[str, ...] = tuple(impl.argnames)
+
+    def __call__(self, arguments: dict[str, Any]) -> Any:
+        return self.function(*[arguments[name] for name in self.argnames])
+
+
+class Hooks:
+    """Checked, named and typed calls of the hooks; plugins are called in registration order.
+
+    Raises (at construction):
+        PluginError: see :mod:`supervisor.hookspecs` for what is refused.
+    """
+
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        core_commands: Iterable[str] = (),
+        core_create_options: Iterable[str] = (),
+    ) -> None:
         self.pm = pm
-        self._hook = pm.hook
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(str(exc)) from None
+        self._impls: dict[str, list[_Impl]] = {}
+        for name in dir(hookspecs):
+            caller = getattr(pm.hook, name, None) if name.startswith("corral_") else None
+            if caller is not None:
+                self._impls[name] = [_checked(name, impl) for impl in caller.get_hookimpls()]
+        launchers = [impl.plugin for impl in self._impls[LAUNCH_HOOK]]
+        if len(launchers) != 1:
+            found = f"plugins {' and '.join(launchers)} implement it" if launchers else "none does"
+            raise PluginError(
+                f"exactly one plugin must implement {LAUNCH_HOOK} (the built-in isolation, "
+                f"unless blocked and replaced): {found}"
+            )
+        #: Validators of the ``create`` options plugins claim, by key.
+        self.create_options: dict[str, Callable[[Any], Any]] = self._declared(
+            "corral_create_options", "create option", core_create_options
+        )
+        #: Protocol commands the plugins add, by name.
+        self.commands: dict[str, Handler] = self._declared(
+            "corral_commands", "command", core_commands
+        )
+        #: Resources of the ``limit`` command, by name.
+        self.limit_resources: dict[str, Limit] = self._declared(
+            "corral_limit_resources", "limit resource"
+        )
+        #: Directories the plugins make in every container's directory, with their modes.
+        self.spare_directories: dict[str, int] = self._declared(
+            "corral_spare_directories", "spare directory"
+        )
 
     def plugin_names(self) -> list[str]:
         """Registered plugin names, in registration order."""
         return [name for name, _ in self.pm.list_name_plugin()]
 
-    def _call(self, name: str, **kwargs: Any) -> list[Any]:
-        # pluggy calls the last registered first; reverse to registration order.
-        results = getattr(self._hook, name)(**kwargs)
-        return [r for r in reversed(results) if r is not None]
+    def _each(self, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """``(plugin, result)`` of every implementation of *hook* that returns something."""
+        for impl in self._impls[hook]:
+            result = impl(kwargs)
+            if result is not None:
+                yield impl.plugin, result
 
-    def configure(self, config: Config) -> None:
-        self._call("corral_configure", config=config)
-
-    async def startup(self, live_handles: frozenset[str]) -> None:
-        for result in self._call("corral_startup", live_handles=live_handles):
-            await _resolve(result)
-
-    async def shutdown(self) -> None:
-        for result in self._call("corral_shutdown"):
-            await _resolve(result)
-
-    def _merged(self, name: str) -> dict[str, Any]:
-        """The mappings every plugin returns from hook *name*, in one (later plugins win)."""
+    def _declared(self, hook: str, what: str, core: Iterable[str] = ()) -> dict[str, Any]:
+        """The mappings every plugin returns from *hook*, in one; a key claimed twice is refused."""
+        owners = dict.fromkeys(core, "the core")
         merged: dict[str, Any] = {}
-        for mapping in self._call(name):
-            merged.update(mapping)
+        for plugin, mapping in self._each(hook):
+            for key, value in mapping.items():
+                if key in owners:
+                    raise PluginError(
+                        f"{what} {key!r} is claimed by both {owners[key]} and plugin {plugin}; "
+                        + _how_to_block(plugin)
+                    )
+                owners[key] = f"plugin {plugin}"
+                merged[key] = value
         return merged
 
-    def spare_directories(self) -> dict[str, int]:
-        return self._merged("corral_spare_directories")
+    async def startup(self, live_handles: frozenset[str]) -> None:
+        for impl in self._impls["corral_startup"]:
+            try:
+                await _resolve(impl({"live_handles": live_handles}))
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin}: start-up failed: {type(exc).__name__}: {exc}"
+                ) from exc
 
-    def create_options(self) -> dict[str, Callable[[Any], Any]]:
-        return self._merged("corral_create_options")
+    async def shutdown(self) -> None:
+        for impl in self._impls["corral_shutdown"]:
+            try:
+                await _resolve(impl({}))
+            except Exception:
+                log.exception("plugin shutdown failed", plugin=impl.plugin)
 
     def prepare(
-        self, container: Container, plan: LaunchPlan, restoring: bool
-    ) -> list[AbstractAsyncContextManager[None]]:
-        return self._call(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> Iterator[AbstractAsyncContextManager[None]]:
+        """Each prepare context, made only when the core is ready to enter it."""
+        for _, context in self._each(
             "corral_container_prepare", container=container, plan=plan, restoring=restoring
-        )
+        ):
+            yield context
 
     def launch(
-        self, container: Container, plan: LaunchPlan, restoring: bool
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
     ) -> AbstractAsyncContextManager[Sandbox]:
-        launchers = self._call(
-            "corral_container_launch", container=container, plan=plan, restoring=restoring
+        (impl,) = self._impls[LAUNCH_HOOK]
+        context: AbstractAsyncContextManager[Sandbox] = impl(
+            {"container": container, "plan": plan, "restoring": restoring}
         )
-        if len(launchers) != 1:
-            raise RuntimeError(
-                f"exactly one plugin must implement corral_container_launch, found {len(launchers)}"
-            )
-        return launchers[0]
+        return context
 
     def attach(
-        self, container: Container, restoring: bool
-    ) -> list[AbstractAsyncContextManager[None]]:
-        return self._call("corral_container_attach", container=container, restoring=restoring)
+        self, container: ContainerView, restoring: bool
+    ) -> Iterator[AbstractAsyncContextManager[None]]:
+        """Each attach context, made only when the core is ready to enter it."""
+        for _, context in self._each(
+            "corral_container_attach", container=container, restoring=restoring
+        ):
+            yield context
 
-    async def info(self, container: Container) -> dict[str, Any]:
+    async def info(self, container: ContainerView) -> dict[str, Any]:
         merged: dict[str, Any] = {}
-        for result in self._call("corral_container_info", container=container):
+        for _, result in self._each("corral_container_info", container=container):
             for key, value in (await _resolve(result)).items():
                 if key == "limits" and isinstance(value, dict):
                     merged.setdefault("limits", {}).update(value)  # several plugins own limits
@@ -153,12 +297,15 @@ class Hooks:
                     merged[key] = value
         return merged
 
-    def commands(self) -> dict[str, Handler]:
-        return self._merged("corral_commands")
-
-    def limit_resources(self) -> dict[str, Limit]:
-        return self._merged("corral_limit_resources")
-
-    async def kill(self, container: Container) -> None:
-        for result in self._call("corral_container_kill", container=container):
+    async def kill(self, container: ContainerView) -> None:
+        for _, result in self._each("corral_container_kill", container=container):
             await _resolve(result)
+
+
+def _checked(hook: str, impl: pluggy.HookImpl) -> _Impl:
+    if impl.tryfirst or impl.trylast or impl.hookwrapper or impl.wrapper:
+        raise PluginError(
+            f"plugin {impl.plugin_name}: {hook}: tryfirst, trylast and wrappers are not "
+            "supported (Corral calls plugins in registration order)"
+        )
+    return _Impl(impl)

@@ -92,10 +92,10 @@ class Supervisor:
         self.depot = depot
         self.bus = EventBus()
         self.containers: dict[str, Container] = {}
-        self.create_options = {**hooks.create_options(), **CORE_CREATE_OPTIONS}
+        self.create_options = {**hooks.create_options, **CORE_CREATE_OPTIONS}
         #: Resources of the ``limit`` command, by name.
-        self.limits = hooks.limit_resources()
-        depot.spare_directories = hooks.spare_directories()
+        self.limits = hooks.limit_resources
+        depot.spare_directories = hooks.spare_directories
         self._nursery: trio.Nursery | None = None
         # Directories of destroyed containers, deleted one at a time after the reply,
         # each after the cleanups its plugins left (Container.after_destroy).
@@ -112,7 +112,12 @@ class Supervisor:
             for path in self.depot.trash_left():
                 self._trash_send.send_nowait((path, []))
             await self._recover()
-            await self.hooks.startup(frozenset(self.containers))
+            try:
+                await self.hooks.startup(frozenset(self.containers))
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.detach_all()  # the daemon stops; its containers live on
+                raise
             task_status.started()
             await trio.sleep_forever()
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import structlog
 import trio
 
-from supervisor.commands import CORE_COMMANDS, Handler, Request
+from supervisor.api import Handler
+from supervisor.commands import CORE_COMMANDS, Request
 from supervisor.container import Container
 from supervisor.errors import CorralError, ProtocolViolation, UnknownCommand
 from supervisor.protocol import decode_request, encode_error, encode_reply

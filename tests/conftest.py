@@ -27,7 +27,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.geteuid() != 0:
         skip = pytest.mark.skip(reason="Corral's tests start real containers and must run as root")
         for item in items:
-            if "needs_root" in item.keywords or "daemon" in getattr(item, "fixturenames", ()):
+            # Every daemon, shared or not, comes with the artifacts.
+            if "needs_root" in item.keywords or "artifacts" in getattr(item, "fixturenames", ()):
                 item.add_marker(skip)
 
 

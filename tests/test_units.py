@@ -22,7 +22,7 @@ def test_config_defaults_and_overrides() -> None:
     assert c.daemon.socket == Path("/tmp/x.sock")
     assert c.daemon.max_line_bytes == 1 << 20
     assert c.containers.grace_time is None
-    assert c.section("net") == {"pool": "10.0.0.0/22"}
+    assert c.tables == {"net": {"pool": "10.0.0.0/22"}}
     assert config.Config().containers.grace_time == 300
 
 
@@ -31,8 +31,13 @@ def test_config_defaults_and_overrides() -> None:
     [
         ("[daemon]\nsockt = '/x'", "sockt: unknown setting"),
         ("[daemon]\nsocket = 'relative'", "absolute path"),
-        ("[containers]\noutput_limit = -1", "positive integer"),
-        ("[plugins]\nblock = 'net'", "list of plugin names"),
+        (
+            "[containers]\noutput_limit = -1",
+            r"output_limit: must be a positive whole number, got -1",
+        ),
+        ("[containers]\ngrace_time = true", r"grace_time: must be seconds >= 0 or false"),
+        ("[daemon]\nlog_level = 'loud'", r"log_level: must be one of debug, info, warning, error"),
+        ("[plugins]\nblock = 'net'", r"\[plugins\] block: must be a list of strings"),
         ("[daemon", "not valid TOML"),
     ],
 )

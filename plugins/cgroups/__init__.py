@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -46,93 +47,227 @@ from plugins.cgroups.layout import Layout
 from plugins.cgroups.limits import RESOURCES, CgroupLimit, apply_all, host_cores, read_all
 from plugins.cgroups.spares import Spares
 from plugins.cgroups.values import parse_limits
-from supervisor.config import Config, ConfigError
-from supervisor.container import Container
-from supervisor.errors import InvalidRequest
-from supervisor.events import OutOfMemory
-from supervisor.hookspecs import hookimpl
-from supervisor.plugins import context_nursery
-from supervisor.sandbox import LaunchPlan, Limit
+from supervisor.api import (
+    ContainerView,
+    InvalidRequest,
+    LaunchPlan,
+    Limit,
+    OutOfMemory,
+    StashKey,
+    context_nursery,
+    hookimpl,
+    setting,
+)
 
 NAME = "cgroups"
-DEFAULT_PARENT = "corral"
 _PARENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 
 log = structlog.get_logger().bind(plugin=NAME)
 
-
-class _Settings:
-    parent: str = DEFAULT_PARENT
-    #: Empty until ``corral_configure``: without it the plugin limits nothing.
-    layout: Layout = Layout()
-    spares: Spares = Spares(Layout(), DEFAULT_PARENT)
+#: The cgroups of a container, while its prepare context is open.
+GROUP = StashKey[ContainerCgroups]()
 
 
-settings = _Settings()
-
-#: The cgroups of every container whose prepare context is open, by handle.
-_live: dict[str, tuple[Container, ContainerCgroups]] = {}
-
-
-# -- daemon --------------------------------------------------------------------------
-
-
-@hookimpl
-def corral_configure(config: Config) -> None:
-    """Check ``[cgroups]`` and find where each controller lives."""
-    section = config.section(NAME)
-    unknown = set(section) - {"parent"}
-    if unknown:
-        raise ConfigError(f"[{NAME}] {', '.join(sorted(unknown))}: unknown setting (known: parent)")
-    parent = section.get("parent", DEFAULT_PARENT)
-    if not isinstance(parent, str) or not _PARENT_RE.match(parent):
-        raise ConfigError(
-            f"[{NAME}] parent: {parent!r} is not a relative cgroup path of letters, digits, "
+def _parent(value: Any) -> str:
+    if not isinstance(value, str) or not _PARENT_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a relative cgroup path of letters, digits, "
             "'_', '.' and '-' (e.g. \"corral\" or \"capped/corral\")"
         )
-    settings.parent = parent
-    settings.layout = layout_module.detect()
-    settings.spares = Spares(settings.layout, parent)
-    if settings.layout.placements:
-        log.info("cgroup controllers found", parent=parent, **settings.layout.describe())
-    else:
-        log.warning("no cgroup controller found: containers will run without limits")
+    return value
 
 
-@hookimpl
-def corral_startup(live_handles: frozenset[str]) -> Awaitable[None]:
-    """Set up the parent cgroups and remove those of containers the daemon does not know."""
-    return _startup(live_handles)
+@dataclass(frozen=True)
+class Settings:
+    """``[cgroups]``."""
+
+    parent: str = setting(
+        "corral",
+        "cgroup under each hierarchy root holding the containers' cgroups, owned by one daemon",
+        check=_parent,
+    )
 
 
-async def _startup(live_handles: frozenset[str]) -> None:
-    try:
-        setup_parents(settings.layout, settings.parent)
-    except CgroupError as exc:
-        log.error("cannot set up the parent cgroups", error=exc.message)
-    stale: set[str] = set()
-    for root in settings.layout.hierarchies():
-        parent = root / settings.parent
-        if parent.is_dir():
-            stale.update(
-                e.name for e in parent.iterdir() if e.is_dir() and e.name not in live_handles
-            )
-    for handle in sorted(stale):
-        if not handle.startswith("."):  # spare and trash sets of a daemon that died go quietly
-            log.warning("cgroups of an unknown container removed", handle=handle)
-        await ContainerCgroups.plan(settings.layout, settings.parent, handle).remove()
-    settings.spares.make()
+def _find(container: ContainerView) -> ContainerCgroups | None:
+    return container.stash.get(GROUP, None)
 
 
-@hookimpl
-def corral_shutdown() -> None:
-    """Remove the parent cgroups if no container is left in them (containers outlive the daemon)."""
-    settings.spares.clear()
-    for root in settings.layout.hierarchies():
+def _record(container: ContainerView, name: str, value: Any) -> None:
+    container.plugin_state(NAME).setdefault("limits", {})[name] = value
+    container.save()
+
+
+def _recorded(container: ContainerView, name: str) -> Any:
+    return container.plugin_state(NAME).get("limits", {}).get(name)
+
+
+class CgroupsPlugin:
+    """The built-in ``cgroups`` plugin (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Find where each controller lives."""
+        self.parent = settings.parent
+        self.layout: Layout = layout_module.detect()
+        self.spares = Spares(self.layout, self.parent)
+        if self.layout.placements:
+            log.info("cgroup controllers found", parent=self.parent, **self.layout.describe())
+        else:
+            log.warning("no cgroup controller found: containers will run without limits")
+
+    # -- daemon ------------------------------------------------------------------------
+
+    @hookimpl
+    def corral_startup(self, live_handles: frozenset[str]) -> Awaitable[None]:
+        """Set up the parent cgroups and remove those of containers the daemon does not know."""
+        return self._startup(live_handles)
+
+    async def _startup(self, live_handles: frozenset[str]) -> None:
         try:
-            (root / settings.parent).rmdir()
-        except OSError:
-            pass  # containers live on in it, or it is gone already
+            setup_parents(self.layout, self.parent)
+        except CgroupError as exc:
+            log.error("cannot set up the parent cgroups", error=exc.message)
+        stale: set[str] = set()
+        for root in self.layout.hierarchies():
+            parent = root / self.parent
+            if parent.is_dir():
+                stale.update(
+                    e.name for e in parent.iterdir() if e.is_dir() and e.name not in live_handles
+                )
+        for handle in sorted(stale):
+            if not handle.startswith("."):  # spare and trash sets of a daemon that died go quietly
+                log.warning("cgroups of an unknown container removed", handle=handle)
+            await ContainerCgroups.plan(self.layout, self.parent, handle).remove()
+        self.spares.make()
+
+    @hookimpl
+    def corral_shutdown(self) -> None:
+        """Remove the parent cgroups if no container is left in them (containers outlive the daemon)."""
+        self.spares.clear()
+        for root in self.layout.hierarchies():
+            try:
+                (root / self.parent).rmdir()
+            except OSError:
+                pass  # containers live on in it, or it is gone already
+
+    # -- create options and limits --------------------------------------------------------
+
+    def _limits_option(self, value: Any) -> dict[str, Any]:
+        available = {name for name, r in RESOURCES.items() if self.layout.has(r.controller)}
+        cpuset = self.layout.placements.get(CPUSET)
+        host = host_cores(
+            cpuset.backend if cpuset else None, cpuset.root / self.parent if cpuset else None
+        )
+        return parse_limits(value, host, available)
+
+    @hookimpl
+    def corral_create_options(self) -> dict[str, Any]:
+        """Claim ``limits``: checked completely here, so a bad value fails create before anything is built."""
+        return {"limits": self._limits_option}
+
+    @hookimpl
+    def corral_limit_resources(self) -> dict[str, Limit]:
+        """``mem``, ``cpu``, ``cpus``, ``cpuset`` and ``pids``, read and written in the cgroups."""
+        return {name: CgroupLimit(r, _find, _record, _recorded) for name, r in RESOURCES.items()}
+
+    # -- per container -----------------------------------------------------------------------
+
+    @hookimpl
+    def corral_container_prepare(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AbstractAsyncContextManager[None]:
+        """The container's cgroups, its limits and its OOM watcher, for the container's life."""
+        return self._cgroups(container, plan, restoring)
+
+    @asynccontextmanager
+    async def _cgroups(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AsyncIterator[None]:
+        state = container.plugin_state(NAME)
+        if restoring and "dirs" in state:
+            group = ContainerCgroups.from_state(container.handle, state["dirs"])
+        else:
+            # Restoring without a record: the daemon died before it saved one; the
+            # directories, if any, are where this layout puts them.
+            group = ContainerCgroups.plan(self.layout, self.parent, container.handle)
+        if not restoring:
+            # Saved with the container's next record. A daemon that dies before that
+            # finds the directories where the layout puts them (above) at its start.
+            state["dirs"] = group.to_state()
+        try:
+            async with context_nursery() as nursery:
+                if not restoring:
+                    await self._create(container, group)
+                if group.has(MEMORY):
+                    # Registered now, before the first limit is written, so that no OOM goes
+                    # unseen; watched in a task of its own (a nursery.start, which waits for
+                    # the task to run, cost the create a pass of the scheduler).
+                    try:
+                        registration = oom.register(group.backend(MEMORY), group.path(MEMORY))
+                    except FileNotFoundError:
+                        pass  # restoring a container whose cgroups are gone: nothing to watch
+                    else:
+                        nursery.start_soon(
+                            oom.watch,
+                            group.backend(MEMORY),
+                            group.path(MEMORY),
+                            state.get("oom_kills", 0),
+                            lambda count: _out_of_memory(container, count),
+                            registration,
+                        )
+                if not restoring:
+                    await _apply_create_limits(container, group)
+                plan.cgroup_procs.extend(group.procs_files())
+                container.stash[GROUP] = group
+                try:
+                    yield
+                finally:
+                    container.stash.pop(GROUP, None)
+                    nursery.cancel_scope.cancel()
+        finally:
+            if not container.detaching:
+                trash = group.to_trash(self.spares.trash_name())
+                with trio.CancelScope(shield=True):
+                    await group.remove()  # what could not be renamed
+                container.after_destroy(partial(self._remove_trash, trash))
+
+    def _remove_trash(self, trash: ContainerCgroups) -> None:
+        """After destroy's reply: remove a container's renamed cgroups, and make the next spares."""
+        trash.remove_now()
+        self.spares.make()
+
+    async def _create(self, container: ContainerView, group: ContainerCgroups) -> None:
+        # On the event loop: cgroupfs is kernel memory, its ~20 calls here take about
+        # half a millisecond, less than a round trip to a worker thread.
+        # The parents are set up at start; again only if an administrator removed one.
+        if not all(path.parent.is_dir() for path in group.directories()):
+            setup_parents(self.layout, self.parent)
+        try:
+            group.create(spare=self.spares.take())
+        except FileExistsError:
+            # Only a crashed daemon leaves a directory named after a free handle (and
+            # what of the spare set was not renamed yet, removed at the next start).
+            container.log.warning("leftover cgroups of the same handle removed")
+            await group.remove()
+            group.create()
+
+    @hookimpl
+    def corral_container_info(self, container: ContainerView) -> dict[str, Any] | None:
+        """``limits`` in force and ``memory_stat``, ``cpu_stat``, ``pids``, read from the cgroups now."""
+        group = _find(container)
+        if group is None:
+            return None
+        info = group.stats()
+        info["limits"] = read_all(group, container.plugin_state(NAME).get("limits", {}))
+        return info
+
+    @hookimpl
+    def corral_container_kill(self, container: ContainerView) -> Awaitable[None] | None:
+        """Freeze the container, SIGKILL all but its init, thaw."""
+        group = _find(container)
+        if group is None:
+            return None
+        keep = container.sandbox.pid if container.sandbox is not None else None
+        return _kill(container, group, keep)
 
 
 def setup_parents(layout: Layout, parent: str) -> None:
@@ -157,130 +292,7 @@ def setup_parents(layout: Layout, parent: str) -> None:
             placement.backend.setup_containers_parent(controller, levels[-1])
 
 
-# -- create options and limits ----------------------------------------------------------
-
-
-def _limits_option(value: Any) -> dict[str, Any]:
-    available = {name for name, r in RESOURCES.items() if settings.layout.has(r.controller)}
-    cpuset = settings.layout.placements.get(CPUSET)
-    host = host_cores(
-        cpuset.backend if cpuset else None, cpuset.root / settings.parent if cpuset else None
-    )
-    return parse_limits(value, host, available)
-
-
-@hookimpl
-def corral_create_options() -> dict[str, Any]:
-    """Claim ``limits``: checked completely here, so a bad value fails create before anything is built."""
-    return {"limits": _limits_option}
-
-
-def _find(container: Container) -> ContainerCgroups | None:
-    entry = _live.get(container.handle)
-    return entry[1] if entry is not None and entry[0] is container else None
-
-
-def _record(container: Container, name: str, value: Any) -> None:
-    container.plugin_state(NAME).setdefault("limits", {})[name] = value
-    container.save()
-
-
-def _recorded(container: Container, name: str) -> Any:
-    return container.plugin_state(NAME).get("limits", {}).get(name)
-
-
-@hookimpl
-def corral_limit_resources() -> dict[str, Limit]:
-    """``mem``, ``cpu``, ``cpus``, ``cpuset`` and ``pids``, read and written in the cgroups."""
-    return {name: CgroupLimit(r, _find, _record, _recorded) for name, r in RESOURCES.items()}
-
-
-# -- per container -------------------------------------------------------------------------
-
-
-@hookimpl
-def corral_container_prepare(
-    container: Container, plan: LaunchPlan, restoring: bool
-) -> AbstractAsyncContextManager[None]:
-    """The container's cgroups, its limits and its OOM watcher, for the container's life."""
-    return _cgroups(container, plan, restoring)
-
-
-@asynccontextmanager
-async def _cgroups(container: Container, plan: LaunchPlan, restoring: bool) -> AsyncIterator[None]:
-    state = container.plugin_state(NAME)
-    if restoring and "dirs" in state:
-        group = ContainerCgroups.from_state(container.handle, state["dirs"])
-    else:
-        # Restoring without a record: the daemon died before it saved one; the
-        # directories, if any, are where this layout puts them.
-        group = ContainerCgroups.plan(settings.layout, settings.parent, container.handle)
-    if not restoring:
-        # Saved with the container's next record. A daemon that dies before that
-        # finds the directories where the layout puts them (above) at its start.
-        state["dirs"] = group.to_state()
-    try:
-        async with context_nursery() as nursery:
-            if not restoring:
-                await _create(container, group)
-            if group.has(MEMORY):
-                # Registered now, before the first limit is written, so that no OOM goes
-                # unseen; watched in a task of its own (a nursery.start, which waits for
-                # the task to run, cost the create a pass of the scheduler).
-                try:
-                    registration = oom.register(group.backend(MEMORY), group.path(MEMORY))
-                except FileNotFoundError:
-                    pass  # restoring a container whose cgroups are gone: nothing to watch
-                else:
-                    nursery.start_soon(
-                        oom.watch,
-                        group.backend(MEMORY),
-                        group.path(MEMORY),
-                        state.get("oom_kills", 0),
-                        lambda count: _out_of_memory(container, count),
-                        registration,
-                    )
-            if not restoring:
-                await _apply_create_limits(container, group)
-            plan.cgroup_procs.extend(group.procs_files())
-            _live[container.handle] = (container, group)
-            try:
-                yield
-            finally:
-                if _find(container) is group:
-                    del _live[container.handle]
-                nursery.cancel_scope.cancel()
-    finally:
-        if not container.detaching:
-            trash = group.to_trash(settings.spares.trash_name())
-            with trio.CancelScope(shield=True):
-                await group.remove()  # what could not be renamed
-            container.after_destroy(partial(_remove_trash, trash))
-
-
-def _remove_trash(trash: ContainerCgroups) -> None:
-    """After destroy's reply: remove a container's renamed cgroups, and make the next spares."""
-    trash.remove_now()
-    settings.spares.make()
-
-
-async def _create(container: Container, group: ContainerCgroups) -> None:
-    # On the event loop: cgroupfs is kernel memory, its ~20 calls here take about
-    # half a millisecond, less than a round trip to a worker thread.
-    # The parents are set up at start; again only if an administrator removed one.
-    if not all(path.parent.is_dir() for path in group.directories()):
-        setup_parents(settings.layout, settings.parent)
-    try:
-        group.create(spare=settings.spares.take())
-    except FileExistsError:
-        # Only a crashed daemon leaves a directory named after a free handle (and
-        # what of the spare set was not renamed yet, removed at the next start).
-        container.log.warning("leftover cgroups of the same handle removed")
-        await group.remove()
-        group.create()
-
-
-async def _apply_create_limits(container: Container, group: ContainerCgroups) -> None:
+async def _apply_create_limits(container: ContainerView, group: ContainerCgroups) -> None:
     limits = container.options.get("limits") or {}
     if not limits:
         return
@@ -293,34 +305,13 @@ async def _apply_create_limits(container: Container, group: ContainerCgroups) ->
     container.log.info("limits set", **in_force)
 
 
-async def _out_of_memory(container: Container, count: int) -> None:
+async def _out_of_memory(container: ContainerView, count: int) -> None:
     container.plugin_state(NAME)["oom_kills"] = count
     container.save()
     container.log.warning("the kernel OOM-killed a process of the container", oom_kills=count)
     await container.publish(OutOfMemory(container.handle))
 
 
-@hookimpl
-def corral_container_info(container: Container) -> dict[str, Any] | None:
-    """``limits`` in force and ``memory_stat``, ``cpu_stat``, ``pids``, read from the cgroups now."""
-    group = _find(container)
-    if group is None:
-        return None
-    info = group.stats()
-    info["limits"] = read_all(group, container.plugin_state(NAME).get("limits", {}))
-    return info
-
-
-@hookimpl
-def corral_container_kill(container: Container) -> Awaitable[None] | None:
-    """Freeze the container, SIGKILL all but its init, thaw."""
-    group = _find(container)
-    if group is None:
-        return None
-    keep = container.sandbox.pid if container.sandbox is not None else None
-    return _kill(container, group, keep)
-
-
-async def _kill(container: Container, group: ContainerCgroups, keep: int | None) -> None:
+async def _kill(container: ContainerView, group: ContainerCgroups, keep: int | None) -> None:
     killed = await group.kill_all_but(keep)
     container.log.debug("container processes killed", count=killed)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from supervisor.errors import CorralError, InvalidRequest
+from supervisor.api import CorralError, InvalidRequest
 
 # Names of the controllers Corral uses. ``cpuacct``, ``freezer`` and ``devices`` are
 # separate controllers on v1 only; on v2 CPU usage and freezing are in the core.

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -20,10 +20,7 @@ from plugins.cgroups import values
 from plugins.cgroups.backend import CPU, CPUSET, MEMORY, PIDS, Backend, read
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.values import Host
-from supervisor.errors import InvalidRequest, InvalidState
-
-if TYPE_CHECKING:
-    from supervisor.container import Container
+from supervisor.api import ContainerView, InvalidRequest, InvalidState
 
 ONLINE_CPUS = Path("/sys/devices/system/cpu/online")
 
@@ -140,9 +137,9 @@ class CgroupLimit:
     def __init__(
         self,
         resource: Resource,
-        find: Callable[[Container], ContainerCgroups | None],
-        record: Callable[[Container, str, Any], None],
-        recorded: Callable[[Container, str], Any],
+        find: Callable[[ContainerView], ContainerCgroups | None],
+        record: Callable[[ContainerView, str, Any], None],
+        recorded: Callable[[ContainerView, str], Any],
     ) -> None:
         """
         Args:
@@ -156,7 +153,7 @@ class CgroupLimit:
         self._record = record
         self._recorded = recorded
 
-    def _where(self, container: Container) -> tuple[ContainerCgroups, Backend, Path]:
+    def _where(self, container: ContainerView) -> tuple[ContainerCgroups, Backend, Path]:
         group = self._find(container)
         if group is None:
             raise InvalidState(f"container {container.handle}: has no cgroups")
@@ -168,12 +165,12 @@ class CgroupLimit:
             )
         return group, group.backend(controller), group.path(controller)
 
-    async def read(self, container: Container) -> Any:
+    async def read(self, container: ContainerView) -> Any:
         """The value in force, read from the cgroup."""
         _, backend, path = self._where(container)
         return self.resource.read(backend, path, self._recorded(container, self.resource.name))
 
-    async def write(self, container: Container, value: Any) -> Any:
+    async def write(self, container: ContainerView, value: Any) -> Any:
         """Check *value*, write it, and return the value in force as read back."""
         group, backend, path = self._where(container)
         try:

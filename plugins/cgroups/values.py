@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.errors import InvalidRequest
+from supervisor.api import InvalidRequest
 
 #: Below this not even the container's init can run; the kernel would OOM-kill it at once.
 MIN_MEM = 1 << 20

@@ -10,13 +10,12 @@ inside the container root by the init. ``copy in``/``copy out`` are in
 :mod:`plugins.fs.command`.
 
 Config: the default base is ``[containers] rootfs``; ``create`` may name
-another directory with ``rootfs``.
+another directory with ``rootfs``. The plugin has no table of its own.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
@@ -27,44 +26,31 @@ import structlog
 import trio
 
 from plugins.fs import command, quota
-from supervisor.config import Config
-from supervisor.container import Container
-from supervisor.errors import InvalidRequest
-from supervisor.hookspecs import hookimpl
-from supervisor.sandbox import LaunchPlan, Limit, Mount
+from supervisor.api import (
+    Config,
+    ContainerView,
+    Handler,
+    InvalidRequest,
+    LaunchPlan,
+    Limit,
+    Mount,
+    StashKey,
+    hookimpl,
+)
 
 NAME = "fs"
 #: Characters that overlayfs options or the launch spec cannot carry in a path.
 FORBIDDEN = (",", ":", "\t", "\n", "\0")
 #: How long destroy waits for the kernel to release a container's loop device.
 LOOP_RELEASE_WAIT = 5.0
+#: Seconds a walked usage of a writable layer without quota is reused: ``info`` is
+#: a hot path, and walking a big tree on every call would make it slow.
+TREE_USAGE_TTL = 2.0
+
+#: When the usage of a container's writable layer was walked, and what it was.
+TREE_USAGE = StashKey[tuple[float, int]]()
 
 log = structlog.get_logger()
-
-
-class _Settings:
-    rootfs: Path = Path("/var/lib/corral/rootfs/base")
-    depot: Path = Path("/var/lib/corral/depot")
-
-
-settings = _Settings()
-
-
-@hookimpl
-def corral_configure(config: Config) -> None:
-    settings.rootfs = config.containers.rootfs
-    settings.depot = config.daemon.depot
-
-
-@hookimpl
-def corral_startup(live_handles: frozenset[str]) -> None:
-    """Detach loop devices left by containers of this depot that no longer exist (a crash)."""
-    for name, backing in quota.loop_devices().items():
-        path = Path(backing)
-        if path.name == quota.IMAGE_NAME and path.parent.parent == settings.depot:
-            if path.parent.name not in live_handles:
-                log.warning("leftover loop device detached", device=name, image=backing)
-                quota.detach(name)
 
 
 # -- create options ----------------------------------------------------------------
@@ -118,73 +104,97 @@ def _disk_size_mb(value: Any) -> int:
     return value
 
 
-@hookimpl
-def corral_create_options() -> dict[str, Any]:
-    return {"rootfs": _rootfs, "bind_mounts": _bind_mounts, "disk_size_mb": _disk_size_mb}
+class FilesystemPlugin:
+    """The built-in ``fs`` plugin (see the module docstring)."""
+
+    def __init__(self, config: Config) -> None:
+        self.rootfs = config.containers.rootfs
+        self.depot = config.daemon.depot
+
+    @hookimpl
+    def corral_startup(self, live_handles: frozenset[str]) -> None:
+        """Detach loop devices left by containers of this depot that no longer exist (a crash)."""
+        for name, backing in quota.loop_devices().items():
+            path = Path(backing)
+            if path.name == quota.IMAGE_NAME and path.parent.parent == self.depot:
+                if path.parent.name not in live_handles:
+                    log.warning("leftover loop device detached", device=name, image=backing)
+                    quota.detach(name)
+
+    @hookimpl
+    def corral_create_options(self) -> dict[str, Any]:
+        return {"rootfs": _rootfs, "bind_mounts": _bind_mounts, "disk_size_mb": _disk_size_mb}
+
+    @hookimpl
+    def corral_spare_directories(self) -> dict[str, int]:
+        """The overlay's layers and mount point, made new and empty for a spare container directory."""
+        return {"upper": 0o755, "work": 0o755, "rootfs": 0o755}
+
+    @hookimpl
+    def corral_commands(self) -> dict[str, Handler]:
+        return {"copy": command.copy}
+
+    @hookimpl
+    def corral_container_prepare(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AbstractAsyncContextManager[None]:
+        return self._layers(container, plan, restoring)
+
+    @asynccontextmanager
+    async def _layers(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AsyncIterator[None]:
+        size_mb: int | None = container.options.get("disk_size_mb")
+        image = container.path / quota.IMAGE_NAME
+        if size_mb is None:
+            upper, work = container.path / "upper", container.path / "work"
+        else:
+            disk = container.path / quota.MOUNT_NAME
+            upper, work = disk / quota.UPPER, disk / quota.WORK
+        try:
+            if not restoring:
+                if size_mb is None:  # made ahead, empty, in a spare directory (see below)
+                    upper.mkdir(exist_ok=True)
+                    work.mkdir(exist_ok=True)
+                else:
+                    await _make_image(container, size_mb)
+                plan.root_dir.mkdir(exist_ok=True)
+            if size_mb is not None:
+                # Mounted by the init on its private copy of DEPOT/H/disk, before the root overlay.
+                plan.mounts.append(Mount("ext4", str(image), str(disk), ("loop", "host")))
+            base = container.options.get("rootfs", str(self.rootfs))
+            plan.root_mount = Mount(
+                "overlay", "overlay", "/", (), f"lowerdir={base},upperdir={upper},workdir={work}"
+            )
+            for host, target, options in container.options.get("bind_mounts", []):
+                flags: tuple[str, ...] = (
+                    "bind",
+                    "rec",
+                    "mkdir" if Path(host).is_dir() else "mkfile",
+                )
+                if options["mode"] == "ro":
+                    flags += ("ro", "nosuid", "nodev")
+                plan.mounts.append(Mount("none", host, target, flags))
+            yield
+        finally:
+            await command.abandon_copies(container)
+            if not container.detaching and size_mb is not None:
+                # The image is mounted in the container's mount namespace, which goes
+                # after destroy has replied (see the isolation plugin's InitSandbox.kill).
+                container.after_destroy(partial(_release_loops, container, image))
+            # The layers, the image and the mount points are in the container's
+            # directory, which the core removes next.
+
+    @hookimpl
+    def corral_container_info(self, container: ContainerView) -> Any:
+        return _disk_stat(container)
+
+    @hookimpl
+    def corral_limit_resources(self) -> dict[str, Limit]:
+        return {"disk": DiskLimit()}
 
 
-@hookimpl
-def corral_spare_directories() -> dict[str, int]:
-    """The overlay's layers and mount point, made new and empty for a spare container directory."""
-    return {"upper": 0o755, "work": 0o755, "rootfs": 0o755}
-
-
-@hookimpl
-def corral_commands() -> dict[str, Any]:
-    return {"copy": command.copy}
-
-
-# -- the container's layers ---------------------------------------------------------
-
-
-@hookimpl
-def corral_container_prepare(
-    container: Container, plan: LaunchPlan, restoring: bool
-) -> AbstractAsyncContextManager[None]:
-    return _layers(container, plan, restoring)
-
-
-@asynccontextmanager
-async def _layers(container: Container, plan: LaunchPlan, restoring: bool) -> AsyncIterator[None]:
-    size_mb: int | None = container.options.get("disk_size_mb")
-    image = container.path / quota.IMAGE_NAME
-    if size_mb is None:
-        upper, work = container.path / "upper", container.path / "work"
-    else:
-        disk = container.path / quota.MOUNT_NAME
-        upper, work = disk / quota.UPPER, disk / quota.WORK
-    try:
-        if not restoring:
-            if size_mb is None:  # made ahead, empty, in a spare directory (see below)
-                upper.mkdir(exist_ok=True)
-                work.mkdir(exist_ok=True)
-            else:
-                await _make_image(container, size_mb)
-            plan.root_dir.mkdir(exist_ok=True)
-        if size_mb is not None:
-            # Mounted by the init on its private copy of DEPOT/H/disk, before the root overlay.
-            plan.mounts.append(Mount("ext4", str(image), str(disk), ("loop", "host")))
-        base = container.options.get("rootfs", str(settings.rootfs))
-        plan.root_mount = Mount(
-            "overlay", "overlay", "/", (), f"lowerdir={base},upperdir={upper},workdir={work}"
-        )
-        for host, target, options in container.options.get("bind_mounts", []):
-            flags: tuple[str, ...] = ("bind", "rec", "mkdir" if Path(host).is_dir() else "mkfile")
-            if options["mode"] == "ro":
-                flags += ("ro", "nosuid", "nodev")
-            plan.mounts.append(Mount("none", host, target, flags))
-        yield
-    finally:
-        await command.copies.abandon(container.handle)
-        if not container.detaching and size_mb is not None:
-            # The image is mounted in the container's mount namespace, which goes
-            # after destroy has replied (see the isolation plugin's InitSandbox.kill).
-            container.after_destroy(partial(_release_loops, container, image))
-        # The layers, the image and the mount points are in the container's
-        # directory, which the core removes next.
-
-
-async def _make_image(container: Container, size_mb: int) -> None:
+async def _make_image(container: ContainerView, size_mb: int) -> None:
     start = trio.current_time()
     try:
         await trio.to_thread.run_sync(quota.make_image, container.path, size_mb)
@@ -195,7 +205,7 @@ async def _make_image(container: Container, size_mb: int) -> None:
     container.log.debug("disk image made", size_mb=size_mb, seconds=trio.current_time() - start)
 
 
-def _release_loops(container: Container, image: Path) -> None:
+def _release_loops(container: ContainerView, image: Path) -> None:
     """Wait until the kernel released the container's loop device (autoclear); detach a straggler.
 
     Blocking: run after destroy, in a worker thread.
@@ -211,29 +221,16 @@ def _release_loops(container: Container, image: Path) -> None:
 # -- info and limit -------------------------------------------------------------------
 
 
-@hookimpl
-def corral_container_info(container: Container) -> Any:
-    return _disk_stat(container)
-
-
-#: Seconds a walked usage of a writable layer without quota is reused: ``info`` is
-#: a hot path, and walking a big tree on every call would make it slow.
-TREE_USAGE_TTL = 2.0
-_tree_usage_cache: weakref.WeakKeyDictionary[Container, tuple[float, int]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def _tree_usage(container: Container) -> int:
-    cached = _tree_usage_cache.get(container)
+async def _tree_usage(container: ContainerView) -> int:
+    cached = container.stash.get(TREE_USAGE, None)
     if cached is not None and trio.current_time() - cached[0] < TREE_USAGE_TTL:
         return cached[1]
     used = await trio.to_thread.run_sync(quota.tree_usage, container.path / "upper")
-    _tree_usage_cache[container] = (trio.current_time(), used)
+    container.stash[TREE_USAGE] = (trio.current_time(), used)
     return used
 
 
-async def _disk_stat(container: Container) -> dict[str, Any]:
+async def _disk_stat(container: ContainerView) -> dict[str, Any]:
     size_mb = container.options.get("disk_size_mb")
     sandbox = container.sandbox
     used: int | None
@@ -254,16 +251,11 @@ class DiskLimit:
     only exists inside the container's mount namespace, detached from any path.
     """
 
-    async def read(self, container: Any) -> Any:
+    async def read(self, container: ContainerView) -> Any:
         return container.options.get("disk_size_mb")
 
-    async def write(self, container: Any, value: Any) -> Any:
+    async def write(self, container: ContainerView, value: Any) -> Any:
         raise InvalidRequest(
             f"container {container.handle}: limit disk: the disk size can only be set at create "
             "(disk_size_mb)"
         )
-
-
-@hookimpl
-def corral_limit_resources() -> dict[str, Limit]:
-    return {"disk": DiskLimit()}

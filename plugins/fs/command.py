@@ -2,8 +2,8 @@
 
 The handler checks the request, then runs one :class:`~plugins.fs.copy.Copier`
 in a trio worker thread (the copy blocks on disk I/O, never on the container).
-Copies in flight are tracked per container so that destroying the container
-abandons them and waits for them before its filesystem is released.
+Copies in flight are tracked per container (in its stash) so that destroying
+the container abandons them and waits for them before its filesystem is released.
 """
 
 from __future__ import annotations
@@ -22,9 +22,15 @@ import trio
 
 from plugins.fs.copy import Cancelled, ContainerSide, Copier, CopyError, HostSide, Owner
 from plugins.fs.resolve import RootGone, open_container_root, open_in_root
-from supervisor.container import Container
-from supervisor.errors import InvalidRequest, InvalidState, LimitExceeded
-from supervisor.protocol import Args
+from supervisor.api import (
+    Args,
+    ContainerView,
+    InvalidRequest,
+    InvalidState,
+    LimitExceeded,
+    Request,
+    StashKey,
+)
 
 #: The account whose uid/gid own what is copied into a container.
 CONTAINER_USER = "corral"
@@ -35,34 +41,38 @@ ABANDON_WAIT = 30.0
 
 
 class Copies:
-    """The copies in flight per container, so destroy can abandon them."""
+    """The copies in flight of one container, so destroy can abandon them."""
 
     def __init__(self) -> None:
-        self._running: dict[str, set[threading.Event]] = {}
+        self._running: set[threading.Event] = set()
 
     @contextmanager
-    def track(self, handle: str) -> Iterator[threading.Event]:
+    def track(self) -> Iterator[threading.Event]:
         """Register one copy; its event is set when the container goes away."""
         cancel = threading.Event()
-        self._running.setdefault(handle, set()).add(cancel)
+        self._running.add(cancel)
         try:
             yield cancel
         finally:
-            running = self._running.get(handle, set())
-            running.discard(cancel)
-            if not running:
-                self._running.pop(handle, None)
+            self._running.discard(cancel)
 
-    async def abandon(self, handle: str) -> None:
-        """Cancel the container's copies and wait until their threads have let go of it."""
-        for cancel in self._running.get(handle, set()):
+    async def abandon(self) -> None:
+        """Cancel the copies and wait until their threads have let go of the container."""
+        for cancel in self._running:
             cancel.set()
         with trio.move_on_after(ABANDON_WAIT):
-            while self._running.get(handle):
+            while self._running:
                 await trio.sleep(0.01)
 
 
-copies = Copies()
+COPIES = StashKey[Copies]()
+
+
+async def abandon_copies(container: ContainerView) -> None:
+    """Cancel the container's copies in flight and wait for them (destroy)."""
+    copies = container.stash.get(COPIES, None)
+    if copies is not None:
+        await copies.abandon()
 
 
 def check_path(command: str, what: str, value: str) -> str:
@@ -149,10 +159,10 @@ def _run_copy(
         os.close(rootfd)
 
 
-async def copy(request: Any, *args: Any) -> str:
+async def copy(request: Request, *args: Any) -> str:
     """``copy`` handler (see the module docstring)."""
     a = Args("copy", list(args), ("HANDLE", "DIRECTION", "SRC", "DST", "OWNER"))
-    container: Container = request.container(a.string(0))
+    container = request.container(a.string(0))
     direction = a.string(1)
     if direction not in ("in", "out"):
         raise InvalidRequest(f"copy: unknown direction {direction!r} (known: in, out)")
@@ -169,7 +179,7 @@ async def copy(request: Any, *args: Any) -> str:
     sandbox = container.sandbox
     if sandbox is None or not sandbox.alive:
         raise InvalidState(f"container {container.handle}: its init is not running")
-    with copies.track(container.handle) as cancel:
+    with container.stash.setdefault(COPIES, Copies()).track() as cancel:
         try:
             await trio.to_thread.run_sync(
                 _run_copy, sandbox.pid, container.handle, direction, src, dst, owner, cancel

@@ -24,6 +24,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -34,14 +35,20 @@ import trio
 from plugins.isolation import spec
 from plugins.isolation.launcher import Launcher, LaunchError, Zygote
 from plugins.isolation.sandbox import InitSandbox, process_start_time
-from supervisor.config import Config, ConfigError
-from supervisor.container import Container
-from supervisor.errors import CorralError, InvalidRequest
-from supervisor.hookspecs import hookimpl
-from supervisor.sandbox import LaunchPlan, Mount
+from supervisor.api import (
+    Config,
+    ConfigError,
+    ContainerView,
+    CorralError,
+    InvalidRequest,
+    LaunchPlan,
+    Mount,
+    StashKey,
+    hookimpl,
+    setting,
+)
 
 NAME = "isolation"
-DEFAULT_INIT = Path("/usr/local/lib/corral/corral-init")
 SOCKET_NAME = "init.sock"
 #: sun_path holds 108 bytes with the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -53,40 +60,11 @@ class LaunchFailed(CorralError):
     """``corral-init`` could not build the container."""
 
 
-class _Settings:
-    init: Path = DEFAULT_INIT
-    depot: Path = Path("/var/lib/corral/depot")
+@dataclass(frozen=True)
+class Settings:
+    """``[isolation]``."""
 
-
-settings = _Settings()
-#: Forks every launcher (started on first use, stopped at shutdown).
-_zygote: Zygote | None = None
-
-
-@hookimpl
-def corral_configure(config: Config) -> None:
-    section = config.section(NAME)
-    unknown = set(section) - {"init"}
-    if unknown:
-        raise ConfigError(f"[{NAME}] {', '.join(sorted(unknown))}: unknown setting (known: init)")
-    settings.init = Path(section.get("init", DEFAULT_INIT))
-    settings.depot = config.daemon.depot
-    if not os.access(settings.init, os.X_OK):
-        raise ConfigError(
-            f"[{NAME}] init: {settings.init} is not an executable; build it with "
-            f"`python -m plugins.isolation.build {settings.init}`"
-        )
-    global _zygote
-    if _zygote is not None:
-        _zygote.close()
-    _zygote = Zygote(settings.init)
-
-
-@hookimpl  # right after fs (see BUILTIN_PLUGINS): the launcher works while the others prepare
-def corral_container_prepare(
-    container: Container, plan: LaunchPlan, restoring: bool
-) -> AbstractAsyncContextManager[None]:
-    return _early_launcher(container, plan, restoring)
+    init: Path = setting(Path("/usr/local/lib/corral/corral-init"), "the container init binary")
 
 
 RootPlan = tuple[Path, Mount | None, tuple[Mount, ...]]
@@ -98,7 +76,8 @@ class _Launch(NamedTuple):
     root: RootPlan
 
 
-_launches: dict[str, _Launch] = {}
+#: A new container's launcher, from its prepare to its launch.
+LAUNCH = StashKey[_Launch]()
 
 
 def _root_plan(plan: LaunchPlan) -> RootPlan:
@@ -106,7 +85,7 @@ def _root_plan(plan: LaunchPlan) -> RootPlan:
     return plan.root_dir, plan.root_mount, tuple(m for m in plan.mounts if "host" in m.flags)
 
 
-def _socket_path(container: Container) -> Path:
+def _socket_path(container: ContainerView) -> Path:
     socket_path = container.path / SOCKET_NAME
     if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
         raise InvalidRequest(
@@ -115,67 +94,120 @@ def _socket_path(container: Container) -> Path:
     return socket_path
 
 
-@asynccontextmanager
-async def _early_launcher(
-    container: Container, plan: LaunchPlan, restoring: bool
-) -> AsyncIterator[None]:
-    if restoring:
-        yield
-        return
-    socket_path = _socket_path(container)
-    plan.root_dir.mkdir(exist_ok=True)
-    setup = spec.render_setup(plan, container.handle, socket_path, label=container.path)
-    launcher = _zygote.launcher() if _zygote is not None else Launcher(settings.init)
-    _launches[container.handle] = _Launch(launcher, _root_plan(plan))
-    plan.network_namespace = launcher.network_namespace
-    try:
-        launcher.send(setup.encode())
-        yield
-    finally:
-        _launches.pop(container.handle).launcher.close()
-        if not container.detaching:
-            # The next container's launcher, forked once destroy has replied and this
-            # container is cleaned up: making its namespaces (the network one holds
-            # the kernel's rtnl lock) would slow what is under way now.
-            container.after_destroy(partial(trio.from_thread.run_sync, _fork_ahead))
+class IsolationPlugin:
+    """The built-in ``isolation`` plugin, the launch plugin (see the module docstring)."""
 
+    def __init__(self, settings: Settings, config: Config) -> None:
+        if not os.access(settings.init, os.X_OK):
+            raise ConfigError(
+                f"[{NAME}] init: {settings.init} is not an executable; build it with "
+                f"`python -m plugins.isolation.build {settings.init}`"
+            )
+        self.init = settings.init
+        self.depot = config.daemon.depot
+        #: Forks every launcher (started on first use, stopped at shutdown).
+        self.zygote: Zygote | None = Zygote(settings.init)
 
-def _fork_ahead() -> None:
-    if _zygote is not None:
-        _zygote.fork_ahead()
+    @hookimpl  # right after fs (see BUILTIN_PLUGINS): the launcher works while the others prepare
+    def corral_container_prepare(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AbstractAsyncContextManager[None]:
+        return self._early_launcher(container, plan, restoring)
 
-
-@hookimpl
-def corral_container_launch(
-    container: Container, plan: LaunchPlan, restoring: bool
-) -> AbstractAsyncContextManager[InitSandbox]:
-    return _launch(container, plan, restoring)
-
-
-@asynccontextmanager
-async def _launch(
-    container: Container, plan: LaunchPlan, restoring: bool
-) -> AsyncIterator[InitSandbox]:
-    sandbox = await (_reconnect(container) if restoring else _start(container, plan))
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sandbox.serve)
-            launcher = None if restoring else _launches[container.handle].launcher
-            if launcher is not None and launcher.pid is not None:
-                # A spawned launcher exits once the init is ready: reap it (the
-                # zygote reaps those it forked; no task for them).
-                nursery.start_soon(launcher.wait)
-            yield sandbox
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
+    @asynccontextmanager
+    async def _early_launcher(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AsyncIterator[None]:
+        if restoring:
+            yield
+            return
+        socket_path = _socket_path(container)
+        plan.root_dir.mkdir(exist_ok=True)
+        setup = spec.render_setup(plan, container.handle, socket_path, label=container.path)
+        launcher = self.zygote.launcher() if self.zygote is not None else Launcher(self.init)
+        container.stash[LAUNCH] = _Launch(launcher, _root_plan(plan))
+        plan.network_namespace = launcher.network_namespace
+        try:
+            launcher.send(setup.encode())
+            yield
+        finally:
+            container.stash.pop(LAUNCH, None)
+            launcher.close()
             if not container.detaching:
-                await sandbox.kill()
-            sandbox.close()
+                # The next container's launcher, forked once destroy has replied and this
+                # container is cleaned up: making its namespaces (the network one holds
+                # the kernel's rtnl lock) would slow what is under way now.
+                container.after_destroy(partial(trio.from_thread.run_sync, self._fork_ahead))
+
+    def _fork_ahead(self) -> None:
+        if self.zygote is not None:
+            self.zygote.fork_ahead()
+
+    @hookimpl
+    def corral_container_launch(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AbstractAsyncContextManager[InitSandbox]:
+        return self._launch(container, plan, restoring)
+
+    @asynccontextmanager
+    async def _launch(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AsyncIterator[InitSandbox]:
+        sandbox = await (_reconnect(container) if restoring else _start(container, plan))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sandbox.serve)
+                launcher = None if restoring else container.stash[LAUNCH].launcher
+                if launcher is not None and launcher.pid is not None:
+                    # A spawned launcher exits once the init is ready: reap it (the
+                    # zygote reaps those it forked; no task for them).
+                    nursery.start_soon(launcher.wait)
+                yield sandbox
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                if not container.detaching:
+                    await sandbox.kill()
+                sandbox.close()
+
+    @hookimpl
+    def corral_shutdown(self) -> None:
+        """Stop the zygote; running containers and launchers go on."""
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
+
+    @hookimpl
+    def corral_startup(self, live_handles: frozenset[str]) -> None:
+        """Kill the inits of this depot whose container the daemon does not know (a crash
+        mid-create); have the first container's launcher forked ahead."""
+        for pid, depot_dir in self._inits_of_depot():
+            if depot_dir.name not in live_handles:
+                log.warning("orphan container init killed", pid=pid, container_path=str(depot_dir))
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self._fork_ahead()
+
+    def _inits_of_depot(self) -> list[tuple[int, Path]]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(argv) >= 3 and argv[0] == str(self.init).encode() and argv[1] == b"launch":
+                path = Path(os.fsdecode(argv[2]))
+                if path.parent == self.depot:
+                    found.append((int(entry.name), path))
+        return found
 
 
-async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
-    launcher, root = _launches[container.handle]
+async def _start(container: ContainerView, plan: LaunchPlan) -> InitSandbox:
+    launcher, root = container.stash[LAUNCH]
     if _root_plan(plan) != root:
         raise LaunchFailed(
             f"container {container.handle}: a plugin changed the root filesystem plan "
@@ -197,7 +229,7 @@ async def _start(container: Container, plan: LaunchPlan) -> InitSandbox:
     return InitSandbox(container, pid, pidfd, sock)
 
 
-async def _reconnect(container: Container) -> InitSandbox:
+async def _reconnect(container: ContainerView) -> InitSandbox:
     state = container.plugin_state(NAME)
     pid = state.get("pid")
     if pid is None or process_start_time(pid) != state.get("start_time"):
@@ -211,42 +243,3 @@ async def _reconnect(container: Container) -> InitSandbox:
         sock.close()
         return InitSandbox(container, pid, pidfd, None)
     return InitSandbox(container, pid, pidfd, sock)
-
-
-@hookimpl
-def corral_shutdown() -> None:
-    """Stop the zygote; running containers and launchers go on."""
-    global _zygote
-    if _zygote is not None:
-        _zygote.close()
-        _zygote = None
-
-
-@hookimpl
-def corral_startup(live_handles: frozenset[str]) -> None:
-    """Kill the inits of this depot whose container the daemon does not know (a crash
-    mid-create); have the first container's launcher forked ahead."""
-    for pid, depot_dir in _inits_of_depot():
-        if depot_dir.name not in live_handles:
-            log.warning("orphan container init killed", pid=pid, container_path=str(depot_dir))
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    _fork_ahead()
-
-
-def _inits_of_depot() -> list[tuple[int, Path]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) >= 3 and argv[0] == str(settings.init).encode() and argv[1] == b"launch":
-            path = Path(os.fsdecode(argv[2]))
-            if path.parent == settings.depot:
-                found.append((int(entry.name), path))
-    return found

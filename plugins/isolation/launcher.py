@@ -46,7 +46,7 @@ from pathlib import Path
 
 import trio
 
-from supervisor.sandbox import NetworkNamespace
+from supervisor.api import NetworkNamespace
 
 #: Bytes of the launcher's stderr (one error message) read.
 MAX_OUTPUT = 64 * 1024

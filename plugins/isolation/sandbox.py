@@ -17,10 +17,15 @@ from pathlib import Path
 import structlog
 import trio
 
-from supervisor.container import Container
-from supervisor.errors import CorralError, InvalidRequest, InvalidState
-from supervisor.events import JobExited, SandboxExited
-from supervisor.sandbox import JobRequest
+from supervisor.api import (
+    ContainerView,
+    CorralError,
+    InvalidRequest,
+    InvalidState,
+    JobExited,
+    JobRequest,
+    SandboxExited,
+)
 
 RECEIVE_SIZE = 64 * 1024
 
@@ -65,7 +70,11 @@ class InitSandbox:
     """A running ``corral-init``, as the core's :class:`~supervisor.sandbox.Sandbox`."""
 
     def __init__(
-        self, container: Container, pid: int, pidfd: int | None, sock: trio.socket.SocketType | None
+        self,
+        container: ContainerView,
+        pid: int,
+        pidfd: int | None,
+        sock: trio.socket.SocketType | None,
     ) -> None:
         self.container = container
         self.pid = pid

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from supervisor.sandbox import LaunchPlan, Mount
+from supervisor.api import LaunchPlan, Mount
 
 #: /dev of every container: (name, major, minor, mode).
 DEVICES = (

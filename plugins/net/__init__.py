@@ -9,7 +9,8 @@ See README.md here for the config keys and what the rules do.
 
 The address is reserved at prepare, and the veth made and ``eth0`` configured as
 soon as the launch plugin has made the container's network namespace
-(``LaunchPlan.network_namespace``), while the container's init still sets up.
+(``LaunchPlan.network_namespace``, a channel from the launch plugin), while
+the container's init still sets up.
 
 Modules: :mod:`.settings` (the ``[net]`` table), :mod:`.pool` (address, port and
 name pools, pure), :mod:`.rules` (the nftables JSON, pure), :mod:`.firewall`
@@ -28,69 +29,30 @@ from plugins.net import links
 from plugins.net.claim import claim
 from plugins.net.network import Attachment, Network
 from plugins.net.rules import parse_egress
-from plugins.net.settings import NAME, parse
-from supervisor.commands import Handler, Request
-from supervisor.config import Config, ConfigError
-from supervisor.container import Container
-from supervisor.errors import InvalidRequest
-from supervisor.hookspecs import hookimpl
-from supervisor.plugins import context_nursery
-from supervisor.protocol import Args
-from supervisor.sandbox import LaunchPlan, NetworkNamespace
-
-_network: Network | None = None
+from plugins.net.settings import NAME, Settings
+from supervisor.api import (
+    Args,
+    ConfigError,
+    ContainerView,
+    Handler,
+    InvalidRequest,
+    LaunchPlan,
+    NetworkNamespace,
+    Request,
+    StashKey,
+    context_nursery,
+    hookimpl,
+)
 
 IN_OPTIONS: dict[str, type | tuple[type, ...]] = {"host_port": int, "container_port": int}
 OUT_OPTIONS: dict[str, type | tuple[type, ...]] = {"protocol": str}
 
 
-def network() -> Network:
-    """The daemon's :class:`Network` (set by ``corral_configure``)."""
-    if _network is None:
-        raise RuntimeError("the net plugin is not configured")
-    return _network
-
-
-@hookimpl
-def corral_configure(config: Config) -> None:
-    global _network
-    settings = parse(config.section(NAME))
-    claim(settings.table, settings.interface_prefix)
-    try:
-        used = links.host_networks(settings.interface_prefix)
-        _network = Network(settings)
-    except OSError as exc:
-        raise ConfigError(f"[{NAME}] {exc}") from None
-    ours = [("pool", settings.pool)] + [(f"bridges.{n}", s) for n, s in settings.bridges.items()]
-    for key, subnet in ours:
-        for device, net in used:
-            if subnet.overlaps(net):
-                # Routing it would hijack or break the host's own networking.
-                raise ConfigError(
-                    f"[{NAME}] {key}: {subnet} overlaps {net} of host device {device}; "
-                    "choose a subnet the host does not use"
-                )
-
-
-@hookimpl
-def corral_startup(live_handles: frozenset[str]) -> Awaitable[None]:
-    return network().startup(live_handles)
-
-
-@hookimpl
-def corral_shutdown() -> Awaitable[None]:
-    return network().shutdown()
-
-
-@hookimpl
-def corral_create_options() -> Mapping[str, Any]:
-    return {"network": lambda value: network().check_options(value)}
-
-
 class _EarlyVeth:
     """A new container's veth, made at prepare once its network namespace exists."""
 
-    def __init__(self, att: Attachment) -> None:
+    def __init__(self, network: Network, att: Attachment) -> None:
+        self.network = network
         #: Held here until attach takes it; given back at prepare's exit if never taken.
         self.att: Attachment | None = att
         self.plumbed = False
@@ -101,7 +63,7 @@ class _EarlyVeth:
         try:
             netns = await namespace()
             if netns is not None and self.att is not None:
-                await network().plumb(self.att, netns.fd, netns.route_socket)
+                await self.network.plumb(self.att, netns.fd, netns.route_socket)
                 self.plumbed = True
         except Exception as exc:  # attach reports it
             self.error = exc
@@ -118,70 +80,123 @@ class _EarlyVeth:
         return att, self.plumbed
 
 
-_early: dict[str, _EarlyVeth] = {}
+#: A new container's veth made at prepare, until attach takes it.
+EARLY = StashKey[_EarlyVeth]()
 
 
-@hookimpl
-def corral_container_prepare(
-    container: Container, plan: LaunchPlan, restoring: bool
-) -> AbstractAsyncContextManager[None]:
-    return _early_veth(container, plan, restoring)
+class NetworkPlugin:
+    """The built-in ``net`` plugin (see the module docstring)."""
 
+    def __init__(self, settings: Settings) -> None:
+        claim(settings.table, settings.interface_prefix)
+        try:
+            used = links.host_networks(settings.interface_prefix)
+            self.network = Network(settings)
+        except OSError as exc:
+            raise ConfigError(f"[{NAME}] {exc}") from None
+        ours = [("pool", settings.pool)] + [
+            (f"bridges.{n}", s) for n, s in settings.bridges.items()
+        ]
+        for key, subnet in ours:
+            for device, net in used:
+                if subnet.overlaps(net):
+                    # Routing it would hijack or break the host's own networking.
+                    raise ConfigError(
+                        f"[{NAME}] {key}: {subnet} overlaps {net} of host device {device}; "
+                        "choose a subnet the host does not use"
+                    )
 
-@asynccontextmanager
-async def _early_veth(
-    container: Container, plan: LaunchPlan, restoring: bool
-) -> AsyncIterator[None]:
-    namespace = plan.network_namespace
-    if restoring or namespace is None:
-        yield  # attach does it all
-        return
-    early = _EarlyVeth(network().reserve(container))
-    _early[container.handle] = early
-    try:
-        async with context_nursery() as nursery:
-            nursery.start_soon(early.make, namespace)
+    @hookimpl
+    def corral_startup(self, live_handles: frozenset[str]) -> Awaitable[None]:
+        return self.network.startup(live_handles)
+
+    @hookimpl
+    def corral_shutdown(self) -> Awaitable[None]:
+        return self.network.shutdown()
+
+    @hookimpl
+    def corral_create_options(self) -> Mapping[str, Any]:
+        return {"network": self.network.check_options}
+
+    @hookimpl
+    def corral_container_prepare(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AbstractAsyncContextManager[None]:
+        return self._early_veth(container, plan, restoring)
+
+    @asynccontextmanager
+    async def _early_veth(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AsyncIterator[None]:
+        namespace = plan.network_namespace
+        if restoring or namespace is None:
+            yield  # attach does it all
+            return
+        early = _EarlyVeth(self.network, self.network.reserve(container))
+        container.stash[EARLY] = early
+        try:
+            async with context_nursery() as nursery:
+                nursery.start_soon(early.make, namespace)
+                yield
+                nursery.cancel_scope.cancel()
+        finally:
+            container.stash.pop(EARLY, None)
+            if early.att is not None:  # a later phase failed before attach took it
+                with trio.CancelScope(shield=True):
+                    await self.network.abandon(container, early.att, made=early.plumbed)
+
+    @hookimpl
+    def corral_container_attach(
+        self, container: ContainerView, restoring: bool
+    ) -> AbstractAsyncContextManager[None]:
+        return self._attached(container, restoring)
+
+    @asynccontextmanager
+    async def _attached(self, container: ContainerView, restoring: bool) -> AsyncIterator[None]:
+        net = self.network
+        early = container.stash.get(EARLY, None)
+        if restoring:
+            await net.restore(container)
+        elif early is not None:
+            await net.attach(container, *await early.take())
+        else:
+            await net.attach(container)
+        try:
             yield
-            nursery.cancel_scope.cancel()
-    finally:
-        del _early[container.handle]
-        if early.att is not None:  # a later phase failed before attach took it
+        finally:
             with trio.CancelScope(shield=True):
-                await network().abandon(container, early.att, made=early.plumbed)
+                await net.release(container)
 
+    @hookimpl
+    def corral_container_info(self, container: ContainerView) -> Mapping[str, Any]:
+        return self.network.info(container)
 
-@hookimpl
-def corral_container_attach(
-    container: Container, restoring: bool
-) -> AbstractAsyncContextManager[None]:
-    return _attached(container, restoring)
+    @hookimpl
+    def corral_commands(self) -> Mapping[str, Handler]:
+        return {"net": self.net}
 
-
-@asynccontextmanager
-async def _attached(container: Container, restoring: bool) -> AsyncIterator[None]:
-    net = network()
-    early = _early.get(container.handle)
-    if restoring:
-        await net.restore(container)
-    elif early is not None:
-        await net.attach(container, *await early.take())
-    else:
-        await net.attach(container)
-    try:
-        yield
-    finally:
-        with trio.CancelScope(shield=True):
-            await net.release(container)
-
-
-@hookimpl
-def corral_container_info(container: Container) -> Mapping[str, Any]:
-    return network().info(container)
-
-
-@hookimpl
-def corral_commands() -> Mapping[str, Handler]:
-    return {"net": net}
+    async def net(self, request: Request, *args: Any) -> Any:
+        """``["net", HANDLE, "in", OPTS?]`` or ``["net", HANDLE, "out", "ADDR[/MASK][:PORT[-PORT]]", OPTS?]``."""
+        if len(args) >= 2 and args[1] == "in":
+            a = Args("net in", list(args), ("HANDLE", "DIRECTION", "OPTS"))
+            container = request.container(a.string(0))
+            opts = a.options(2, IN_OPTIONS)
+            host_port, container_port = await self.network.forward(
+                container, _port(opts, "host_port"), _port(opts, "container_port")
+            )
+            return {"host_port": host_port, "container_port": container_port}
+        if len(args) >= 2 and args[1] == "out":
+            a = Args("net out", list(args), ("HANDLE", "DIRECTION", "DESTINATION", "OPTS"))
+            container = request.container(a.string(0))
+            destination = a.string(2)
+            opts = a.options(3, OUT_OPTIONS)
+            await self.network.allow(
+                container, parse_egress(destination, opts.get("protocol", "all"))
+            )
+            return "ok"
+        a = Args("net", list(args), ("HANDLE", "DIRECTION", "ARG", "OPTS"))
+        a.string(0)
+        raise InvalidRequest(f'net: DIRECTION must be "in" or "out", got {a.value(1, True)!r}')
 
 
 def _port(opts: dict[str, Any], key: str) -> int | None:
@@ -189,25 +204,3 @@ def _port(opts: dict[str, Any], key: str) -> int | None:
     if value is not None and not 1 <= value <= 65535:
         raise InvalidRequest(f"net in: {key} {value} is not a port from 1 to 65535")
     return value
-
-
-async def net(request: Request, *args: Any) -> Any:
-    """``["net", HANDLE, "in", OPTS?]`` or ``["net", HANDLE, "out", "ADDR[/MASK][:PORT[-PORT]]", OPTS?]``."""
-    if len(args) >= 2 and args[1] == "in":
-        a = Args("net in", list(args), ("HANDLE", "DIRECTION", "OPTS"))
-        container = request.container(a.string(0))
-        opts = a.options(2, IN_OPTIONS)
-        host_port, container_port = await network().forward(
-            container, _port(opts, "host_port"), _port(opts, "container_port")
-        )
-        return {"host_port": host_port, "container_port": container_port}
-    if len(args) >= 2 and args[1] == "out":
-        a = Args("net out", list(args), ("HANDLE", "DIRECTION", "DESTINATION", "OPTS"))
-        container = request.container(a.string(0))
-        destination = a.string(2)
-        opts = a.options(3, OUT_OPTIONS)
-        await network().allow(container, parse_egress(destination, opts.get("protocol", "all")))
-        return "ok"
-    a = Args("net", list(args), ("HANDLE", "DIRECTION", "ARG", "OPTS"))
-    a.string(0)
-    raise InvalidRequest(f'net: DIRECTION must be "in" or "out", got {a.value(1, True)!r}')

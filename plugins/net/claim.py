@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 
-from supervisor.config import ConfigError
+from supervisor.api import ConfigError
 
 _held: dict[str, socket.socket] = {}
 

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from plugins.net.rules import Command, Ruleset
-from supervisor.errors import CorralError
+from supervisor.api import CorralError
 
 LIBNFTABLES = "libnftables.so.1"
 #: nftables/libnftables.h: enum nft_output_flags

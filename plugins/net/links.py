@@ -28,7 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from plugins.net import netlink
 from plugins.net.pool import Lease
-from supervisor.errors import CorralError
+from supervisor.api import CorralError
 
 #: Name of the container end of every veth, inside the container.
 CONTAINER_IFNAME = "eth0"

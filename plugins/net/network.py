@@ -22,9 +22,7 @@ from plugins.net.firewall import Firewall
 from plugins.net.pool import AddressPool, BridgePool, Lease, PortPool, SlotPool, SubnetPool
 from plugins.net.rules import Egress, Ruleset
 from plugins.net.settings import MAX_IDS, NAME, Settings
-from supervisor.container import Container, State
-from supervisor.errors import InvalidRequest, InvalidState, NoCapacity
-from supervisor.sandbox import Sandbox
+from supervisor.api import ContainerView, InvalidRequest, InvalidState, NoCapacity, Sandbox, State
 
 log = structlog.get_logger()
 
@@ -153,7 +151,7 @@ class Network:
 
     # -- container lifetime -----------------------------------------------------------
 
-    def reserve(self, container: Container) -> Attachment:
+    def reserve(self, container: ContainerView) -> Attachment:
         """A new container's address and device name, in its plugin state (saved with its next record).
 
         Raises:
@@ -185,7 +183,7 @@ class Network:
         return att
 
     async def attach(
-        self, container: Container, att: Attachment | None = None, plumbed: bool = False
+        self, container: ContainerView, att: Attachment | None = None, plumbed: bool = False
     ) -> None:
         """Give a new container its network (*att* reserved, and *plumbed* and configured,
         already); on failure leave nothing.
@@ -214,7 +212,7 @@ class Network:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def abandon(self, container: Container, att: Attachment, made: bool) -> None:
+    async def abandon(self, container: ContainerView, att: Attachment, made: bool) -> None:
         """Give back what a container that never ran holds, its veth too if *made* (never raises)."""
         if made:
             try:
@@ -224,7 +222,7 @@ class Network:
         await self._teardown(att, quarantine=False)
         container.plugin_state(NAME).clear()
 
-    async def restore(self, container: Container) -> None:
+    async def restore(self, container: ContainerView) -> None:
         """Re-adopt a restored container's network; re-create its veth if it vanished."""
         state = container.plugin_state(NAME)
         if not state:
@@ -247,7 +245,7 @@ class Network:
         except Exception:
             container.log.exception("network device could not be re-created", device=att.device)
 
-    def _reserve_restored(self, att: Attachment, container: Container) -> None:
+    def _reserve_restored(self, att: Attachment, container: ContainerView) -> None:
         steps: list[tuple[str, Any]] = [
             ("address", lambda: self._pool(att.bridge).reserve(att.lease.address, force=True)),
             ("device id", lambda: self.ids.reserve(att.ident, f"device {att.device}", force=True)),
@@ -263,7 +261,7 @@ class Network:
                 # Two records claim the same thing: keep both, say so loudly.
                 container.log.error("network resource claimed twice", what=what, error=str(exc))
 
-    async def release(self, container: Container) -> None:
+    async def release(self, container: ContainerView) -> None:
         """Remove everything of the container: rules, devices, addresses, ports.
 
         When the daemon only detaches (shutdown), nothing is touched.
@@ -358,18 +356,18 @@ class Network:
         if self.attachments.get(att.handle) is att:
             del self.attachments[att.handle]
 
-    def _record(self, container: Container, att: Attachment) -> None:
+    def _record(self, container: ContainerView, att: Attachment) -> None:
         state = container.plugin_state(NAME)
         state.clear()
         state.update(att.to_state())
 
-    def _save(self, container: Container, att: Attachment) -> None:
+    def _save(self, container: ContainerView, att: Attachment) -> None:
         self._record(container, att)
         container.save()
 
     # -- commands -------------------------------------------------------------------
 
-    def attachment(self, container: Container) -> Attachment:
+    def attachment(self, container: ContainerView) -> Attachment:
         """The container's attachment, or InvalidState when it has no network."""
         att = self.attachments.get(container.handle)
         if att is None or att.closed:
@@ -377,7 +375,7 @@ class Network:
         return att
 
     async def forward(
-        self, container: Container, host_port: int | None, container_port: int | None
+        self, container: ContainerView, host_port: int | None, container_port: int | None
     ) -> tuple[int, int]:
         """Forward a host TCP port to the container (``net in``); return (host, container) port.
 
@@ -410,7 +408,7 @@ class Network:
         container.log.info("port forwarded", host_port=host_port, container_port=container_port)
         return host_port, container_port
 
-    async def allow(self, container: Container, allow: Egress) -> None:
+    async def allow(self, container: ContainerView, allow: Egress) -> None:
         """Let the container reach one destination (``net out``); asking twice is harmless."""
         async with self._rules_lock:
             att = self.attachment(container)
@@ -424,7 +422,7 @@ class Network:
             self._save(container, att)
         container.log.info("egress allowed", **allow.to_json())
 
-    def info(self, container: Container) -> dict[str, Any]:
+    def info(self, container: ContainerView) -> dict[str, Any]:
         """``host_ip`` and ``container_ip`` of the container (nothing when it has no network)."""
         att = self.attachments.get(container.handle)
         if att is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from supervisor.errors import InvalidRequest, NoCapacity
+from supervisor.api import InvalidRequest, NoCapacity
 
 Clock = Callable[[], float]
 

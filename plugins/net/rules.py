@@ -26,7 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from plugins.net.settings import Settings
-from supervisor.errors import InvalidRequest
+from supervisor.api import InvalidRequest
 
 Command = dict[str, Any]
 Expr = dict[str, Any]

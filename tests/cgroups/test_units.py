@@ -26,6 +26,7 @@ from plugins.cgroups.layout import Placement, detect, parse_mountinfo
 from plugins.cgroups.values import Host, cpuset_cores, format_cpuset
 from supervisor import config
 from supervisor.errors import InvalidRequest
+from supervisor.settings import parse_table
 
 HOST = Host(frozenset({0, 1, 2, 3}))
 
@@ -464,7 +465,9 @@ def test_container_cgroups_state_round_trips() -> None:
 )
 def test_config_errors_name_the_setting(table: str, words: str) -> None:
     with pytest.raises(config.ConfigError, match=words):
-        plugin.corral_configure(config.parse(f"[cgroups]\n{table}\n"))
+        parse_table(
+            plugin.Settings, config.parse(f"[cgroups]\n{table}\n").tables["cgroups"], "cgroups"
+        )
 
 
 # -- OOM watcher ----------------------------------------------------------------------------

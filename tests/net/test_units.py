@@ -8,9 +8,13 @@ import pytest
 
 from plugins.net.pool import BridgePool, PortPool, SlotPool, SubnetPool
 from plugins.net.rules import BASE_TAG, Egress, Ruleset, parse_egress
-from plugins.net.settings import Settings, parse
-from supervisor.config import ConfigError
+from plugins.net.settings import Settings
 from supervisor.errors import InvalidRequest, NoCapacity
+from supervisor.settings import ConfigError, parse_table
+
+
+def parse(table: dict[str, object]) -> Settings:
+    return parse_table(Settings, table, "net")
 
 
 class FakeClock:
@@ -219,7 +223,7 @@ def test_settings_overrides() -> None:
         ({"table": "bad name"}, "table"),
         ({"bridges": {"averyveryverylongname": "192.168.2.0/24"}}, "bridges.averyveryverylongname"),
         ({"bridges": {"lan": "10.254.1.0/24"}}, "bridges.lan: 10.254.1.0/24 overlaps pool"),
-        ({"allow_networks": ["x"]}, r"allow_networks\[0\]"),
+        ({"allow_networks": ["x"]}, r"allow_networks: \[0\]: 'x' is not an IPv4 network"),
         ({"allow_host_access": "yes"}, "allow_host_access"),
     ],
 )

@@ -10,76 +10,87 @@ which a plugin prepared after isolation may not do).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from supervisor.hookspecs import hookimpl
-
-settings: dict[str, Any] = {}
+from supervisor.api import ContainerView, Handler, LaunchPlan, Mount, Request, hookimpl, setting
 
 
-def _note(line: str) -> None:
-    if "log" not in settings:
-        return  # installed, but this daemon was not configured for it
-    with open(settings["log"], "a") as f:
-        f.write(line + "\n")
+@dataclass(frozen=True)
+class Settings:
+    """``[testplugin]``."""
+
+    log: Path | None = setting(None, "file the hooks are recorded in")
+    fail_attach: bool = setting(False, "raise in the attach phase")
+    bind: Path | None = setting(None, "host directory bound read-only at /testplugin")
+    tmpfs_root: bool = setting(False, "replace the planned root mount")
 
 
-@hookimpl
-def corral_configure(config: Any) -> None:
-    settings.update(config.section("testplugin"))
+class RecordingPlugin:
+    """Records its hooks; claims a create option, an info field and a command."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
-@hookimpl
-def corral_create_options() -> dict[str, Any]:
-    return {"testplugin_note": str}
+    def _note(self, line: str) -> None:
+        if self.settings.log is None:
+            return  # installed, but this daemon was not configured for it
+        with open(self.settings.log, "a") as f:
+            f.write(line + "\n")
 
+    @hookimpl
+    def corral_create_options(self) -> dict[str, Any]:
+        return {"testplugin_note": str}
 
-@hookimpl
-def corral_container_prepare(container: Any, plan: Any, restoring: bool) -> Any:
+    @hookimpl
+    def corral_container_prepare(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AbstractAsyncContextManager[None]:
+        return self._resource(container, plan, restoring)
+
     @asynccontextmanager
-    async def resource() -> AsyncIterator[None]:
-        _note(f"acquire {container.handle} restoring={restoring}")
-        from supervisor.sandbox import Mount
-
-        if "bind" in settings:
+    async def _resource(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AsyncIterator[None]:
+        self._note(f"acquire {container.handle} restoring={restoring}")
+        if self.settings.bind is not None:
             plan.mounts.append(
-                Mount("none", settings["bind"], "/testplugin", ("bind", "ro", "mkdir"))
+                Mount("none", str(self.settings.bind), "/testplugin", ("bind", "ro", "mkdir"))
             )
-        if settings.get("tmpfs_root"):
+        if self.settings.tmpfs_root:
             plan.root_mount = Mount("tmpfs", "tmpfs", "/")
         try:
             yield
         finally:
-            _note(f"release {container.handle} detaching={container.detaching}")
+            self._note(f"release {container.handle} detaching={container.detaching}")
             if not container.detaching:
                 handle = container.handle
-                container.after_destroy(lambda: _note(f"after destroy {handle}"))
+                container.after_destroy(lambda: self._note(f"after destroy {handle}"))
 
-    return resource()
+    @hookimpl
+    def corral_container_attach(
+        self, container: ContainerView
+    ) -> AbstractAsyncContextManager[None]:
+        return self._attached(container)
 
-
-@hookimpl
-def corral_container_attach(container: Any, restoring: bool) -> Any:
     @asynccontextmanager
-    async def attached() -> AsyncIterator[None]:
-        if settings.get("fail_attach"):
+    async def _attached(self, container: ContainerView) -> AsyncIterator[None]:
+        if self.settings.fail_attach:
             raise RuntimeError("testplugin refuses to attach")
-        _note(f"attach {container.handle} pid={container.sandbox.pid}")
+        assert container.sandbox is not None
+        self._note(f"attach {container.handle} pid={container.sandbox.pid}")
         yield
 
-    return attached()
+    @hookimpl
+    def corral_container_info(self, container: ContainerView) -> dict[str, Any]:
+        return {"testplugin": container.options.get("testplugin_note", "present")}
+
+    @hookimpl
+    def corral_commands(self) -> dict[str, Handler]:
+        return {"testplugin-hello": _hello}
 
 
-@hookimpl
-def corral_container_info(container: Any) -> dict[str, Any]:
-    return {"testplugin": container.options.get("testplugin_note", "present")}
-
-
-async def _hello(request: Any, *args: Any) -> str:
+async def _hello(request: Request, *args: Any) -> str:
     return f"hello {' '.join(map(str, args))}".strip()
-
-
-@hookimpl
-def corral_commands() -> dict[str, Any]:
-    return {"testplugin-hello": _hello}
