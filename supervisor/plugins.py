@@ -64,25 +64,32 @@ def _how_to_block(name: str) -> str:
     return f'block it with [plugins] block = ["{name}"] or {BLOCK_ENV}={name}'
 
 
+def settings_class(plugin: Any) -> type | None:
+    """The class a plugin class's ``settings`` parameter is annotated with (its table), if any."""
+    if not isinstance(plugin, type) or "settings" not in inspect.signature(plugin).parameters:
+        return None
+    declared: type = typing.get_type_hints(getattr(plugin, "__init__"))["settings"]  # noqa: B009
+    return declared
+
+
 def make_plugin(name: str, loaded: Any, config: Config) -> Any:
     """The plugin object of *loaded*: a class is made with the parameters its ``__init__``
-    names, of ``settings`` (the table ``[name]`` parsed into the class that parameter is
-    annotated with) and ``config``; a module or an object is the plugin itself.
+    names, of ``settings`` (the table ``[name]`` parsed into :func:`settings_class`) and
+    ``config``; a module or an object is the plugin itself.
 
     Raises:
         ConfigError: the table ``[name]`` holds a bad value, or the plugin takes none.
     """
     table = config.tables.get(name, {})
-    parameters = inspect.signature(loaded).parameters if isinstance(loaded, type) else {}
-    if table and "settings" not in parameters:
+    declared = settings_class(loaded)
+    if table and declared is None:
         raise ConfigError(f"[{name}]: plugin {name} takes no settings")
     if not isinstance(loaded, type):
         return loaded
     arguments: dict[str, Any] = {}
-    if "settings" in parameters:
-        declared = typing.get_type_hints(getattr(loaded, "__init__"))["settings"]  # noqa: B009
+    if declared is not None:
         arguments["settings"] = parse_table(declared, table, name)
-    if "config" in parameters:
+    if "config" in inspect.signature(loaded).parameters:
         arguments["config"] = config
     return loaded(**arguments)
 

@@ -16,7 +16,7 @@ Limits (``mem``, ``cpu``, ``cpus``, ``cpuset``, ``pids``; see
 :mod:`~plugins.cgroups.limits`) come from the create option ``limits`` and the
 ``limit`` command. The OOM watcher (:mod:`~plugins.cgroups.oom`) runs for the
 container's whole life in the prepare context and publishes
-:class:`~supervisor.events.OutOfMemory`; the core then records the event and
+:class:`~supervisor.api.OutOfMemory`; the core then records the event and
 stops the container. Stopping with KILL freezes the cgroup first, so no process
 escapes by forking.
 

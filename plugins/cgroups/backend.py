@@ -6,7 +6,7 @@ v1 each controller has its own tree, on v2 all share one). The container's
 :class:`~plugins.cgroups.group.ContainerCgroups` picks, per controller, the
 backend that :mod:`plugins.cgroups.layout` detected for it at start.
 
-Writes raise :class:`~supervisor.errors.InvalidRequest` when the kernel refuses
+Writes raise :class:`~supervisor.api.InvalidRequest` when the kernel refuses
 the *value* (EINVAL, ERANGE, EBUSY: the client asked something impossible) and
 :class:`CgroupError` for anything else (the host is in the way).
 """

@@ -132,7 +132,7 @@ def read_all(group: ContainerCgroups, recorded: dict[str, Any]) -> dict[str, Any
 
 
 class CgroupLimit:
-    """A :class:`~supervisor.sandbox.Limit` of the ``limit`` command backed by a cgroup file."""
+    """A :class:`~supervisor.api.Limit` of the ``limit`` command backed by a cgroup file."""
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ took 0.1 ms against 0.25 ms for the seven mkdirs alone); v2 renames nothing. So,
 the plugin keeps one *spare* set made ahead (``PARENT/.spare-N`` in each), which
 create renames to the container's handle; and destroy renames the container's
 to ``PARENT/.trash-N`` and removes them once it has replied
-(:meth:`~supervisor.container.Container.after_destroy`), then makes the next
+(:meth:`~supervisor.api.ContainerView.after_destroy`), then makes the next
 spare set in the same worker thread. The names start with a dot, which no
 handle does; the daemon's start removes any left by a daemon that died (as it
 removes every cgroup of no container).

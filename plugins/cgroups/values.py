@@ -2,7 +2,7 @@
 
 Everything here is pure (no file is touched), so a bad value is refused before
 anything is built or changed. Each parser takes the client's value and returns
-the normalized one, or raises :class:`~supervisor.errors.InvalidRequest` whose
+the normalized one, or raises :class:`~supervisor.api.InvalidRequest` whose
 message names the resource and the value: ``mem 0 is not a positive number of
 bytes``. The caller prefixes the container or the create option.
 """

@@ -67,7 +67,7 @@ def process_start_time(pid: int) -> int | None:
 
 
 class InitSandbox:
-    """A running ``corral-init``, as the core's :class:`~supervisor.sandbox.Sandbox`."""
+    """A running ``corral-init``, as the core's :class:`~supervisor.api.Sandbox`."""
 
     def __init__(
         self,

@@ -88,7 +88,8 @@ class NetworkPlugin:
     """The built-in ``net`` plugin (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
-        claim(settings.table, settings.interface_prefix)
+        #: Held for the daemon's life: one daemon per table and device prefix.
+        self.claims = claim(settings.table, settings.interface_prefix)
         try:
             used = links.host_networks(settings.interface_prefix)
             self.network = Network(settings)

@@ -15,29 +15,33 @@ import socket
 
 from supervisor.api import ConfigError
 
-_held: dict[str, socket.socket] = {}
 
-
-def _claim(name: str, what: str) -> None:
-    if name in _held:
-        return  # this process holds it already (the hook ran twice)
+def _claim(name: str, what: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind("\0" + name)
     except OSError:
         sock.close()
         raise ConfigError(f"[net] {what} is in use by another corrald") from None
-    _held[name] = sock
+    return sock
 
 
-def claim(table: str, interface_prefix: str) -> None:
-    """Claim *table* and *interface_prefix* for this process, until it exits.
+def claim(table: str, interface_prefix: str) -> list[socket.socket]:
+    """Claim *table* and *interface_prefix* while the returned sockets are open (the
+    kernel closes them when the process exits).
 
     Raises:
         ConfigError: another live daemon holds one of them.
     """
-    _claim(f"corral-net/table/{table}", f"table: nftables table {table!r}")
-    _claim(
-        f"corral-net/prefix/{interface_prefix}",
-        f"interface_prefix: device prefix {interface_prefix!r}",
-    )
+    held = [_claim(f"corral-net/table/{table}", f"table: nftables table {table!r}")]
+    try:
+        held.append(
+            _claim(
+                f"corral-net/prefix/{interface_prefix}",
+                f"interface_prefix: device prefix {interface_prefix!r}",
+            )
+        )
+    except BaseException:
+        held[0].close()
+        raise
+    return held
