@@ -141,7 +141,7 @@ def load_plugins(
         plugin = make_plugin(name, _import(name, target), config)
         try:
             pm.register(plugin, name=name)
-        except ValueError as exc:  # the same object twice
+        except (ValueError, pluggy.PluginValidationError) as exc:  # a hook's parameters, or twice
             raise PluginError(f"plugin {name}: {exc}") from None
     strangers = sorted(set(config.tables) - {n for n, _ in pm.list_name_plugin()} - blocked)
     if strangers:
@@ -195,7 +195,8 @@ class Hooks:
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(str(exc)) from None
+            unknown = str(exc).split(" in plugin ")[0]  # pluggy names the object, not its name
+            raise PluginError(f"plugin {pm.get_name(exc.plugin)}: {unknown}") from None
         self._impls: dict[str, list[_Impl]] = {}
         for name in dir(hookspecs):
             caller = getattr(pm.hook, name, None) if name.startswith("corral_") else None
