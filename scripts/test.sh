@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=/opt/corral/venv
 "$VENV/bin/ruff" check supervisor plugins tests
-"$VENV/bin/mypy" supervisor plugins
+"$VENV/bin/mypy" supervisor plugins tests
 exec "$VENV/bin/python" -m pytest "$@"

@@ -11,16 +11,20 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from supervisor.client import Client
+from supervisor.depot import read_record
 from supervisor.testing import INSTALLED_INIT, INSTALLED_ROOTFS, REPO
 from supervisor.testing import PrivateDaemon as Daemon
 
 __all__ = ["REPO", "Daemon"]
+
+T = TypeVar("T")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,6 +51,44 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         rootfs = work / "rootfs"
         subprocess.run(["bash", str(REPO / "scripts" / "build-rootfs.sh"), str(rootfs)], check=True)
     return init, rootfs
+
+
+def init_pid(daemon: Daemon, handle: str) -> int:
+    """Host pid of the container's init, as its record in the depot holds it."""
+    record = read_record(daemon.depot / handle)
+    assert record is not None, f"{handle} has no record"
+    return int(record["plugins"]["isolation"]["pid"])
+
+
+def ended(pid: int) -> bool:
+    """Whether process *pid* has ended (it may wait as a zombie for the host's PID 1)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+    """Poll *predicate* until it is true (and return its value); fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what or predicate}"
+        time.sleep(0.02)
+    return value
+
+
+def wait_for_output(
+    daemon: Daemon, handle: str, job: int, text: str = "ready\n", timeout: float = 10.0
+) -> None:
+    """A job's handshake: read its stdout as it comes, on a connection of its own, until
+    it has printed *text* (say, once its ``trap`` is set)."""
+    seen = ""
+    with daemon.client(timeout=timeout) as c:
+        for stream, chunk in c.stream(handle, job):
+            seen += chunk if stream == "stdout" else ""
+            if text in seen:
+                return
+    raise AssertionError(f"job {job} of {handle} ended without printing {text!r}: {seen!r}")
 
 
 #: What :func:`leftovers` returns when a daemon left nothing behind.

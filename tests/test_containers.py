@@ -11,8 +11,7 @@ import pytest
 
 from supervisor import errors
 from supervisor.client import Client
-from supervisor.depot import read_record
-from tests.conftest import Daemon
+from tests.conftest import Daemon, ended, init_pid, wait_for_output
 
 
 def test_isolated_identity(client: Client, container: str) -> None:
@@ -213,10 +212,10 @@ def test_custom_handle(client: Client) -> None:
         client.create({"handle": "../escape"})
 
 
-def test_stop_and_states(client: Client) -> None:
+def test_stop_and_states(daemon: Daemon, client: Client) -> None:
     handle = client.create()
-    job = client.spawn(handle, "trap 'exit 42' TERM; while true; do sleep 0.1; done")
-    time.sleep(0.3)
+    job = client.spawn(handle, "trap 'exit 42' TERM; echo ready; while true; do sleep 0.1; done")
+    wait_for_output(daemon, handle, job)
     assert client.stop(handle) == "ok"
     info = client.info(handle)
     assert info["state"] == "stopped"
@@ -230,10 +229,10 @@ def test_stop_and_states(client: Client) -> None:
         client.info(handle)
 
 
-def test_stop_kills_after_timeout_and_orphans_too(client: Client) -> None:
+def test_stop_kills_after_timeout_and_orphans_too(daemon: Daemon, client: Client) -> None:
     handle = client.create()
-    job = client.spawn(handle, "trap '' TERM; (trap '' TERM; sleep 1000) & sleep 1000")
-    time.sleep(0.3)
+    job = client.spawn(handle, "trap '' TERM; (trap '' TERM; echo ready; sleep 1000) & sleep 1000")
+    wait_for_output(daemon, handle, job)
     started = time.monotonic()
     client.stop(handle)  # stop_timeout is 2 s in the tests' config
     assert time.monotonic() - started >= 1.5
@@ -241,10 +240,10 @@ def test_stop_kills_after_timeout_and_orphans_too(client: Client) -> None:
     client.destroy(handle)
 
 
-def test_stop_with_kill_is_immediate(client: Client) -> None:
+def test_stop_with_kill_is_immediate(daemon: Daemon, client: Client) -> None:
     handle = client.create()
-    job = client.spawn(handle, "trap '' TERM; sleep 1000")
-    time.sleep(0.2)
+    job = client.spawn(handle, "trap '' TERM; echo ready; sleep 1000")
+    wait_for_output(daemon, handle, job)
     client.stop(handle, kill=True)
     assert client.link(handle, job)[0] == 137
     client.destroy(handle)
@@ -252,21 +251,12 @@ def test_stop_with_kill_is_immediate(client: Client) -> None:
 
 def test_destroy_releases_everything(client: Client, daemon: Daemon) -> None:
     handle = client.create()
-    pid = int(client.info(handle)["container_path"] and _init_pid(daemon, handle))
+    pid = init_pid(daemon, handle)
     client.spawn(handle, "sleep 1000")
     client.destroy(handle)
-    assert (
-        not Path(f"/proc/{pid}").exists()
-        or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
-    )
+    assert ended(pid)
     assert not (daemon.depot / handle).exists()
     assert handle not in Path("/proc/self/mountinfo").read_text()
-
-
-def _init_pid(daemon: Daemon, handle: str) -> int:
-
-    record = read_record(daemon.depot / handle)
-    return int(record["plugins"]["isolation"]["pid"])
 
 
 def test_a_spare_directory_brings_nothing_of_the_container_before(fresh_daemon: Daemon) -> None:

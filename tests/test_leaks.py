@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from supervisor.depot import read_record
-from tests.conftest import NOTHING_LEFT, Daemon, leftovers
+from tests.conftest import NOTHING_LEFT, Daemon, init_pid, leftovers
 
 KINDS = ("mnt", "pid", "net", "uts", "ipc")
 
@@ -29,8 +28,7 @@ def _namespace_holders(daemon: Daemon) -> list[str]:
 
 
 def _container_namespaces(daemon: Daemon, handle: str) -> set[str]:
-    record = read_record(daemon.depot / handle)
-    pid = record["plugins"]["isolation"]["pid"]
+    pid = init_pid(daemon, handle)
     return {os.readlink(f"/proc/{pid}/ns/{kind}") for kind in KINDS}
 
 

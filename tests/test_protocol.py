@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
+import struct
+import termios
 import threading
 import time
 
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_until
 
 
 def raw(daemon: Daemon, data: bytes) -> list[dict]:
@@ -142,7 +145,7 @@ def test_ping_split_across_writes(daemon: Daemon) -> None:
         s.connect(str(daemon.socket))
         for part in (b'["pi', b'ng"]\n["pi', b'ng"]', b"\n"):
             s.sendall(part)
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing, not waiting: each part arrives on its own
         received = b""
         while len(received) < 2 * len(PONG):
             received += s.recv(65536)
@@ -157,6 +160,16 @@ def test_one_connection_alternates_pings_and_other_requests(daemon: Daemon) -> N
             assert c.ping() == "pong"
 
 
+#: Bytes of replies waiting to be read that mean the daemon's side is full (the
+#: socket buffers hold about 200 KiB; the replies total 3.5 MB).
+FULL = 150_000
+
+
+def queued(s: socket.socket) -> int:
+    """Bytes received on *s* and not read yet."""
+    return struct.unpack("i", fcntl.ioctl(s, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
 def test_many_pipelined_pings_with_a_slow_reader(daemon: Daemon) -> None:
     # More replies than the socket buffers hold: the daemon must wait for room, not drop any.
     count = 100_000
@@ -165,7 +178,8 @@ def test_many_pipelined_pings_with_a_slow_reader(daemon: Daemon) -> None:
         s.connect(str(daemon.socket))
         sender = threading.Thread(target=s.sendall, args=(b'["ping"]\n' * count,))
         sender.start()
-        time.sleep(0.3)  # let the daemon fill the socket before anything is read
+        # Read nothing until the daemon has filled the socket: then it must wait for room.
+        wait_until(lambda: queued(s) >= FULL, what="the daemon to fill the socket")
         received = bytearray()
         while len(received) < count * len(PONG):
             chunk = s.recv(1 << 20)

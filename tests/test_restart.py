@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from supervisor.depot import Depot, read_record
-from tests.conftest import NOTHING_LEFT, Daemon, leftovers
+from supervisor.depot import Depot
+from tests.conftest import NOTHING_LEFT, Daemon, ended, init_pid, leftovers, wait_until
+
+
+def until_exists(path: str) -> str:
+    return f"until [ -e {path} ]; do sleep 0.02; done"
 
 
 def test_kill9_then_restart_keeps_jobs_and_output(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     with d.client() as c:
         handle = c.create()
-        sleeper = c.spawn(handle, "echo before; sleep 2; echo after; exit 5")
-        quick = c.spawn(handle, "sleep 0.5; echo quick >&2; exit 3")
-    time.sleep(0.2)
+        sleeper = c.spawn(handle, f"echo before; {until_exists('/tmp/go')}; echo after; exit 5")
+        quick = c.spawn(handle, f"{until_exists('/tmp/quick')}; echo quick >&2; exit 3")
+    root = Path(f"/proc/{init_pid(d, handle)}/root")
     d.kill9()
-    time.sleep(1.0)  # `quick` ends while no daemon runs
+    (root / "tmp" / "quick").touch()  # `quick` ends while no daemon runs
+    status = d.depot / handle / "jobs" / str(quick) / "status"
+    wait_until(lambda: status.exists() and status.read_text().strip(), what="quick's status")
     d.start()
     with d.client() as c:
         assert handle in c.list()
         assert c.info(handle)["state"] == "active"
         assert c.link(handle, quick) == [3, "", "quick\n"]
+        c.run(handle, "touch /tmp/go")  # the sleeper outlived the daemon and hears this one
         assert c.link(handle, sleeper) == [5, "before\nafter\n", ""]
         assert c.run(handle, "echo still usable") == [0, "still usable\n", ""]
         c.destroy(handle)
@@ -108,15 +117,10 @@ def test_container_whose_init_died_is_stopped(fresh_daemon: Daemon) -> None:
     with d.client() as c:
         handle = c.create()
         job = c.spawn(handle, "sleep 100")
-    record = read_record(d.depot / handle)
-    assert record is not None
-    pid = record["plugins"]["isolation"]["pid"]
+    pid = init_pid(d, handle)
     d.kill9()
-    import os
-    import signal
-
     os.kill(pid, signal.SIGKILL)
-    time.sleep(0.2)
+    wait_until(lambda: ended(pid), what=f"the init {pid} to die")
     d.start()
     with d.client() as c:
         info = c.info(handle)

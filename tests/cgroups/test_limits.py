@@ -17,9 +17,8 @@ import pytest
 
 from plugins.cgroups import layout
 from supervisor.client import Client
-from supervisor.depot import read_record
 from supervisor.errors import CorralError, InvalidRequest
-from tests.conftest import Daemon, cgroup_dirs, leftovers
+from tests.conftest import Daemon, cgroup_dirs, init_pid, leftovers, wait_for_output
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MB = 1 << 20
@@ -36,11 +35,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 
         if value or time.monotonic() > deadline:
             return value
         time.sleep(step)
-
-
-def init_pid(daemon: Daemon, handle: str) -> int:
-    record = read_record(daemon.depot / handle)
-    return int(record["plugins"]["isolation"]["pid"])
 
 
 # -- memory and OOM ------------------------------------------------------------------
@@ -119,12 +113,10 @@ def test_oom_is_still_watched_after_a_daemon_restart(fresh_daemon: Daemon) -> No
 def test_cpus_quota_gives_a_busy_job_about_half_a_core(daemon: Daemon, client: Client) -> None:
     handle = client.create({"limits": {"cpus": 0.5}})
     try:
-        client.spawn(
-            handle,
-            "spin() { while :; do :; done; }; spin & spin & wait",
-            discard_output=True,
+        job = client.spawn(
+            handle, "spin() { echo spinning; while :; do :; done; }; spin & spin & wait"
         )
-        time.sleep(0.5)  # let both spinners start
+        wait_for_output(daemon, handle, job, "spinning\nspinning\n")
         usage0, wall0 = client.info(handle)["cpu_stat"]["usage"], time.monotonic()
         time.sleep(3.0)
         usage1, wall1 = client.info(handle)["cpu_stat"]["usage"], time.monotonic()
@@ -459,8 +451,11 @@ def test_devices_cgroup_allows_only_the_container_nodes(daemon: Daemon, client: 
 def test_stop_kills_every_process_but_the_init(daemon: Daemon, client: Client) -> None:
     handle = client.create()
     try:
-        client.spawn(handle, "while :; do sleep 5 & sleep 0.01; done", discard_output=True)
-        time.sleep(0.5)
+        job = client.spawn(
+            handle,
+            "i=0; while :; do sleep 5 & sleep 0.01; i=$((i+1)); [ $i = 20 ] && echo ready; done",
+        )
+        wait_for_output(daemon, handle, job)  # twenty sleeps and their shell, and more to come
         client.stop(handle, kill=True)
         assert client.info(handle)["state"] == "stopped"
         pid = init_pid(daemon, handle)

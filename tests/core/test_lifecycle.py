@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from supervisor.api import ContainerView
 from supervisor.container import Container, State
 from supervisor.depot import Depot
 from supervisor.errors import InvalidState, UnknownHandle
@@ -243,7 +244,7 @@ def test_the_state_table(tmp_path: Path) -> None:
     seen: list[tuple[State, list[str]]] = []
     supervisors: list[Supervisor] = []
 
-    def while_born(container: Container) -> None:
+    def while_born(container: ContainerView) -> None:
         seen.append((container.state, supervisors[0].list()))
         with pytest.raises(UnknownHandle):
             supervisors[0].get(container.handle)  # invisible while born

@@ -12,7 +12,7 @@ import pytest
 
 from supervisor import errors
 from supervisor.client import Client
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for_output
 
 
 def test_copy_out_through_a_symlink_to_root_reads_the_container_file(
@@ -68,10 +68,10 @@ def test_symlink_flipping_during_200_copies_never_reaches_the_host(
             f"end=$(( $(date +%s) + {RACE_SECONDS + 8} )); "
             f"while [ $(date +%s) -lt $end ]; do for i in 1 2 3 4 5 6 7 8 9 10; do "
             f"rm -rf d; mkdir -p d/tmp/{h}; echo container-dir > d/tmp/{h}/secret; "
-            f"rm -rf d; ln -s / d; done; done"
+            f"rm -rf d; ln -s / d; done; echo flipping; done"
         )
-        client.spawn(container, script, privileged=True, discard_output=True)
-        time.sleep(0.5)
+        job = client.spawn(container, script, privileged=True)
+        wait_for_output(daemon, container, job, "flipping\n")
         payload = tmp_path / "payload"
         payload.write_text("payload\n")
         out_root = tmp_path / "out"

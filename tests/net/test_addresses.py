@@ -11,7 +11,7 @@ import pytest
 
 from supervisor.client import Client, CorralError
 from supervisor.errors import InvalidRequest, NoCapacity
-from tests.conftest import NOTHING_LEFT, Daemon, leftovers
+from tests.conftest import NOTHING_LEFT, Daemon, leftovers, wait_until
 from tests.net.conftest import devices, net_leftovers, net_settings, wait_listening
 
 
@@ -98,8 +98,15 @@ def test_exhausted_pool_is_no_capacity_and_freed_addresses_wait_in_quarantine(
             c.create()
         with pytest.raises(InvalidRequest, match=f"address {freed} was released recently"):
             c.create({"network": {"address": freed}})
-        time.sleep(1.1)
-        third = c.create({"network": {"address": freed}})
+
+        def after_quarantine() -> str:
+            try:
+                return c.create({"network": {"address": freed}})
+            except InvalidRequest as exc:
+                assert "was released recently" in str(exc)
+                return ""
+
+        third = wait_until(after_quarantine, what="the quarantine (1 s) to end")
         assert c.info(third)["container_ip"] == freed
         c.destroy(second)
         c.destroy(third)

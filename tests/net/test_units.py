@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 import pytest
 
@@ -272,8 +273,8 @@ def test_parse_egress_errors(spec: object, protocol: str, words: str) -> None:
 # -- ruleset -------------------------------------------------------------------------------
 
 
-def _rules(cmds: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]  # type: ignore[index]
+def _rules(cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
 
 
 def test_base_ruleset_is_scoped_to_corral_devices_and_subnets() -> None:
