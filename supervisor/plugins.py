@@ -138,7 +138,16 @@ def load_plugins(
             continue
         if pm.has_plugin(name):
             raise PluginError(f"two plugins are named {name}; " + _how_to_block(name))
-        plugin = make_plugin(name, _import(name, target), config)
+        loaded = _import(name, target)
+        try:
+            plugin = make_plugin(name, loaded, config)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {name} failed to start: {type(exc).__name__}: {exc}; "
+                + _how_to_block(name)
+            ) from None
         try:
             pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as exc:  # a hook's parameters, or twice

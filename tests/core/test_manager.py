@@ -147,6 +147,11 @@ class Plain:
     pass
 
 
+class Broken:
+    def __init__(self) -> None:
+        raise OSError(2, "No such file or directory", "/dev/thing")
+
+
 def load(
     builtins: list[tuple[str, str]], tables: dict[str, Any], block: tuple[str, ...] = ()
 ) -> Any:
@@ -192,3 +197,12 @@ def test_a_plugin_that_fails_to_load_is_named_with_the_way_to_block_it() -> None
         load([("gone", "corral_no_such_module:Plugin")], {}, block=("gone",)).list_name_plugin()
         == []
     )
+
+
+def test_a_plugin_that_fails_to_start_is_named_with_the_way_to_block_it() -> None:
+    message = (
+        r"^plugin broken failed to start: FileNotFoundError: \[Errno 2\] No such file or "
+        r"directory: '/dev/thing'; block it with"
+    )
+    with pytest.raises(PluginError, match=message):
+        load([("broken", f"{HERE}:Broken")], {})
