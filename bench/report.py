@@ -1,0 +1,610 @@
+"""RESULTS.md from the results, one function per section, in the order they appear.
+
+Every section takes the whole results dict and returns its lines, starting with
+the blank line before its heading; a section with nothing to show returns none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.stats import fastest_peer, ratio
+
+Results = dict[str, Any]
+
+TARGETS = {
+    "cold": "<= 1.0x `crun run` (median)",
+    "exec": "<= 1.5x nsenter (median)",
+    "density_pss": "<= 200 KiB PSS per idle container besides the workload at 500",
+    "density_start": "500 started no slower than 500 `crun run -d` (<= 1.0x)",
+    "ping_p99": "ping p99 < 5 ms at 100 clients",
+    "stream": ">= 200 MB/s (MB = 10^6 bytes)",
+}
+
+
+def report(results: Results, path: Path) -> None:
+    """Write RESULTS.md for *results* to *path*."""
+    path.write_text(render(results))
+
+
+def render(results: Results) -> str:
+    """RESULTS.md for *results*."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines += section(results)
+    return "\n".join(lines) + "\n"
+
+
+# -- cells and rows ------------------------------------------------------------------------
+
+
+def esc(text: str) -> str:
+    """Text for a Markdown table cell (a `|` would end the cell, also inside backticks)."""
+    return text.replace("|", "\\|")
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    """A figure for a cell: floats with *digits* decimals, "–" for none."""
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def ratio_row(
+    metric: str,
+    corral: float | None,
+    peer_name: str,
+    peer: float | None,
+    target: str,
+    ok: bool | None,
+    unit: str,
+    lower_better: bool = True,
+) -> str:
+    """A row of the summary: Corral's figure, the peer's, their ratio, the target, the verdict.
+
+    *peer_name* "–" means there is no peer; *ok* None means the target is not judged.
+    """
+    r = ratio(corral, peer)
+    verdict = "–" if ok is None else ("**met**" if ok else "**not met**")
+    way = "lower is better" if lower_better else "higher is better"
+    peer_cell = "no peer" if peer_name == "–" else f"{esc(peer_name)}: {fmt(peer)} {unit}"
+    ratio_cell = "–" if r is None else f"{fmt(r)}x ({way})"
+    return (
+        f"| {esc(metric)} | {fmt(corral)} {unit} | {peer_cell} | {ratio_cell} | {target} "
+        f"| {verdict} |"
+    )
+
+
+def stats_table(title: str, stats: dict[str, Any], note: str = "") -> list[str]:
+    """A section with one row per tool of *stats*, fastest first."""
+    out = ["", f"## {title}", ""]
+    if note:
+        out += [note, ""]
+    out += [
+        "| tool | n | median | p90 | p99 | mean | min | max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k, v in sorted(stats.items(), key=lambda kv: kv[1].get("median", 1e18)):
+        if v.get("n"):
+            out.append(
+                f"| {k} | {v['n']} | {fmt(v['median'])} | {fmt(v['p90'])} | {fmt(v['p99'])} | "
+                f"{fmt(v['mean'])} | {fmt(v['min'])} | {fmt(v['max'])} |"
+            )
+    return out
+
+
+# -- the head of the file --------------------------------------------------------------------
+
+
+def header(r: Results) -> list[str]:
+    """Title, and which run wrote the file."""
+    return [
+        "# Corral benchmark results",
+        "",
+        f"Written by `bench/run.py{' --quick' if r['quick'] else ''}` on {r['date']} "
+        f"({'QUICK run: fewer iterations, not the full figures' if r['quick'] else 'full run'}). "
+        "See bench/README.md for the method. Times in ms unless stated; ratio = Corral / peer.",
+    ]
+
+
+def machine(r: Results) -> list[str]:
+    """CPU, memory, kernel and the load average at start and end."""
+    m = r["machine"]
+    return [
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; memory {m['memory_gib']} GiB; kernel {m['kernel']}; "
+        f"Debian {m['debian']}",
+        f"- load average at start {' '.join(m['loadavg_start'])}, at end {' '.join(m.get('loadavg_end', []))} "
+        "(the machine is shared: other test suites may run at the same time)",
+    ]
+
+
+def versions(r: Results) -> list[str]:
+    """Every tool's version."""
+    return [
+        "",
+        "## Versions",
+        "",
+        "| tool | version |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in r["versions"].items()),
+    ]
+
+
+# -- the summary ---------------------------------------------------------------------------
+
+
+def summary(r: Results) -> list[str]:
+    """Each of Corral's figures against its peer and its target."""
+    lines = [
+        "",
+        "## Summary: Corral against the targets",
+        "",
+        "| metric | Corral | best / reference peer | ratio | target | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rows in (cold_rows, exec_rows, density_rows, control_rows, stream_rows):
+        lines += rows(r)
+    if r["quick"]:
+        lines += [
+            "",
+            "Targets stated at 500 containers / 100 clients are not judged on a quick run "
+            "when it uses fewer.",
+        ]
+    return lines
+
+
+def cold_rows(r: Results) -> list[str]:
+    """Cold run median against crun (the target) and against the fastest peer."""
+    cold = r.get("cold", {}).get("stats", {})
+    if not cold.get("corral", {}).get("n"):
+        return []
+    c = cold["corral"]["median"]
+    crun = cold.get("crun run", {}).get("median")
+    rows = [
+        ratio_row(
+            "cold run, median",
+            c,
+            "crun run",
+            crun,
+            TARGETS["cold"],
+            None if crun is None else c <= crun,
+            "ms",
+        )
+    ]
+    best = fastest_peer(cold, "corral")
+    if best:
+        rows.append(
+            ratio_row("cold run, median", c, f"best peer ({best[0]})", best[1], "–", None, "ms")
+        )
+    return rows
+
+
+def exec_rows(r: Results) -> list[str]:
+    """Exec median against nsenter (the target) and against the fastest peer if another."""
+    ex = r.get("exec", {}).get("stats", {})
+    if not ex.get("corral run", {}).get("n"):
+        return []
+    c = ex["corral run"]["median"]
+    ns = ex.get("nsenter -a", {}).get("median")
+    rows = [
+        ratio_row(
+            "exec, median",
+            c,
+            "nsenter -a",
+            ns,
+            TARGETS["exec"],
+            None if ns is None else c <= 1.5 * ns,
+            "ms",
+        )
+    ]
+    best = fastest_peer(ex, "corral run")
+    if best and best[0] != "nsenter -a":
+        rows.append(
+            ratio_row("exec, median", c, f"best peer ({best[0]})", best[1], "–", None, "ms")
+        )
+    return rows
+
+
+def density_rows(r: Results) -> list[str]:
+    """Memory per container, start and destroy times against crun; judged only at 500."""
+    d = r.get("density", {})
+    if not d.get("corral"):
+        return []
+    dc, dk = d["corral"], d.get("crun", {})
+    n = d["n"]
+    pss = dc.get("pss_per_container_kib")
+    judged = n >= 500 and dc["started"] == n and pss is not None
+    ok = None
+    if dk.get("start_s") and dc["started"] == n and dk.get("started") == n:
+        ok = dc["start_s"] <= dk["start_s"] if n >= 500 else None
+    return [
+        ratio_row(
+            f"PSS per idle container besides workload, N={n}",
+            pss,
+            "crun",
+            dk.get("pss_per_container_kib"),
+            TARGETS["density_pss"],
+            pss <= 200 if judged else None,
+            "KiB",
+        ),
+        ratio_row(
+            f"start {n} idle containers (wall)",
+            dc["start_s"],
+            "crun run -d",
+            dk.get("start_s"),
+            TARGETS["density_start"],
+            ok,
+            "s",
+        ),
+        ratio_row(
+            f"destroy {n} containers (wall)",
+            dc.get("destroy_s"),
+            "crun delete -f",
+            dk.get("destroy_s"),
+            "–",
+            None,
+            "s",
+        ),
+    ]
+
+
+def control_rows(r: Results) -> list[str]:
+    """ping p99 at the most clients measured; judged only at 100 or more."""
+    cp = r.get("control", {}).get("levels", {})
+    top = max((int(k.split("/")[1]) for k in cp if k.startswith("ping/")), default=None)
+    if top is None:
+        return []
+    p = cp[f"ping/{top}"]
+    return [
+        ratio_row(
+            f"ping p99 at {top} clients",
+            p.get("p99"),
+            "–",
+            None,
+            TARGETS["ping_p99"],
+            (p.get("p99", 1e9) < 5) if top >= 100 else None,
+            "ms",
+        )
+    ]
+
+
+def stream_rows(r: Results) -> list[str]:
+    """Each stream's median MB/s against the same job with nobody streaming."""
+    rows = []
+    for label, v in r.get("stream", {}).get("variants", {}).items():
+        mm = v.get("mb_per_s", {})
+        if mm.get("n"):
+            rows.append(
+                ratio_row(
+                    f"stream `{label}`, median",
+                    mm["median"],
+                    "the same job writing a file, nobody streaming",
+                    v.get("job_alone_mb_per_s", {}).get("median"),
+                    TARGETS["stream"],
+                    mm["median"] >= 200,
+                    "MB/s",
+                    lower_better=False,
+                )
+            )
+    return rows
+
+
+# -- the phases in detail ----------------------------------------------------------------------
+
+
+def cold(r: Results) -> list[str]:
+    """Every tool's cold run, and Corral's split by request, by log line and its CPU."""
+    stats = r.get("cold", {}).get("stats", {})
+    if not stats:
+        return []
+    lines = stats_table(
+        "Cold run: create, run /bin/true, exit status, destroy (ms)",
+        stats,
+        "Interleaved round-robin, one sample per tool per round. Corral: create, run, destroy "
+        "over one new connection per run.",
+    )
+    ph = r["cold"].get("corral_phases", {})
+    if not ph:
+        return lines
+    lines += [
+        "",
+        "Corral's cold run by request (ms):",
+        "",
+        "| request | median | p90 | p99 |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {fmt(v.get('median'))} | {fmt(v.get('p90'))} | {fmt(v.get('p99'))} |"
+        for k, v in ph.items()
+    ]
+    tl = r["cold"].get("corral_timeline_ms", {})
+    if tl:
+        lines += [
+            "",
+            "The same runs split by the daemon's own log lines (info level, its timestamps) "
+            "between the client's requests and replies (ms):",
+            "",
+            "| span | runs | median | p90 | p99 |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {esc(k)} | {v.get('runs')} | {fmt(v.get('median'))} | {fmt(v.get('p90'))} | "
+            f"{fmt(v.get('p99'))} |"
+            for k, v in tl.items()
+        ]
+    cpu = r["cold"].get("corral_daemon_cpu_ms_per_run", {})
+    if cpu:
+        lines += [
+            "",
+            f"Daemon CPU per cold run: {fmt(cpu.get('daemon'))} ms in corrald, "
+            f"{fmt(cpu.get('daemon_children'))} ms in its zygote, launchers, inits and jobs, "
+            f"for {fmt(cpu.get('wall'))} ms wall ({cpu.get('calls')} runs).",
+        ]
+    return lines
+
+
+def exec_(r: Results) -> list[str]:
+    """Every tool's exec, and the daemon's CPU per Corral exec."""
+    stats = r.get("exec", {}).get("stats", {})
+    if not stats:
+        return []
+    lines = stats_table(
+        "Exec in a running container: /bin/true (ms)",
+        stats,
+        f"Interleaved round-robin. nsenter enters the {r['exec'].get('nsenter_target')}. "
+        "Corral: `run` over one open connection.",
+    )
+    cpu = r["exec"].get("corral_daemon_cpu_ms_per_run", {})
+    if cpu:
+        lines += [
+            "",
+            f"Daemon CPU per Corral exec: {fmt(cpu.get('daemon'))} ms for {fmt(cpu.get('wall'))} ms wall.",
+        ]
+    return lines
+
+
+#: The density table's rows: label, the figure from one side's results, decimals.
+DENSITY_ROWS: list[tuple[str, Callable[[dict[str, Any]], Any], int]] = [
+    ("started / running workloads", lambda x: f"{x['started']} / {x['running_workloads']}", 2),
+    ("wall time to start all (s)", lambda x: x["start_s"], 2),
+    (
+        "per container start, median / p90 / p99 (ms)",
+        lambda x: (
+            f"{fmt(x['per_container_start_ms']['median'])} / {fmt(x['per_container_start_ms']['p90'])}"
+            f" / {fmt(x['per_container_start_ms']['p99'])}"
+        ),
+        2,
+    ),
+    ("PSS per container besides the workload (KiB)", lambda x: x["pss_per_container_kib"], 1),
+    ("  of which container init PSS, median (KiB)", lambda x: x["init_pss_kib"]["median"], 1),
+    (
+        "  of which daemon PSS growth / N (KiB)",
+        lambda x: x["daemon_growth_pss_per_container_kib"],
+        1,
+    ),
+    (
+        "daemon RSS growth / N (KiB)",
+        lambda x: x["daemon_growth_kib"]["Rss"] / x["started"],
+        1,
+    ),
+    (
+        "daemon RSS before → after (KiB)",
+        lambda x: f"{x['daemon_before_kib']['Rss']} → {x['daemon_after_kib']['Rss']}",
+        2,
+    ),
+    (
+        "processes per container besides the workload",
+        lambda x: x["processes_besides_workload_per_container"],
+        2,
+    ),
+    ("workload (sleep) PSS, median (KiB)", lambda x: x["workload_pss_kib"]["median"], 1),
+    (
+        "host MemAvailable drop / N, incl. kernel objects and workload (KiB, noisy)",
+        lambda x: x["host_memavailable_drop_per_container_kib"],
+        0,
+    ),
+    ("wall time to destroy all (s)", lambda x: x["destroy_s"], 2),
+    (
+        "per container destroy, median (ms)",
+        lambda x: x["per_container_destroy_ms"]["median"],
+        2,
+    ),
+]
+
+
+def density(r: Results) -> list[str]:
+    """Corral and crun side by side, N idle containers."""
+    d = r.get("density", {})
+    if not d.get("corral"):
+        return []
+    dc, dk = d["corral"], d.get("crun", {})
+
+    def cell(key: Callable[[dict[str, Any]], Any], x: dict[str, Any], digits: int) -> str:
+        # A side that failed or is missing lacks some figures: a dash, not an error.
+        try:
+            return fmt(key(x), digits)
+        except (KeyError, TypeError):
+            return "–"
+
+    lines = [
+        "",
+        f"## Density: {d['n']} idle containers, one `sleep` each",
+        "",
+        "| | Corral | crun |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {cell(key, dc, digits)} | {cell(key, dk, digits)} |"
+        for label, key, digits in DENSITY_ROWS
+    ]
+    for side in ("corral", "crun"):
+        if d.get(side, {}).get("error"):
+            lines += ["", f"{side} density error: {d[side]['error']}"]
+    return lines
+
+
+def control(r: Results) -> list[str]:
+    """Throughput, latency and daemon CPU per request type and number of clients."""
+    cp = r.get("control", {}).get("levels", {})
+    if not cp:
+        return []
+    c = r["control"]
+    lines = [
+        "",
+        f"## Control plane with {c['containers']} containers present",
+        "",
+        f"Each client is its own process with its own connection, sending the next request as "
+        f"soon as the reply arrives, for {c['duration_s']} s after a warm-up. "
+        f"Creating the {c['containers']} containers took {fmt(c.get('create_all_s'))} s.",
+        "",
+        "| request | clients | throughput (req/s, higher is better) | median | p90 | p99 | max | errors | daemon CPU % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, v in cp.items():
+        lines.append(
+            f"| {k.split('/')[0]} | {v['clients']} | {fmt(v['throughput_per_s'], 0)} | {fmt(v.get('median'), 3)} | "
+            f"{fmt(v.get('p90'), 3)} | {fmt(v.get('p99'), 3)} | {fmt(v.get('max'), 3)} | {v['errors']} | "
+            f"{fmt(v['daemon_cpu_percent'], 0)} |"
+        )
+    return lines
+
+
+def stream(r: Results) -> list[str]:
+    """MB/s of each job streamed, and of the same job alone."""
+    st = r.get("stream", {}).get("variants", {})
+    if not st:
+        return []
+    s = r["stream"]
+    lines = [
+        "",
+        f"## Stream: a job writing {s['bytes'] / 1e6:.0f} MB to stdout, read with `stream`",
+        "",
+        "MB/s = 10^6 bytes of job output per second, from `spawn` to the final `[]`, counted "
+        "after decoding (higher is better). 'Job alone': the same script in a Corral "
+        "container writing to a file in its home, nobody streaming: the producer's own "
+        "speed, a ceiling for the stream.",
+        "",
+        "| job, encoding | runs | stream median | min | max | job alone, median | "
+        "daemon CPU s / client CPU s / wall s (first run) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in st.values():
+        mm = v["mb_per_s"]
+        cpu = v.get("cpu") or [{}]
+        usage = (
+            f"{fmt(cpu[0].get('daemon_cpu_s'), 1)} / {fmt(cpu[0].get('client_cpu_s'), 1)} / "
+            f"{fmt(cpu[0].get('seconds'), 1)}"
+        )
+        if mm.get("n"):
+            lines.append(
+                f"| `{esc(v['script'])}`, {v['encoding']} | {mm['n']} | {fmt(mm['median'], 1)} | "
+                f"{fmt(mm['min'], 1)} | {fmt(mm['max'], 1)} | "
+                f"{fmt(v['job_alone_mb_per_s'].get('median'), 1)} | {usage} |"
+            )
+        for e in v.get("errors", []):
+            lines.append(f"| `{esc(v['script'])}` | error: {esc(e[:200])} | | | | | |")
+    return lines
+
+
+def profile(r: Results) -> list[str]:
+    """The profile files, and where the CPU and wall samples went."""
+    prof = r.get("profile", {})
+    if not prof:
+        return []
+    lines = ["", "## Profile of corrald during cold runs (py-spy)", ""]
+    if prof.get("error"):
+        return [*lines, prof["error"]]
+    lines.append(
+        f"{prof['iterations']} cold runs per pass; flame graph (CPU): `{prof.get('svg_file')}`, "
+        f"collapsed stacks: `{prof.get('cpu_file')}` (CPU), `{prof.get('wall_file')}` (wall, incl. idle)."
+    )
+    for label in ("cpu", "wall"):
+        if prof.get(label):
+            lines += profile_pass(label, prof[label])
+    return lines
+
+
+def profile_pass(label: str, a: dict[str, Any]) -> list[str]:
+    """One pass's kinds of samples and its busiest functions, side by side."""
+    kinds = ", ".join(f"{k} {v}%" for k, v in a["kinds_percent"].items() if v)
+    cols = ("top_self_percent", "top_corral_nearest_percent", "top_corral_inclusive_percent")
+    lines = [
+        "",
+        f"### {label.upper()} profile: {a['samples']} samples ({kinds})",
+        "",
+        "Shares are of all samples; idle samples are left out of the columns.",
+        "",
+        "| busy leaf function (self) | % | nearest Corral function | % "
+        "| Corral function, inclusive | % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i in range(max(len(a[c]) for c in cols)):
+        cells = []
+        for c in cols:
+            name, pct = a[c][i] if i < len(a[c]) else ("", "")
+            cells += [f"`{name}`" if name else "", str(pct)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# -- the end of the file -----------------------------------------------------------------------
+
+
+def setup(r: Results) -> list[str]:
+    """Which peers ran, the cgroup quirk, crun before and after it, the daemon's notes."""
+    available = r.get("peers_available", {})
+    lines = [
+        "",
+        "## Peers and host set-up",
+        "",
+        f"- peers installed: {', '.join(k for k, v in available.items() if v) or 'none'}; "
+        f"missing: {', '.join(k for k, v in available.items() if not v) or 'none'}",
+    ]
+    hug = r.get("cgroup_quirk", {})
+    if hug:
+        lines += [
+            f"- cgroup2 root controllers before the run: {hug.get('v2_root_controllers_before')}; "
+            f"v1 hierarchies mounted for the run: {hug.get('mounted')}; after: {hug.get('v2_root_controllers_after')}",
+            f"- crun before the mount: {r.get('crun_without_quirk', '?')}; with it: {r.get('crun_with_quirk', '?')}",
+        ]
+    lines += [f"- corrald: {n}" for n in r.get("corral_notes", [])]
+    return lines
+
+
+def errors(r: Results) -> list[str]:
+    """Every error of the run, by phase (or phase/tool)."""
+    if not r["errors"]:
+        return []
+    return ["", "## Errors", "", *(f"- {k}: {str(v)[:400]}" for k, v in r["errors"].items())]
+
+
+def cleanup(r: Results) -> list[str]:
+    """What of the run was left on the host at the end (nothing, when all went well)."""
+    if not r.get("cleanup"):
+        return []
+    return ["", "## Clean-up check", "", *(f"- {k}: {v}" for k, v in r["cleanup"].items())]
+
+
+#: The sections of RESULTS.md, in order.
+SECTIONS: list[Callable[[Results], list[str]]] = [
+    header,
+    machine,
+    versions,
+    summary,
+    cold,
+    exec_,
+    density,
+    control,
+    stream,
+    profile,
+    setup,
+    errors,
+    cleanup,
+]
