@@ -6,12 +6,12 @@ Run as root from the repository:
     /opt/corral/venv/bin/python bench/run.py            # full run (several minutes)
     /opt/corral/venv/bin/python bench/run.py --quick    # short run for development
 
-It installs the peers (bench/install-peers.sh), starts a private corrald (own
-config, socket, depot and cgroup parent, as tests/conftest.py does), measures
-cold runs, exec, density, the control plane and output streaming, and writes
-bench/RESULTS.md and bench/results.json. See bench/README.md for what is
-measured and how. Everything it creates (containers, cgroups, mounts, bundles,
-the daemon) is removed before it exits, also on failure or Ctrl-C.
+It installs the peers (bench/install-peers.sh), starts a private corrald
+(supervisor.testing.PrivateDaemon, as the tests do), measures cold runs, exec,
+density, the control plane and output streaming, and writes bench/RESULTS.md
+and bench/results.json. See bench/README.md for what is measured and how.
+Everything it creates (containers, cgroups, mounts, bundles, the daemon) is
+removed before it exits, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main() -> int:
         daemon = BenchDaemon(workdir, prefix, 1_000_000_000 if args.quick else 1_200_000_000)
         log("starting a private corrald")
         daemon.start()
-        log(f"corrald pid {daemon.pid}, plugins {daemon.plugins}, blocked {daemon.blocked}")
+        log(f"corrald pid {daemon.pid}, plugins {daemon.plugins}")
         results["versions"] = versions(daemon.plugins)
         bench = Bench(daemon, peers, janitor, results["errors"], args.warmup, args.out)
         run_phases(bench, args, results)
