@@ -105,7 +105,9 @@ def run_phases(bench: Bench, args: argparse.Namespace, results: dict[str, Any]) 
             if not bench.daemon.running:
                 results["errors"]["corrald"] = "daemon died: " + bench.daemon.log_tail(2000)
                 break
-            bench.janitor.clean()
+            # The peers' containers only: the run's cgroups and the nftables table are
+            # also the live daemon's, which the next phases use.
+            bench.janitor.clean_peers()
 
 
 def install_peers() -> dict[str, Any]:
