@@ -14,6 +14,7 @@ import os
 import time
 from contextlib import suppress
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from bench.host import cpu_ticks, log
@@ -60,34 +61,42 @@ def load(
     # Every client is forked and connected before the start, so none measures the others' start.
     start = time.monotonic() + 1.0 + clients * 0.01
     stop = start + warm + duration
-    pipes = []
-    procs = []
-    for i in range(clients):
-        recv, send = ctx.Pipe(duplex=False)
-        handle = handles[i % len(handles)] if handles else ""
-        p = ctx.Process(
-            target=_load_worker,
-            args=(str(daemon.socket), command, handle, start, start + warm, stop, send),
-        )
-        p.start()
-        send.close()
-        pipes.append(recv)
-        procs.append(p)
-    tick = 1000 / os.sysconf("SC_CLK_TCK")
-    time.sleep(max(0.0, start + warm - time.monotonic()))
-    cpu0, _ = cpu_ticks(daemon.pid)
-    time.sleep(max(0.0, stop - time.monotonic()))
-    cpu1, _ = cpu_ticks(daemon.pid)
+    pipes: list[Connection] = []
+    procs: list[BaseProcess] = []
     latencies = array.array("d")
     errors = 0
-    for recv, p in zip(pipes, procs, strict=False):
-        try:
-            data = recv.recv_bytes()
-            errors += int.from_bytes(data[:8], "little")
-            latencies.frombytes(data[8:])
-        except EOFError:
-            errors += 1
-        p.join(timeout=30)
+    try:
+        for i in range(clients):
+            recv, send = ctx.Pipe(duplex=False)
+            handle = handles[i % len(handles)] if handles else ""
+            p = ctx.Process(
+                target=_load_worker,
+                args=(str(daemon.socket), command, handle, start, start + warm, stop, send),
+            )
+            p.start()
+            send.close()
+            pipes.append(recv)
+            procs.append(p)
+        tick = 1000 / os.sysconf("SC_CLK_TCK")
+        time.sleep(max(0.0, start + warm - time.monotonic()))
+        cpu0, _ = cpu_ticks(daemon.pid)
+        time.sleep(max(0.0, stop - time.monotonic()))
+        cpu1, _ = cpu_ticks(daemon.pid)
+        for recv, client in zip(pipes, procs, strict=False):
+            try:
+                data = recv.recv_bytes()
+                errors += int.from_bytes(data[:8], "little")
+                latencies.frombytes(data[8:])
+            except EOFError:
+                errors += 1
+            client.join(timeout=30)
+    finally:
+        # Interrupted (Ctrl-C, SIGTERM), a client blocks writing its latencies to a pipe
+        # nobody reads, and the exit would wait for it forever.
+        for client in procs:
+            if client.is_alive():
+                client.kill()
+                client.join()
     ms = [x * 1000 for x in latencies]
     stats = summarize(ms)
     stats.update(
