@@ -26,6 +26,7 @@ def measure(bench: Bench, n: int) -> dict[str, Any]:
     marks: dict[str, list[float]] = {}  # handle -> wall clock at each request/reply
 
     def corral_cold() -> float:
+        """One Corral cold run over a new connection; its wall ms."""
         t0 = time.perf_counter()
         w0 = time.time()
         with daemon.client() as c:

@@ -25,6 +25,7 @@ def measure(bench: Bench, n: int) -> dict[str, Any]:
     handle = client.create()
 
     def corral_exec() -> float:
+        """One Corral run of /bin/true over the open connection; its wall ms."""
         t0 = time.perf_counter()
         status, _, err = client.run(handle, "/bin/true")
         ms = (time.perf_counter() - t0) * 1000
