@@ -7,11 +7,7 @@ nsenter) and a stop that kills any init the daemon left behind.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
-from contextlib import suppress
 from pathlib import Path
 
 from bench.host import BASE_ROOTFS, INIT, NET_POOL, NET_PREFIX, NET_TABLE, Proc, processes
@@ -113,28 +109,14 @@ class BenchDaemon(PrivateDaemon):
                 f"{len(errors)} internal errors in the daemon log, first: {errors[0]}"
             )
 
-    def stop(self) -> None:
-        """Destroy what is left, stop the daemon, kill any init it left behind (idempotent)."""
-        if self.running:
-            try:
-                self._destroy_what_is_left()
-            except Exception as exc:
-                self.notes.append(f"destroy_all failed: {exc}")
-            try:
-                self.terminate(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        left = self.container_inits()
-        for p in left:
-            with suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGKILL)
+    def stop(self, timeout: float = 60) -> list[int]:
+        """:meth:`PrivateDaemon.stop`, with what went wrong in the notes (idempotent)."""
+        left: list[int] = []
+        try:
+            left = super().stop(timeout)
+        except Exception as exc:
+            self.notes.append(f"destroy_all failed: {exc}")
         if left:
             self.notes.append(f"killed {len(left)} container init(s) left by corrald")
             time.sleep(0.5)
-
-    def _destroy_what_is_left(self) -> None:
-        # Unlike destroy_all(), one container that fails to go does not keep the rest.
-        with self.client() as c:
-            for handle in c.list():
-                with suppress(Exception):
-                    c.destroy(handle)
+        return left

@@ -135,7 +135,8 @@ class PrivateDaemon:
         """Start the daemon and wait until it answers a ping.
 
         Raises:
-            RuntimeError: it exited or did not answer; the message ends with its log.
+            RuntimeError: it exited or did not answer (then it is killed); the message ends
+                with its log.
         """
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -156,6 +157,7 @@ class PrivateDaemon:
                 return self
             except OSError:
                 time.sleep(0.05)
+        self.kill9()
         raise RuntimeError(f"corrald did not answer:\n{self.log_tail()}")
 
     @property
@@ -197,6 +199,7 @@ class PrivateDaemon:
         return self.process.wait(timeout=timeout)
 
     def destroy_all(self) -> None:
+        """Destroy every container; the first that fails to go raises."""
         with self.client() as c:
             for handle in c.list():
                 c.destroy(handle)
@@ -216,13 +219,31 @@ class PrivateDaemon:
                 found.append(int(entry.name))
         return found
 
-    def stop(self) -> None:
-        """Destroy what is left and stop the daemon (the directory stays)."""
-        if self.running:
-            try:
+    def stop(self, timeout: float = 30) -> list[int]:
+        """Destroy what is left and stop the daemon, killing it if it does not exit within
+        *timeout* seconds, then the inits it left, if any (the directory stays).
+
+        Returns:
+            The pids of the inits left behind, which were killed.
+
+        Raises:
+            CorralError: a container could not be destroyed (the rest is done all the same).
+        """
+        left: list[int] = []
+        try:
+            if self.running:
                 self.destroy_all()
-            finally:
-                self.terminate()
+        finally:
+            if self.running:
+                try:
+                    self.terminate(timeout)
+                except subprocess.TimeoutExpired:
+                    self.kill9()
+            left = self.inits()
+            for pid in left:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        return left
 
     def close(self) -> None:
         """:meth:`stop`, then remove the daemon's directory."""
