@@ -9,12 +9,14 @@ import pytest
 import trio
 import trio.testing
 
-from supervisor.api import ContainerView
+from supervisor.api import ContainerView, hookimpl
 from supervisor.container import Container, State
 from supervisor.depot import Depot
 from supervisor.errors import InvalidState, UnknownHandle
+from supervisor.plugins import PluginError
 from supervisor.registry import Supervisor
 from supervisor.sandbox import JobRequest
+from supervisor.server import unwrap
 from tests.core.conftest import run, running_core
 from tests.core.fakes import Attached, FakeLaunch, Prepared
 
@@ -276,3 +278,40 @@ def test_the_state_table(tmp_path: Path) -> None:
                 supervisor.get(container.handle)
 
     run(main)
+
+
+def test_a_failing_startup_stops_the_daemon_and_detaches_the_restored_containers(
+    tmp_path: Path,
+) -> None:
+    depot = Depot(tmp_path)
+    depot.open()
+    depot.create("kept")
+    depot.save("kept", record("kept", "active"))
+    log: list[str] = []
+
+    class Failing:
+        @hookimpl
+        def corral_startup(self) -> None:
+            raise OSError("the host said no")
+
+    plugins: list[tuple[str, object]] = [
+        ("a", Prepared("a", log)),
+        ("launch", FakeLaunch(log)),
+        ("failing", Failing()),
+    ]
+
+    async def main() -> None:
+        async with running_core(tmp_path, plugins):
+            raise AssertionError("the core started")
+
+    with pytest.raises(BaseException) as caught:
+        run(main)
+    assert isinstance(unwrap(caught.value), PluginError)
+    assert str(unwrap(caught.value)) == "plugin failing: start-up failed: OSError: the host said no"
+    assert log == [
+        "a acquired restoring=True",
+        "launch kept restoring=True",
+        "kill kept detaching=True",
+        "a released detaching=True",
+    ]
+    assert (tmp_path / "kept").is_dir()  # for the next daemon
