@@ -114,12 +114,10 @@ class FilesystemPlugin:
     @hookimpl
     def corral_startup(self, live_handles: frozenset[str]) -> None:
         """Detach loop devices left by containers of this depot that no longer exist (a crash)."""
-        for name, backing in quota.loop_devices().items():
-            path = Path(backing)
-            if path.name == quota.IMAGE_NAME and path.parent.parent == self.depot:
-                if path.parent.name not in live_handles:
-                    log.warning("leftover loop device detached", device=name, image=backing)
-                    quota.detach(name)
+        for name, handle in quota.images_of_depot(self.depot).items():
+            if handle not in live_handles:
+                log.warning("leftover loop device detached", device=name, handle=handle)
+                quota.detach(name)
 
     @hookimpl
     def corral_create_options(self) -> dict[str, Any]:

@@ -20,8 +20,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -34,6 +36,11 @@ UPPER, WORK = "upper", "work"
 MIN_MB, MAX_MB = 8, 16 * 1024 * 1024
 #: linux/loop.h
 LOOP_CLR_FD = 0x4C01
+LOOP_GET_STATUS64 = 0x4C05
+#: struct loop_info64: lo_device, lo_inode, lo_rdevice, lo_offset, lo_sizelimit, lo_number,
+#: lo_encrypt_type, lo_encrypt_key_size, lo_flags, lo_file_name, lo_crypt_name,
+#: lo_encrypt_key, lo_init.
+LOOP_INFO64 = struct.Struct("=QQQQQIIII64s64s32s2Q")
 SYS_BLOCK = Path("/sys/block")
 
 log = structlog.get_logger()
@@ -92,21 +99,85 @@ def make_image(directory: Path, size_mb: int) -> Path:
     return image
 
 
-def loop_devices() -> dict[str, str]:
-    """Attached loop devices: name (``loop3``) -> backing file path."""
-    found = {}
+@dataclass(frozen=True)
+class LoopDevice:
+    """An attached loop device and the file behind it."""
+
+    name: str
+    #: The backing file's path as the kernel shows it: from the root of its mount when that
+    #: mount is not in this mount namespace (a container's copy of the depot's filesystem).
+    backing: str
+    #: Device number (``st_dev``) and inode of the backing file: exact, whatever the path.
+    file: tuple[int, int]
+
+
+def _backing_file(name: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file behind ``/dev/NAME`` (``LOOP_GET_STATUS64``)."""
+    try:
+        fd = os.open(f"/dev/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(LOOP_INFO64.size))
+    except OSError:
+        return None  # detached meanwhile
+    finally:
+        os.close(fd)
+    device, inode = LOOP_INFO64.unpack(info)[:2]
+    # The kernel's huge_encode_dev(): minor's low byte, major, then minor's other bits.
+    major, minor = (device & 0xFFF00) >> 8, (device & 0xFF) | ((device >> 12) & 0xFFF00)
+    return os.makedev(major, minor), inode
+
+
+def loop_devices() -> list[LoopDevice]:
+    """The attached loop devices."""
+    found = []
     for entry in SYS_BLOCK.glob("loop*"):
         try:
             backing = (entry / "loop" / "backing_file").read_text().strip()
         except OSError:
             continue  # not attached
-        found[entry.name] = backing.removesuffix(" (deleted)")
+        file = _backing_file(entry.name)
+        if file is not None:
+            found.append(LoopDevice(entry.name, backing.removesuffix(" (deleted)"), file))
     return found
 
 
 def loops_of(image: Path) -> list[str]:
-    """Names of the loop devices backed by *image*."""
-    return [name for name, backing in loop_devices().items() if backing == str(image)]
+    """Names of the loop devices backed by *image* (the very file, by device and inode)."""
+    try:
+        st = os.stat(image)
+    except OSError:
+        return []
+    return [loop.name for loop in loop_devices() if loop.file == (st.st_dev, st.st_ino)]
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def images_of_depot(depot: Path) -> dict[str, str]:
+    """Loop devices backed by a container's image in *depot*: name -> the container's handle.
+
+    An image may be deleted already (a crashed create's directory is), so it is found
+    by its filesystem (device number) and its path in it: the kernel shows the path
+    from the root of the mount that the container's namespace holds.
+    """
+    device = os.stat(depot).st_dev
+    depot_paths = {str(depot), "/" + str(depot.resolve().relative_to(_mount_point(depot)))}
+    found = {}
+    for loop in loop_devices():
+        path = Path(loop.backing)
+        if (
+            loop.file[0] == device
+            and path.name == IMAGE_NAME
+            and str(path.parent.parent) in depot_paths
+        ):
+            found[loop.name] = path.parent.name
+    return found
 
 
 def detach(name: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from plugins.fs import quota
 from supervisor import errors
 from supervisor.client import Client
 from tests.conftest import Daemon, leftovers
@@ -17,8 +18,10 @@ MB = 1024 * 1024
 
 
 def _loops_of(daemon: Daemon) -> list[str]:
+    # By the daemon's unique directory name: a loop device mounted in a container's mount
+    # namespace shows its file from the root of the depot's filesystem, which may not be /.
     out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if str(daemon.dir) in line]
+    return [line for line in out.splitlines() if f"/{daemon.dir.name}/" in line]
 
 
 def test_writing_past_the_limit_fails_with_enospc_inside_only(
@@ -120,3 +123,24 @@ def test_quota_survives_a_daemon_restart_and_crash_leftovers_are_detached(
         time.sleep(0.02)
     assert _loops_of(fresh_daemon) == []
     assert leftovers(fresh_daemon)["mounts"] == []
+
+
+def test_loop_devices_are_matched_by_their_file_not_its_path(tmp_path: Path) -> None:
+    depot = tmp_path / "depot"
+    image = depot / "h1" / quota.IMAGE_NAME
+    image.parent.mkdir(parents=True)
+    with open(image, "wb") as f:
+        f.truncate(8 * MB)
+    device = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    name = Path(device).name
+    try:
+        assert quota.loops_of(image) == [name]
+        assert quota.images_of_depot(depot) == {name: "h1"}
+        moved = tmp_path / "elsewhere.img"
+        image.rename(moved)  # the kernel's path is stale now; the file is the same
+        assert quota.loops_of(moved) == [name]
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+    assert quota.loops_of(moved) == []
