@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 
+from plugins.cgroups.layout import Placement
 from supervisor.client import Client
 from supervisor.depot import read_record
 from supervisor.testing import INSTALLED_INIT, INSTALLED_ROOTFS, REPO
@@ -179,20 +180,40 @@ def waiting_launchers(zygote_pid: int) -> list[int]:
     return found
 
 
+def cgroup_layout(daemon: Daemon) -> dict[str, Placement]:
+    """Controller -> its cgroup version and hierarchy root, as the daemon found them at its
+    last start.
+
+    Read from its log: the layout it actually uses (v1, v2 or a mix), so that the
+    cgroup checks look where its cgroups are. A daemon that logged none fails the test.
+    """
+    found = daemon.log_records("cgroup controllers found")
+    assert found, f"the daemon logged no cgroup layout:\n{daemon.log_tail()}"
+    return {
+        controller: Placement(int(where[1]), Path(where[3:]))
+        for controller, where in found[-1].items()
+        if isinstance(where, str) and where[:3] in ("v1 ", "v2 ")
+    }
+
+
+def cgroup_parents(daemon: Daemon) -> list[Path]:
+    """The daemon's parent cgroup in each hierarchy it uses (whether it exists or not)."""
+    return sorted({p.root / daemon.cgroup_parent for p in cgroup_layout(daemon).values()})
+
+
 def cgroup_dirs(daemon: Daemon, handle: str | None = None) -> list[Path]:
-    """The container cgroups of *daemon* (of one handle, or all), in every hierarchy.
+    """The container cgroups of *daemon* (of one handle, or all), in every hierarchy it uses.
 
     Not the daemon's spare sets (``.spare-N``, made ahead); a destroyed container's,
     renamed to ``.trash-N``, count until they are removed after destroy's reply.
     """
-    parent = daemon.cgroup_parent
 
     def found() -> list[Path]:
         return sorted(
             d
-            for h in Path("/sys/fs/cgroup").iterdir()
-            if (h / parent).is_dir()
-            for d in (h / parent).iterdir()
+            for parent in cgroup_parents(daemon)
+            if parent.is_dir()
+            for d in parent.iterdir()
             if d.is_dir() and not d.name.startswith(".spare-") and handle in (None, d.name)
         )
 
@@ -200,6 +221,11 @@ def cgroup_dirs(daemon: Daemon, handle: str | None = None) -> list[Path]:
     while any(d.name.startswith(".trash-") for d in found()) and time.monotonic() < deadline:
         time.sleep(0.02)
     return found()
+
+
+def cgroup_of(daemon: Daemon, handle: str, controller: str) -> Path:
+    """The container's cgroup that holds *controller* (v1: its hierarchy's; v2: the one)."""
+    return cgroup_layout(daemon)[controller].root / daemon.cgroup_parent / handle
 
 
 def cgroup_leftovers(daemon: Daemon) -> list[str]:

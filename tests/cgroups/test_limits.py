@@ -15,17 +15,20 @@ from typing import Any
 
 import pytest
 
-from plugins.cgroups import layout
 from supervisor.client import Client
 from supervisor.errors import CorralError, InvalidRequest
-from tests.conftest import Daemon, cgroup_dirs, init_pid, leftovers, wait_for_output
+from tests.conftest import (
+    Daemon,
+    cgroup_dirs,
+    cgroup_layout,
+    cgroup_of,
+    cgroup_parents,
+    init_pid,
+    leftovers,
+    wait_for_output,
+)
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 MB = 1 << 20
-
-
-def parent_name(daemon: Daemon) -> str:
-    return f"corral-test-{daemon.dir.name}"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
@@ -78,17 +81,31 @@ def test_memory_limit_counts_swap_and_reads_back(daemon: Daemon, client: Client)
 def test_lowering_mem_below_what_is_used_is_refused_on_v1(daemon: Daemon, client: Client) -> None:
     handle = client.create({"limits": {"mem": 128 * MB}})
     try:
-        memory = [p for p in cgroup_dirs(daemon, handle) if p.parent.parent.name == "memory"]
-        if not memory:
+        if cgroup_layout(daemon)["memory"].version != 1:
             pytest.skip("memory is not on cgroup v1 (v2 reclaims, then OOM-kills)")
+        memory = cgroup_of(daemon, handle, "memory")
         # dd holds its 40 MB buffer while it waits to write into a pipe nobody reads.
         client.spawn(handle, "dd if=/dev/zero bs=40M count=1 | sleep 30", discard_output=True)
         assert wait_for(lambda: client.info(handle)["memory_stat"]["usage"] > 40 * MB)
         with pytest.raises(InvalidRequest, match=f"container {handle}: mem {16 * MB} refused"):
             client.call("limit", handle, "mem", 16 * MB)
         assert client.call("limit", handle, "mem") == 128 * MB
-        assert int((memory[0] / "memory.memsw.limit_in_bytes").read_text()) == 128 * MB
+        assert int((memory / "memory.memsw.limit_in_bytes").read_text()) == 128 * MB
         assert client.info(handle)["state"] == "active"
+    finally:
+        client.destroy(handle)
+
+
+def test_lowering_mem_below_what_is_used_oom_kills_on_v2(daemon: Daemon, client: Client) -> None:
+    handle = client.create({"limits": {"mem": 128 * MB}})
+    try:
+        if cgroup_layout(daemon)["memory"].version != 2:
+            pytest.skip("memory is on cgroup v1 (the kernel refuses the write)")
+        client.spawn(handle, "dd if=/dev/zero bs=40M count=1 | sleep 30", discard_output=True)
+        assert wait_for(lambda: client.info(handle)["memory_stat"]["usage"] > 40 * MB)
+        assert client.call("limit", handle, "mem", 16 * MB) == 16 * MB
+        info = wait_for(lambda: (i := client.info(handle))["state"] == "stopped" and i)
+        assert info and "out of memory" in info["events"]
     finally:
         client.destroy(handle)
 
@@ -222,21 +239,43 @@ def test_limits_read_back_after_kill9_and_restart(fresh_daemon: Daemon) -> None:
 # -- clean-up ---------------------------------------------------------------------------------
 
 
+def test_the_cgroup_helpers_find_a_live_container_in_every_hierarchy_it_uses(
+    daemon: Daemon, client: Client
+) -> None:
+    """The helpers the clean-up checks rely on, against the kernel's word: otherwise "no
+    cgroup left" could pass by looking where nothing ever is."""
+    layout = cgroup_layout(daemon)
+    assert {"memory", "cpu", "pids"} <= set(layout)  # on every host this suite runs on
+    handle = client.create()
+    try:
+        pid = str(init_pid(daemon, handle))
+        dirs = cgroup_dirs(daemon, handle)
+        assert dirs == sorted({cgroup_of(daemon, handle, c) for c in layout})
+        for path in dirs:
+            assert pid in (path / "cgroup.procs").read_text().split()
+    finally:
+        client.destroy(handle)
+    assert cgroup_dirs(daemon, handle) == []
+
+
 def test_destroy_removes_the_cgroups_in_every_hierarchy(daemon: Daemon, client: Client) -> None:
     handle = client.create({"limits": {"mem": 64 * MB, "pids": 50}})
-    made = cgroup_dirs(daemon, handle)
-    assert len(made) >= 5  # memory, cpu, cpuset, pids, freezer... (v1: one per hierarchy)
-    client.run(handle, "sleep 30 &")
-    client.destroy(handle)
+    try:
+        made = cgroup_dirs(daemon, handle)
+        # One in each hierarchy the daemon uses (v1: memory, cpu, pids...; v2: the one).
+        assert made == [parent / handle for parent in cgroup_parents(daemon)]
+        client.run(handle, "sleep 30 &")
+    finally:
+        client.destroy(handle)
     assert [p for p in made if p.exists()] == []
 
 
 def _spare_dirs(daemon: Daemon) -> list[Path]:
     return sorted(
         d
-        for h in CGROUP_ROOT.iterdir()
-        if (h / parent_name(daemon)).is_dir()
-        for d in (h / parent_name(daemon)).iterdir()
+        for parent in cgroup_parents(daemon)
+        if parent.is_dir()
+        for d in parent.iterdir()
         if d.name.startswith(".spare-")
     )
 
@@ -244,7 +283,7 @@ def _spare_dirs(daemon: Daemon) -> list[Path]:
 def _spare_set(daemon: Daemon, timeout: float = 10.0) -> list[Path]:
     """The daemon's spare set once complete: one directory in each hierarchy that renames
     (the daemon makes it one directory at a time, after a destroy); [] where none does."""
-    renaming = {p.root for p in layout.detect().placements.values() if p.backend.renames}
+    renaming = {p.root for p in cgroup_layout(daemon).values() if p.backend.renames}
     if not renaming:
         return []
     found = wait_for(
@@ -278,16 +317,17 @@ def test_a_daemon_stopped_right_after_a_destroy_leaves_no_cgroup(fresh_daemon: D
     go before it exits, and with them its parent cgroups."""
     with fresh_daemon.client() as c:
         c.destroy(c.create())
+    parents = cgroup_parents(fresh_daemon)
+    assert all(p.is_dir() for p in parents)
     assert fresh_daemon.terminate() == 0
-    parents = [h / parent_name(fresh_daemon) for h in CGROUP_ROOT.iterdir()]
     assert [p for p in parents if p.exists()] == []
 
 
 def test_a_parent_removed_meanwhile_is_made_again(fresh_daemon: Daemon) -> None:
     client = fresh_daemon.client()
     client.destroy(client.create())  # all parents exist, and no container is in them
-    parents = [h / parent_name(fresh_daemon) for h in CGROUP_ROOT.iterdir()]
-    removed = [p for p in parents if p.is_dir()]
+    removed = cgroup_parents(fresh_daemon)
+    assert all(p.is_dir() for p in removed)
     # The destroy's clean-up makes a spare set (where hierarchies rename), which the
     # next create would take: the administrator removes it too.
     for spare in _spare_set(fresh_daemon):
@@ -320,7 +360,7 @@ def test_startup_removes_cgroups_of_unknown_containers(fresh_daemon: Daemon) -> 
     with d.client() as c:
         keep = c.create()
     d.kill9()
-    stray = CGROUP_ROOT / "memory" / parent_name(d) / "stray"
+    stray = cgroup_of(d, "stray", "memory")
     stray.mkdir()
     sleeper = os.fork()
     if sleeper == 0:  # pragma: no cover - the child
@@ -428,10 +468,11 @@ def test_info_reports_limits_and_stats(daemon: Daemon, client: Client) -> None:
 def test_devices_cgroup_allows_only_the_container_nodes(daemon: Daemon, client: Client) -> None:
     handle = client.create()
     try:
-        devices = [p for p in cgroup_dirs(daemon, handle) if p.parent.parent.name == "devices"]
-        if not devices:
-            pytest.skip("no v1 devices controller")
-        rules = set((devices[0] / "devices.list").read_text().split("\n")) - {""}
+        if "devices" not in cgroup_layout(daemon):
+            pytest.skip("no v1 devices controller (cgroup v2 has none)")
+        rules = set(
+            (cgroup_of(daemon, handle, "devices") / "devices.list").read_text().split("\n")
+        ) - {""}
         assert rules == {
             "c 1:3 rwm",
             "c 1:5 rwm",
@@ -460,8 +501,8 @@ def test_stop_kills_every_process_but_the_init(daemon: Daemon, client: Client) -
         assert client.info(handle)["state"] == "stopped"
         pid = init_pid(daemon, handle)
         assert Path(f"/proc/{pid}").exists()  # the init stays, so the container can be inspected
-        procs = [p for p in cgroup_dirs(daemon, handle) if p.parent.parent.name == "pids"]
-        assert procs and (procs[0] / "cgroup.procs").read_text().split() == [str(pid)]
+        procs = cgroup_of(daemon, handle, "pids") / "cgroup.procs"
+        assert procs.read_text().split() == [str(pid)]
         assert client.info(handle)["pids"]["current"] == 1
     finally:
         client.destroy(handle)

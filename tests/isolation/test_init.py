@@ -21,6 +21,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from plugins.cgroups.layout import Placement, detect
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 CORRAL_UID = 10000
@@ -371,18 +373,36 @@ def test_symlink_in_rootfs_cannot_lead_to_the_host(new_container) -> None:
             host_dir.rmdir()
 
 
+def pids_hierarchy() -> Placement:
+    """Where this host keeps the pids controller (a v1 hierarchy, or the v2 tree)."""
+    placement = detect().placements.get("pids")
+    if placement is None:
+        pytest.skip("no pids controller on this host")
+    return placement
+
+
+def cgroup_line(placement: Placement, cgroup: pathlib.Path) -> tuple[str, str]:
+    """A ``grep`` pattern for the line of /proc/PID/cgroup about *placement*'s hierarchy,
+    and the end of that line for a process in *cgroup*."""
+    relative = cgroup.relative_to(placement.root)
+    if placement.version == 1:
+        return ":pids:", f":pids:/{relative}"
+    return "^0::", f"0::/{relative}"
+
+
 @pytest.mark.parametrize("join_file", ["tasks", "cgroup.procs"])
 def test_cgroup_directive_moves_the_container(new_container, join_file: str) -> None:
-    pids_root = pathlib.Path("/sys/fs/cgroup/pids")
-    if not (pids_root / "cgroup.procs").exists():
-        pytest.skip("no cgroup v1 pids hierarchy")
-    cgroup = pids_root / f"corral-test-{os.getpid()}"
+    pids = pids_hierarchy()
+    if pids.version == 2 and join_file == "tasks":
+        pytest.skip("cgroup v2 has no tasks file")
+    cgroup = pids.root / f"corral-test-{os.getpid()}"
     cgroup.mkdir()
     try:
         c = new_container()
         c.launch(cgroups=(cgroup / join_file,))
-        job = c.run("grep :pids: /proc/self/cgroup")
-        assert job.out.strip().endswith(f":pids:/{cgroup.name}")
+        pattern, line = cgroup_line(pids, cgroup)
+        job = c.run(f"grep -e {pattern} /proc/self/cgroup")
+        assert job.out.strip().endswith(line)
         assert str(c.pid) in (cgroup / "cgroup.procs").read_text().split()
         c.destroy()
         assert (cgroup / "cgroup.procs").read_text() == ""
@@ -391,10 +411,9 @@ def test_cgroup_directive_moves_the_container(new_container, join_file: str) -> 
 
 
 def test_launcher_sets_up_while_the_cgroups_are_still_to_come(new_container) -> None:
-    pids_root = pathlib.Path("/sys/fs/cgroup/pids")
-    if not (pids_root / "tasks").exists():
-        pytest.skip("no cgroup v1 pids hierarchy")
-    cgroup = pids_root / f"corral-test-stream-{os.getpid()}"
+    pids = pids_hierarchy()
+    join = pids.backend.join_file
+    cgroup = pids.root / f"corral-test-stream-{os.getpid()}"
     cgroup.mkdir()
     c = new_container()
     launcher = subprocess.Popen(
@@ -413,14 +432,15 @@ def test_launcher_sets_up_while_the_cgroups_are_still_to_come(new_container) -> 
         while not c.socket_path.exists() and time.monotonic() < deadline:
             time.sleep(0.005)
         assert c.socket_path.exists() and launcher.poll() is None
-        launcher.stdin.write(f"cgroup\t{cgroup / 'tasks'}\nend\n")
+        launcher.stdin.write(f"cgroup\t{cgroup / join}\nend\n")
         out, err = launcher.communicate(timeout=TIMEOUT)
         assert launcher.returncode == 0, err
         c.pid = int(out)
         c.sock = c.connect()
-        job = c.run("grep :pids: /proc/self/cgroup; cat /proc/1/comm; hostname; ls /dev/pts")
+        pattern, line = cgroup_line(pids, cgroup)
+        job = c.run(f"grep -e {pattern} /proc/self/cgroup; cat /proc/1/comm; hostname; ls /dev/pts")
         lines = job.out.split("\n")
-        assert lines[0].endswith(f":pids:/{cgroup.name}")  # PID 1 was forked into it
+        assert lines[0].endswith(line)  # PID 1 was forked into it
         assert lines[1:3] == ["corral-init", c.hostname]  # its own /proc, made by PID 1
         assert "ptmx" in lines[3:]
         c.destroy()
