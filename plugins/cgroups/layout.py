@@ -9,7 +9,8 @@ these machines) and pure v2.
 
 On v2, ``cpuacct`` (CPU usage in ``cpu.stat``) and ``freezer``
 (``cgroup.freeze``) are part of the core and need no controller; ``devices``
-does not exist (see :mod:`plugins.cgroups.v2`).
+is an eBPF program (:mod:`plugins.cgroups.devices`), placed when the kernel
+loads it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from plugins.cgroups import devices
 from plugins.cgroups.backend import CONTROLLERS, CPUACCT, DEVICES, FREEZER, Backend, read
 from plugins.cgroups.v1 import V1
 from plugins.cgroups.v2 import V2
@@ -103,6 +105,7 @@ def parse_mountinfo(text: str) -> tuple[dict[str, Path], Path | None]:
 def detect(
     mountinfo: str | None = None,
     v2_controllers: Callable[[Path], set[str]] | None = None,
+    device_filter: Callable[[], bool] = devices.supported,
 ) -> Layout:
     """Find every controller's placement.
 
@@ -110,6 +113,8 @@ def detect(
         mountinfo: text of ``/proc/self/mountinfo`` (read if None).
         v2_controllers: reads the controllers a v2 root offers (its
             ``cgroup.controllers``); replaceable for tests.
+        device_filter: whether the kernel loads the v2 device filter (asked only
+            when ``devices`` is not on v1); replaceable for tests.
     """
     if mountinfo is None:
         mountinfo = MOUNTINFO.read_text()
@@ -121,8 +126,12 @@ def detect(
     for controller in CONTROLLERS:
         if controller in v1:
             placements[controller] = Placement(1, v1[controller])
-        elif v2_root is not None and controller != DEVICES:
-            if controller in V2_CORE or controller in offered:
+        elif v2_root is not None:
+            if controller == DEVICES:
+                available = device_filter()
+            else:
+                available = controller in V2_CORE or controller in offered
+            if available:
                 placements[controller] = Placement(2, v2_root)
     return Layout(placements)
 

@@ -34,19 +34,8 @@ from plugins.cgroups.backend import (
     read_keyed,
     write,
 )
+from plugins.cgroups.devices import ALLOWED_DEVICES
 from plugins.cgroups.values import cpus_for, quota_for
-
-#: What a container may open or mknod: null zero full random urandom, tty, ptmx, pts.
-ALLOWED_DEVICES = (
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-)
 
 
 def devices_rules() -> list[tuple[str, str]]:

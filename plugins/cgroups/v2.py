@@ -10,9 +10,9 @@ What v2 needs that v1 does not:
   default 1024); see :func:`shares_to_weight`.
 - ``cpu.max`` holds quota and period in one file: ``"50000 100000"`` or ``"max 100000"``.
 - Freezing (``cgroup.freeze``), killing (``cgroup.kill``) and CPU usage
-  (``cpu.stat``) are in the core, with no controller to enable. There is no
-  devices controller (v2 uses eBPF programs); the container's ``/dev`` is a
-  tmpfs holding only the allowed nodes, and its jobs cannot ``mknod``.
+  (``cpu.stat``) are in the core, with no controller to enable.
+- There is no devices controller: an eBPF program attached to the container's
+  cgroup allows the same devices as v1's list (:mod:`plugins.cgroups.devices`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from plugins.cgroups import devices
 from plugins.cgroups.backend import (
     CPU,
     CPUSET,
+    DEVICES,
     MEMORY,
     PIDS,
     Backend,
@@ -113,6 +115,8 @@ class V2(Backend):
     def setup_child(self, controller: str, path: Path) -> None:
         if controller == MEMORY:
             _no_swap(path)
+        elif controller == DEVICES:
+            devices.attach(path)
 
     # -- memory ---------------------------------------------------------------------
 

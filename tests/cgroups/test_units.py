@@ -19,7 +19,7 @@ import pytest
 import trio
 
 import plugins.cgroups as plugin
-from plugins.cgroups import backend, oom, v1, v2, values
+from plugins.cgroups import backend, devices, oom, v1, v2, values
 from plugins.cgroups.backend import CgroupError, parse_keyed, read_int
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.layout import Placement, detect, parse_mountinfo
@@ -415,14 +415,16 @@ def test_hybrid_layout_puts_everything_on_v1() -> None:
     assert len(layout.hierarchies()) == 7
 
 
-def test_pure_v2_layout_uses_the_core_for_cpuacct_and_freezer() -> None:
-    layout = detect(PURE_V2, lambda root: {"cpuset", "cpu", "io", "memory", "pids"})
+def test_pure_v2_layout_uses_the_core_for_cpuacct_and_freezer_and_ebpf_for_devices() -> None:
+    offered = {"cpuset", "cpu", "io", "memory", "pids"}
+    layout = detect(PURE_V2, lambda root: offered, device_filter=lambda: True)
     root = Placement(2, Path("/sys/fs/cgroup"))
     assert layout.placements == {
-        c: root for c in ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
+        c: root for c in ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices")
     }
-    assert not layout.has("devices")
     assert list(layout.hierarchies()) == [Path("/sys/fs/cgroup")]
+    # a kernel that does not load the device filter: no devices
+    assert not detect(PURE_V2, lambda root: offered, device_filter=lambda: False).has("devices")
     # a v2 tree that does not offer pids: pids cannot be limited
     assert not detect(PURE_V2, lambda root: {"memory", "cpu"}).has("pids")
 
@@ -605,6 +607,25 @@ def test_real_v2_freeze_kill_and_cpu_usage(scratch_cgroup: Path) -> None:
         for p in sleepers:
             p.kill()
             p.wait()
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V2_MOUNT], indirect=True)
+def test_real_v2_device_filter_lets_only_the_allowed_devices_be_opened(
+    scratch_cgroup: Path,
+) -> None:
+    if not devices.supported():
+        pytest.skip("this kernel does not load cgroup device programs")
+    v2.V2().setup_child("devices", scratch_cgroup)
+    # A shell in the cgroup opens an allowed device, then one of the host's that is not.
+    script = (
+        f"echo $$ > {scratch_cgroup}/cgroup.procs; head -c 4 /dev/urandom | wc -c; "
+        "exec 3< /dev/loop-control && echo opened"
+    )
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert done.stdout.split() == ["4"]
+    assert "Operation not permitted" in done.stderr
+    os.close(os.open("/dev/loop-control", os.O_RDONLY))  # the host may: the filter said no
 
 
 @needs_root
