@@ -153,15 +153,16 @@ def test_a_failing_attach_releases_what_was_acquired_in_reverse_order(tmp_path: 
     ]
 
 
+def one_per_phase(log: list[str]) -> list[tuple[str, object]]:
+    """A prepare resource ``a``, the launch, an attach resource ``c``, all writing to *log*."""
+    return [("a", Prepared("a", log)), ("launch", FakeLaunch(log)), ("c", Attached("c", log))]
+
+
 def test_destroy_releases_in_reverse_order_and_detach_releases_nothing_of_the_kernel(
     tmp_path: Path,
 ) -> None:
     log: list[str] = []
-    plugins: list[tuple[str, object]] = [
-        ("a", Prepared("a", log)),
-        ("launch", FakeLaunch(log)),
-        ("c", Attached("c", log)),
-    ]
+    plugins = one_per_phase(log)
 
     async def main() -> None:
         async with running_core(tmp_path, plugins) as supervisor:
@@ -188,21 +189,19 @@ def test_destroy_releases_in_reverse_order_and_detach_releases_nothing_of_the_ke
 # -- restore --------------------------------------------------------------------------------
 
 
-def record(handle: str, state: str) -> dict[str, object]:
-    return {"handle": handle, "state": state, "options": {"handle": handle, "grace_time": None}}
+def left_in_depot(depot: Path, handle: str, state: str, **more: object) -> None:
+    """A container's directory and record as a daemon that died left them."""
+    store = Depot(depot)
+    store.open()
+    store.create(handle)
+    options = {"handle": handle, "grace_time": None}
+    store.save(handle, {"handle": handle, "state": state, "options": options, **more})
 
 
 def test_a_half_made_container_is_restored_only_to_be_released(tmp_path: Path) -> None:
-    depot = Depot(tmp_path)
-    depot.open()
-    depot.create("half")
-    depot.save("half", record("half", "born"))
+    left_in_depot(tmp_path, "half", "born")
     log: list[str] = []
-    plugins: list[tuple[str, object]] = [
-        ("a", Prepared("a", log)),
-        ("launch", FakeLaunch(log)),
-        ("c", Attached("c", log)),
-    ]
+    plugins = one_per_phase(log)
 
     async def main() -> None:
         async with running_core(tmp_path, plugins) as supervisor:
@@ -222,10 +221,7 @@ def test_a_half_made_container_is_restored_only_to_be_released(tmp_path: Path) -
 
 
 def test_an_active_container_is_restored_with_the_status_of_its_ended_job(tmp_path: Path) -> None:
-    depot = Depot(tmp_path)
-    depot.open()
-    depot.create("kept")
-    depot.save("kept", {**record("kept", "active"), "next_job_id": 5})
+    left_in_depot(tmp_path, "kept", "active", next_job_id=5)
     (tmp_path / "kept" / "jobs" / "4").mkdir()
     (tmp_path / "kept" / "jobs" / "4" / "status").write_text("3\n")  # it ended while no daemon ran
 
@@ -283,10 +279,7 @@ def test_the_state_table(tmp_path: Path) -> None:
 def test_a_failing_startup_stops_the_daemon_and_detaches_the_restored_containers(
     tmp_path: Path,
 ) -> None:
-    depot = Depot(tmp_path)
-    depot.open()
-    depot.create("kept")
-    depot.save("kept", record("kept", "active"))
+    left_in_depot(tmp_path, "kept", "active")
     log: list[str] = []
 
     class Failing:
