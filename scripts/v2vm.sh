@@ -58,10 +58,15 @@ file -L "$BUSYBOX" 2>/dev/null | grep -q 'statically linked' || [[ ! -x /usr/bin
     { echo "v2vm: $BUSYBOX is not static (install busybox-static)" >&2; exit 2; }
 
 # -- kernel: Debian's package, unpacked into the cache (never installed) -----------------------
-if [[ -z ${V2VM_KPKG:-} ]]; then
-    V2VM_KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    if [[ -z $V2VM_KPKG ]]; then apt-get update -qq
-        V2VM_KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); fi
+kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}
+GIVEN_KPKG=${V2VM_KPKG:-}
+V2VM_KPKG=${GIVEN_KPKG:-$(kernel_package)}
+if [[ -z $V2VM_KPKG || ! -e $CACHE/$V2VM_KPKG/.ready ]]; then
+    # Not cached: fetch it with fresh package lists (old ones may name a version the mirror dropped).
+    apt-get update -qq
+    V2VM_KPKG=${GIVEN_KPKG:-$(kernel_package)}
 fi
 KDIR=$CACHE/$V2VM_KPKG
 if [[ ! -e $KDIR/.ready ]]; then
