@@ -15,8 +15,10 @@
 # the HOST's root filesystem shared read-only over 9p, with a tmpfs overlay on top (the guest may
 # write anywhere, the repository included; nothing reaches the host). The guest mounts only cgroup2 at
 # /sys/fs/cgroup (cgroup_no_v1=all), enables +cpu +memory +pids +cpuset +io at the root, loads
-# veth/bridge/nf_tables/loop, and runs the command as root in the directory v2vm.sh was started from. Its output and exit code
-# come back through a third 9p share (per-run temp dir). The guest has no NIC: all traffic stays in it.
+# veth/bridge/nf_tables/loop, and runs the command as root in the directory v2vm.sh was started from
+# (shared on its own when it is under /tmp, /run or /var/tmp, which are fresh tmpfs in the guest).
+# Its output and exit code come back through another 9p share (per-run temp dir). The guest has no
+# NIC: all traffic stays in it.
 #
 # Accelerator: TCG (software emulation). /dev/kvm here is kvm-pvm (Pagetable-based VM, nested_pvm=1):
 # it runs only PVM-enlightened guest kernels; Debian's kernel is stuck in PVM's bootstrap emulator
@@ -96,6 +98,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkdir -p "$RUN/initrd/bin" "$RUN/out"
 printf 'cd %q || exit 125\n%s\n' "$WORKDIR" "$CMD" >"$RUN/out/cmd.sh"
+printf '%s' "$WORKDIR" >"$RUN/out/workdir"
 
 # initramfs: static busybox + the modules needed to reach the 9p root (with their deps, in order)
 cp "$BUSYBOX" "$RUN/initrd/bin/busybox"
@@ -151,6 +154,16 @@ $BB mount -t tmpfs -o mode=755 tmpfs /var/tmp
 $BB mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 $BB mkdir -p /v2vm-out "/lib/modules/$KVER"
 $BB mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 v2out /v2vm-out
+# The working directory, when a tmpfs above hides it (a checkout under /tmp): the host's
+# copy, read-only, under a writable layer of its own.
+W=$($BB cat /v2vm-out/workdir)
+if [ ! -d "$W" ]; then
+    $BB mkdir -p /.v2vm/work-lower /.v2vm/work-rw "$W"
+    $BB mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose work /.v2vm/work-lower
+    $BB mount -t tmpfs -o mode=755 tmpfs /.v2vm/work-rw && $BB mkdir -p /.v2vm/work-rw/upper /.v2vm/work-rw/work
+    $BB mount -t overlay overlay \
+        -o lowerdir=/.v2vm/work-lower,upperdir=/.v2vm/work-rw/upper,workdir=/.v2vm/work-rw/work "$W"
+fi
 $BB mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose mods "/lib/modules/$KVER"
 $BB ln -sf /.v2vm/busybox /usr/local/sbin/modprobe
 echo /usr/local/sbin/modprobe >/proc/sys/kernel/modprobe
@@ -193,6 +206,7 @@ timeout --foreground -k 10 "$TIMEOUT" qemu-system-x86_64 "${ACCEL_ARGS[@]}" \
     -kernel "$KIMG" -initrd "$RUN/initrd.cpio" -append "$APPEND" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$MODS,mount_tag=mods,security_model=none,readonly=on" \
+    -virtfs "local,path=$WORKDIR,mount_tag=work,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$RUN/out,mount_tag=v2out,security_model=none" &
 QPID=$!
 set +e
