@@ -38,7 +38,18 @@ from supervisor.errors import (
     UnknownHandle,
     UnknownJob,
 )
-from supervisor.events import Event, JobExited, OutOfMemory, SandboxExited, StateChanged
+from supervisor.events import (
+    Event,
+    GraceExpired,
+    JobExited,
+    JobStarted,
+    LimitChanged,
+    MemoryPressure,
+    NetRuleChanged,
+    OutOfMemory,
+    SandboxExited,
+    StateChanged,
+)
 from supervisor.hookspecs import hookimpl
 from supervisor.protocol import Args
 from supervisor.sandbox import JobRequest, LaunchPlan, Limit, Mount, NetworkNamespace, Sandbox
@@ -60,15 +71,20 @@ __all__ = [
     "ContainerView",
     "CorralError",
     "Event",
+    "GraceExpired",
     "Handler",
     "InvalidRequest",
     "InvalidState",
     "JobExited",
     "JobRequest",
+    "JobStarted",
     "LaunchPlan",
     "Limit",
+    "LimitChanged",
     "LimitExceeded",
+    "MemoryPressure",
     "Mount",
+    "NetRuleChanged",
     "NetworkNamespace",
     "NoCapacity",
     "OutOfMemory",

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,18 @@ def _write(name: str, text: str | None) -> None:
         stream = sys.stdout if name == "stdout" else sys.stderr
         stream.buffer.write(text.encode("utf-8", "surrogateescape"))
         stream.flush()
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """``12:00:01.234 h1 job_exited job_id=3 status=0``."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    millis = int(event["time"] * 1000) % 1000
+    fields = " ".join(
+        f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}"
+        for k, v in event.items()
+        if k not in ("kind", "handle", "time")
+    )
+    return f"{stamp}.{millis:03d} {event['handle']} {event['kind']} {fields}".rstrip()
 
 
 def _status(status: int | None) -> int:
@@ -84,6 +97,16 @@ def run_command(client: Client, args: argparse.Namespace) -> int:
     elif cmd == "list":
         for handle in client.list(_pairs(args.property, "property") or None):
             print(handle)
+    elif cmd in ("pause", "resume"):
+        print(client.call(cmd, args.handle))
+    elif cmd == "events":
+        for event in client.events(args.handle or None, args.kind or None):
+            if args.json:
+                print(json.dumps(event), flush=True)
+            elif isinstance(event, int):
+                print(f"(events dropped: {event})", flush=True)
+            else:
+                print(_event_line(event), flush=True)
     elif cmd == "raw":
         request = json.loads(args.request)
         print(json.dumps(client.call(*request)))
@@ -130,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--background", action="store_true")
     for name in ("destroy", "info"):
         sub.add_parser(name).add_argument("handle")
+    sub.add_parser("pause", help="freeze every process of a container").add_argument("handle")
+    sub.add_parser("resume", help="let a paused container run again").add_argument("handle")
+    s = sub.add_parser("events", help="print what happens to containers, as it happens")
+    s.add_argument("handle", nargs="*", help="only these containers (default: all)")
+    s.add_argument("--kind", action="append", default=[], help="only events of this kind")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
     s = sub.add_parser("list", help="list handles (optionally matching properties)")
     s.add_argument("property", nargs="*", metavar="K=V")
     sub.add_parser("raw", help="send one JSON request array").add_argument("request")

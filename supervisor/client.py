@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -144,6 +144,29 @@ class Client(_Commands):
 
     def list(self, properties: dict[str, str] | None = None) -> list[str]:
         return self.call("list", properties) if properties else self.call("list")
+
+    def pause(self, handle: str) -> str:
+        return self.call("pause", handle)
+
+    def resume(self, handle: str) -> str:
+        return self.call("resume", handle)
+
+    def events(
+        self, handles: Sequence[str] | None = None, kinds: Sequence[str] | None = None
+    ) -> Iterator[dict[str, Any] | int]:
+        """Yield each event (a dict) or the count of those dropped (an int), as they come,
+        until the watched containers are all destroyed; closing the client ends it too."""
+        wanted = {"handles": list(handles or ()) or None, "kinds": list(kinds or ()) or None}
+        self.sock.sendall(_encode(("events", _clean(wanted))))
+        while True:
+            line = self._line()
+            item = json.loads(line)
+            if isinstance(item, list) and item:
+                if item[0] != "watching":  # the first line: watched from here on
+                    yield item[1]
+            else:
+                _payload(line)
+                return
 
 
 class TrioClient(_Commands):

@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import structlog
+import trio
 
 from supervisor.api import Handler
 from supervisor.errors import InvalidRequest
-from supervisor.protocol import Args, encode_output, encode_stream_chunk
+from supervisor.events import KINDS, LimitChanged
+from supervisor.protocol import Args, encode_line, encode_output, encode_stream_chunk
 from supervisor.registry import parse_env
 from supervisor.sandbox import JobRequest
 
@@ -49,6 +51,10 @@ class Request:
     async def send(self, line: bytes) -> None:
         """Send an extra reply line before the final one (``stream``)."""
         await self.connection.send(line)
+
+    async def input(self) -> None:
+        """Wait until the client sends another request, or closes the connection."""
+        await self.connection.input()
 
 
 # -- handlers --------------------------------------------------------------------
@@ -228,7 +234,9 @@ async def limit(request: Request, *args: Any) -> Any:
     if value is None:
         return await handler.read(container)
     container.require("limit")
-    return await handler.write(container, value)
+    in_force = await handler.write(container, value)
+    await container.publish(LimitChanged(container.handle, resource, in_force))
+    return in_force
 
 
 async def info(request: Request, *args: Any) -> dict[str, Any]:
@@ -246,6 +254,60 @@ async def info(request: Request, *args: Any) -> dict[str, Any]:
     }
     payload.update(await request.supervisor.hooks.info(container))
     return payload
+
+
+async def pause(request: Request, *args: Any) -> str:
+    a = Args("pause", list(args), ("HANDLE",))
+    await request.container(a.string(0)).pause()
+    return "ok"
+
+
+async def resume(request: Request, *args: Any) -> str:
+    a = Args("resume", list(args), ("HANDLE",))
+    await request.container(a.string(0)).resume()
+    return "ok"
+
+
+def _names(command: str, value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"{command}: {what} must be a non-empty list of strings")
+    return value
+
+
+async def events(request: Request, *args: Any) -> list[Any]:
+    """Stream ``["event", {...}]`` lines (and ``["dropped", N]``) until the client sends
+    anything or closes, or every container it named is destroyed (then the reply ``[]``)."""
+    a = Args("events", list(args), ("FILTER",))
+    wanted = a.options(0, {"handles": list, "kinds": list})
+    handles = kinds = None
+    if "handles" in wanted:
+        handles = _names("events", wanted["handles"], "handles")
+        for handle in handles:
+            request.supervisor.get(handle)  # known now; not referenced: watching keeps none alive
+    if "kinds" in wanted:
+        kinds = _names("events", wanted["kinds"], "kinds")
+        unknown = sorted(set(kinds) - KINDS)
+        if unknown:
+            raise InvalidRequest(
+                f"events: unknown kind {unknown[0]!r} (known: {', '.join(sorted(KINDS))})"
+            )
+    async with (
+        request.supervisor.bus.watch(handles, kinds) as watch,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def until_input() -> None:
+            await request.input()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(until_input)
+        # Events from here on are seen: a client may act once it has read this line.
+        await request.send(encode_line(["watching", {"handles": handles, "kinds": kinds}]))
+        while (line := await watch.next()) is not None:
+            with trio.CancelScope(shield=True):  # a line is sent whole, or the client is gone
+                await request.send(line)
+        nursery.cancel_scope.cancel()
+    return []
 
 
 async def list_(request: Request, *args: Any) -> list[str]:
@@ -270,4 +332,7 @@ CORE_COMMANDS: dict[str, Handler] = {
     "limit": limit,
     "info": info,
     "list": list_,
+    "pause": pause,
+    "resume": resume,
+    "events": events,
 }

@@ -22,8 +22,16 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from supervisor.errors import InvalidState, UnknownJob
-from supervisor.events import Event, JobExited, OutOfMemory, SandboxExited, StateChanged
+from supervisor.errors import InvalidRequest, InvalidState, UnknownJob
+from supervisor.events import (
+    Event,
+    GraceExpired,
+    JobExited,
+    JobStarted,
+    OutOfMemory,
+    SandboxExited,
+    StateChanged,
+)
 from supervisor.jobs import Job
 from supervisor.sandbox import JobRequest, LaunchPlan, Sandbox
 from supervisor.stash import Stash
@@ -37,6 +45,7 @@ class State(enum.StrEnum):
 
     BORN = "born"
     ACTIVE = "active"
+    PAUSED = "paused"
     STOPPED = "stopped"
     DESTROYED = "destroyed"
 
@@ -44,21 +53,27 @@ class State(enum.StrEnum):
 #: The only legal state changes.
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.BORN: frozenset({State.ACTIVE, State.DESTROYED}),
-    State.ACTIVE: frozenset({State.STOPPED}),
+    State.ACTIVE: frozenset({State.PAUSED, State.STOPPED}),
+    State.PAUSED: frozenset({State.ACTIVE, State.STOPPED}),
     State.STOPPED: frozenset({State.DESTROYED}),
     State.DESTROYED: frozenset(),
 }
 
+#: A container that exists for clients, whether its processes run or not.
+_LIVE = frozenset({State.ACTIVE, State.PAUSED, State.STOPPED})
+
 #: The states in which each container operation is allowed.
 ALLOWED: dict[str, frozenset[State]] = {
     "spawn": frozenset({State.ACTIVE}),
-    "link": frozenset({State.ACTIVE, State.STOPPED}),
-    "stream": frozenset({State.ACTIVE, State.STOPPED}),
-    "stop": frozenset({State.ACTIVE, State.STOPPED}),
-    "destroy": frozenset({State.ACTIVE, State.STOPPED}),
-    "info": frozenset({State.BORN, State.ACTIVE, State.STOPPED}),
-    "limit": frozenset({State.ACTIVE, State.STOPPED}),
-    "copy": frozenset({State.ACTIVE, State.STOPPED}),
+    "pause": frozenset({State.ACTIVE}),
+    "resume": frozenset({State.PAUSED}),
+    "link": _LIVE,
+    "stream": _LIVE,
+    "stop": _LIVE,
+    "destroy": _LIVE,
+    "info": _LIVE | {State.BORN},
+    "limit": _LIVE,
+    "copy": _LIVE,
 }
 
 #: How often a quiet job's output size is checked against the cap, at most.
@@ -240,12 +255,16 @@ class Container:
             self._start_grace_timer()
         await self._destroy_requested.wait()
         if not self.detaching:
+            if self.state is State.PAUSED:
+                # A frozen init would take its SIGKILL only once thawed (v1).
+                with trio.CancelScope(shield=True):
+                    await self.supervisor.hooks.freeze(self, False)
             # No TERM, no waiting: killing the init kills, at once, every process
             # of its pid namespace (forks included); the kernel's teardown runs
             # while the plugins release the rest.
             if self.sandbox is not None:
                 self.sandbox.terminate()
-            if self.state is State.ACTIVE:
+            if self.state in (State.ACTIVE, State.PAUSED):
                 # Not saved: the record goes with the container. A daemon that dies
                 # before finds the init gone at its start, and stops the container.
                 await self._move(State.STOPPED, save=False)
@@ -284,7 +303,7 @@ class Container:
         await self._record_event("container init exited")
         for job in self.jobs.values():
             job.finish(job.read_status_file())
-        if self.state is State.ACTIVE:
+        if self.state in (State.ACTIVE, State.PAUSED):
             await self._move(State.STOPPED)
 
     async def _record_event(self, text: str) -> None:
@@ -319,6 +338,7 @@ class Container:
             with scope:
                 await trio.sleep(grace)
                 self.log.info("grace time expired", grace_time=grace)
+                await self.publish(GraceExpired(self.handle, grace))
                 self.request_destroy()
 
         self._start_task(expire)
@@ -355,6 +375,7 @@ class Container:
                 os.close(fd)
         if not discard_output:
             self._start_task(self._guard_output, job)
+        await self.publish(JobStarted(self.handle, job.id))
         return job
 
     def allocate_job_id(self) -> int:
@@ -404,16 +425,18 @@ class Container:
 
     async def _restore_jobs(self) -> None:
         """Rebuild the job table from the depot after a restart."""
-        running = (
-            await self.sandbox.running_jobs() if self.sandbox and self.sandbox.alive else set()
-        )
+        running: set[int] | None = set()
+        if self.sandbox is not None and self.sandbox.alive:
+            # A frozen init cannot answer; a frozen job cannot end, nor its status be written.
+            running = None if self.state is State.PAUSED else await self.sandbox.running_jobs()
         for entry in sorted((self.path / "jobs").iterdir()):
             if not entry.name.isdigit():
                 continue
             job = Job(int(entry.name), entry, (entry / "discard").exists())
             self.jobs[job.id] = job
-            if job.id not in running:
-                job.finish(job.read_status_file())
+            status = job.read_status_file()
+            if (job.id not in running) if running is not None else status is not None:
+                job.finish(status)
 
     # -- stop ------------------------------------------------------------------
 
@@ -421,11 +444,36 @@ class Container:
         """Stop in the background (``stop`` with ``background``)."""
         self._start_task(self.stop, kill)
 
+    async def pause(self) -> None:
+        """Freeze every process of the container (see ``corral_container_freeze``)."""
+        async with self._stopping:
+            self.require("pause")
+            try:
+                frozen = await self.supervisor.hooks.freeze(self, True)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.supervisor.hooks.freeze(self, False)
+                raise
+            if not frozen:
+                raise InvalidRequest(
+                    f"container {self.handle}: cannot pause: no plugin here can freeze it"
+                )
+            await self._move(State.PAUSED)
+
+    async def resume(self) -> None:
+        """Let the processes of a paused container run again."""
+        async with self._stopping:
+            self.require("resume")
+            await self.supervisor.hooks.freeze(self, False)
+            await self._move(State.ACTIVE)
+
     async def stop(self, kill: bool = False) -> None:
         """End every process of the container: TERM, then KILL after the stop timeout."""
         if self.state is State.BORN:
             return
         async with self._stopping:
+            if self.state is State.PAUSED:
+                await self.supervisor.hooks.freeze(self, False)  # frozen, none would hear TERM
             sandbox = self.sandbox
             if sandbox is not None and sandbox.alive:
                 timeout = 0.0 if kill else self.supervisor.config.containers.stop_timeout
@@ -443,5 +491,5 @@ class Container:
             for job in self.jobs.values():
                 if not job.exited.is_set():
                     job.finish(job.read_status_file())
-            if self.state is State.ACTIVE:
+            if self.state in (State.ACTIVE, State.PAUSED):
                 await self._move(State.STOPPED)

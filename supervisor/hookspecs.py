@@ -240,6 +240,21 @@ def corral_container_info(
 
 
 @hookspec
+def corral_container_freeze(container: ContainerView, frozen: bool) -> Awaitable[None] | None:
+    """Stop (``pause``) or let run again (``resume``) every process of the container.
+
+    Called for every plugin in registration order, each awaited; a plugin that
+    cannot freeze this container returns None. When none returns an awaitable,
+    ``pause`` is refused (``invalid_request``: nothing here can freeze). An
+    exception fails the request; on a failed pause the core thaws again. The
+    core also thaws a paused container before it stops or destroys it.
+
+    :param container: the container paused or resumed.
+    :param frozen: True to freeze, False to thaw.
+    """
+
+
+@hookspec
 def corral_container_kill(container: ContainerView) -> Awaitable[None] | None:
     """Kill every process of the container except its init, so that none escapes by forking.
 

@@ -314,6 +314,14 @@ class Hooks:
                     merged[key] = value
         return merged
 
+    async def freeze(self, container: ContainerView, frozen: bool) -> bool:
+        """Freeze or thaw the container; False when no plugin can."""
+        done = False
+        for _, result in self._each("corral_container_freeze", container=container, frozen=frozen):
+            await _resolve(result)
+            done = True
+        return done
+
     async def kill(self, container: ContainerView) -> None:
         for _, result in self._each("corral_container_kill", container=container):
             await _resolve(result)

@@ -42,7 +42,8 @@ def decode_request(line: bytes) -> tuple[str, list[Any]]:
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def _line(obj: Any) -> bytes:
+def encode_line(obj: Any) -> bytes:
+    """One line of JSON (an extra reply line of ``stream`` or ``events``)."""
     return _encode(obj).encode("ascii") + b"\n"
 
 
@@ -53,7 +54,7 @@ def encode_reply(payload: Any) -> bytes:
 
 def encode_error(code: str, message: str) -> bytes:
     """An error reply line."""
-    return _line({"type": "error", "payload": {"code": code, "message": message}})
+    return encode_line({"type": "error", "payload": {"code": code, "message": message}})
 
 
 def encode_output(data: bytes, encoding: str) -> str:
@@ -71,7 +72,7 @@ def encode_stream_chunk(stream: str, chunk: bytes, encoding: str) -> bytes:
     """
     if encoding == "base64":
         return b'["' + stream.encode() + b'","' + base64.b64encode(chunk) + b'"]\n'
-    return _line([stream, encode_output(chunk, encoding)])
+    return encode_line([stream, encode_output(chunk, encoding)])
 
 
 # -- argument checking ---------------------------------------------------------

@@ -22,7 +22,7 @@ from supervisor.config import Config
 from supervisor.container import Container, State
 from supervisor.depot import Depot
 from supervisor.errors import InvalidRequest, UnknownHandle
-from supervisor.events import EventBus
+from supervisor.events import EventBus, StateChanged
 from supervisor.plugins import Hooks
 
 HANDLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -179,7 +179,7 @@ class Supervisor:
         return [
             handle
             for handle, c in self.containers.items()
-            if c.state in (State.ACTIVE, State.STOPPED)
+            if c.state in (State.ACTIVE, State.PAUSED, State.STOPPED)
             and wanted <= c.options.get("properties", {}).items()
         ]
 
@@ -196,7 +196,7 @@ class Supervisor:
             self.containers.pop(container.handle, None)
             try:
                 if not container.detaching:
-                    container.state = State.DESTROYED
+                    last, container.state = container.state, State.DESTROYED
                     trash = self.depot.discard(container.handle)
                     cleanups = container.take_cleanups()
                     if trash is not None:
@@ -207,6 +207,11 @@ class Supervisor:
                                 _clean_up, self.depot.path(container.handle), cleanups
                             )
                     container.log.info("container destroyed")
+                    if container.ready:  # a failed create was never seen: no event
+                        with trio.CancelScope(shield=True):
+                            await self.bus.publish(
+                                StateChanged(container.handle, str(last), str(State.DESTROYED))
+                            )
             finally:
                 container.finished.set()
 

@@ -168,6 +168,11 @@ class Connection:
             return False
         return True
 
+    async def input(self) -> None:
+        """Wait until the client sends more, or closes (what came stays in the buffer)."""
+        if not self.buffer and not self.eof:
+            await trio.lowlevel.wait_readable(self.sock)
+
     async def receive(self) -> None:
         """Add the client's next bytes to the buffer, or set eof."""
         if self.pinged and not self.buffer:

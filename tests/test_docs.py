@@ -35,10 +35,20 @@ def declared_tables() -> dict[str, type]:
     return tables
 
 
-def sections(text: str, heading: str) -> dict[str, str]:
-    """The text under each heading of the form *heading* (a regex with one group: the name)."""
-    parts = re.split(rf"^{heading}$", text, flags=re.M)
-    return dict(zip(parts[1::2], parts[2::2], strict=True))
+def sections(text: str, heading: str, boundary: str = "## ") -> dict[str, str]:
+    """The text under each line of the form *heading* (a regex with one group: the name),
+    up to the next line starting with *boundary* (by default, the next Markdown section)."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        match = re.fullmatch(heading, line)
+        if match:
+            current = found.setdefault(match.group(1), [])
+        elif line.startswith(boundary):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return {name: "\n".join(lines) for name, lines in found.items()}
 
 
 def row_keys(text: str) -> set[str]:
@@ -61,7 +71,7 @@ def test_every_setting_is_in_the_config_docs_and_every_row_is_a_setting() -> Non
 def test_the_example_config_shows_every_setting_with_its_default() -> None:
     text = (REPO / "etc" / "corral.toml").read_text()
     data = tomllib.loads(text)
-    commented = sections(text, r"\[(\w+)\]")
+    commented = sections(text, r"\[(\w+)\]", boundary="[")
     for name, table in declared_tables().items():
         values = data.get(name, {})
         assert parse_table(table, values, name) == table(), f"[{name}] differs from the defaults"

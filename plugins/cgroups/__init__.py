@@ -41,7 +41,7 @@ import trio
 
 from plugins.cgroups import layout as layout_module
 from plugins.cgroups import oom
-from plugins.cgroups.backend import CPUSET, MEMORY, CgroupError
+from plugins.cgroups.backend import CPUSET, FREEZE_TIMEOUT, MEMORY, CgroupError
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.layout import Layout
 from plugins.cgroups.limits import RESOURCES, CgroupLimit, apply_all, host_cores, read_all
@@ -50,6 +50,7 @@ from plugins.cgroups.values import parse_limits
 from supervisor.api import (
     ContainerView,
     InvalidRequest,
+    InvalidState,
     LaunchPlan,
     Limit,
     OutOfMemory,
@@ -261,6 +262,16 @@ class CgroupsPlugin:
         return info
 
     @hookimpl
+    def corral_container_freeze(
+        self, container: ContainerView, frozen: bool
+    ) -> Awaitable[None] | None:
+        """Freeze or thaw the container's cgroup (v1 ``freezer``, v2 ``cgroup.freeze``)."""
+        group = _find(container)
+        if group is None or not group.can_freeze:
+            return None
+        return _freeze(container, group) if frozen else _thaw(group)
+
+    @hookimpl
     def corral_container_kill(self, container: ContainerView) -> Awaitable[None] | None:
         """Freeze the container, SIGKILL all but its init, thaw."""
         group = _find(container)
@@ -310,6 +321,18 @@ async def _out_of_memory(container: ContainerView, count: int) -> None:
     container.save()
     container.log.warning("the kernel OOM-killed a process of the container", oom_kills=count)
     await container.publish(OutOfMemory(container.handle))
+
+
+async def _freeze(container: ContainerView, group: ContainerCgroups) -> None:
+    if not await group.freeze():
+        group.thaw()
+        raise InvalidState(
+            f"container {container.handle}: its processes did not freeze within {FREEZE_TIMEOUT} s"
+        )
+
+
+async def _thaw(group: ContainerCgroups) -> None:
+    group.thaw()
 
 
 async def _kill(container: ContainerView, group: ContainerCgroups, keep: int | None) -> None:

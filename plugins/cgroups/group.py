@@ -203,6 +203,33 @@ class ContainerCgroups:
             found.update(procs(path))
         return found
 
+    @property
+    def can_freeze(self) -> bool:
+        """Whether the container has a freezer (v1 ``freezer``, v2 ``cgroup.freeze``)."""
+        return self.has(FREEZER) and self.path(FREEZER).exists()
+
+    async def freeze(self) -> bool:
+        """Stop every process of the container; False if it did not settle in time.
+
+        Raises:
+            CgroupError: the freezer refused.
+        """
+        backend, freezer = self.backend(FREEZER), self.path(FREEZER)
+        backend.start_freeze(freezer)
+        try:
+            with trio.move_on_after(FREEZE_TIMEOUT):
+                while not backend.frozen(freezer):
+                    await trio.sleep(FREEZE_POLL)
+                return True
+            return False
+        except BaseException:
+            self.thaw()  # a freeze nobody waits for any more must not stay
+            raise
+
+    def thaw(self) -> None:
+        """Let every process of the container run again."""
+        self.backend(FREEZER).thaw(self.path(FREEZER))
+
     async def kill_all_but(self, keep: int | None) -> int:
         """SIGKILL every process but *keep* (the init), frozen so that none escapes by forking.
 
@@ -213,28 +240,23 @@ class ContainerCgroups:
         Returns:
             how many processes were signalled.
         """
-        freezer = self.path(FREEZER) if self.has(FREEZER) else None
         frozen = False
-        if freezer is not None and freezer.exists():
-            backend = self.backend(FREEZER)
+        if self.can_freeze:
             try:
-                backend.start_freeze(freezer)
-                frozen = True
-                with trio.move_on_after(FREEZE_TIMEOUT) as waited:
-                    while not backend.frozen(freezer):
-                        await trio.sleep(FREEZE_POLL)
-                if waited.cancelled_caught:
-                    log.warning("cgroup did not freeze in time; killing anyway", handle=self.handle)
+                settled = await self.freeze()
             except (CgroupError, OSError) as exc:
                 log.warning(
                     "cannot freeze the cgroup; killing unfrozen", handle=self.handle, error=str(exc)
                 )
+            else:
+                frozen = True
+                if not settled:
+                    log.warning("cgroup did not freeze in time; killing anyway", handle=self.handle)
         try:
             return _kill(self.pids(), keep)
         finally:
             if frozen:
-                assert freezer is not None
-                self.backend(FREEZER).thaw(freezer)
+                self.thaw()
 
     # -- stats -------------------------------------------------------------------------
 

@@ -22,7 +22,15 @@ from plugins.net.firewall import Firewall
 from plugins.net.pool import AddressPool, BridgePool, Lease, PortPool, SlotPool, SubnetPool
 from plugins.net.rules import Egress, Ruleset
 from plugins.net.settings import MAX_IDS, NAME, Settings
-from supervisor.api import ContainerView, InvalidRequest, InvalidState, NoCapacity, Sandbox, State
+from supervisor.api import (
+    ContainerView,
+    InvalidRequest,
+    InvalidState,
+    NetRuleChanged,
+    NoCapacity,
+    Sandbox,
+    State,
+)
 
 log = structlog.get_logger()
 
@@ -406,6 +414,11 @@ class Network:
             att.forwards.append((host_port, container_port))
             self._save(container, att)
         container.log.info("port forwarded", host_port=host_port, container_port=container_port)
+        await container.publish(
+            NetRuleChanged(
+                container.handle, "in", {"host_port": host_port, "container_port": container_port}
+            )
+        )
         return host_port, container_port
 
     async def allow(self, container: ContainerView, allow: Egress) -> None:
@@ -421,6 +434,7 @@ class Network:
             att.egress.append(allow)
             self._save(container, att)
         container.log.info("egress allowed", **allow.to_json())
+        await container.publish(NetRuleChanged(container.handle, "out", allow.to_json()))
 
     def info(self, container: ContainerView) -> dict[str, Any]:
         """``host_ip`` and ``container_ip`` of the container (nothing when it has no network)."""

@@ -44,3 +44,12 @@ async def running_core(
                 await supervisor.detach_all()
                 await hooks.shutdown()
             nursery.cancel_scope.cancel()
+
+
+def left_in_depot(depot: Path, handle: str, state: str, **more: object) -> None:
+    """A container's directory and record as a daemon that died left them."""
+    store = Depot(depot)
+    store.open()
+    store.create(handle)
+    options = {"handle": handle, "grace_time": None}
+    store.save(handle, {"handle": handle, "state": state, "options": options, **more})

@@ -9,7 +9,7 @@ under test (supervisor, containers, jobs, depot, event bus, hooks) is the real o
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
@@ -22,9 +22,11 @@ class FakeSandbox:
 
     pid = 4242
 
-    def __init__(self, container: ContainerView, ignores_term: bool) -> None:
+    def __init__(self, container: ContainerView, ignores_term: bool, frozen: bool = False) -> None:
         self.container = container
         self.ignores_term = ignores_term
+        #: A frozen init answers no request.
+        self.frozen = frozen
         self.alive = True
         #: Job id -> whether its leader runs.
         self.jobs: dict[int, bool] = {}
@@ -56,6 +58,8 @@ class FakeSandbox:
         self.alive = False
 
     async def running_jobs(self) -> set[int]:
+        if self.frozen:
+            raise AssertionError("a frozen init was asked for its jobs")
         return {job_id for job_id, running in self.jobs.items() if running}
 
     async def configure_interface(
@@ -67,9 +71,10 @@ class FakeSandbox:
 class FakeLaunch:
     """The one launch plugin: a :class:`FakeSandbox` per container, recorded in *log*."""
 
-    def __init__(self, log: list[str], ignores_term: bool = False) -> None:
+    def __init__(self, log: list[str], ignores_term: bool = False, frozen: bool = False) -> None:
         self.log = log
         self.ignores_term = ignores_term
+        self.frozen = frozen
         self.sandboxes: dict[str, FakeSandbox] = {}
 
     @hookimpl
@@ -83,7 +88,7 @@ class FakeLaunch:
         self, container: ContainerView, restoring: bool
     ) -> AsyncIterator[FakeSandbox]:
         self.log.append(f"launch {container.handle} restoring={restoring}")
-        sandbox = FakeSandbox(container, self.ignores_term)
+        sandbox = FakeSandbox(container, self.ignores_term, self.frozen)
         self.sandboxes[container.handle] = sandbox
         try:
             yield sandbox
@@ -144,3 +149,20 @@ class Attached(Resource):
         self, container: ContainerView, restoring: bool
     ) -> AbstractAsyncContextManager[None]:
         return self._held(container, restoring)
+
+
+class Freezer:
+    """A plugin that freezes containers: it records each freeze and thaw in *log*."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    @hookimpl
+    def corral_container_freeze(self, container: ContainerView, frozen: bool) -> Awaitable[None]:
+        return self._freeze(container, frozen)
+
+    async def _freeze(self, container: ContainerView, frozen: bool) -> None:
+        self.log.append(f"{'freeze' if frozen else 'thaw'} {container.handle}")
+        sandbox = container.sandbox
+        if isinstance(sandbox, FakeSandbox):
+            sandbox.frozen = frozen

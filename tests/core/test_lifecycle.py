@@ -11,13 +11,12 @@ import trio.testing
 
 from supervisor.api import ContainerView, hookimpl
 from supervisor.container import Container, State
-from supervisor.depot import Depot
 from supervisor.errors import InvalidState, UnknownHandle
 from supervisor.plugins import PluginError
 from supervisor.registry import Supervisor
 from supervisor.sandbox import JobRequest
 from supervisor.server import unwrap
-from tests.core.conftest import run, running_core
+from tests.core.conftest import left_in_depot, run, running_core
 from tests.core.fakes import Attached, FakeLaunch, Prepared
 
 
@@ -187,15 +186,6 @@ def test_destroy_releases_in_reverse_order_and_detach_releases_nothing_of_the_ke
 
 
 # -- restore --------------------------------------------------------------------------------
-
-
-def left_in_depot(depot: Path, handle: str, state: str, **more: object) -> None:
-    """A container's directory and record as a daemon that died left them."""
-    store = Depot(depot)
-    store.open()
-    store.create(handle)
-    options = {"handle": handle, "grace_time": None}
-    store.save(handle, {"handle": handle, "state": state, "options": options, **more})
 
 
 def test_a_half_made_container_is_restored_only_to_be_released(tmp_path: Path) -> None:
