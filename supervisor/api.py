@@ -19,7 +19,7 @@ it); what is not here may change without notice.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,6 +52,7 @@ from supervisor.events import (
 )
 from supervisor.hookspecs import hookimpl
 from supervisor.protocol import Args
+from supervisor.requests import BUCKETS, CommandStats, RequestStats
 from supervisor.sandbox import JobRequest, LaunchPlan, Limit, Mount, NetworkNamespace, Sandbox
 from supervisor.settings import (
     ConfigError,
@@ -66,10 +67,13 @@ from supervisor.stash import Stash, StashKey
 
 __all__ = [
     "Args",
+    "BUCKETS",
+    "CommandStats",
     "Config",
     "ConfigError",
     "ContainerView",
     "CorralError",
+    "DaemonView",
     "Event",
     "GraceExpired",
     "Handler",
@@ -89,6 +93,7 @@ __all__ = [
     "NoCapacity",
     "OutOfMemory",
     "Request",
+    "RequestStats",
     "Sandbox",
     "SandboxExited",
     "Stash",
@@ -159,6 +164,24 @@ class ContainerView(Protocol):
     def after_destroy(self, cleanup: Callable[[], None]) -> None:
         """Have the core run the blocking *cleanup* in a worker thread after destroy has replied,
         before it deletes :attr:`path` (see ``docs/plugins.md``)."""
+
+
+class DaemonView(Protocol):
+    """The whole daemon as plugins may read it (given to ``corral_startup``)."""
+
+    def live(self) -> Sequence[ContainerView]:
+        """The containers clients see (active, paused or stopped)."""
+
+    async def info(self, container: ContainerView) -> dict[str, Any]:
+        """The ``info`` payload of *container*, as the ``info`` command gives it.
+
+        Raises:
+            UnknownHandle: the container is gone.
+        """
+
+    @property
+    def requests(self) -> RequestStats:
+        """The requests served since the daemon started, by command."""
 
 
 class Request(Protocol):

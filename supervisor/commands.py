@@ -241,19 +241,7 @@ async def limit(request: Request, *args: Any) -> Any:
 
 async def info(request: Request, *args: Any) -> dict[str, Any]:
     a = Args("info", list(args), ("HANDLE",))
-    container = request.container(a.string(0))
-    payload: dict[str, Any] = {
-        "state": str(container.state),
-        "events": list(container.events),
-        "host_ip": None,
-        "container_ip": None,
-        "container_path": str(container.path),
-        "job_ids": sorted(container.jobs),
-        "properties": container.options.get("properties", {}),
-        "limits": {},
-    }
-    payload.update(await request.supervisor.hooks.info(container))
-    return payload
+    return await request.supervisor.info(request.container(a.string(0)))
 
 
 async def pause(request: Request, *args: Any) -> str:

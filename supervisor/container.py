@@ -59,21 +59,21 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.DESTROYED: frozenset(),
 }
 
-#: A container that exists for clients, whether its processes run or not.
-_LIVE = frozenset({State.ACTIVE, State.PAUSED, State.STOPPED})
+#: The states of a container clients see, whether its processes run or not.
+LIVE = frozenset({State.ACTIVE, State.PAUSED, State.STOPPED})
 
 #: The states in which each container operation is allowed.
 ALLOWED: dict[str, frozenset[State]] = {
     "spawn": frozenset({State.ACTIVE}),
     "pause": frozenset({State.ACTIVE}),
     "resume": frozenset({State.PAUSED}),
-    "link": _LIVE,
-    "stream": _LIVE,
-    "stop": _LIVE,
-    "destroy": _LIVE,
-    "info": _LIVE | {State.BORN},
-    "limit": _LIVE,
-    "copy": _LIVE,
+    "link": LIVE,
+    "stream": LIVE,
+    "stop": LIVE,
+    "destroy": LIVE,
+    "info": LIVE | {State.BORN},
+    "limit": LIVE,
+    "copy": LIVE,
 }
 
 #: How often a quiet job's output size is checked against the cap, at most.

@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from supervisor.api import ContainerView, Handler
+    from supervisor.api import ContainerView, DaemonView, Handler
     from supervisor.sandbox import LaunchPlan, Limit, Sandbox
 
 PROJECT = "corral"
@@ -82,7 +82,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def corral_startup(live_handles: frozenset[str]) -> Awaitable[None] | None:
+def corral_startup(live_handles: frozenset[str], daemon: DaemonView) -> Awaitable[None] | None:
     """Prepare host-wide resources and remove leftovers, after the containers were restored.
 
     Called once at start, for every plugin in registration order, each awaited
@@ -92,6 +92,8 @@ def corral_startup(live_handles: frozenset[str]) -> Awaitable[None] | None:
     :param live_handles: the handles of every container the daemon restored;
         anything the plugin finds on the host that belongs to another handle is a
         leftover of a crash and should be removed.
+    :param daemon: what a plugin may read of the whole daemon for as long as it
+        runs (its containers, their ``info``, the requests served); keep it.
     """
 
 

@@ -28,7 +28,7 @@ from supervisor.config import Config
 from supervisor.settings import ConfigError, parse_table
 
 if TYPE_CHECKING:
-    from supervisor.api import ContainerView, Handler
+    from supervisor.api import ContainerView, DaemonView, Handler
     from supervisor.sandbox import LaunchPlan, Limit, Sandbox
 
 log = structlog.get_logger()
@@ -261,10 +261,10 @@ class Hooks:
                 merged[key] = value
         return merged
 
-    async def startup(self, live_handles: frozenset[str]) -> None:
+    async def startup(self, live_handles: frozenset[str], daemon: DaemonView) -> None:
         for impl in self._impls["corral_startup"]:
             try:
-                await _resolve(impl({"live_handles": live_handles}))
+                await _resolve(impl({"live_handles": live_handles, "daemon": daemon}))
             except Exception as exc:
                 raise PluginError(
                     f"plugin {impl.plugin}: start-up failed: {type(exc).__name__}: {exc}"

@@ -18,12 +18,14 @@ from typing import Any
 import structlog
 import trio
 
+from supervisor.api import ContainerView
 from supervisor.config import Config
-from supervisor.container import Container, State
+from supervisor.container import LIVE, Container, State
 from supervisor.depot import Depot
 from supervisor.errors import InvalidRequest, UnknownHandle
 from supervisor.events import EventBus, StateChanged
 from supervisor.plugins import Hooks
+from supervisor.requests import RequestStats
 
 HANDLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -91,6 +93,8 @@ class Supervisor:
         self.hooks = hooks
         self.depot = depot
         self.bus = EventBus()
+        #: Requests served, by command (the server records them).
+        self.requests = RequestStats()
         self.containers: dict[str, Container] = {}
         self.create_options = {**hooks.create_options, **CORE_CREATE_OPTIONS}
         #: Resources of the ``limit`` command, by name.
@@ -113,7 +117,7 @@ class Supervisor:
                 self._trash_send.send_nowait((path, []))
             await self._recover()
             try:
-                await self.hooks.startup(frozenset(self.containers))
+                await self.hooks.startup(frozenset(self.containers), self)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await self.detach_all()  # the daemon stops; its containers live on
@@ -124,7 +128,7 @@ class Supervisor:
     def get(self, handle: Any) -> Container:
         """The live container *handle*, or UnknownHandle."""
         container = self.containers.get(handle) if isinstance(handle, str) else None
-        if container is None or container.state in (State.BORN, State.DESTROYED):
+        if container is None or container.state not in LIVE:
             raise UnknownHandle(f"unknown handle {handle!r}")
         return container
 
@@ -173,15 +177,36 @@ class Supervisor:
         self._trash_send.close()
         await self._trash_emptied.wait()
 
+    # -- what plugins may read (supervisor.api.DaemonView) -----------------------------
+
+    def live(self) -> list[Container]:
+        """The containers clients see (active, paused or stopped)."""
+        return [c for c in self.containers.values() if c.state in LIVE]
+
+    async def info(self, view: ContainerView) -> dict[str, Any]:
+        """The ``info`` payload of a live container: the core's fields, then the plugins'.
+
+        Raises:
+            UnknownHandle: the container is gone.
+        """
+        container = self.get(view.handle)
+        payload: dict[str, Any] = {
+            "state": str(container.state),
+            "events": list(container.events),
+            "host_ip": None,
+            "container_ip": None,
+            "container_path": str(container.path),
+            "job_ids": sorted(container.jobs),
+            "properties": container.options.get("properties", {}),
+            "limits": {},
+        }
+        payload.update(await self.hooks.info(container))
+        return payload
+
     def list(self, properties: dict[str, str] | None = None) -> list[str]:
         """Handles of the live containers whose properties include *properties*."""
         wanted = (properties or {}).items()
-        return [
-            handle
-            for handle, c in self.containers.items()
-            if c.state in (State.ACTIVE, State.PAUSED, State.STOPPED)
-            and wanted <= c.options.get("properties", {}).items()
-        ]
+        return [c.handle for c in self.live() if wanted <= c.options.get("properties", {}).items()]
 
     async def _live(
         self, container: Container, restoring: bool, *, task_status: trio.TaskStatus[None]

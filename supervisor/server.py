@@ -13,6 +13,7 @@ import grp
 import os
 import select
 import socket as stdsocket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,8 @@ from supervisor.registry import Supervisor
 log = structlog.get_logger()
 
 RECEIVE_SIZE = 64 * 1024
+#: What a request is counted as before its command is known to exist.
+INVALID, UNKNOWN = "(invalid)", "(unknown)"
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -163,6 +166,7 @@ class Connection:
         except OSError:
             self.eof = True
             return False
+        self.server.stats.pings += 1
         if sent < len(PONG):
             self.pending.append(PONG[sent:])
             return False
@@ -236,19 +240,26 @@ class Connection:
         """Queue the reply to one request line; False when the connection must close."""
         self.pinged = line == PING
         if self.pinged:
+            self.server.stats.pings += 1
             self.pending.append(PONG)
             return True
         # A handler may block (link, stop...): the replies before it go out first.
         await self.flush()
         structlog.contextvars.clear_contextvars()
+        started = time.perf_counter()
+        # Counted under its name only once known: clients choose what they send.
+        command, failed = INVALID, True
         try:
             name, args = decode_request(line)
             structlog.contextvars.bind_contextvars(command=name)
             handler = self.server.commands.get(name)
             if handler is None:
+                command = UNKNOWN
                 raise UnknownCommand(f"unknown command {name!r}")
+            command = name
             payload = await handler(self.request, *args)
             reply = encode_reply(payload)
+            failed = False
         except Exception as exc:
             error = unwrap(exc)
             if isinstance(error, ProtocolViolation):
@@ -260,6 +271,8 @@ class Connection:
             else:
                 log.exception("request crashed")
                 reply = encode_error("internal", f"{type(error).__name__}: {error}")
+        finally:
+            self.server.stats.record(command, time.perf_counter() - started, failed)
         self.pending.append(reply)
         return True
 
@@ -271,6 +284,7 @@ class Server:
         self.supervisor = supervisor
         self.commands = {**extra_commands, **CORE_COMMANDS}
         self.poller = Poller()
+        self.stats = supervisor.requests
 
     async def serve(
         self,

@@ -229,3 +229,19 @@ def test_stream_chunk_lines() -> None:
     assert json.loads(line) == ["stdout", base64.b64encode(raw).decode()]
     name, text = json.loads(encode_stream_chunk("stderr", raw, "utf-8"))
     assert name == "stderr" and text.encode("utf-8", "surrogateescape") == raw
+
+
+def test_request_stats_count_time_and_bucket() -> None:
+    from supervisor.requests import BUCKETS, RequestStats
+
+    stats = RequestStats()
+    stats.record("info", 0.0004, failed=False)
+    stats.record("info", 0.003, failed=True)
+    stats.record("info", 99.0, failed=False)
+    info = stats.commands["info"]
+    assert (info.count, info.errors) == (3, 1)
+    assert info.seconds == pytest.approx(99.0034)
+    assert info.buckets[BUCKETS.index(0.0005)] == 1
+    assert info.buckets[BUCKETS.index(0.005)] == 1
+    assert info.buckets[-1] == 1  # past the last bound
+    assert sum(info.buckets) == info.count
