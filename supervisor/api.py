@@ -183,6 +183,13 @@ class DaemonView(Protocol):
     def requests(self) -> RequestStats:
         """The requests served since the daemon started, by command."""
 
+    def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``fn(*args)`` for as long as the daemon runs (a server, a periodic writer).
+
+        It is cancelled when the daemon stops, before the plugins' ``corral_shutdown``;
+        an exception it raises is logged and ends only that task.
+        """
+
 
 class Request(Protocol):
     """What a command handler gets besides the request's arguments."""

@@ -92,8 +92,9 @@ def corral_startup(live_handles: frozenset[str], daemon: DaemonView) -> Awaitabl
     :param live_handles: the handles of every container the daemon restored;
         anything the plugin finds on the host that belongs to another handle is a
         leftover of a crash and should be removed.
-    :param daemon: what a plugin may read of the whole daemon for as long as it
-        runs (its containers, their ``info``, the requests served); keep it.
+    :param daemon: what a plugin may use of the whole daemon for as long as it
+        runs (its containers, their ``info``, the requests served, tasks of the
+        plugin's own for the daemon's life); keep it.
     """
 
 

@@ -11,7 +11,7 @@ import math
 import re
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,8 @@ class Supervisor:
         self.limits = hooks.limit_resources
         depot.spare_directories = hooks.spare_directories
         self._nursery: trio.Nursery | None = None
+        #: The plugins' tasks (start_soon): cancelled before the plugins shut down.
+        self._tasks: trio.Nursery | None = None
         # Directories of destroyed containers, deleted one at a time after the reply,
         # each after the cleanups its plugins left (Container.after_destroy).
         self._trash_send, self._trash_receive = trio.open_memory_channel[
@@ -113,6 +115,7 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._empty_trash)
+            await nursery.start(self._host_tasks)
             for path in self.depot.trash_left():
                 self._trash_send.send_nowait((path, []))
             await self._recover()
@@ -167,8 +170,11 @@ class Supervisor:
         await container.finished.wait()
 
     async def detach_all(self) -> None:
-        """Let every container's task end without releasing kernel resources; then
-        finish the clean-ups of the containers destroyed before (the plugins stop next)."""
+        """Stop the plugins' tasks; let every container's task end without releasing kernel
+        resources; then finish the clean-ups of the containers destroyed before (the
+        plugins stop next)."""
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
         for container in list(self.containers.values()):
             container.detaching = True
             container.request_destroy()
@@ -177,7 +183,25 @@ class Supervisor:
         self._trash_send.close()
         await self._trash_emptied.wait()
 
-    # -- what plugins may read (supervisor.api.DaemonView) -----------------------------
+    # -- what plugins may use (supervisor.api.DaemonView) ------------------------------
+
+    async def _host_tasks(self, *, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as tasks:
+            self._tasks = tasks
+            task_status.started()
+            await trio.sleep_forever()
+
+    def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a plugin's task for the daemon's life; its failure is logged, not fatal."""
+        assert self._tasks is not None
+
+        async def supervised() -> None:
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("plugin task failed", task=getattr(fn, "__qualname__", repr(fn)))
+
+        self._tasks.start_soon(supervised)
 
     def live(self) -> list[Container]:
         """The containers clients see (active, paused or stopped)."""

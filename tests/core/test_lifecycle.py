@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from supervisor.api import ContainerView, hookimpl
+from supervisor.api import ContainerView, DaemonView, hookimpl
 from supervisor.container import Container, State
 from supervisor.errors import InvalidState, UnknownHandle
 from supervisor.plugins import PluginError
@@ -298,3 +298,38 @@ def test_a_failing_startup_stops_the_daemon_and_detaches_the_restored_containers
         "a released detaching=True",
     ]
     assert (tmp_path / "kept").is_dir()  # for the next daemon
+
+
+def test_a_plugin_reads_the_daemon_and_its_task_ends_before_its_shutdown(tmp_path: Path) -> None:
+    log: list[str] = []
+
+    class Watcher:
+        @hookimpl
+        def corral_startup(self, daemon: DaemonView) -> None:
+            self.daemon = daemon
+            daemon.start_soon(self.task)
+
+        async def task(self) -> None:
+            log.append("running")
+            try:
+                await trio.sleep_forever()
+            finally:
+                log.append("cancelled")
+
+        @hookimpl
+        def corral_shutdown(self) -> None:
+            log.append("shutdown")
+
+    watcher = Watcher()
+
+    async def main() -> None:
+        async with running_core(tmp_path, [("launch", FakeLaunch([])), ("w", watcher)]) as s:
+            container = await s.create({"handle": "seen", "grace_time": None})
+            assert [c.handle for c in watcher.daemon.live()] == ["seen"]
+            info = await watcher.daemon.info(container)
+            assert (info["state"], info["job_ids"]) == ("active", [])
+            s.requests.record("info", 0.001, failed=False)
+            assert watcher.daemon.requests.commands["info"].count == 1
+
+    run(main)
+    assert log == ["running", "cancelled", "shutdown"]
