@@ -21,6 +21,7 @@ TARGETS = {
     "density_start": "500 started no slower than 500 `crun run -d` (<= 1.0x)",
     "ping_p99": "ping p99 < 5 ms at 100 clients",
     "stream": ">= 200 MB/s (MB = 10^6 bytes)",
+    "events": "a job's exit reaches 100 subscribers with p99 < 2 ms",
 }
 
 
@@ -149,7 +150,7 @@ def summary(r: Results) -> list[str]:
         "| metric | Corral | best / reference peer | ratio | target | |",
         "|---|---|---|---|---|---|",
     ]
-    for rows in (cold_rows, exec_rows, density_rows, control_rows, stream_rows):
+    for rows in (cold_rows, exec_rows, density_rows, control_rows, stream_rows, events_rows):
         lines += rows(r)
     if r["quick"]:
         lines += [
@@ -476,6 +477,68 @@ def control(r: Results) -> list[str]:
     return lines
 
 
+def events_rows(r: Results) -> list[str]:
+    """Delivery p99 (the target), and ping p99 with idle subscribers against none."""
+    e = r.get("events")
+    if not e:
+        return []
+    d, without, with_ = e["delivery"], e["ping_without"], e["ping_with"]
+    return [
+        ratio_row(
+            f"event delivery p99, {e['subscribers']} subscribers",
+            d.get("p99"),
+            "–",
+            None,
+            TARGETS["events"],
+            d.get("p99", 1e9) < 2,
+            "ms",
+        ),
+        ratio_row(
+            f"ping p99, 1 client, {e['idle']} idle subscribers",
+            with_.get("p99"),
+            "no subscriber",
+            without.get("p99"),
+            "–",
+            None,
+            "ms",
+        ),
+    ]
+
+
+def events(r: Results) -> list[str]:
+    """Event delivery latency, and ping with and without idle subscribers."""
+    e = r.get("events")
+    if not e:
+        return []
+    d = e["delivery"]
+    lines = [
+        "",
+        "## Events",
+        "",
+        f"{e['subscribers']} subscriptions to one container's job exits, in a process of their "
+        f"own; {e['jobs']} jobs run one after another. Latency: from the daemon's publishing "
+        "of the exit (the event's `time`) to the line being readable at each subscriber (ms).",
+        "",
+        "| events | median | p90 | p99 | mean | min | max |",
+        "|---|---|---|---|---|---|---|",
+        f"| {d['events']} | {fmt(d.get('median'), 3)} | {fmt(d.get('p90'), 3)} | "
+        f"{fmt(d.get('p99'), 3)} | {fmt(d.get('mean'), 3)} | {fmt(d.get('min'), 3)} | "
+        f"{fmt(d.get('max'), 3)} |",
+        "",
+        f"`ping` from one client, with no subscriber and with {e['idle']} idle subscriptions "
+        "open (ms):",
+        "",
+        "| subscribers | throughput (req/s) | median | p90 | p99 | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, p in (("0", e["ping_without"]), (str(e["idle"]), e["ping_with"])):
+        lines.append(
+            f"| {label} | {fmt(p['throughput_per_s'], 0)} | {fmt(p.get('median'), 3)} | "
+            f"{fmt(p.get('p90'), 3)} | {fmt(p.get('p99'), 3)} | {fmt(p.get('max'), 3)} |"
+        )
+    return lines
+
+
 def stream(r: Results) -> list[str]:
     """MB/s of each job streamed, and of the same job alone."""
     st = r.get("stream", {}).get("variants", {})
@@ -603,6 +666,7 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     density,
     control,
     stream,
+    events,
     profile,
     setup,
     errors,

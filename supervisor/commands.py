@@ -280,7 +280,7 @@ async def events(request: Request, *args: Any) -> list[Any]:
                 f"events: unknown kind {unknown[0]!r} (known: {', '.join(sorted(KINDS))})"
             )
     async with (
-        request.supervisor.bus.watch(handles, kinds) as watch,
+        request.supervisor.bus.watch(handles, kinds, send_now=request.connection.send_now) as watch,
         trio.open_nursery() as nursery,
     ):
 
@@ -290,10 +290,14 @@ async def events(request: Request, *args: Any) -> list[Any]:
 
         nursery.start_soon(until_input)
         # Events from here on are seen: a client may act once it has read this line.
+        watch.sending = True
         await request.send(encode_line(["watching", {"handles": handles, "kinds": kinds}]))
+        watch.sending = False
         while (line := await watch.next()) is not None:
+            watch.sending = True
             with trio.CancelScope(shield=True):  # a line is sent whole, or the client is gone
                 await request.send(line)
+            watch.sending = False
         nursery.cancel_scope.cancel()
     return []
 

@@ -128,6 +128,19 @@ class Connection:
         await self.flush()
         await trio.lowlevel.checkpoint()
 
+    def send_now(self, data: bytes) -> int:
+        """Write what the socket takes of *data* without waiting, when nothing is pending.
+
+        Returns how much was written (0 when it would block, or the client is gone:
+        the next :meth:`send` says which).
+        """
+        if self.pending:
+            return 0
+        try:
+            return self.sock.send(data)
+        except OSError:
+            return 0
+
     async def flush(self) -> None:
         """Send the pending replies in one write, waiting only while the socket is full."""
         if not self.pending:
