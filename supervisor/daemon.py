@@ -1,7 +1,9 @@
 """``corrald``: load the config and plugins, restore the depot, serve the socket.
 
 SIGTERM and SIGINT stop the daemon cleanly: the socket closes, and containers
-are detached, not destroyed; the next daemon re-adopts them.
+are detached, not destroyed; the next daemon re-adopts them. Under systemd
+(``Type=notify``) it reports ``READY=1`` once the socket listens and ``STOPPING=1``
+as it begins to stop (:mod:`supervisor.sdnotify`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import structlog
 import trio
 
 from supervisor import config as config_module
-from supervisor import logs
+from supervisor import logs, sdnotify
 from supervisor.commands import CORE_COMMANDS
 from supervisor.depot import Depot
 from supervisor.plugins import Hooks, PluginError, load_plugins
@@ -97,9 +99,13 @@ async def serve(config: config_module.Config, hooks: Hooks) -> None:
                 containers=len(supervisor.containers),
                 plugins=hooks.plugin_names(),
             )
+            # The socket listens: a client connecting now is queued and answered as soon
+            # as serve_clients runs. So systemd (Type=notify) may start the clients.
+            sdnotify.notify("READY=1")
             async for signum in signals:
                 log.info("shutting down", signal=signal.Signals(signum).name)
                 break
+            sdnotify.notify("STOPPING=1")
             server_scope.cancel()
             await listener.aclose()
             config.daemon.socket.unlink(missing_ok=True)

@@ -110,7 +110,10 @@ class PrivateDaemon:
             "net": _unique_network(self.dir.name),
         }
         self.configure(tables or {})
-        self.env = {**os.environ, **(env or {})}
+        # Not the service manager's address of a test run that is itself a service: only
+        # the daemons given one (tests/test_service.py) report to a NOTIFY_SOCKET.
+        inherited = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        self.env = {**inherited, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
