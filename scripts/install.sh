@@ -2,7 +2,8 @@
 # Install Corral on a Debian machine, as root, and (re)start the daemon.
 # Idempotent: run it again after pulling to upgrade.
 #   system packages, /opt/corral/venv, /usr/local/lib/corral/corral-init,
-#   the base rootfs in /var/lib/corral/rootfs/base, /etc/corral/corral.toml.
+#   the base rootfs in /var/lib/corral/rootfs/base, /etc/corral/corral.toml;
+#   where systemd is PID 1, the service /etc/systemd/system/corrald.service.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,6 +11,7 @@ VENV=/opt/corral/venv
 INIT=/usr/local/lib/corral/corral-init
 ROOTFS=/var/lib/corral/rootfs/base
 CONFIG=/etc/corral/corral.toml
+UNIT=/etc/systemd/system/corrald.service
 
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
@@ -45,4 +47,19 @@ if [ ! -f "$CONFIG" ]; then
     install -D -m 0644 "$REPO/etc/corral.toml" "$CONFIG"
 fi
 
-bash "$REPO/scripts/corraldctl" restart
+if [ -d /run/systemd/system ]; then
+    # systemd is PID 1: it runs the daemon. One corraldctl started before would hold the
+    # socket and the depot: stop it (its containers live on; the service re-adopts them).
+    bash "$REPO/scripts/corraldctl" stop
+    install -m 0644 "$REPO/etc/corrald.service" "$UNIT"
+    systemctl daemon-reload
+    systemctl enable -q corrald.service
+    # Type=notify: returns once the daemon serves, or fails if it does not.
+    systemctl restart corrald.service || {
+        journalctl -u corrald.service -n 20 --no-pager >&2
+        exit 1
+    }
+    echo "corrald running: systemctl status corrald; log: journalctl -u corrald -o cat"
+else
+    bash "$REPO/scripts/corraldctl" restart
+fi

@@ -1,8 +1,12 @@
-"""corrald as a systemd service: the readiness protocol (``sd_notify``)."""
+"""corrald as a systemd service: the unit file and the readiness protocol (``sd_notify``)."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -10,8 +14,90 @@ from typing import Any
 
 import pytest
 
+from supervisor import config as config_module
 from supervisor import sdnotify
-from tests.conftest import Daemon
+from tests.conftest import REPO, Daemon
+
+UNIT = REPO / "etc" / "corrald.service"
+INSTALL = REPO / "scripts" / "install.sh"
+
+# -- the unit ---------------------------------------------------------------------------------
+
+
+def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
+    """Each section's settings: key -> its values in order (a key may be given again)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        else:
+            key, _, value = line.partition("=")
+            current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def exec_start() -> list[str]:
+    return shlex.split(unit_settings(UNIT.read_text())["Service"]["ExecStart"][0])
+
+
+def test_the_unit_keeps_the_containers_and_reports_readiness() -> None:
+    unit = unit_settings(UNIT.read_text())
+    service = unit["Service"]
+    # systemctl stop/restart signal the daemon alone, with SIGTERM: it detaches its containers.
+    assert service["KillMode"] == ["process"]
+    assert service.get("KillSignal", ["SIGTERM"]) == ["SIGTERM"]
+    assert service["Delegate"] == ["yes"]
+    # A container's OOM kill must not stop the service.
+    assert service["OOMPolicy"] == ["continue"]
+    assert service["Type"] == ["notify"]
+    assert "NotifyAccess" not in service  # "main": corrald itself sends READY=1
+    # The directory of the default socket, made by systemd and kept across restarts.
+    socket_dir = config_module.DaemonSection().socket.parent
+    assert [f"/run/{d}" for d in service["RuntimeDirectory"]] == [str(socket_dir)]
+    assert service["RuntimeDirectoryPreserve"] == ["yes"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_the_unit_starts_the_daemon_install_sh_installs() -> None:
+    binary, *args = exec_start()
+    assert args == ["--config", str(config_module.DEFAULT_PATH)]
+    script = INSTALL.read_text()
+    assert f'ln -sf "$VENV/bin/corrald" {binary}\n' in script
+    assert "UNIT=/etc/systemd/system/corrald.service\n" in script
+    assert 'install -m 0644 "$REPO/etc/corrald.service" "$UNIT"' in script
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root")
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verifies_the_unit() -> None:
+    binary = Path(exec_start()[0])
+    if not binary.exists():
+        pytest.skip(f"{binary} is not installed (scripts/install.sh): verify checks ExecStart's")
+    # verify runs a test system manager, which touches /run/systemd/systemd-units-load (to
+    # date its last load of units): it gets a /run of its own (any host has one to mount on),
+    # which goes with it.
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o mode=0755 corral-verify /run && exec systemd-analyze verify "$0"',
+            str(UNIT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Warnings (an unknown key, a value it cannot parse) leave the status 0: read them too.
+    # Lines about other units (those it loads for After= and WantedBy=) are the host's business.
+    about_ours = [line for line in result.stderr.splitlines() if UNIT.name in line]
+    assert result.returncode == 0 and not about_ours, result.stderr
+
 
 # -- readiness ---------------------------------------------------------------------------------
 
