@@ -1,14 +1,18 @@
-"""corrald as a systemd service: the unit file and the readiness protocol (``sd_notify``)."""
+"""corrald as a systemd service: the unit file, the readiness protocol (``sd_notify``)
+and the README's ``jq`` commands that read the daemon's log."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,4 +164,91 @@ def test_ready_once_the_socket_answers_then_stopping_on_sigterm(
         assert manager.recv(4096) == b"STOPPING=1"
     finally:
         manager.close()
+        d.close()
+
+
+# -- the log --------------------------------------------------------------------------------
+
+#: In README.md's commands: the log of a system daemon, and an example handle.
+README_LOG = "/var/log/corral/corrald.log"
+README_HANDLE = "3f9c0a1b2c4d"
+#: A POSIX time zone three hours east of UTC ("CRL"), which needs no tzdata.
+TZ, TZ_OFFSET = "CRL-3", timedelta(hours=3)
+
+
+def readme_log_commands() -> dict[str, str]:
+    """The commands of README.md's "The daemon log" block, each under its comment line."""
+    text = (REPO / "README.md").read_text()
+    section = re.search(r"^## The daemon log\n(.*?)^## ", text, flags=re.M | re.S)
+    assert section, "README.md has no section 'The daemon log'"
+    block = re.search(r"^```sh\n(.*?)^```", section.group(1), flags=re.M | re.S)
+    assert block, "'The daemon log' in README.md has no sh block"
+    parts = re.split(r"^# (.*)\n", block.group(1), flags=re.M)
+    assert parts[0] == "", "every command in the block comes after a comment"
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def readable(record: dict[str, Any], *known: str) -> tuple[str, dict[str, Any]]:
+    """What the commands print for *record*: the start of its line (time in TZ, level,
+    event) and the rest of its fields but *known*, as the JSON object the line ends with."""
+    stamp = record["timestamp"]
+    local = datetime.fromisoformat(stamp) + TZ_OFFSET
+    start = f"{local:%Y-%m-%d %H:%M:%S}{stamp[19:23]} {record['level']} {record['event']} "
+    rest = {k: v for k, v in record.items() if k not in {"timestamp", "level", "event", *known}}
+    return start, rest
+
+
+def assert_prints(output: str, records: list[dict[str, Any]], *known: str) -> None:
+    lines = output.splitlines()
+    assert len(lines) == len(records), output
+    for line, record in zip(lines, records, strict=True):
+        start, rest = readable(record, *known)
+        assert line.startswith(start), (line, record)
+        assert json.loads(line[len(start) :]) == rest, (line, record)
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (scripts/install.sh)")
+def test_the_readme_jq_commands_read_a_real_daemon_log(artifacts: tuple[Path, Path]) -> None:
+    # A job over the output cap: the daemon logs warnings for its container.
+    d = Daemon(*artifacts, {"containers": {"output_limit": 4096}}).start()
+    try:
+        with d.client() as c:
+            noisy = c.create()
+            quiet = c.create()
+            assert c.run(noisy, "yes")[0] == 128 + 9
+            assert c.run(quiet, "echo hi")[0] == 0
+            c.destroy(noisy)
+            c.destroy(quiet)
+        assert d.terminate() == 0  # every line written
+        records = [json.loads(line) for line in d.log.read_text().splitlines()]
+
+        commands = readme_log_commands()
+        assert len(commands) == 2, commands
+        errors, one_container = commands.values()
+        assert README_LOG in errors and README_LOG in one_container
+        assert README_HANDLE in one_container
+
+        def run(command: str) -> str:
+            command = command.replace(README_LOG, shlex.quote(str(d.log)))
+            command = command.replace(README_HANDLE, noisy)
+            result = subprocess.run(
+                ["bash", "-c", command],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={"PATH": "/usr/bin:/bin", "TZ": TZ},
+            )
+            assert result.returncode == 0 and not result.stderr, result.stderr
+            return result.stdout
+
+        bad = [r for r in records if r["level"] in ("error", "warning")]
+        assert {"job output over limit", "container event"} <= {
+            r["event"] for r in bad if r.get("handle") == noisy
+        }
+        assert_prints(run(errors), bad)
+
+        mine = [r for r in records if r.get("handle") == noisy]
+        assert {"job output over limit", "container destroyed"} <= {r["event"] for r in mine}
+        assert_prints(run(one_container), mine, "handle")
+    finally:
         d.close()
