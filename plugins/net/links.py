@@ -223,6 +223,43 @@ def host_networks(ignore_prefix: str) -> list[tuple[str, IPv4Network]]:
         return found
 
 
+#: Where a veth's counters are: veths are virtual devices, and this path skips resolving
+#: the symlink ``/sys/class/net/DEV`` (a third of the cost of reading them).
+_STATISTICS = "/sys/devices/virtual/net/{}/statistics/"
+#: ``net_stat`` keys as the container sees its traffic, with the host end's counter
+#: each one is: what the host end receives, the container sent.
+NET_STAT = (
+    ("rx_bytes", "tx_bytes"),
+    ("tx_bytes", "rx_bytes"),
+    ("rx_packets", "tx_packets"),
+    ("tx_packets", "rx_packets"),
+)
+
+
+def container_traffic(device: str) -> dict[str, int | None]:
+    """The traffic of the container whose veth's host end is *device*, from the container's
+    side (``rx_bytes`` is what it received): its host end's counters, swapped.
+
+    Four small reads of sysfs (about 25 µs in all), on the event loop: ``info`` is a hot
+    path, and a worker thread's round trip costs more. The counters are kept by the
+    kernel without the RTNL lock, so this never waits for a device being made or
+    deleted. Every value is None when the device is gone (a container whose init
+    died, a veth not re-created yet).
+    """
+    base = _STATISTICS.format(device)
+    out: dict[str, int | None] = {}
+    try:
+        for key, counter in NET_STAT:
+            fd = os.open(base + counter, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                out[key] = int(os.read(fd, 32))
+            finally:
+                os.close(fd)
+    except (OSError, ValueError):
+        return dict.fromkeys(key for key, _ in NET_STAT)
+    return out
+
+
 def ip_forwarding() -> bool:
     """Whether the host routes IPv4 (``net.ipv4.ip_forward``)."""
     return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"

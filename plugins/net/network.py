@@ -437,11 +437,16 @@ class Network:
         await container.publish(NetRuleChanged(container.handle, "out", allow.to_json()))
 
     def info(self, container: ContainerView) -> dict[str, Any]:
-        """``host_ip`` and ``container_ip`` of the container (nothing when it has no network)."""
+        """``host_ip``, ``container_ip`` and ``net_stat`` (the traffic of its veth, as the
+        container sees it) of the container (nothing when it has no network)."""
         att = self.attachments.get(container.handle)
         if att is None:
             return {}
-        return {"host_ip": str(att.lease.gateway), "container_ip": str(att.lease.address)}
+        return {
+            "host_ip": str(att.lease.gateway),
+            "container_ip": str(att.lease.address),
+            "net_stat": links.container_traffic(att.device),
+        }
 
     # -- daemon lifetime --------------------------------------------------------------
 
