@@ -442,9 +442,10 @@ class Network:
         att = self.attachments.get(container.handle)
         if att is None:
             return {}
+        host_ip, container_ip = att.lease.texts
         return {
-            "host_ip": str(att.lease.gateway),
-            "container_ip": str(att.lease.address),
+            "host_ip": host_ip,
+            "container_ip": container_ip,
             "net_stat": links.container_traffic(att.device),
         }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -131,6 +132,12 @@ class Lease:
     address: IPv4Address
     gateway: IPv4Address
     prefixlen: int
+
+    @cached_property
+    def texts(self) -> tuple[str, str]:
+        """The gateway and the container address as text, formatted once: ``info`` shows
+        them, and formatting an ``IPv4Address`` costs a few microseconds."""
+        return str(self.gateway), str(self.address)
 
     @property
     def cidr(self) -> str:
