@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("isolation", "plugins.isolation:IsolationPlugin"),
     ("cgroups", "plugins.cgroups:CgroupsPlugin"),
     ("net", "plugins.net:NetworkPlugin"),
+    ("metrics", "plugins.metrics:MetricsPlugin"),
 )
 
 BLOCK_ENV = "CORRAL_BLOCK_PLUGINS"
