@@ -7,12 +7,21 @@ nsenter) and a stop that kills any init the daemon left behind.
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 from bench.host import BASE_ROOTFS, INIT, NET_POOL, NET_PREFIX, NET_TABLE, Proc, processes
 from supervisor.client import Client
 from supervisor.testing import PrivateDaemon
+
+
+def _free_loopback_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 class BenchDaemon(PrivateDaemon):
@@ -48,6 +57,11 @@ class BenchDaemon(PrivateDaemon):
         self.configure(
             {"net": {"table": NET_TABLE, "interface_prefix": NET_PREFIX, "pool": NET_POOL}}
         )
+        # The metrics endpoint, for the scrapes of the density phase (idle otherwise).
+        port = _free_loopback_port()
+        self.configure({"metrics": {"listen": f"127.0.0.1:{port}"}})
+        #: Where the daemon serves its metrics.
+        self.metrics_url = f"http://127.0.0.1:{port}/metrics"
         #: The daemon's plugins, from its "corrald ready" log line.
         self.plugins: list[str] = []
         #: Lines for RESULTS.md ("Peers and host set-up").

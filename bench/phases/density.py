@@ -3,7 +3,8 @@
 Corral over one connection (``create`` + ``spawn``), then crun (``run -d``).
 Memory per container besides the workload is the PSS of every other process in
 the container's pid namespace, plus processes on the host per container, plus
-for Corral the daemon's own PSS growth over N.
+for Corral the daemon's own PSS growth over N. With Corral's N containers
+running, the metrics plugin is scraped (:mod:`.scrape`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from bench.daemon import BenchDaemon
 from bench.host import SLEEP_SECONDS, Proc, is_idle_sleep, log, meminfo, processes, smaps
+from bench.phases import scrape
 from bench.phases.common import Bench
 from bench.stats import per, summarize
 
@@ -57,6 +59,11 @@ def corral(daemon: BenchDaemon, n: int) -> dict[str, Any]:
     res["per_container_start_ms"] = summarize(per_start)
     time.sleep(1.0)  # let the last ones settle before measuring memory
     res.update(corral_memory(daemon, daemon0, mem0, len(handles)))
+    try:
+        res["metrics_scrape"] = scrape.measure(daemon, len(handles))
+    except Exception as exc:
+        res["metrics_scrape"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"metrics scrapes failed: {res['metrics_scrape']['error']}")
     t0 = time.perf_counter()
     per_destroy: list[float] = []
     with daemon.client() as c:
