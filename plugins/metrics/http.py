@@ -126,6 +126,7 @@ async def serve(sock: socket.socket, page: Page, content_type: str) -> None:
 
 
 async def _exchange(stream: trio.SocketStream, page: Page, content_type: str) -> None:
+    """Read one request, send its response, and say no more (the caller closes)."""
     try:
         head: bytes | None = None
         with trio.move_on_after(HEAD_TIMEOUT):
