@@ -20,6 +20,16 @@ container's whole life in the prepare context and publishes
 stops the container. Stopping with KILL freezes the cgroup first, so no process
 escapes by forking.
 
+The create option ``memory_pressure`` (``"low"``, ``"medium"``, ``"critical"``, a
+PSI threshold ``{"psi": "some 150000 1000000"}`` on cgroup v2, or a list of them)
+starts the memory pressure watcher (:mod:`~plugins.cgroups.pressure`) beside the
+OOM watcher: v1 vmpressure levels through ``cgroup.event_control``, v2 PSI
+triggers on ``memory.pressure`` (each named level is a trigger: ``low`` some
+0.1%, ``medium`` some 5%, ``critical`` full 10% of a 1 s window). Each
+notification is published as :class:`~supervisor.api.MemoryPressure`, at most
+one per level per second; ``info`` shows ``memory_pressure``, what the kernel
+was given for each level.
+
 Config ``[cgroups]``: ``parent`` (default ``"corral"``), the cgroup under each
 hierarchy root holding the containers' cgroups. It belongs to one daemon: the
 daemon removes any cgroup in it that is not one of its containers, creates it
@@ -40,7 +50,7 @@ import structlog
 import trio
 
 from plugins.cgroups import layout as layout_module
-from plugins.cgroups import oom
+from plugins.cgroups import oom, pressure
 from plugins.cgroups.backend import CPUSET, FREEZE_TIMEOUT, MEMORY, CgroupError
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.layout import Layout
@@ -53,6 +63,7 @@ from supervisor.api import (
     InvalidState,
     LaunchPlan,
     Limit,
+    MemoryPressure,
     OutOfMemory,
     StashKey,
     context_nursery,
@@ -67,6 +78,8 @@ log = structlog.get_logger().bind(plugin=NAME)
 
 #: The cgroups of a container, while its prepare context is open.
 GROUP = StashKey[ContainerCgroups]()
+#: What the kernel was given for each memory pressure level watched (for ``info``).
+PRESSURE = StashKey[dict[str, str]]()
 
 
 def _parent(value: Any) -> str:
@@ -110,6 +123,8 @@ class CgroupsPlugin:
         self.parent = settings.parent
         self.layout: Layout = layout_module.detect()
         self.spares = Spares(self.layout, self.parent)
+        memory = self.layout.placements.get(MEMORY)
+        self.pressure = pressure.Support.detect(memory.version if memory else None)
         if self.layout.placements:
             log.info("cgroup controllers found", parent=self.parent, **self.layout.describe())
         else:
@@ -160,10 +175,14 @@ class CgroupsPlugin:
         )
         return parse_limits(value, host, available)
 
+    def _pressure_option(self, value: Any) -> list[str]:
+        return pressure.parse_option(value, self.pressure)
+
     @hookimpl
     def corral_create_options(self) -> dict[str, Any]:
-        """Claim ``limits``: checked completely here, so a bad value fails create before anything is built."""
-        return {"limits": self._limits_option}
+        """Claim ``limits`` and ``memory_pressure``: checked completely here, so a bad value
+        fails create before anything is built."""
+        return {"limits": self._limits_option, pressure.OPTION: self._pressure_option}
 
     @hookimpl
     def corral_limit_resources(self) -> dict[str, Limit]:
@@ -215,6 +234,10 @@ class CgroupsPlugin:
                             lambda count: _out_of_memory(container, count),
                             registration,
                         )
+                    # Registered before the first limit too, and watched the same way.
+                    levels = container.options.get(pressure.OPTION)
+                    if levels:
+                        self._watch_pressure(container, group, levels, nursery, restoring)
                 if not restoring:
                     await _apply_create_limits(container, group)
                 plan.cgroup_procs.extend(group.procs_files())
@@ -223,6 +246,7 @@ class CgroupsPlugin:
                     yield
                 finally:
                     container.stash.pop(GROUP, None)
+                    container.stash.pop(PRESSURE, None)
                     nursery.cancel_scope.cancel()
         finally:
             if not container.detaching:
@@ -230,6 +254,34 @@ class CgroupsPlugin:
                 with trio.CancelScope(shield=True):
                     await group.remove()  # what could not be renamed
                 container.after_destroy(partial(self._remove_trash, trash))
+
+    def _watch_pressure(
+        self,
+        container: ContainerView,
+        group: ContainerCgroups,
+        levels: list[str],
+        nursery: trio.Nursery,
+        restoring: bool,
+    ) -> None:
+        path = group.path(MEMORY)
+        try:
+            registration = pressure.register(
+                group.backend(MEMORY), path, levels, self.pressure.privileged
+            )
+        except FileNotFoundError:
+            return  # restoring a container whose cgroups are gone: nothing to watch
+        except InvalidRequest as exc:
+            if restoring:
+                # Accepted by an earlier daemon (one with CAP_SYS_RESOURCE, say): the
+                # container lives on, unwatched.
+                container.log.error("memory pressure no longer watched", error=exc.message)
+                return
+            raise InvalidRequest(f"container {container.handle}: {exc.message}") from None
+        container.stash[PRESSURE] = registration.kernel
+        container.log.debug("memory pressure watched", levels=registration.kernel)
+        nursery.start_soon(
+            pressure.watch, path, lambda level: _memory_pressure(container, level), registration
+        )
 
     def _remove_trash(self, trash: ContainerCgroups) -> None:
         """After destroy's reply: remove a container's renamed cgroups, and make the next spares."""
@@ -259,6 +311,9 @@ class CgroupsPlugin:
             return None
         info = group.stats()
         info["limits"] = read_all(group, container.plugin_state(NAME).get("limits", {}))
+        watched = container.stash.get(PRESSURE, None)
+        if watched is not None:
+            info[pressure.OPTION] = dict(watched)
         return info
 
     @hookimpl
@@ -321,6 +376,11 @@ async def _out_of_memory(container: ContainerView, count: int) -> None:
     container.save()
     container.log.warning("the kernel OOM-killed a process of the container", oom_kills=count)
     await container.publish(OutOfMemory(container.handle))
+
+
+async def _memory_pressure(container: ContainerView, level: str) -> None:
+    container.log.info("the kernel reported memory pressure", level=level)
+    await container.publish(MemoryPressure(container.handle, level))
 
 
 async def _freeze(container: ContainerView, group: ContainerCgroups) -> None:

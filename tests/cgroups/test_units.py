@@ -1,4 +1,5 @@
-"""Unit tests of the cgroups plugin: values, file formats, layouts, both backends, the OOM watcher.
+"""Unit tests of the cgroups plugin: values, file formats, layouts, both backends, the OOM
+and memory pressure watchers.
 
 Most run anywhere: the backends are pointed at a directory of plain files laid
 out like a cgroup. The few marked ``needs_root`` use the real kernel of this
@@ -9,6 +10,7 @@ no controller but has the core files: freeze, kill, procs, cpu.stat).
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import uuid
@@ -19,7 +21,7 @@ import pytest
 import trio
 
 import plugins.cgroups as plugin
-from plugins.cgroups import backend, devices, oom, v1, v2, values
+from plugins.cgroups import backend, devices, oom, pressure, v1, v2, values
 from plugins.cgroups.backend import CgroupError, parse_keyed, read_int
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.layout import Placement, detect, parse_mountinfo
@@ -554,6 +556,183 @@ def test_watcher_of_a_vanished_cgroup_just_ends(tmp_path: Path) -> None:
     trio.run(main)
 
 
+# -- memory pressure ----------------------------------------------------------------------------
+
+V1_HOST = pressure.Support(1)
+V2_HOST = pressure.Support(2)
+#: A v2 host whose daemon lacks CAP_SYS_RESOURCE (as in this machine's sandbox).
+V2_UNPRIVILEGED = pressure.Support(2, privileged=False)
+
+
+@pytest.mark.parametrize(
+    "value, support, expected",
+    [
+        ("low", V1_HOST, ["low"]),
+        (["critical", "low"], V1_HOST, ["critical", "low"]),
+        ("medium", V2_HOST, ["medium"]),
+        ({"psi": " full  150000 1000000 "}, V2_HOST, ["full 150000 1000000"]),
+        ({"psi": "some 1 500000"}, V2_HOST, ["some 1 500000"]),
+        ({"psi": "some 10000000 10000000"}, V2_HOST, ["some 10000000 10000000"]),
+        (
+            ["low", {"psi": "some 300000 4000000"}],
+            V2_UNPRIVILEGED,
+            ["low", "some 300000 4000000"],
+        ),
+    ],
+)
+def test_memory_pressure_option_is_normalized(
+    value: object, support: pressure.Support, expected: list[str]
+) -> None:
+    assert pressure.parse_option(value, support) == expected
+
+
+@pytest.mark.parametrize(
+    "value, support, words",
+    [
+        ("high", V1_HOST, "memory_pressure: unknown level 'high' (levels: low, medium, critical;"),
+        ("LOW", V2_HOST, "unknown level 'LOW'"),
+        ([], V1_HOST, "memory_pressure: [] names no level"),
+        (["low", "low"], V1_HOST, "memory_pressure: 'low' is given twice"),
+        (
+            [{"psi": "some 1 1000000"}, {"psi": "some  1 1000000"}],
+            V2_HOST,
+            "'some 1 1000000' is given twice",
+        ),
+        (["low", "medium"] * 5, V1_HOST, "memory_pressure: 10 levels, more than the 8 allowed"),
+        (None, V1_HOST, "memory_pressure: None is not a level"),
+        (True, V1_HOST, "memory_pressure: True is not a level"),
+        ([["low"]], V1_HOST, "memory_pressure: ['low'] is not a level"),
+        ({"level": "low"}, V2_HOST, "{'level': 'low'} is not a PSI threshold"),
+        ({"psi": "some 1 1000000", "x": 1}, V2_HOST, "and no other key"),
+        (
+            {"psi": "some 150000 1000000"},
+            V1_HOST,
+            "memory_pressure: a PSI threshold needs cgroup v2, and memory is on cgroup v1 here",
+        ),
+        ("low", pressure.Support(None), "memory_pressure: this host has no memory cgroup"),
+        ("low", pressure.Support(2, psi=False), "no pressure stall information"),
+        ({"psi": "some 1 1000000"}, pressure.Support(2, psi=False), "boot it with psi=1"),
+        (
+            {"psi": "sum 1 1000000"},
+            V2_HOST,
+            "'sum 1 1000000' is not 'some|full STALL_US WINDOW_US'",
+        ),
+        ({"psi": "some 1.5 1000000"}, V2_HOST, "'some 1.5 1000000' is not"),
+        ({"psi": "some -1 1000000"}, V2_HOST, "'some -1 1000000' is not"),
+        ({"psi": "some 1000"}, V2_HOST, "'some 1000' is not"),
+        ({"psi": 150000}, V2_HOST, "PSI threshold 150000 is not"),
+        (
+            {"psi": "some 1000 499999"},
+            V2_HOST,
+            "'some 1000 499999': the window, 499999 us, is outside the kernel's 500000..10000000 us",
+        ),
+        ({"psi": "some 1000 10000001"}, V2_HOST, "the window, 10000001 us, is outside"),
+        (
+            {"psi": "some 0 1000000"},
+            V2_HOST,
+            "the stall, 0 us, must be from 1 us to the window (1000000 us)",
+        ),
+        ({"psi": "full 1000001 1000000"}, V2_HOST, "the stall, 1000001 us, must be"),
+        (
+            {"psi": "some 100000 1000000"},
+            V2_UNPRIVILEGED,
+            "the window must be a multiple of 2000000 us here (the daemon lacks CAP_SYS_RESOURCE)",
+        ),
+    ],
+)
+def test_bad_memory_pressure_options_name_the_value_and_the_reason(
+    value: object, support: pressure.Support, words: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        pressure.parse_option(value, support)
+    assert words in caught.value.message
+
+
+def test_named_levels_are_psi_triggers_the_kernel_takes_from_mildest_to_worst() -> None:
+    assert pressure.psi_trigger("low", True) == "some 1000 1000000"
+    assert pressure.psi_trigger("medium", True) == "some 50000 1000000"
+    assert pressure.psi_trigger("critical", True) == "full 100000 1000000"
+    # Without CAP_SYS_RESOURCE: 2 s windows, the same share of the time.
+    assert pressure.psi_trigger("low", False) == "some 2000 2000000"
+    assert pressure.psi_trigger("critical", False) == "full 200000 2000000"
+    for privileged in (True, False):
+        support = pressure.Support(2, privileged=privileged)
+        triggers = [pressure.psi_trigger(level, privileged) for level in pressure.LEVELS]
+        assert [pressure.parse_psi(t, support) for t in triggers] == triggers
+        shares = [int(t.split()[1]) / int(t.split()[2]) for t in triggers]
+        assert shares == sorted(shares) == [0.001, 0.05, 0.1]
+    assert pressure.psi_trigger("some 5 1000000", False) == "some 5 1000000"  # as given
+    assert pressure.v1_level("medium") == "medium,hierarchy"
+
+
+def test_capabilities_are_read_from_the_effective_set() -> None:
+    status = "Name:\tpython\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\n"
+    assert not pressure.has_capability(pressure.CAP_SYS_RESOURCE, status)
+    assert pressure.has_capability(21, status)  # CAP_SYS_ADMIN
+    assert pressure.has_capability(pressure.CAP_SYS_RESOURCE, "CapEff:\t0000000001000000\n")
+    assert not pressure.has_capability(pressure.CAP_SYS_RESOURCE, "Name:\tpython\n")
+
+
+def test_rate_limit_lets_one_event_per_level_per_interval() -> None:
+    limit = pressure.RateLimit(1.0)
+    times = [10.0, 10.2, 10.99, 11.0, 11.5, 12.1]
+    assert [limit.allow("low", t) for t in times] == [True, False, False, True, False, True]
+    assert limit.allow("critical", 12.2)  # each level on its own
+    assert not limit.allow("low", 12.2)
+
+
+def test_v1_watcher_reports_each_signalled_level_once_per_interval(tmp_path: Path) -> None:
+    """The whole v1 watcher against plain files: the test signals the eventfds as the kernel would."""
+    path = tmp_path / "h"
+    path.mkdir()
+    (path / "memory.pressure_level").write_text("")
+    (path / "cgroup.event_control").write_text("")
+    seen: list[str] = []
+
+    async def on_pressure(level: str) -> None:
+        seen.append(level)
+
+    async def main() -> pressure.Registration:
+        registration = pressure.register(v1.V1(), path, ["low", "critical"], True)
+        fds = {level: fd for fd, level in registration.levels.items()}
+        # One registration per level, as cgroup.event_control takes it (the last one stays).
+        assert (path / "cgroup.event_control").read_text() == (
+            f"{fds['critical']} {registration.control} critical,hierarchy"
+        )
+        assert registration.kernel == {"low": "low,hierarchy", "critical": "critical,hierarchy"}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pressure.watch, path, on_pressure, registration)
+            os.eventfd_write(fds["critical"], 1)
+            os.eventfd_write(fds["low"], 7)  # a burst: one event
+            with trio.fail_after(5):
+                while len(seen) < 2:
+                    await trio.sleep(0.01)
+            assert seen == ["low", "critical"]  # in the order watched
+            os.eventfd_write(fds["low"], 1)
+            await trio.sleep(0.1)
+            assert seen == ["low", "critical"]  # within a second of the last: dropped
+            path.rename(tmp_path / "gone")  # the cgroup removed: the kernel signals every eventfd
+            os.eventfd_write(fds["low"], 1)
+            os.eventfd_write(fds["critical"], 1)
+        return registration  # the watch ended by itself
+
+    registration = trio.run(main)
+    assert seen == ["low", "critical"]
+    for fd in [*registration.levels, registration.control]:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed with the watch
+
+
+def test_pressure_registration_of_a_vanished_cgroup_raises_and_leaves_no_fd(
+    tmp_path: Path,
+) -> None:
+    before = sorted(os.listdir("/proc/self/fd"))
+    for b in (v1.V1(), v2.V2()):
+        with pytest.raises(FileNotFoundError):
+            pressure.register(b, tmp_path / "gone", ["low"], True)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 # -- the real kernel of this machine ----------------------------------------------------------
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creates real cgroups")
@@ -661,6 +840,73 @@ def test_real_v1_oom_is_seen_through_the_eventfd(scratch_cgroup: Path) -> None:
     trio.run(main)
     assert seen == [1]
     assert b.memory_stat(scratch_cgroup).oom_count == 1
+
+
+#: A job that thrashes, then is OOM-killed: its memory grows while it reads its data file
+#: again at each step, so the file's pages are reclaimed and read back (memory stall).
+THRASHING_JOB = (
+    "head -c 16777216 /dev/urandom > data; c=$(head -c 1048576 /dev/zero | tr '\\0' x); "
+    "s=; while :; do s=$s$c; cat data > /dev/null; sleep 0.1; done"
+)
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V2_MOUNT], indirect=True)
+def test_real_v2_psi_trigger_is_seen_through_the_epoll(
+    scratch_cgroup: Path, tmp_path: Path
+) -> None:
+    """A real PSI trigger, waited for as the plugin does, on this hybrid host.
+
+    The stall comes from a v1 memory cgroup's limit: PSI counts it in the task's v2
+    cgroup whatever hierarchy limits it. (A v2-only host runs the daemon's tests.)
+    """
+    if not (V1_MEMORY / "cgroup.procs").exists():
+        pytest.skip("no v1 memory hierarchy to make memory stall with")
+    privileged = pressure.has_capability(pressure.CAP_SYS_RESOURCE)
+    limited = V1_MEMORY / scratch_cgroup.name
+    limited.mkdir()
+    seen: list[str] = []
+
+    async def main() -> None:
+        v1.V1().setup_child("memory", limited)
+        v1.V1().set_memory(limited, 64 << 20)
+        registration = pressure.register(v2.V2(), scratch_cgroup, ["low"], privileged)
+        assert registration.kernel == {"low": pressure.psi_trigger("low", privileged)}
+
+        async def on_pressure(level: str) -> None:
+            seen.append(level)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pressure.watch, scratch_cgroup, on_pressure, registration)
+            with trio.fail_after(120):  # never hang on a job that is not killed
+                job = await trio.run_process(
+                    [
+                        "sh",
+                        "-c",
+                        f"echo $$ > {limited}/cgroup.procs; echo $$ > {scratch_cgroup}/cgroup.procs; "
+                        f"exec sh -c {shlex.quote(THRASHING_JOB)}",
+                    ],
+                    cwd=tmp_path,
+                    check=False,
+                )
+            assert job.returncode == -9  # OOM-killed in the end
+            with trio.fail_after(5):  # a 2 s window is checked every 2 s
+                while not seen:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        for pid in backend.procs(limited):
+            os.kill(pid, 9)
+        for _ in range(100):
+            try:
+                limited.rmdir()
+                break
+            except OSError:
+                trio.run(trio.sleep, 0.02)
+    assert seen[0] == "low"
 
 
 V1_DEVICES = Path("/sys/fs/cgroup/devices")
