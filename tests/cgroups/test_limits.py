@@ -28,6 +28,7 @@ from tests.conftest import (
     leftovers,
     wait_for_output,
 )
+from tests.test_events import subscribed
 
 MB = 1 << 20
 
@@ -123,6 +124,128 @@ def test_oom_is_still_watched_after_a_daemon_restart(fresh_daemon: Daemon) -> No
         assert info and "out of memory" in info["events"]
         c.destroy(handle)
     assert cgroup_dirs(fresh_daemon) == []
+
+
+# -- memory pressure ---------------------------------------------------------------------
+
+#: A job whose memory grows by 1 MiB per step, a tenth of a second apart, while it reads
+#: its 16 MiB data file again at each step (as a real job reads its inputs): the data's
+#: page cache is reclaimed, then read back, more and more as the memory grows, until the
+#: kernel OOM-kills the shell that holds it. Its container gets a disk (``disk_size_mb``)
+#: so that the file is page cache wherever the depot is: on a tmpfs depot (the v2
+#: guest's) it would be shared memory, which nothing reclaims without swap.
+GROWING_JOB = (
+    "head -c 16777216 /dev/urandom > /tmp/data; c=$(head -c 1048576 /dev/zero | tr '\\0' x); "
+    "s=; while :; do s=$s$c; cat /tmp/data > /dev/null; sleep 0.1; done"
+)
+
+
+def test_memory_pressure_is_reported_before_the_oom_kill_of_a_growing_job(
+    daemon: Daemon, client: Client
+) -> None:
+    handle = client.create(
+        {"limits": {"mem": 64 * MB}, "memory_pressure": ["low", "critical"], "disk_size_mb": 64}
+    )
+    try:
+        watched = client.info(handle)["memory_pressure"]
+        assert set(watched) == {"low", "critical"}  # what the kernel was given for each
+        with subscribed(
+            daemon, {"handles": [handle], "kinds": ["memory_pressure", "oom", "state"]}
+        ) as s:
+            s.sock.settimeout(300)  # the growth takes a while under emulation (the v2 guest)
+            job = client.spawn(handle, GROWING_JOB, discard_output=True)
+            seen = s.events_of(handle, "stopped")
+        kinds = [e["kind"] for e in seen]
+        assert "memory_pressure" in kinds and "oom" in kinds, seen
+        first, oom = seen[kinds.index("memory_pressure")], seen[kinds.index("oom")]
+        assert kinds.index("memory_pressure") < kinds.index("oom"), seen
+        assert first["level"] == "low"  # the mildest level comes first
+        assert {e["level"] for e in seen if e["kind"] == "memory_pressure"} <= {"low", "critical"}
+        assert seen[-1]["new"] == "stopped"
+        assert client.link(handle, job)[0] == 128 + 9
+        info = client.info(handle)
+        assert "out of memory" in info["events"] and info["memory_stat"]["oom_count"] >= 1
+        levels = [e["level"] for e in seen if e["kind"] == "memory_pressure"]
+        print(
+            f"\nmemory pressure {oom['time'] - first['time']:.3f}s before the OOM kill; "
+            f"events: {levels}"
+        )
+    finally:
+        client.destroy(handle)
+    assert cgroup_dirs(daemon, handle) == []
+
+
+def test_memory_pressure_is_still_watched_after_a_daemon_restart(fresh_daemon: Daemon) -> None:
+    with fresh_daemon.client() as c:
+        handle = c.create(
+            {"limits": {"mem": 64 * MB}, "memory_pressure": "low", "disk_size_mb": 64}
+        )
+        watched = c.info(handle)["memory_pressure"]
+    fresh_daemon.kill9()
+    fresh_daemon.start()
+    with fresh_daemon.client() as c:
+        assert c.info(handle)["memory_pressure"] == watched
+        with subscribed(fresh_daemon, {"handles": [handle], "kinds": ["memory_pressure"]}) as s:
+            s.sock.settimeout(300)
+            c.spawn(handle, GROWING_JOB, discard_output=True)
+            assert s.line()[1]["level"] == "low"
+        c.destroy(handle)
+    assert cgroup_dirs(fresh_daemon) == []
+
+
+def test_memory_pressure_of_a_container_whose_cgroups_vanished_is_not_watched(
+    fresh_daemon: Daemon,
+) -> None:
+    """A restart finds the container's memory cgroup gone: the container is restored, unwatched."""
+    with fresh_daemon.client() as c:
+        handle = c.create({"memory_pressure": "medium"})
+        assert c.info(handle)["memory_pressure"]
+    fresh_daemon.kill9()
+    # What an administrator might do meanwhile: move the init out, remove the cgroup.
+    placement = cgroup_layout(fresh_daemon)["memory"]
+    memory = cgroup_of(fresh_daemon, handle, "memory")
+    (placement.root / "cgroup.procs").write_text(str(init_pid(fresh_daemon, handle)))
+    memory.rmdir()
+    fresh_daemon.start()
+    with fresh_daemon.client() as c:
+        info = c.info(handle)
+        assert info["state"] == "active" and "memory_pressure" not in info
+        assert c.run(handle, "echo ok")[:2] == [0, "ok\n"]
+        c.destroy(handle)
+    assert cgroup_dirs(fresh_daemon) == []
+
+
+def _bad_pressure_options(daemon: Daemon) -> list[tuple[Any, str]]:
+    """Values of ``memory_pressure`` refused here, and words of the refusal."""
+    bad: list[tuple[Any, str]] = [
+        ("high", "memory_pressure: unknown level 'high' (levels: low, medium, critical"),
+        ([], "memory_pressure: [] names no level"),
+        (["low", "critical", "low"], "memory_pressure: 'low' is given twice"),
+        (["low"] * 9, "memory_pressure: 9 levels, more than the 8 allowed"),
+        (5, "memory_pressure: 5 is not a level"),
+        ({"level": "low"}, "memory_pressure: {'level': 'low'} is not a PSI threshold"),
+    ]
+    if cgroup_layout(daemon)["memory"].version == 1:
+        bad.append(({"psi": "some 150000 1000000"}, "a PSI threshold needs cgroup v2"))
+    else:
+        bad += [
+            ({"psi": "some 150000 100000"}, "the window, 100000 us, is outside the kernel's"),
+            ({"psi": "some 0 1000000"}, "the stall, 0 us, must be from 1 us to the window"),
+            ({"psi": "most 1 1000000"}, "PSI threshold 'most 1 1000000' is not"),
+        ]
+    return bad
+
+
+def test_bad_memory_pressure_options_fail_before_anything_is_built(
+    daemon: Daemon, client: Client
+) -> None:
+    handles, dirs = client.list(), cgroup_dirs(daemon)
+    for value, words in _bad_pressure_options(daemon):
+        with pytest.raises(InvalidRequest) as caught:
+            client.create({"limits": {"mem": 64 * MB}, "memory_pressure": value})
+        assert words in caught.value.message, (value, caught.value.message)
+    assert client.list() == handles
+    assert cgroup_dirs(daemon) == dirs
 
 
 # -- cpu -------------------------------------------------------------------------------
