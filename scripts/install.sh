@@ -40,6 +40,10 @@ fi
 rm -rf "$REPO/build"  # pip's in-tree build
 ln -sf "$VENV/bin/corral" /usr/local/bin/corral
 ln -sf "$VENV/bin/corrald" /usr/local/bin/corrald
+# The CI drivers (docs/ci-executors.md): GitLab's custom executor, GitHub's container hooks.
+ln -sf "$VENV/bin/corral-gitlab" /usr/local/bin/corral-gitlab
+ln -sf "$VENV/bin/corral-github-hooks" /usr/local/bin/corral-github-hooks
+install -D -m 0755 "$REPO/executors/github-hooks.sh" /usr/local/lib/corral/github-hooks.sh
 
 "$VENV/bin/python" -m plugins.isolation.build "$INIT"
 bash "$REPO/scripts/build-rootfs.sh" "$ROOTFS"
