@@ -1,0 +1,234 @@
+"""``corral-gitlab`` driven as GitLab Runner's custom executor drives it: ``config``,
+``prepare``, ``run SCRIPT STAGE`` per sub-stage, ``cleanup``, each a process of its own
+with the runner's variables (``CUSTOM_ENV_CI_JOB_ID``, ``BUILD_FAILURE_EXIT_CODE``...)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from executors.common import MAX_INLINE_SCRIPT
+from supervisor.client import Client
+from tests.conftest import NOTHING_LEFT, Daemon, leftovers
+from tests.executors.conftest import (
+    PYTHON,
+    cancel,
+    driver_env,
+    next_job_id,
+    read_until,
+    start,
+    wait_only_init,
+)
+
+BUILD_FAILURE = 77
+SYSTEM_FAILURE = 78
+
+
+class Runner:
+    """One job as GitLab Runner runs it with the driver: the same variables for every stage,
+    the stage scripts written to files on the host."""
+
+    def __init__(self, daemon: Daemon, tmp_path: Path, **variables: str) -> None:
+        self.job_id = next_job_id()
+        self.handle = f"gitlab-{self.job_id}"
+        self.dir = tmp_path
+        self.exit_code_file = tmp_path / "build-exit-code"
+        self.env = driver_env(
+            daemon,
+            {
+                "CUSTOM_ENV_CI_JOB_ID": str(self.job_id),
+                "CUSTOM_ENV_CI_BUILDS_DIR": "/builds",
+                "BUILD_FAILURE_EXIT_CODE": str(BUILD_FAILURE),
+                "SYSTEM_FAILURE_EXIT_CODE": str(SYSTEM_FAILURE),
+                "BUILD_EXIT_CODE_FILE": str(self.exit_code_file),
+                **variables,
+            },
+        )
+
+    def argv(self, *args: str) -> list[str]:
+        return [PYTHON, "-m", "executors.gitlab", *args]
+
+    def call(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args),
+            env=self.env,
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def script(self, stage: str, body: str) -> Path:
+        """The stage's script as the runner writes it for the ``sh`` shell: strict mode, then
+        the commands in one ``eval``."""
+        path = self.dir / f"script-{stage}"
+        path.write_text(
+            "#!/usr/bin/env sh\n\nset -eo pipefail\nset +o noclobber\n"
+            f": | eval {shlex.quote(body)}\nexit 0\n"
+        )
+        return path
+
+    def run(self, stage: str, body: str) -> subprocess.CompletedProcess[str]:
+        return self.call("run", str(self.script(stage, body)), stage)
+
+    def start_run(self, stage: str, body: str) -> subprocess.Popen[str]:
+        return start(self.argv("run", str(self.script(stage, body)), stage), self.env)
+
+
+def test_config_names_the_job_container_and_the_directories(daemon: Daemon, tmp_path: Path) -> None:
+    runner = Runner(daemon, tmp_path)
+    done = runner.call("config", "--builds-dir", "/b", "--cache-dir", "/c")
+    assert done.returncode == 0, done.stderr
+    config = json.loads(done.stdout)
+    assert config["builds_dir"] == "/b" and config["cache_dir"] == "/c"
+    assert config["hostname"] == runner.handle
+    assert config["driver"]["name"] == "corral" and config["driver"]["version"]
+    assert config["job_env"] == {"CORRAL_HANDLE": runner.handle}
+
+
+def test_a_passing_job_runs_every_stage_in_one_container_and_leaves_nothing(
+    fresh_daemon: Daemon, tmp_path: Path
+) -> None:
+    runner = Runner(fresh_daemon, tmp_path)
+    prepared = runner.call("prepare")
+    assert prepared.returncode == 0, prepared.stderr
+    sources = runner.run("get_sources", "mkdir -p /builds/p && cd /builds/p && echo fetched > src")
+    assert sources.returncode == 0, sources.stderr
+    build = runner.run(
+        "build_script", "cd /builds/p && cat src && hostname && id -u && echo oops >&2"
+    )
+    assert build.returncode == 0, build.stderr
+    assert build.stdout == f"fetched\n{runner.handle}\n10000\n"
+    assert build.stderr == "oops\n"
+    assert not runner.exit_code_file.exists()
+    cleaned = runner.call("cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert leftovers(fresh_daemon) == NOTHING_LEFT
+
+
+def test_a_failing_script_is_a_build_failure_and_after_script_still_runs(
+    daemon: Daemon, client: Client, tmp_path: Path
+) -> None:
+    runner = Runner(daemon, tmp_path)
+    assert runner.call("prepare").returncode == 0
+    build = runner.run("build_script", "echo before; false; echo after")
+    assert build.returncode == BUILD_FAILURE, build.stderr
+    assert build.stdout == "before\n"
+    assert runner.exit_code_file.read_text() == "1\n"
+    after = runner.run("after_script", "echo after_script ran")
+    assert (after.returncode, after.stdout) == (0, "after_script ran\n")
+    assert runner.call("cleanup").returncode == 0
+    assert runner.handle not in client.list()
+
+
+def test_sigterm_mid_stage_kills_the_stage_and_exits_then_cleanup_destroys(
+    daemon: Daemon, client: Client, tmp_path: Path
+) -> None:
+    runner = Runner(daemon, tmp_path)
+    assert runner.call("prepare").returncode == 0
+    stage = runner.start_run("build_script", "echo started; sleep 1000 & sleep 1000; echo finished")
+    read_until(stage, "started")
+    status, out, err = cancel(stage)
+    assert status == BUILD_FAILURE, err
+    assert "finished" not in out and "cancelled by SIGTERM" in err
+    wait_only_init(client, runner.handle)  # both sleeps gone, the container kept
+    after = runner.run("after_script", "echo still usable")
+    assert (after.returncode, after.stdout) == (0, "still usable\n")
+    assert runner.call("cleanup").returncode == 0
+    assert runner.handle not in client.list()
+
+
+def test_the_daemon_restarting_between_stages_is_not_noticed(
+    fresh_daemon: Daemon, tmp_path: Path
+) -> None:
+    runner = Runner(fresh_daemon, tmp_path)
+    assert runner.call("prepare").returncode == 0
+    assert runner.run("get_sources", "echo kept > /builds/f").returncode == 0
+    fresh_daemon.kill9()
+    fresh_daemon.start()
+    build = runner.run("build_script", "cat /builds/f")
+    assert (build.returncode, build.stdout) == (0, "kept\n"), build.stderr
+    assert runner.call("cleanup").returncode == 0
+    assert leftovers(fresh_daemon) == NOTHING_LEFT
+
+
+def test_a_script_longer_than_one_argument_is_copied_in_and_removed(
+    daemon: Daemon, client: Client, tmp_path: Path
+) -> None:
+    runner = Runner(daemon, tmp_path)
+    assert runner.call("prepare").returncode == 0
+    padding = "# " + "x" * 98 + "\n"
+    body = padding * (MAX_INLINE_SCRIPT // len(padding) + 1) + "echo long script ran; ls /tmp"
+    build = runner.run("build_script", body)
+    assert build.returncode == 0, build.stderr
+    # It ran from a copy in the container's /tmp, which is gone once the stage has ended.
+    assert build.stdout.startswith("long script ran\ncorral-gitlab-")
+    left = client.run(runner.handle, "ls /tmp")
+    assert left[0] == 0 and "corral-gitlab" not in left[1]
+    assert runner.call("cleanup").returncode == 0
+
+
+def test_prepare_retried_replaces_the_container_of_its_earlier_attempt(
+    daemon: Daemon, client: Client, tmp_path: Path
+) -> None:
+    runner = Runner(daemon, tmp_path)
+    assert runner.call("prepare").returncode == 0
+    assert runner.run("get_sources", "touch /builds/first-attempt").returncode == 0
+    assert runner.call("prepare").returncode == 0
+    check = runner.run("build_script", "ls /builds")
+    assert (check.returncode, check.stdout) == (0, ""), check.stderr
+    assert runner.call("cleanup").returncode == 0
+
+
+def test_a_mapped_image_is_the_root_filesystem(
+    daemon: Daemon, client: Client, tmp_path: Path, images: Path
+) -> None:
+    runner = Runner(
+        daemon, tmp_path, CUSTOM_ENV_CI_JOB_IMAGE="busybox:1", CORRAL_IMAGES=str(images)
+    )
+    assert runner.call("prepare").returncode == 0
+    assert runner.run("build_script", "test -x /bin/busybox").returncode == 0
+    assert runner.call("cleanup").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        ("node:22", "no root filesystem at"),
+        ("ghcr.io/x/y@sha256:abcd", "not a name this driver maps"),
+        ("../../etc", "not a name this driver maps"),
+    ],
+)
+def test_an_image_it_cannot_map_is_a_system_failure_naming_it(
+    daemon: Daemon, client: Client, tmp_path: Path, images: Path, image: str, reason: str
+) -> None:
+    runner = Runner(daemon, tmp_path, CUSTOM_ENV_CI_JOB_IMAGE=image, CORRAL_IMAGES=str(images))
+    done = runner.call("prepare")
+    assert done.returncode == SYSTEM_FAILURE
+    assert f"image {image!r}" in done.stderr and reason in done.stderr
+    assert "Traceback" not in done.stderr
+    assert runner.handle not in client.list()
+
+
+def test_run_without_a_container_is_a_system_failure(daemon: Daemon, tmp_path: Path) -> None:
+    runner = Runner(daemon, tmp_path)
+    done = runner.run("build_script", "true")
+    assert done.returncode == SYSTEM_FAILURE
+    assert runner.handle in done.stderr and "Traceback" not in done.stderr
+    assert runner.call("cleanup").returncode == 0  # nothing to destroy is fine
+
+
+def test_bad_settings_and_a_missing_job_id_are_named(daemon: Daemon, tmp_path: Path) -> None:
+    runner = Runner(daemon, tmp_path, CORRAL_LIMITS="{mem")
+    done = runner.call("prepare")
+    assert done.returncode == SYSTEM_FAILURE and "CORRAL_LIMITS: not JSON" in done.stderr
+    runner = Runner(daemon, tmp_path, CUSTOM_ENV_CI_JOB_ID="")
+    done = runner.call("config")
+    assert done.returncode == SYSTEM_FAILURE and "CUSTOM_ENV_CI_JOB_ID" in done.stderr
+    runner = Runner(daemon, tmp_path, CORRAL_SOCKET=str(tmp_path / "none.sock"))
+    done = runner.call("prepare")
+    assert done.returncode == SYSTEM_FAILURE and "cannot reach corrald" in done.stderr
