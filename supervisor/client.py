@@ -15,11 +15,14 @@ import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from supervisor import errors
+
+if TYPE_CHECKING:
+    # Imported when a TrioClient connects: trio takes ~90 ms to import, which every
+    # short-lived blocking client (a CI driver runs one per stage) would pay for nothing.
+    import trio
 
 DEFAULT_SOCKET = Path("/run/corral/corral.sock")
 
@@ -178,6 +181,8 @@ class TrioClient(_Commands):
 
     @classmethod
     async def connect(cls, path: Path | str = DEFAULT_SOCKET) -> TrioClient:
+        import trio
+
         return cls(await trio.open_unix_socket(str(path)))
 
     async def aclose(self) -> None:
