@@ -1,21 +1,27 @@
 """What both CI drivers share: settings, images as root filesystems, running a job with its
-output streamed, and giving up cleanly when the runner cancels."""
+output streamed, and giving up cleanly when the runner cancels.
+
+A runner starts a driver process per stage, so its start is part of every stage's
+cost: the drivers import little (no ``re``, ``dataclasses``, ``argparse`` or ``uuid``,
+each several milliseconds; see the ci phase in bench/README.md).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING
 
 from supervisor.client import DEFAULT_SOCKET, Client
+
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Any, BinaryIO
 
 #: The longest SCRIPT a ``spawn`` takes (the kernel's limit for one argument).
 MAX_INLINE_SCRIPT = 131071
@@ -23,8 +29,9 @@ MAX_INLINE_SCRIPT = 131071
 #: seconds, and a runner that died without its clean-up leaks it for no longer than this.
 DEFAULT_GRACE_TIME = 900.0
 DEFAULT_IMAGES = Path("/var/lib/corral/images")
-#: One component of an image's name: a registry host, a path part, the tag.
-_IMAGE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: The characters of an image name's components (a registry host, a path part, the tag),
+#: which start with a letter or digit.
+_IMAGE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 class DriverError(Exception):
@@ -35,17 +42,24 @@ class Cancelled(Exception):
     """The runner asked the driver to stop (SIGTERM or SIGINT)."""
 
 
-@dataclass(frozen=True)
 class Settings:
     """The driver's settings, from ``CORRAL_*`` environment variables (docs/ci-executors.md)."""
 
-    socket: Path = DEFAULT_SOCKET
-    #: Where image names are looked up as root filesystem directories.
-    images: Path = DEFAULT_IMAGES
-    grace_time: float = DEFAULT_GRACE_TIME
-    #: The create option ``limits`` (``{"mem": BYTES, "cpus": 1.5, "pids": 512}``).
-    limits: dict[str, Any] = field(default_factory=dict)
-    disk_size_mb: int | None = None
+    def __init__(
+        self,
+        socket: Path = DEFAULT_SOCKET,
+        images: Path = DEFAULT_IMAGES,
+        grace_time: float = DEFAULT_GRACE_TIME,
+        limits: dict[str, Any] | None = None,
+        disk_size_mb: int | None = None,
+    ) -> None:
+        self.socket = socket
+        #: Where image names are looked up as root filesystem directories.
+        self.images = images
+        self.grace_time = grace_time
+        #: The create option ``limits`` (``{"mem": BYTES, "cpus": 1.5, "pids": 512}``).
+        self.limits = limits or {}
+        self.disk_size_mb = disk_size_mb
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -124,7 +138,7 @@ def rootfs_for_image(image: str | None, images: Path) -> Path | None:
         return None
     name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
     parts = [*name.split("/"), tag or "latest"]
-    if not all(_IMAGE_PART.fullmatch(p) for p in parts) or ".." in parts:
+    if not all(p[:1].isalnum() and _IMAGE_CHARS.issuperset(p) for p in parts):
         raise DriverError(
             f"image {image!r}: not a name this driver maps to a directory "
             "(NAME[:TAG] of letters, digits, '_', '.', '-' and '/'; no digest, no registry port)"
@@ -187,6 +201,12 @@ def run_streamed(
     # The status comes with the output once more: link has no option to leave it out.
     status, _, _ = client.link(handle, job)
     return status
+
+
+def quote(word: str) -> str:
+    """*word* as one word of a POSIX shell line (``shlex.quote``'s rule, without importing
+    ``shlex`` and ``re`` into every stage)."""
+    return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
 def fail(program: str, message: str) -> None:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
-import uuid
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -33,6 +31,7 @@ from executors.common import (
     cancellable,
     fail,
     kill_processes,
+    quote,
     rootfs_for_image,
     run_streamed,
 )
@@ -83,12 +82,12 @@ def step_script(args: Mapping[str, Any], where: str) -> str:
     argv = args.get("entryPointArgs") or []
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         raise DriverError(f"{where}.entryPointArgs: expected a list of strings")
-    script = "exec " + " ".join(shlex.quote(a) for a in [entry, *argv])
+    script = "exec " + " ".join(quote(a) for a in [entry, *argv])
     prepend = args.get("prependPath") or []
     if isinstance(prepend, str):  # runners up to 2.293 sent one string
         prepend = [prepend]
     if prepend:
-        script = f'PATH={shlex.quote(":".join(prepend))}:"$PATH"; export PATH; {script}'
+        script = f'PATH={quote(":".join(prepend))}:"$PATH"; export PATH; {script}'
     return script
 
 
@@ -123,7 +122,7 @@ def prepare_job(settings: Settings, hook: Mapping[str, Any]) -> int:
         # No job container: the runner runs the steps on the host, as with no hooks.
         return 0
     image = field(container, "image", str, "args.container")
-    handle = f"github-{uuid.uuid4().hex[:12]}"
+    handle = f"github-{os.urandom(6).hex()}"
     create = settings.create_config(handle, image)
     create["bind_mounts"] = bind_mounts(container)
     create["env"] = environment(container, "args.container")
@@ -168,7 +167,7 @@ def run_container_step(settings: Settings, hook: Mapping[str, Any]) -> int:
     if args.get("dockerfile"):
         raise DriverError("args.dockerfile: Corral cannot build images; use a prebuilt image")
     image = field(args, "image", str, "args")
-    handle = f"github-step-{uuid.uuid4().hex[:12]}"
+    handle = f"github-step-{os.urandom(6).hex()}"
     create = settings.create_config(handle, image)
     create["bind_mounts"] = bind_mounts(args)
     create["properties"] = {"executor": "github"}

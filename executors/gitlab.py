@@ -15,13 +15,10 @@ wrong with ``SYSTEM_FAILURE_EXIT_CODE`` (both set by the runner).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shlex
 import sys
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from executors.common import (
     cancellable,
     fail,
     kill_processes,
+    quote,
     run_streamed,
 )
 from supervisor import errors
@@ -69,7 +67,60 @@ def exit_code(env: Mapping[str, str], name: str, default: int) -> int:
     return int(text) if text.lstrip("-").isdigit() else default
 
 
-def config(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+class Invocation:
+    """What the runner asked for: the stage, with its arguments."""
+
+    def __init__(self, stage: str, script: Path | None = None, sub_stage: str = "") -> None:
+        self.stage = stage
+        #: ``run``: the script the runner wrote, and its sub-stage (get_sources...).
+        self.script = script
+        self.sub_stage = sub_stage
+        #: ``config`` and ``prepare``: the job's directories in the container.
+        self.builds_dir = DEFAULT_BUILDS_DIR
+        self.cache_dir = DEFAULT_CACHE_DIR
+
+
+USAGE = f"""usage: {PROGRAM} config|prepare [--builds-dir DIR] [--cache-dir DIR]
+       {PROGRAM} run SCRIPT STAGE
+       {PROGRAM} cleanup
+
+The GitLab Runner custom executor on Corral: config_args = ["config"], prepare_args =
+["prepare"], run_args = ["run"], cleanup_args = ["cleanup"] (docs/ci-executors.md).
+DIR is in the container (default {DEFAULT_BUILDS_DIR} and {DEFAULT_CACHE_DIR})."""
+
+
+class UsageError(Exception):
+    """The command line is not one the runner's ``*_args`` make."""
+
+
+def parse(argv: list[str]) -> Invocation:
+    """The command line, as the runner's ``*_args`` and its own arguments make it (parsed by
+    hand: argparse would add its import to every stage)."""
+    if not argv:
+        raise UsageError("no stage given")
+    stage, rest = argv[0], argv[1:]
+    if stage == "run":
+        if len(rest) != 2:
+            raise UsageError(f"run takes SCRIPT STAGE, got {len(rest)} arguments")
+        return Invocation(stage, Path(rest[0]), rest[1])
+    if stage == "cleanup" and not rest:
+        return Invocation(stage)
+    if stage not in ("config", "prepare"):
+        raise UsageError(
+            f"{stage!r} is not a stage (config, prepare, run, cleanup) or takes no arguments"
+        )
+    invocation = Invocation(stage)
+    while rest:
+        option, value, *rest = rest if len(rest) >= 2 else [*rest, ""]
+        if option not in ("--builds-dir", "--cache-dir") or not value.startswith("/"):
+            raise UsageError(
+                f"{stage}: {option} {value!r}: expected --builds-dir or --cache-dir and an absolute path"
+            )
+        setattr(invocation, option[2:].replace("-", "_"), value)
+    return invocation
+
+
+def config(args: Invocation, env: Mapping[str, str]) -> None:
     """Print the custom executor's config JSON."""
     handle = job_handle(env)
     print(
@@ -87,7 +138,7 @@ def config(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     )
 
 
-def prepare(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+def prepare(args: Invocation, env: Mapping[str, str]) -> None:
     """Create the job's container (replacing one left by an earlier attempt of this
     prepare) and its builds and cache directories, owned by the job's user."""
     settings = Settings.from_env(env)
@@ -99,7 +150,7 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str]) -> None:
             client.destroy(handle)  # the runner retries prepare: this job's own leftover
         client.create(create)
         print(f"{PROGRAM}: container {handle} created", flush=True)
-        dirs = " ".join(shlex.quote(d) for d in (args.builds_dir, args.cache_dir))
+        dirs = " ".join(quote(d) for d in (args.builds_dir, args.cache_dir))
         status, _, err = client.run(
             handle, f"mkdir -p {dirs} && chown corral:corral {dirs}", privileged=True
         )
@@ -115,25 +166,26 @@ def stage_script(client_script: Path) -> str:
         raise DriverError(f"script {client_script}: {exc.strerror}") from exc
 
 
-def run(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+def run(args: Invocation, env: Mapping[str, str]) -> None:
     """Run one stage's script in the job's container, streaming its output."""
     settings = Settings.from_env(env)
     handle = job_handle(env)
+    assert args.script is not None
     script = stage_script(args.script)
     with settings.connect() as client:
         copied = None
         if len(script.encode("utf-8", "surrogateescape")) > MAX_INLINE_SCRIPT or "\0" in script:
             # Too long to be one argument: the script goes in as a file and sh reads it.
-            copied = f"{SCRIPTS_PREFIX}{uuid.uuid4().hex[:12]}.sh"
+            copied = f"{SCRIPTS_PREFIX}{os.urandom(6).hex()}.sh"
             client.call("copy", handle, "in", str(args.script), copied)
-            script = f"sh {shlex.quote(copied)}"
+            script = f"sh {quote(copied)}"
         try:
             status = run_streamed(client, handle, script)
         except Cancelled as exc:
             kill_processes(settings, handle)
             raise Cancelled(f"{exc}; the stage's processes were killed") from None
         if copied is not None:
-            client.run(handle, f"rm -f {shlex.quote(copied)}")
+            client.run(handle, f"rm -f {quote(copied)}")
     if status is None:
         raise DriverError(
             f"container {handle}: the stage's job has no exit status (the container stopped under it)"
@@ -142,7 +194,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> None:
         raise BuildFailure(status)
 
 
-def cleanup(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+def cleanup(args: Invocation, env: Mapping[str, str]) -> None:
     """Destroy the job's container; one already gone is not an error."""
     settings = Settings.from_env(env)
     handle = job_handle(env)
@@ -150,47 +202,40 @@ def cleanup(args: argparse.Namespace, env: Mapping[str, str]) -> None:
         client.destroy(handle)
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command line the runner's ``*_args`` make (``run_args = ["run"]``...)."""
-    p = argparse.ArgumentParser(
-        prog=PROGRAM, description="GitLab Runner custom executor on Corral."
-    )
-    dirs = argparse.ArgumentParser(add_help=False)
-    dirs.add_argument("--builds-dir", default=DEFAULT_BUILDS_DIR, help="in the container")
-    dirs.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="in the container")
-    sub = p.add_subparsers(dest="stage_name", required=True)
-    sub.add_parser("config", parents=[dirs], help="print the executor's config JSON").set_defaults(
-        action=config
-    )
-    sub.add_parser("prepare", parents=[dirs], help="create the job's container").set_defaults(
-        action=prepare
-    )
-    r = sub.add_parser("run", help="run one stage's script in the job's container")
-    r.add_argument("script", type=Path, help="the script the runner wrote")
-    r.add_argument("stage", help="the stage's name (get_sources, build_script...)")
-    r.set_defaults(action=run)
-    sub.add_parser("cleanup", help="destroy the job's container").set_defaults(action=cleanup)
-    return p
+STAGES: dict[str, Callable[[Invocation, Mapping[str, str]], None]] = {
+    "config": config,
+    "prepare": prepare,
+    "run": run,
+    "cleanup": cleanup,
+}
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> int:
     """Run one stage; its exit status as the runner reads it."""
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    try:
+        args = parse(argv)
+    except UsageError as exc:
+        print(f"{USAGE}\n{PROGRAM}: {exc}", file=sys.stderr)
+        return 2
     build_failure = exit_code(env, "BUILD_FAILURE_EXIT_CODE", 1)
     system_failure = exit_code(env, "SYSTEM_FAILURE_EXIT_CODE", 2)
     try:
         with cancellable():
-            args.action(args, env)
+            STAGES[args.stage](args, env)
     except BuildFailure as exc:
         if env.get("BUILD_EXIT_CODE_FILE"):
             # The runner reads the script's own status from here (allow_failure: exit_codes).
             Path(env["BUILD_EXIT_CODE_FILE"]).write_text(f"{exc.status}\n")
         return build_failure
     except Cancelled as exc:
-        fail(PROGRAM, f"{args.stage_name}: cancelled by {exc}")
+        fail(PROGRAM, f"{args.stage}: cancelled by {exc}")
         return build_failure
     except (DriverError, errors.CorralError, OSError) as exc:
-        fail(PROGRAM, f"{args.stage_name}: {exc}")
+        fail(PROGRAM, f"{args.stage}: {exc}")
         return system_failure
     return 0
 

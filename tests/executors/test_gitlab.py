@@ -232,3 +232,21 @@ def test_bad_settings_and_a_missing_job_id_are_named(daemon: Daemon, tmp_path: P
     runner = Runner(daemon, tmp_path, CORRAL_SOCKET=str(tmp_path / "none.sock"))
     done = runner.call("prepare")
     assert done.returncode == SYSTEM_FAILURE and "cannot reach corrald" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "no stage given"),
+        (["run", "/tmp/script"], "run takes SCRIPT STAGE, got 1 arguments"),
+        (["build"], "'build' is not a stage"),
+        (["prepare", "--builds-dir"], "--builds-dir ''"),
+        (["config", "--builds-dir", "builds"], "an absolute path"),
+    ],
+)
+def test_a_command_line_the_runner_would_not_make_is_refused_with_usage(
+    daemon: Daemon, tmp_path: Path, argv: list[str], message: str
+) -> None:
+    done = Runner(daemon, tmp_path).call(*argv)
+    assert done.returncode == 2 and "usage: corral-gitlab" in done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
