@@ -24,6 +24,8 @@ TARGETS = {
     "scrape_rss": "daemon RSS flat over 1,000 scrapes (grows <= 1 MiB)",
     "stream": ">= 200 MB/s (MB = 10^6 bytes)",
     "events": "a job's exit reaches 100 subscribers with p99 < 2 ms",
+    "ci_job": "< 50 ms per CI job (prepare + cleanup, median)",
+    "ci_stage": "< 10 ms per CI stage beyond `sh` (median)",
 }
 
 
@@ -160,6 +162,7 @@ def summary(r: Results) -> list[str]:
         control_rows,
         stream_rows,
         events_rows,
+        ci_rows,
     ):
         lines += rows(r)
     if r["quick"]:
@@ -636,6 +639,61 @@ def events(r: Results) -> list[str]:
     return lines
 
 
+def ci_rows(r: Results) -> list[str]:
+    """The GitLab driver's cost per job and per stage, as the runner runs it, against the goals."""
+    c = r.get("ci")
+    if not c or "gitlab, processes" not in c["overhead"]:
+        return []
+    way = c["overhead"]["gitlab, processes"]
+    sh = c["stats"][f"sh on the host, {c['stages']} stages"].get("median")
+    return [
+        ratio_row(
+            "CI job (corral-gitlab prepare + cleanup)",
+            way["job_ms"],
+            "–",
+            None,
+            TARGETS["ci_job"],
+            way["job_goal_met"],
+            "ms",
+        ),
+        ratio_row(
+            f"CI stage (corral-gitlab run, beyond sh; {c['stages']} stages)",
+            way["stage_ms"],
+            "sh per stage",
+            sh / c["stages"] if sh else None,
+            TARGETS["ci_stage"],
+            way["stage_goal_met"],
+            "ms",
+        ),
+    ]
+
+
+def ci(r: Results) -> list[str]:
+    """Whole CI jobs through the drivers and with sh; the overhead split per job and stage."""
+    c = r.get("ci")
+    if not c:
+        return []
+    lines = stats_table(
+        "CI executors",
+        c["stats"],
+        f"Whole jobs (ms): prepare, {c['stages']} or 0 empty stages, cleanup, through the "
+        "GitLab driver (a process per stage as the runner runs it, or called in the bench's "
+        "process) and the GitHub hooks (a process per hook); the same stages with `sh` on "
+        "the host; and what a Python process costs before it does anything.",
+    )
+    lines += [
+        "",
+        "| driver | per job (0 stages) | per stage beyond sh | whole job / sh |",
+        "|---|---|---|---|",
+    ]
+    for way, o in c["overhead"].items():
+        lines.append(
+            f"| {way} | {fmt(o['job_ms'])} ms | {fmt(o['stage_ms'])} ms | "
+            f"{fmt(o['job_ratio_to_sh'])}x |"
+        )
+    return lines
+
+
 def stream(r: Results) -> list[str]:
     """MB/s of each job streamed, and of the same job alone."""
     st = r.get("stream", {}).get("variants", {})
@@ -765,6 +823,7 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     control,
     stream,
     events,
+    ci,
     profile,
     setup,
     errors,
