@@ -84,7 +84,7 @@ def step_script(args: Mapping[str, Any], where: str) -> str:
         raise DriverError(f"{where}.entryPointArgs: expected a list of strings")
     script = "exec " + " ".join(quote(a) for a in [entry, *argv])
     prepend = args.get("prependPath") or []
-    if isinstance(prepend, str):  # runners up to 2.293 sent one string
+    if isinstance(prepend, str):  # some runner versions send one ':'-joined string
         prepend = [prepend]
     if prepend:
         script = f'PATH={quote(":".join(prepend))}:"$PATH"; export PATH; {script}'
@@ -132,7 +132,8 @@ def prepare_job(settings: Settings, hook: Mapping[str, Any]) -> int:
     rootfs = rootfs_for_image(image, settings.images)
     response = {
         "state": {"handle": handle},
-        "context": {"container": {"id": handle, "network": "", "ports": {}}},
+        # No network or ports: the runner reads the ports of services only, and has none here.
+        "context": {"container": {"id": handle}, "services": []},
         "isAlpine": rootfs is not None and (rootfs / "etc" / "alpine-release").exists(),
     }
     respond(hook, response)

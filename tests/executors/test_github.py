@@ -103,20 +103,25 @@ class Runner:
             self.state = json.loads(response.read_text())["state"]
         return done
 
-    def step_args(self, script: str) -> dict[str, Any]:
-        """A script step as the runner sends it: the script in _temp, run by ``sh -e``."""
+    def step_args(
+        self, script: str, prepend: str | list[str] = "/opt/tool/bin:/opt/x"
+    ) -> dict[str, Any]:
+        """A script step as the runner sends it: the script in _temp, run by ``sh -e``;
+        ``prependPath`` a list (the hooks' examples) or one string (some runner versions)."""
         path = self.temp / f"step-{len(list(self.temp.iterdir()))}.sh"
         path.write_text(script)
         return {
             "entryPointArgs": ["-e", f"/__w/_temp/{path.name}"],
             "entryPoint": "sh",
             "environmentVariables": {"GREETING": "hello from the workflow"},
-            "prependPath": ["/opt/tool/bin"],
+            "prependPath": prepend,
             "workingDirectory": "/__w/repo/repo",
         }
 
-    def step(self, script: str) -> subprocess.CompletedProcess[str]:
-        return self.call("run_script_step", self.step_args(script))
+    def step(
+        self, script: str, prepend: str | list[str] = "/opt/tool/bin:/opt/x"
+    ) -> subprocess.CompletedProcess[str]:
+        return self.call("run_script_step", self.step_args(script, prepend))
 
     @property
     def handle(self) -> str:
@@ -135,15 +140,16 @@ def test_a_passing_job_runs_its_steps_in_one_container_and_leaves_nothing(
     prepared = runner.prepare()
     assert prepared.returncode == 0, prepared.stderr
     response = json.loads(next(runner.responses.glob("prepare_job-*")).read_text())
-    assert response["context"]["container"]["id"] == runner.handle
+    assert response["context"] == {"container": {"id": runner.handle}, "services": []}
     assert response["isAlpine"] is False
     build = runner.step('echo "$GREETING, $NODE_ENV" in "$PWD"; echo "$PATH" >&2; echo built > out')
     assert build.returncode == 0, build.stderr
     assert build.stdout == "hello from the workflow, development in /__w/repo/repo\n"
-    assert build.stderr.startswith("/opt/tool/bin:")
+    assert build.stderr.startswith("/opt/tool/bin:/opt/x:/")
     assert (runner.workspace / "out").read_text() == "built\n"  # through the work dir's bind
-    test = runner.step("cat out; hostname")
-    assert (test.returncode, test.stdout) == (0, f"built\n{runner.handle}\n"), test.stderr
+    test = runner.step("cat out; hostname; echo $PATH", prepend=["/opt/a", "/opt/b"])
+    assert test.returncode == 0, test.stderr
+    assert test.stdout.startswith(f"built\n{runner.handle}\n/opt/a:/opt/b:/")
     cleaned = runner.call("cleanup_job")
     assert cleaned.returncode == 0, cleaned.stderr
     assert leftovers(fresh_daemon) == NOTHING_LEFT
@@ -255,3 +261,27 @@ def test_an_unknown_image_or_services_create_nothing(runner: Runner, client: Cli
     )
     assert done.returncode == 1 and "args.services" in done.stderr
     assert set(client.list()) == before
+
+
+def test_sigterm_mid_container_step_kills_it_and_destroys_its_container(
+    runner: Runner, client: Client
+) -> None:
+    assert runner.prepare().returncode == 0
+    before = set(client.list())
+    args = {
+        "image": "busybox:1",
+        "entryPoint": "sh",
+        "entryPointArgs": ["-c", "echo started; sleep 1000"],
+        "workingDirectory": "/__w",
+        "environmentVariables": {},
+        "systemMountVolumes": runner.mounts(),
+        "userMountVolumes": [],
+    }
+    payload, _ = runner.hook("run_container_step", args)
+    step = start(["sh", str(HOOKS_SCRIPT)], runner.env, stdin=json.dumps(payload))
+    read_until(step, "started")
+    assert len(set(client.list()) - before) == 1  # the step's own container
+    status, _, err = cancel(step)
+    assert status == 1 and "cancelled by SIGTERM" in err
+    assert set(client.list()) == before
+    assert runner.call("cleanup_job").returncode == 0
