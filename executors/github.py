@@ -21,7 +21,6 @@ import os
 import sys
 from collections.abc import Mapping
 from contextlib import suppress
-from pathlib import Path
 from typing import Any
 
 from executors.common import (
@@ -50,21 +49,24 @@ def field(obj: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
     return value
 
 
-def bind_mounts(container: Mapping[str, Any]) -> list[list[Any]]:
+def bind_mounts(container: Mapping[str, Any], where: str) -> list[list[Any]]:
     """The runner's mounts as ``bind_mounts``: its own (work dir, externals, temp) where they
-    exist on this host (the Docker socket it offers may not), the workflow's user mounts
-    only as host directories (Corral has no named volumes)."""
+    exist on this host, the workflow's user mounts only as host paths (Corral has no named
+    volumes). A Docker socket the runner offers is never bound: it would hand the job the
+    host."""
     mounts = []
     for kind in ("systemMountVolumes", "userMountVolumes"):
         for i, mount in enumerate(container.get(kind) or []):
-            where = f"args.container.{kind}[{i}]"
-            source = field(mount, "sourceVolumePath", str, where)
-            target = field(mount, "targetVolumePath", str, where)
+            at = f"{where}.{kind}[{i}]"
+            source = field(mount, "sourceVolumePath", str, at)
+            target = field(mount, "targetVolumePath", str, at)
             mode = "ro" if mount.get("readOnly") else "rw"
-            if not source.startswith("/") or not Path(source).exists():
-                if kind == "userMountVolumes":
-                    raise DriverError(f"{where}: {source!r} is not a directory of this host")
+            if os.path.basename(source) == "docker.sock":
                 continue
+            if not source.startswith("/") or not os.path.exists(source):
+                if kind == "userMountVolumes":
+                    raise DriverError(f"{at}: {source!r} is not a path on this host")
+                continue  # the runner's, for a Docker host: not here
             mounts.append([os.path.normpath(source), target, {"mode": mode}])
     return mounts
 
@@ -124,7 +126,7 @@ def prepare_job(settings: Settings, hook: Mapping[str, Any]) -> int:
     image = field(container, "image", str, "args.container")
     handle = f"github-{os.urandom(6).hex()}"
     create = settings.create_config(handle, image)
-    create["bind_mounts"] = bind_mounts(container)
+    create["bind_mounts"] = bind_mounts(container, "args.container")
     create["env"] = environment(container, "args.container")
     create["properties"] = {"executor": "github"}
     with settings.connect() as client:
@@ -170,7 +172,7 @@ def run_container_step(settings: Settings, hook: Mapping[str, Any]) -> int:
     image = field(args, "image", str, "args")
     handle = f"github-step-{os.urandom(6).hex()}"
     create = settings.create_config(handle, image)
-    create["bind_mounts"] = bind_mounts(args)
+    create["bind_mounts"] = bind_mounts(args, "args")
     create["properties"] = {"executor": "github"}
     with settings.connect() as client:
         client.create(create)

@@ -223,19 +223,24 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> 
         return 2
     build_failure = exit_code(env, "BUILD_FAILURE_EXIT_CODE", 1)
     system_failure = exit_code(env, "SYSTEM_FAILURE_EXIT_CODE", 2)
+    label = f"{args.stage} {args.sub_stage}".strip()
     try:
         with cancellable():
             STAGES[args.stage](args, env)
     except BuildFailure as exc:
         if env.get("BUILD_EXIT_CODE_FILE"):
             # The runner reads the script's own status from here (allow_failure: exit_codes).
-            Path(env["BUILD_EXIT_CODE_FILE"]).write_text(f"{exc.status}\n")
+            try:
+                Path(env["BUILD_EXIT_CODE_FILE"]).write_text(f"{exc.status}\n")
+            except OSError as error:
+                fail(PROGRAM, f"{label}: BUILD_EXIT_CODE_FILE: {error.strerror}")
+                return system_failure
         return build_failure
     except Cancelled as exc:
-        fail(PROGRAM, f"{args.stage}: cancelled by {exc}")
+        fail(PROGRAM, f"{label}: cancelled by {exc}")
         return build_failure
     except (DriverError, errors.CorralError, OSError) as exc:
-        fail(PROGRAM, f"{args.stage}: {exc}")
+        fail(PROGRAM, f"{label}: {exc}")
         return system_failure
     return 0
 

@@ -39,15 +39,17 @@ class Runner:
             daemon,
             {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CORRAL_IMAGES": str(images)},
         )
+        self.docker_socket = tmp_path / "docker.sock"
+        self.docker_socket.write_text("a Docker daemon's socket\n")
         self.state: dict[str, Any] = {}
         self.responses = tmp_path / "responses"
         self.responses.mkdir()
 
     def mounts(self) -> list[dict[str, Any]]:
-        """The runner's system mounts, as in examples/prepare-job.json (with this host's
-        paths; the Docker socket is not on this host)."""
+        """The runner's system mounts, as in examples/prepare-job.json, with this host's
+        paths (a Docker socket among them, which must not be bound)."""
         pairs = [
-            ("/var/run/docker.sock", "/var/run/docker.sock"),
+            (str(self.docker_socket), "/var/run/docker.sock"),
             (str(self.work), "/__w"),
             (str(self.temp), "/__w/_temp"),
             (str(self.temp / "_github_home"), "/github/home"),
@@ -147,7 +149,10 @@ def test_a_passing_job_runs_its_steps_in_one_container_and_leaves_nothing(
     assert build.stdout == "hello from the workflow, development in /__w/repo/repo\n"
     assert build.stderr.startswith("/opt/tool/bin:/opt/x:/")
     assert (runner.workspace / "out").read_text() == "built\n"  # through the work dir's bind
-    test = runner.step("cat out; hostname; echo $PATH", prepend=["/opt/a", "/opt/b"])
+    test = runner.step(
+        "cat out; hostname; echo $PATH; test ! -e /var/run/docker.sock",
+        prepend=["/opt/a", "/opt/b"],
+    )
     assert test.returncode == 0, test.stderr
     assert test.stdout.startswith(f"built\n{runner.handle}\n/opt/a:/opt/b:/")
     cleaned = runner.call("cleanup_job")
