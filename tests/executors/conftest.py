@@ -1,6 +1,10 @@
 """Helpers of the CI driver tests: each driver runs as its runner runs it, a process of
 its own per stage or hook, with the runner's arguments, environment and stdin, against a
-private daemon."""
+private daemon.
+
+This folder has no ``__init__.py``, unlike the others: ``tests/`` is no package, so pytest
+would import this one as the package ``executors`` and shadow the drivers' own.
+"""
 
 from __future__ import annotations
 
