@@ -275,6 +275,7 @@ def test_cpu_shares_read_back(daemon: Daemon, client: Client) -> None:
         assert client.call("limit", handle, "cpu") == 512
         assert client.call("limit", handle, "cpu", 2048) == 2048
         assert client.info(handle)["limits"]["cpu"] == 2048
+        assert client.call("limit", handle, "cpu", 1) == 2  # Warden's clamp
     finally:
         client.destroy(handle)
 
