@@ -74,6 +74,8 @@ ALLOWED: dict[str, frozenset[State]] = {
     "info": LIVE | {State.BORN},
     "limit": LIVE,
     "copy": LIVE,
+    "net in": frozenset({State.ACTIVE, State.PAUSED}),
+    "net out": frozenset({State.ACTIVE, State.PAUSED}),
 }
 
 #: How often a quiet job's output size is checked against the cap, at most.

@@ -181,6 +181,7 @@ class NetworkPlugin:
         if len(args) >= 2 and args[1] == "in":
             a = Args("net in", list(args), ("HANDLE", "DIRECTION", "OPTS"))
             container = request.container(a.string(0))
+            container.require("net in")
             opts = a.options(2, IN_OPTIONS)
             host_port, container_port = await self.network.forward(
                 container, _port(opts, "host_port"), _port(opts, "container_port")
@@ -189,6 +190,7 @@ class NetworkPlugin:
         if len(args) >= 2 and args[1] == "out":
             a = Args("net out", list(args), ("HANDLE", "DIRECTION", "DESTINATION", "OPTS"))
             container = request.container(a.string(0))
+            container.require("net out")
             destination = a.string(2)
             opts = a.options(3, OUT_OPTIONS)
             await self.network.allow(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from supervisor.client import Client
-from supervisor.errors import InvalidRequest, NoCapacity, UnknownHandle
+from supervisor.errors import InvalidRequest, InvalidState, NoCapacity, UnknownHandle
 from tests.conftest import Daemon
 from tests.net.conftest import (
     HTTP_PAGE,
@@ -113,3 +113,19 @@ def test_bad_net_requests_are_invalid(
 def test_net_on_an_unknown_handle(client: Client) -> None:
     with pytest.raises(UnknownHandle):
         client.call("net", "nope", "in", {})
+
+
+def test_net_rules_are_refused_on_a_stopped_container_and_none_is_added(
+    daemon: Daemon, client: Client
+) -> None:
+    handle = client.create()
+    try:
+        client.call("stop", handle)
+        rules = net_leftovers(daemon, handle)["rules"]
+        for direction, arg in (("in", {"container_port": 8080}), ("out", "10.9.9.9/32")):
+            refusal = f"container {handle}: cannot net {direction} while stopped"
+            with pytest.raises(InvalidState, match=refusal):
+                client.call("net", handle, direction, arg)
+        assert net_leftovers(daemon, handle)["rules"] == rules
+    finally:
+        client.destroy(handle)
