@@ -27,6 +27,7 @@ import trio
 
 from plugins.net import links
 from plugins.net.claim import claim
+from plugins.net.dns import resolv_conf
 from plugins.net.network import Attachment, Network
 from plugins.net.rules import parse_egress
 from plugins.net.settings import NAME, Settings
@@ -37,6 +38,7 @@ from supervisor.api import (
     Handler,
     InvalidRequest,
     LaunchPlan,
+    Mount,
     NetworkNamespace,
     Request,
     StashKey,
@@ -46,6 +48,7 @@ from supervisor.api import (
 
 IN_OPTIONS: dict[str, type | tuple[type, ...]] = {"host_port": int, "container_port": int}
 OUT_OPTIONS: dict[str, type | tuple[type, ...]] = {"protocol": str}
+RESOLV_CONF = "/etc/resolv.conf"
 
 
 class _EarlyVeth:
@@ -129,6 +132,8 @@ class NetworkPlugin:
     async def _early_veth(
         self, container: ContainerView, plan: LaunchPlan, restoring: bool
     ) -> AsyncIterator[None]:
+        if not restoring:
+            plan.mounts.append(self._resolv_conf_mount(container))
         namespace = plan.network_namespace
         if restoring or namespace is None:
             yield  # attach does it all
@@ -145,6 +150,14 @@ class NetworkPlugin:
             if early.att is not None:  # a later phase failed before attach took it
                 with trio.CancelScope(shield=True):
                     await self.network.abandon(container, early.att, made=early.plumbed)
+
+    def _resolv_conf_mount(self, container: ContainerView) -> Mount:
+        """The container's /etc/resolv.conf: a file of its depot directory, bound read-only
+        (a dangling symlink in the rootfs's place is left alone)."""
+        path = container.path / "resolv.conf"
+        path.write_text(resolv_conf(self.network.settings.nameservers))
+        flags = ("bind", "mkfile", "optional", "ro", "nosuid", "nodev", "noexec")
+        return Mount("none", str(path), RESOLV_CONF, flags)
 
     @hookimpl
     def corral_container_attach(

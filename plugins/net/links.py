@@ -83,13 +83,13 @@ def network_namespace_of(pid: int) -> Iterator[int]:
         os.close(fd)
 
 
-async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None) -> None:
+async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None, mtu: int) -> None:
     """Create the veth pair of a container and set up its host end.
 
     The container end is made directly inside the network namespace *netns* (an fd) as ``eth0``
     (down, unconfigured: see :func:`configure_container_end`, or the container's init). The
     host end *device* gets the gateway address, or joins *bridge* (whose own address is the
-    gateway), and is up.
+    gateway), and is up. Both ends have the MTU *mtu*.
 
     Raises:
         LinkError: naming the device and the kernel's reason; nothing is left behind
@@ -99,7 +99,7 @@ async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None)
     # One request makes the pair, moves the peer, enslaves and raises the host end.
     # The host end has no carrier (nor an IPv6 address) until eth0 is raised.
     master = None if bridge is None else _index(bridge, what)
-    await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, netns, master))
+    await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, netns, master, mtu))
     try:
         _device_sysctls(device, route_localnet=bridge is None)
         if bridge is None:
@@ -162,12 +162,12 @@ def _index(device: str, what: str) -> int:
         raise LinkError(f"{what}: no device {device}") from exc
 
 
-def ensure_bridge(device: str, gateway_cidr: str) -> None:
-    """Create bridge *device* with the gateway address, unless it exists already."""
+def ensure_bridge(device: str, gateway_cidr: str, mtu: int) -> None:
+    """Create bridge *device* with the gateway address and MTU *mtu*, unless it exists already."""
     with _netlink(f"bridge {device}") as ipr:
         if ipr.link_lookup(ifname=device):
             return
-        ipr.link("add", ifname=device, kind="bridge")
+        ipr.link("add", ifname=device, kind="bridge", mtu=mtu)
         try:
             index = ipr.link("get", ifname=device)[0]["index"]
             _device_sysctls(device, route_localnet=True)

@@ -35,7 +35,7 @@ SIOCGIFINDEX = 0x8933
 _ERROR_CODE = struct.Struct("=i")
 _U32 = struct.Struct("=I")
 
-IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 3, 10, 18, 28
+IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 3, 4, 10, 18, 28
 IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 31, 32
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
@@ -60,17 +60,21 @@ def _one_queue() -> bytes:
     return _attr(IFLA_NUM_TX_QUEUES, _U32.pack(1)) + _attr(IFLA_NUM_RX_QUEUES, _U32.pack(1))
 
 
-def new_veth(device: str, peer: str, peer_netns: int, master: int | None) -> tuple[int, int, bytes]:
+def new_veth(
+    device: str, peer: str, peer_netns: int, master: int | None, mtu: int
+) -> tuple[int, int, bytes]:
     """RTM_NEWLINK: veth *device*, up, its *peer* made in the network namespace *peer_netns* (an fd).
 
-    Each end has one queue (``ip link add ... numtxqueues 1 numrxqueues 1``).
+    Each end has one queue (``ip link add ... numtxqueues 1 numrxqueues 1``) and the MTU *mtu*.
     """
     peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(peer))
     peer_info += _attr(IFLA_NET_NS_FD, _U32.pack(peer_netns)) + _one_queue()
+    peer_info += _attr(IFLA_MTU, _U32.pack(mtu))
     data = _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info)
     link_info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
     body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + _attr(IFLA_IFNAME, _name(device))
-    body += _one_queue() + _attr(IFLA_LINKINFO | NLA_F_NESTED, link_info)
+    body += _one_queue() + _attr(IFLA_MTU, _U32.pack(mtu))
+    body += _attr(IFLA_LINKINFO | NLA_F_NESTED, link_info)
     if master is not None:
         body += _attr(IFLA_MASTER, _U32.pack(master))
     return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body

@@ -311,9 +311,9 @@ class Network:
             async with self._bridge_lock:
                 self.members.setdefault(att.bridge, set()).add(att.handle)
                 await trio.to_thread.run_sync(
-                    links.ensure_bridge, bridge_device, att.lease.gateway_cidr
+                    links.ensure_bridge, bridge_device, att.lease.gateway_cidr, self.settings.mtu
                 )
-        await links.create_veth(att.device, netns, att.lease, bridge_device)
+        await links.create_veth(att.device, netns, att.lease, bridge_device, self.settings.mtu)
         if route_socket is not None:
             await links.configure_container_end(att.device, route_socket, att.lease)
 
