@@ -46,8 +46,18 @@ from supervisor.api import (
     hookimpl,
 )
 
-IN_OPTIONS: dict[str, type | tuple[type, ...]] = {"host_port": int, "container_port": int}
-OUT_OPTIONS: dict[str, type | tuple[type, ...]] = {"protocol": str}
+IN_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "host_port": int,
+    "container_port": int,
+    "revoke": bool,
+}
+OUT_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "protocol": str,
+    "icmp_type": int,
+    "icmp_code": int,
+    "log": bool,
+    "revoke": bool,
+}
 RESOLV_CONF = "/etc/resolv.conf"
 
 
@@ -196,6 +206,11 @@ class NetworkPlugin:
             container = request.container(a.string(0))
             container.require("net in")
             opts = a.options(2, IN_OPTIONS)
+            if opts.get("revoke"):
+                if opts.get("host_port") is None:
+                    raise InvalidRequest("net in: revoke needs the host_port of the forward")
+                await self.network.unforward(container, _port(opts, "host_port"))
+                return "ok"
             host_port, container_port = await self.network.forward(
                 container, _port(opts, "host_port"), _port(opts, "container_port")
             )
@@ -206,9 +221,17 @@ class NetworkPlugin:
             container.require("net out")
             destination = a.string(2)
             opts = a.options(3, OUT_OPTIONS)
-            await self.network.allow(
-                container, parse_egress(destination, opts.get("protocol", "all"))
+            allow = parse_egress(
+                destination,
+                opts.get("protocol", "all"),
+                opts.get("icmp_type"),
+                opts.get("icmp_code"),
+                opts.get("log", False),
             )
+            if opts.get("revoke"):
+                await self.network.revoke(container, allow)
+            else:
+                await self.network.allow(container, allow)
             return "ok"
         a = Args("net", list(args), ("HANDLE", "DIRECTION", "ARG", "OPTS"))
         a.string(0)

@@ -87,6 +87,28 @@ class Attachment:
         )
 
 
+def _rule_json(allow: Egress) -> dict[str, Any]:
+    """A ``net out`` rule as a client would give it again (to revoke it)."""
+    ports = allow.ports
+    data: dict[str, Any] = {
+        "destination": allow.destination
+        + (
+            ""
+            if not ports
+            else f":{ports[0]}"
+            if ports[0] == ports[1]
+            else f":{ports[0]}-{ports[1]}"
+        ),
+        "protocol": allow.protocol,
+    }
+    for key in ("icmp_type", "icmp_code"):
+        if getattr(allow, key) is not None:
+            data[key] = getattr(allow, key)
+    if allow.log:
+        data["log"] = True
+    return data
+
+
 class Network:
     """Pools, devices and rules of every container of this daemon."""
 
@@ -436,9 +458,68 @@ class Network:
         container.log.info("egress allowed", **allow.to_json())
         await container.publish(NetRuleChanged(container.handle, "out", allow.to_json()))
 
+    async def unforward(self, container: ContainerView, host_port: int | None) -> None:
+        """Remove the container's forward of *host_port* (``net in`` with ``revoke``).
+
+        Raises:
+            InvalidRequest: the container forwards no such port.
+        """
+        async with self._rules_lock:
+            att = self.attachment(container)
+            kept = [f for f in att.forwards if f[0] != host_port]
+            if len(kept) == len(att.forwards):
+                raise InvalidRequest(
+                    f"net in: container {container.handle} forwards no host port {host_port}"
+                )
+            await self._replace_rules(att, kept, att.egress, f"unforward port {host_port}")
+            att.forwards = kept
+            self.ports.release(host_port)  # type: ignore[arg-type]
+            self._save(container, att)
+        container.log.info("port forward removed", host_port=host_port)
+        await container.publish(
+            NetRuleChanged(container.handle, "in", {"host_port": host_port, "revoked": True})
+        )
+
+    async def revoke(self, container: ContainerView, allow: Egress) -> None:
+        """Remove a ``net out`` rule the container has, given as it was added.
+
+        Raises:
+            InvalidRequest: the container has no such rule.
+        """
+        async with self._rules_lock:
+            att = self.attachment(container)
+            if allow not in att.egress:
+                raise InvalidRequest(
+                    f"net out: container {container.handle} has no rule {allow.to_json()}"
+                )
+            kept = [e for e in att.egress if e != allow]
+            await self._replace_rules(att, att.forwards, kept, "revoke egress")
+            att.egress = kept
+            self._save(container, att)
+        container.log.info("egress revoked", **allow.to_json())
+        await container.publish(
+            NetRuleChanged(container.handle, "out", {**allow.to_json(), "revoked": True})
+        )
+
+    async def _replace_rules(
+        self,
+        att: Attachment,
+        forwards: list[tuple[int, int]],
+        egress: list[Egress],
+        what: str,
+    ) -> None:
+        """Make the container's rules exactly *forwards* and *egress*, in one transaction."""
+        listing = await self.firewall.apply(self.ruleset.list_table(), "list its rules")
+        await self.firewall.apply(
+            self.ruleset.delete_tagged(listing, att.handle)
+            + self.ruleset.container(att.handle, att.ingress, att.lease.address, forwards, egress),
+            f"{what} of container {att.handle}",
+        )
+
     def info(self, container: ContainerView) -> dict[str, Any]:
-        """``host_ip``, ``container_ip`` and ``net_stat`` (the traffic of its veth, as the
-        container sees it) of the container (nothing when it has no network)."""
+        """``host_ip``, ``container_ip``, ``net_stat`` (the traffic of its veth, as the
+        container sees it), and its rules ``net_in`` and ``net_out`` (nothing when it has
+        no network)."""
         att = self.attachments.get(container.handle)
         if att is None:
             return {}
@@ -447,6 +528,8 @@ class Network:
             "host_ip": host_ip,
             "container_ip": container_ip,
             "net_stat": links.container_traffic(att.device),
+            "net_in": [{"host_port": h, "container_port": c} for h, c in att.forwards],
+            "net_out": [_rule_json(e) for e in att.egress],
         }
 
     # -- daemon lifetime --------------------------------------------------------------

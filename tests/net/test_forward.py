@@ -129,3 +129,31 @@ def test_net_rules_are_refused_on_a_stopped_container_and_none_is_added(
         assert net_leftovers(daemon, handle)["rules"] == rules
     finally:
         client.destroy(handle)
+
+
+def test_a_forward_is_listed_and_revoked_and_its_port_freed(daemon: Daemon, client: Client) -> None:
+    handle = client.create()
+    try:
+        start_httpd(client, handle, 8080)
+        port = client.call("net", handle, "in", {"container_port": 8080})["host_port"]
+        assert client.info(handle)["net_in"] == [{"host_port": port, "container_port": 8080}]
+        assert HTTP_PAGE in http_get("127.0.0.1", port)
+        assert client.call("net", handle, "in", {"host_port": port, "revoke": True}) == "ok"
+        assert client.info(handle)["net_in"] == []
+        with pytest.raises(OSError):
+            http_get("127.0.0.1", port)
+        with pytest.raises(
+            InvalidRequest, match=f"container {handle} forwards no host port {port}"
+        ):
+            client.call("net", handle, "in", {"host_port": port, "revoke": True})
+        with pytest.raises(InvalidRequest, match="revoke needs the host_port"):
+            client.call("net", handle, "in", {"revoke": True})
+        # the port is free again
+        assert client.call("net", handle, "in", {"host_port": port, "container_port": 8080}) == {
+            "host_port": port,
+            "container_port": 8080,
+        }
+        assert HTTP_PAGE in http_get("127.0.0.1", port)
+    finally:
+        client.destroy(handle)
+    assert net_leftovers(daemon, handle) == {"devices": [], "rules": [], "addresses": []}

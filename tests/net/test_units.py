@@ -247,6 +247,11 @@ def test_settings_errors_name_the_setting(table: dict[str, object], words: str) 
             Egress(IPv4Network("198.18.0.0/24"), (1000, 2000), "udp"),
         ),
         ("0.0.0.0/0", "icmp", Egress(IPv4Network("0.0.0.0/0"), None, "icmp")),
+        (
+            "198.18.0.5-198.18.0.9:53",
+            "udp",
+            Egress(IPv4Network("198.18.0.5/32"), (53, 53), "udp", IPv4Address("198.18.0.9")),
+        ),
     ],
 )
 def test_parse_egress(spec: str, protocol: str, expected: Egress) -> None:
@@ -263,11 +268,31 @@ def test_parse_egress(spec: str, protocol: str, expected: Egress) -> None:
         ("1.2.3.4:80", "icmp", "ICMP has no ports"),
         ("1.2.3.4", "sctp", "protocol 'sctp'"),
         (42, "tcp", "must be a string"),
+        ("1.2.3.9-1.2.3.4", "tcp", "the range 1.2.3.9-1.2.3.4 is empty"),
+        ("1.2.3.4-x", "tcp", "is not an IPv4 address, network or range FIRST-LAST"),
     ],
 )
 def test_parse_egress_errors(spec: object, protocol: str, words: str) -> None:
     with pytest.raises(InvalidRequest, match=words):
         parse_egress(spec, protocol)
+
+
+def test_icmp_type_and_code_and_log() -> None:
+    allow = parse_egress("1.2.3.4", "icmp", icmp_type=8, icmp_code=0, log=True)
+    assert (allow.icmp_type, allow.icmp_code, allow.log) == (8, 0, True)
+    assert Egress.from_json(allow.to_json()) == allow
+    expr = repr(_rules(Ruleset(parse({})).egress("h1", "crlv0", IPv4Address("10.254.0.2"), allow)))
+    assert "'field': 'type'}}, 'right': 8" in expr and "'field': 'code'}}, 'right': 0" in expr
+    assert "'log': {'prefix': 'corral-out h1 '}" in expr
+    for kwargs, words in [
+        ({"icmp_type": 8}, "icmp_type and icmp_code need protocol icmp"),
+        ({"icmp_type": 256}, "icmp_type 256 is not a number from 0 to 255"),
+        ({"icmp_code": 0}, "need protocol icmp"),
+    ]:
+        with pytest.raises(InvalidRequest, match=words):
+            parse_egress("1.2.3.4", "tcp", **kwargs)
+    with pytest.raises(InvalidRequest, match="icmp_code needs an icmp_type"):
+        parse_egress("1.2.3.4", "icmp", icmp_code=0)
 
 
 # -- ruleset -------------------------------------------------------------------------------
