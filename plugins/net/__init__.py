@@ -19,8 +19,10 @@ name pools, pure), :mod:`.rules` (the nftables JSON, pure), :mod:`.firewall`
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from ipaddress import IPv4Address
 from typing import Any
 
 import trio
@@ -49,6 +51,7 @@ from supervisor.api import (
 IN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "host_port": int,
     "container_port": int,
+    "host_address": str,
     "revoke": bool,
 }
 OUT_OPTIONS: dict[str, type | tuple[type, ...]] = {
@@ -211,10 +214,13 @@ class NetworkPlugin:
                     raise InvalidRequest("net in: revoke needs the host_port of the forward")
                 await self.network.unforward(container, _port(opts, "host_port"))
                 return "ok"
-            host_port, container_port = await self.network.forward(
-                container, _port(opts, "host_port"), _port(opts, "container_port")
+            forward = await self.network.forward(
+                container,
+                _port(opts, "host_port"),
+                _port(opts, "container_port"),
+                _host_address(opts.get("host_address")),
             )
-            return {"host_port": host_port, "container_port": container_port}
+            return forward.to_json()
         if len(args) >= 2 and args[1] == "out":
             a = Args("net out", list(args), ("HANDLE", "DIRECTION", "DESTINATION", "OPTS"))
             container = request.container(a.string(0))
@@ -236,6 +242,24 @@ class NetworkPlugin:
         a = Args("net", list(args), ("HANDLE", "DIRECTION", "ARG", "OPTS"))
         a.string(0)
         raise InvalidRequest(f'net: DIRECTION must be "in" or "out", got {a.value(1, True)!r}')
+
+
+def _host_address(value: str | None) -> IPv4Address | None:
+    """An IPv4 address of this host (to forward only its port), or None."""
+    if value is None:
+        return None
+    try:
+        address = IPv4Address(value)
+    except ValueError:
+        raise InvalidRequest(f"net in: host_address {value!r} is not an IPv4 address") from None
+    with socket.socket() as probe:  # binds only to an address the host has
+        try:
+            probe.bind((str(address), 0))
+        except OSError as exc:
+            raise InvalidRequest(
+                f"net in: host_address {value} is not an address of this host ({exc.strerror})"
+            ) from None
+    return address
 
 
 def _port(opts: dict[str, Any], key: str) -> int | None:

@@ -20,7 +20,7 @@ import trio
 from plugins.net import links
 from plugins.net.firewall import Firewall
 from plugins.net.pool import AddressPool, BridgePool, Lease, PortPool, SlotPool, SubnetPool
-from plugins.net.rules import Egress, Ruleset
+from plugins.net.rules import Egress, Forward, Ruleset
 from plugins.net.settings import MAX_IDS, NAME, Settings
 from supervisor.api import (
     ContainerView,
@@ -55,7 +55,7 @@ class Attachment:
     #: Configured bridge name, or None for a /30 of the pool.
     bridge: str | None
     lease: Lease
-    forwards: list[tuple[int, int]] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
     egress: list[Egress] = field(default_factory=list)
     #: Release has begun: no rule may be added any more.
     closed: bool = False
@@ -69,7 +69,7 @@ class Attachment:
             "ingress": self.ingress,
             "bridge": self.bridge,
             "lease": self.lease.to_json(),
-            "forwards": [list(f) for f in self.forwards],
+            "forwards": [f.to_json() for f in self.forwards],
             "egress": [e.to_json() for e in self.egress],
         }
 
@@ -82,7 +82,7 @@ class Attachment:
             ingress=data["ingress"],
             bridge=data.get("bridge"),
             lease=Lease.from_json(data["lease"]),
-            forwards=[(int(p), int(q)) for p, q in data.get("forwards", [])],
+            forwards=[Forward.from_json(f) for f in data.get("forwards", [])],
             egress=[Egress.from_json(e) for e in data.get("egress", [])],
         )
 
@@ -281,8 +281,8 @@ class Network:
             ("device id", lambda: self.ids.reserve(att.ident, f"device {att.device}", force=True)),
         ]
         steps += [
-            (f"host port {p}", lambda p=p: self.ports.reserve(p, force=True))
-            for p, _ in att.forwards
+            (f"host port {f.host_port}", lambda p=f.host_port: self.ports.reserve(p, force=True))
+            for f in att.forwards
         ]
         for what, step in steps:
             try:
@@ -381,8 +381,8 @@ class Network:
             pass  # the pool or bridge changed in the config; nothing to give back
         # A device name waits too: its veth may still be on its way out (see release).
         self.ids.release(att.ident, quarantine=quarantine)
-        for host_port, _ in att.forwards:
-            self.ports.release(host_port)
+        for forward in att.forwards:
+            self.ports.release(forward.host_port)
         if self.attachments.get(att.handle) is att:
             del self.attachments[att.handle]
 
@@ -405,9 +405,14 @@ class Network:
         return att
 
     async def forward(
-        self, container: ContainerView, host_port: int | None, container_port: int | None
-    ) -> tuple[int, int]:
-        """Forward a host TCP port to the container (``net in``); return (host, container) port.
+        self,
+        container: ContainerView,
+        host_port: int | None,
+        container_port: int | None,
+        host_address: IPv4Address | None = None,
+    ) -> Forward:
+        """Forward a host TCP port, of *host_address* or of every local address, to the
+        container (``net in``).
 
         Raises:
             NoCapacity: no port of the range is free.
@@ -424,24 +429,20 @@ class Network:
                 raise NoCapacity(f"net in: container {container.handle}: {exc.message}") from None
             except InvalidRequest as exc:
                 raise InvalidRequest(f"net in: {exc.message}") from None
-            container_port = container_port or host_port
+            forward = Forward(host_port, container_port or host_port, host_address)
             try:
                 await self.firewall.apply(
-                    self.ruleset.forward(att.handle, host_port, att.lease.address, container_port),
+                    self.ruleset.forward(att.handle, forward, att.lease.address),
                     f"forward port {host_port} to container {att.handle}",
                 )
             except BaseException:
                 self.ports.release(host_port)
                 raise
-            att.forwards.append((host_port, container_port))
+            att.forwards.append(forward)
             self._save(container, att)
-        container.log.info("port forwarded", host_port=host_port, container_port=container_port)
-        await container.publish(
-            NetRuleChanged(
-                container.handle, "in", {"host_port": host_port, "container_port": container_port}
-            )
-        )
-        return host_port, container_port
+        container.log.info("port forwarded", **forward.to_json())
+        await container.publish(NetRuleChanged(container.handle, "in", forward.to_json()))
+        return forward
 
     async def allow(self, container: ContainerView, allow: Egress) -> None:
         """Let the container reach one destination (``net out``); asking twice is harmless."""
@@ -466,7 +467,7 @@ class Network:
         """
         async with self._rules_lock:
             att = self.attachment(container)
-            kept = [f for f in att.forwards if f[0] != host_port]
+            kept = [f for f in att.forwards if f.host_port != host_port]
             if len(kept) == len(att.forwards):
                 raise InvalidRequest(
                     f"net in: container {container.handle} forwards no host port {host_port}"
@@ -504,7 +505,7 @@ class Network:
     async def _replace_rules(
         self,
         att: Attachment,
-        forwards: list[tuple[int, int]],
+        forwards: list[Forward],
         egress: list[Egress],
         what: str,
     ) -> None:
@@ -528,7 +529,7 @@ class Network:
             "host_ip": host_ip,
             "container_ip": container_ip,
             "net_stat": links.container_traffic(att.device),
-            "net_in": [{"host_port": h, "container_port": c} for h, c in att.forwards],
+            "net_in": [f.to_json() for f in att.forwards],
             "net_out": [_rule_json(e) for e in att.egress],
         }
 

@@ -107,6 +107,33 @@ def _port(text: str, spec: str) -> int:
     return int(text)
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One ``net in``: a host TCP port (on one host address, or on every local one)
+    forwarded to a container port."""
+
+    host_port: int
+    container_port: int
+    host_address: IPv4Address | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"host_port": self.host_port, "container_port": self.container_port}
+        if self.host_address is not None:
+            data["host_address"] = str(self.host_address)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Forward:
+        if isinstance(data, list):  # records written before host addresses: [host, container]
+            return cls(int(data[0]), int(data[1]))
+        address = data.get("host_address")
+        return cls(
+            int(data["host_port"]),
+            int(data["container_port"]),
+            IPv4Address(address) if address else None,
+        )
+
+
 def _icmp_field(name: str, value: Any) -> int | None:
     if value is not None and (
         isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255
@@ -314,14 +341,17 @@ class Ruleset:
         )
         return cmds
 
-    def forward(
-        self, handle: str, host_port: int, address: IPv4Address, container_port: int
-    ) -> list[Command]:
-        """DNAT of TCP to a local address's *host_port* to the container's *container_port*."""
+    def forward(self, handle: str, forward: Forward, address: IPv4Address) -> list[Command]:
+        """DNAT of TCP to the host port (of one host address, or of any local one) to the
+        container's port at *address*."""
+        if forward.host_address is None:
+            to_host = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+        else:
+            to_host = _match(_ip("daddr"), str(forward.host_address))
         expr = (
-            _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
-            _match({"payload": {"protocol": "tcp", "field": "dport"}}, host_port),
-            {"dnat": {"family": "ip", "addr": str(address), "port": container_port}},
+            to_host,
+            _match({"payload": {"protocol": "tcp", "field": "dport"}}, forward.host_port),
+            {"dnat": {"family": "ip", "addr": str(address), "port": forward.container_port}},
         )
         return [self._rule("prerouting", handle, *expr), self._rule("output", handle, *expr)]
 
@@ -358,13 +388,13 @@ class Ruleset:
         handle: str,
         device: str,
         address: IPv4Address,
-        forwards: Iterable[tuple[int, int]],
+        forwards: Iterable[Forward],
         egress: Iterable[Egress],
     ) -> list[Command]:
         """Every rule of one container."""
         cmds: list[Command] = []
-        for host_port, container_port in forwards:
-            cmds += self.forward(handle, host_port, address, container_port)
+        for forward in forwards:
+            cmds += self.forward(handle, forward, address)
         for allow in egress:
             cmds += self.egress(handle, device, address, allow)
         return cmds

@@ -157,3 +157,32 @@ def test_a_forward_is_listed_and_revoked_and_its_port_freed(daemon: Daemon, clie
     finally:
         client.destroy(handle)
     assert net_leftovers(daemon, handle) == {"devices": [], "rules": [], "addresses": []}
+
+
+def test_a_forward_bound_to_one_host_address_answers_only_there(
+    client: Client, outside: Outside
+) -> None:
+    handle = client.create()
+    try:
+        start_httpd(client, handle, 8080)
+        reply = client.call(
+            "net", handle, "in", {"container_port": 8080, "host_address": "127.0.0.1"}
+        )
+        port = reply["host_port"]
+        assert reply == {"host_port": port, "container_port": 8080, "host_address": "127.0.0.1"}
+        assert HTTP_PAGE in http_get("127.0.0.1", port)
+        # not on the host's address on the outside link, from outside or from the host
+        done = outside.python(GET.format(ip=outside.host_ip, port=port))
+        assert HTTP_PAGE not in done.stdout
+        with pytest.raises(OSError):
+            http_get(outside.host_ip, port)
+        assert client.info(handle)["net_in"] == [reply]
+        for address, words in [
+            ("192.0.2.1", "host_address 192.0.2.1 is not an address of this host"),
+            ("localhost", "host_address 'localhost' is not an IPv4 address"),
+        ]:
+            with pytest.raises(InvalidRequest, match=words):
+                client.call("net", handle, "in", {"host_address": address})
+        assert client.info(handle)["net_in"] == [reply]
+    finally:
+        client.destroy(handle)

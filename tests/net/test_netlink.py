@@ -24,7 +24,9 @@ def _decode(parser: type, message: tuple[int, int, bytes]) -> tuple[int, int, An
 
 
 def test_new_veth() -> None:
-    kind, flags, msg = _decode(ifinfmsg, netlink.new_veth("crlv7", "eth0", 4242, master=12, mtu=1400))
+    kind, flags, msg = _decode(
+        ifinfmsg, netlink.new_veth("crlv7", "eth0", 4242, master=12, mtu=1400)
+    )
     assert (kind, flags) == (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
     assert msg["flags"] & IFF_UP and msg["change"] & IFF_UP
     assert msg.get_attr("IFLA_IFNAME") == "crlv7"
