@@ -40,6 +40,7 @@ from supervisor.api import (
     Handler,
     InvalidRequest,
     LaunchPlan,
+    Limit,
     Mount,
     NetworkNamespace,
     Request,
@@ -199,6 +200,10 @@ class NetworkPlugin:
         return self.network.info(container)
 
     @hookimpl
+    def corral_limit_resources(self) -> Mapping[str, Limit]:
+        return {"bandwidth": _BandwidthLimit(self.network)}
+
+    @hookimpl
     def corral_commands(self) -> Mapping[str, Handler]:
         return {"net": self.net}
 
@@ -242,6 +247,19 @@ class NetworkPlugin:
         a = Args("net", list(args), ("HANDLE", "DIRECTION", "ARG", "OPTS"))
         a.string(0)
         raise InvalidRequest(f'net: DIRECTION must be "in" or "out", got {a.value(1, True)!r}')
+
+
+class _BandwidthLimit:
+    """``limit HANDLE bandwidth {"rate": BYTES_PER_SECOND, "burst": BYTES}`` (``{}`` lifts it)."""
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+
+    async def read(self, container: ContainerView) -> Any:
+        return self.network.bandwidth(container)
+
+    async def write(self, container: ContainerView, value: Any) -> Any:
+        return await self.network.set_bandwidth(container, value)
 
 
 def _host_address(value: str | None) -> IPv4Address | None:

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 import trio
 
-from plugins.net import links
+from plugins.net import links, shaping
 from plugins.net.firewall import Firewall
 from plugins.net.pool import AddressPool, BridgePool, Lease, PortPool, SlotPool, SubnetPool
 from plugins.net.rules import Egress, Forward, Ruleset
@@ -34,7 +34,7 @@ from supervisor.api import (
 
 log = structlog.get_logger()
 
-NETWORK_KEYS = ("address", "bridge")
+NETWORK_KEYS = ("address", "bridge", "bandwidth")
 
 
 #: Seconds a released device name is not reused: the kernel removes the veth of a
@@ -57,6 +57,7 @@ class Attachment:
     lease: Lease
     forwards: list[Forward] = field(default_factory=list)
     egress: list[Egress] = field(default_factory=list)
+    bandwidth: shaping.Bandwidth | None = None
     #: Release has begun: no rule may be added any more.
     closed: bool = False
     #: The daemon shut down and left the container running.
@@ -71,6 +72,7 @@ class Attachment:
             "lease": self.lease.to_json(),
             "forwards": [f.to_json() for f in self.forwards],
             "egress": [e.to_json() for e in self.egress],
+            "bandwidth": self.bandwidth.to_json() if self.bandwidth else None,
         }
 
     @classmethod
@@ -84,6 +86,7 @@ class Attachment:
             lease=Lease.from_json(data["lease"]),
             forwards=[Forward.from_json(f) for f in data.get("forwards", [])],
             egress=[Egress.from_json(e) for e in data.get("egress", [])],
+            bandwidth=shaping.Bandwidth.from_json(bw) if (bw := data.get("bandwidth")) else None,
         )
 
 
@@ -138,8 +141,16 @@ class Network:
             value = {}
         if not isinstance(value, dict) or set(value) - set(NETWORK_KEYS):
             raise InvalidRequest(
-                'network: must be an object with "address": "A.B.C.D[/NN]" and/or "bridge": NAME'
+                'network: must be an object with "address": "A.B.C.D[/NN]", "bridge": NAME '
+                'and/or "bandwidth": {"rate": BYTES_PER_SECOND, "burst": BYTES}'
             )
+        try:
+            bandwidth = shaping.parse_bandwidth(value.get("bandwidth"), self.settings.mtu)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"network: {exc.message}") from None
+        return {**self._check_address(value), "bandwidth": bandwidth and bandwidth.to_json()}
+
+    def _check_address(self, value: dict[str, Any]) -> dict[str, Any]:
         bridge = value.get("bridge")
         if bridge is not None and bridge not in self.bridges:
             known = ", ".join(sorted(self.bridges)) or "none"
@@ -204,7 +215,9 @@ class Network:
             raise
         device = self.settings.veth_name(ident)
         ingress = device if bridge is None else self.settings.bridge_device(bridge)
+        bandwidth = options.get("bandwidth")
         att = Attachment(container.handle, ident, device, ingress, bridge, lease)
+        att.bandwidth = shaping.Bandwidth.from_json(bandwidth) if bandwidth else None
         self.attachments[att.handle] = att
         # Saved with the container's next record. A daemon that dies before that
         # leaves nothing to give back: the pool lives in memory, and the veth goes
@@ -234,6 +247,13 @@ class Network:
             with trio.CancelScope(shield=True):
                 await self.abandon(container, att, made=False)
             raise
+        if att.bandwidth is not None:
+            try:
+                await self._shape(att, att.bandwidth)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.abandon(container, att, made=True)
+                raise
         container.log.info(
             "network attached",
             address=att.lease.cidr,
@@ -249,11 +269,13 @@ class Network:
                 await links.delete_link(att.device)
             except Exception:
                 container.log.exception("veth of a failed create not deleted", device=att.device)
+        await self._unshape(container, att)
         await self._teardown(att, quarantine=False)
         container.plugin_state(NAME).clear()
 
     async def restore(self, container: ContainerView) -> None:
-        """Re-adopt a restored container's network; re-create its veth if it vanished."""
+        """Re-adopt a restored container's network; re-create its veth if it vanished, and
+        apply its bandwidth limit again (a daemon killed while applying left it half-made)."""
         state = container.plugin_state(NAME)
         if not state:
             return  # it died before anything of the network was acquired
@@ -265,15 +287,20 @@ class Network:
         sandbox = container.sandbox
         if container.state is State.BORN or sandbox is None or not sandbox.alive:
             return
-        if await trio.to_thread.run_sync(links.exists, att.device):
-            return
-        container.log.warning(
-            "network device missing after restart; re-creating", device=att.device
-        )
-        try:
-            await self._plumb_running(att, sandbox)
-        except Exception:
-            container.log.exception("network device could not be re-created", device=att.device)
+        if not await trio.to_thread.run_sync(links.exists, att.device):
+            container.log.warning(
+                "network device missing after restart; re-creating", device=att.device
+            )
+            try:
+                await self._plumb_running(att, sandbox)
+            except Exception:
+                container.log.exception("network device could not be re-created", device=att.device)
+                return
+        if att.bandwidth is not None:
+            try:
+                await self._shape(att, att.bandwidth)
+            except Exception:
+                container.log.exception("bandwidth limit could not be applied again")
 
     def _reserve_restored(self, att: Attachment, container: ContainerView) -> None:
         steps: list[tuple[str, Any]] = [
@@ -309,6 +336,7 @@ class Network:
                     await self.firewall.remove_tagged(att.handle)
                 except Exception:
                     container.log.exception("firewall rules of the container not removed")
+        await self._unshape(container, att)
         # The veth pair is not deleted here: it goes with the container's network
         # namespace when the init is killed, right after. Deleting it ourselves
         # waits ~16 ms for the kernel (an RCU grace period); the namespace's
@@ -385,6 +413,46 @@ class Network:
             self.ports.release(forward.host_port)
         if self.attachments.get(att.handle) is att:
             del self.attachments[att.handle]
+
+    # -- bandwidth -------------------------------------------------------------------
+
+    async def _shape(self, att: Attachment, bandwidth: shaping.Bandwidth) -> None:
+        ifb = self.settings.ifb_name(att.ident)
+        try:
+            await trio.to_thread.run_sync(shaping.apply, att.device, ifb, bandwidth)
+        except (OSError, IndexError) as exc:  # NetlinkError is an OSError
+            raise links.LinkError(f"bandwidth of veth {att.device}: {exc}") from exc
+
+    async def _unshape(self, container: ContainerView, att: Attachment) -> None:
+        """Delete the container's IFB, if it has one (never raises); the veth's own
+        qdiscs go with the veth."""
+        if att.bandwidth is None:
+            return
+        ifb = self.settings.ifb_name(att.ident)
+        try:
+            await trio.to_thread.run_sync(shaping.remove, None, ifb)
+        except Exception:
+            container.log.exception("IFB device not deleted", device=ifb)
+
+    async def set_bandwidth(self, container: ContainerView, value: Any) -> Any:
+        """``limit HANDLE bandwidth VALUE``: shape both directions, or (``{}``) stop."""
+        bandwidth = shaping.parse_bandwidth(value, self.settings.mtu)
+        async with self._rules_lock:
+            att = self.attachment(container)
+            if bandwidth is None:
+                ifb = self.settings.ifb_name(att.ident)
+                await trio.to_thread.run_sync(shaping.remove, att.device, ifb)
+            else:
+                await self._shape(att, bandwidth)
+            att.bandwidth = bandwidth
+            self._save(container, att)
+        container.log.info("bandwidth set", bandwidth=value)
+        return bandwidth and bandwidth.to_json()
+
+    def bandwidth(self, container: ContainerView) -> Any:
+        """The bandwidth limit in force (None: none)."""
+        att = self.attachment(container)
+        return att.bandwidth and att.bandwidth.to_json()
 
     def _record(self, container: ContainerView, att: Attachment) -> None:
         state = container.plugin_state(NAME)
@@ -531,6 +599,8 @@ class Network:
             "net_stat": links.container_traffic(att.device),
             "net_in": [f.to_json() for f in att.forwards],
             "net_out": [_rule_json(e) for e in att.egress],
+            "bandwidth_stat": att.bandwidth
+            and shaping.stats(att.device, self.settings.ifb_name(att.ident), att.bandwidth),
         }
 
     # -- daemon lifetime --------------------------------------------------------------
@@ -544,6 +614,7 @@ class Network:
         wanted = {a.device for a in live} | {
             self.settings.bridge_device(name) for name, m in self.members.items() if m
         }
+        wanted |= {self.settings.ifb_name(a.ident) for a in live if a.bandwidth}
         prefix = self.settings.interface_prefix
         for device in await trio.to_thread.run_sync(links.devices, prefix):
             if device not in wanted:
