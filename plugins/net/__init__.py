@@ -196,8 +196,18 @@ class NetworkPlugin:
                 await net.release(container)
 
     @hookimpl
-    def corral_container_info(self, container: ContainerView) -> Mapping[str, Any]:
-        return self.network.info(container)
+    def corral_container_info(
+        self, container: ContainerView
+    ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]]:
+        info = self.network.info(container)
+        if not info.get("limits", {}).get("bandwidth"):
+            return {**info, "bandwidth_stat": None} if info else info
+        return self._with_bandwidth_stat(container, info)
+
+    async def _with_bandwidth_stat(
+        self, container: ContainerView, info: dict[str, Any]
+    ) -> Mapping[str, Any]:
+        return {**info, "bandwidth_stat": await self.network.bandwidth_stat(container)}
 
     @hookimpl
     def corral_limit_resources(self) -> Mapping[str, Limit]:

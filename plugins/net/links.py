@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from plugins.net import netlink
 from plugins.net.pool import Lease
+from plugins.net.shaping import Bandwidth, bucket
 from supervisor.api import CorralError
 
 #: Name of the container end of every veth, inside the container.
@@ -111,10 +112,13 @@ async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None,
         raise
 
 
-async def configure_container_end(device: str, route_socket: int, lease: Lease) -> None:
-    """Give ``eth0``, the container end of veth *device*, the lease's address, raise it
-    and route by the lease's gateway, with rtnetlink requests on *route_socket* (a
-    NETLINK_ROUTE socket opened in the container's network namespace).
+async def configure_container_end(
+    device: str, route_socket: int, lease: Lease, bandwidth: Bandwidth | None = None
+) -> None:
+    """Give ``eth0``, the container end of veth *device*, the lease's address (and the
+    token bucket of *bandwidth*), raise it and route by the lease's gateway, with
+    rtnetlink requests on *route_socket* (a NETLINK_ROUTE socket opened in the
+    container's network namespace).
 
     Raises:
         LinkError: naming the device and the kernel's reason; the veth is deleted.
@@ -122,8 +126,12 @@ async def configure_container_end(device: str, route_socket: int, lease: Lease) 
     rtnl = netlink.RouteSocket(route_socket)
     try:
         index = rtnl.index_of(CONTAINER_IFNAME)
+        # The bucket before the device is up: replacing the qdisc of a running device
+        # waits for its transmissions to stop.
+        shaped = [] if bandwidth is None else [bucket(index, bandwidth)]
         await rtnl.request(
             netlink.new_address(index, str(lease.address), lease.prefixlen),
+            *shaped,
             netlink.set_up(index),
             netlink.new_default_route(str(lease.gateway)),
         )
@@ -135,6 +143,11 @@ async def configure_container_end(device: str, route_socket: int, lease: Lease) 
         raise
     finally:
         rtnl.close()
+
+
+def host_route_socket() -> netlink.RouteSocket:
+    """The daemon's route socket in the host's network namespace."""
+    return _rtnl
 
 
 async def delete_link(device: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 import trio
 
-from plugins.net import links, shaping
+from plugins.net import links, netlink, shaping
 from plugins.net.firewall import Firewall
 from plugins.net.pool import AddressPool, BridgePool, Lease, PortPool, SlotPool, SubnetPool
 from plugins.net.rules import Egress, Forward, Ruleset
@@ -130,6 +130,8 @@ class Network:
         #: Handles of the containers on each bridge (a bridge exists while it has members).
         self.members: dict[str, set[str]] = {name: set() for name in settings.bridges}
         self._bridge_lock = trio.Lock()
+        #: Route sockets in the network namespaces of containers with a bandwidth limit.
+        self.inside: dict[str, netlink.RouteSocket] = {}
         #: Held from "may this container get a rule" to "the rule is recorded".
         self._rules_lock = trio.Lock()
 
@@ -247,9 +249,9 @@ class Network:
             with trio.CancelScope(shield=True):
                 await self.abandon(container, att, made=False)
             raise
-        if att.bandwidth is not None:
+        if att.bandwidth is not None and not plumbed:  # else plumb shaped it
             try:
-                await self._shape(att, att.bandwidth)
+                await self._shape(att, att.bandwidth, sandbox.pid)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await self.abandon(container, att, made=True)
@@ -269,7 +271,7 @@ class Network:
                 await links.delete_link(att.device)
             except Exception:
                 container.log.exception("veth of a failed create not deleted", device=att.device)
-        await self._unshape(container, att)
+        self._close_inside(att)
         await self._teardown(att, quarantine=False)
         container.plugin_state(NAME).clear()
 
@@ -298,7 +300,7 @@ class Network:
                 return
         if att.bandwidth is not None:
             try:
-                await self._shape(att, att.bandwidth)
+                await self._shape(att, att.bandwidth, sandbox.pid)
             except Exception:
                 container.log.exception("bandwidth limit could not be applied again")
 
@@ -336,7 +338,7 @@ class Network:
                     await self.firewall.remove_tagged(att.handle)
                 except Exception:
                     container.log.exception("firewall rules of the container not removed")
-        await self._unshape(container, att)
+        self._close_inside(att)
         # The veth pair is not deleted here: it goes with the container's network
         # namespace when the init is killed, right after. Deleting it ourselves
         # waits ~16 ms for the kernel (an RCU grace period); the namespace's
@@ -347,7 +349,8 @@ class Network:
     async def plumb(self, att: Attachment, netns: int, route_socket: int | None = None) -> None:
         """Make the container's veth, ``eth0`` in the network namespace *netns* (an fd);
         with *route_socket* (a NETLINK_ROUTE socket opened in that namespace) configure
-        ``eth0`` too, else :meth:`attach` has the init do it.
+        ``eth0`` and shape both ends too, else :meth:`attach` has the init configure it
+        and shapes them.
 
         Needs no sandbox: it may run while the container's init sets up. On
         failure it removes what it made (a device of that name it did not make stays).
@@ -364,8 +367,18 @@ class Network:
                     links.ensure_bridge, bridge_device, att.lease.gateway_cidr, self.settings.mtu
                 )
         await links.create_veth(att.device, netns, att.lease, bridge_device, self.settings.mtu)
-        if route_socket is not None:
-            await links.configure_container_end(att.device, route_socket, att.lease)
+        if route_socket is None:
+            return
+        await links.configure_container_end(att.device, route_socket, att.lease, att.bandwidth)
+        if att.bandwidth is not None:
+            try:
+                await shaping.shape(links.host_route_socket(), att.device, att.bandwidth)
+            except OSError as exc:
+                with trio.CancelScope(shield=True):
+                    await links.delete_link(att.device)
+                raise links.LinkError(f"bandwidth of veth {att.device}: {exc.strerror}") from exc
+            # Kept for the limit's stats and changes.
+            self.inside[att.handle] = netlink.RouteSocket(route_socket)
 
     async def _plumb_running(self, att: Attachment, sandbox: Sandbox) -> None:
         """:meth:`plumb` into a running sandbox's namespace; its init configures ``eth0``."""
@@ -416,38 +429,77 @@ class Network:
 
     # -- bandwidth -------------------------------------------------------------------
 
-    async def _shape(self, att: Attachment, bandwidth: shaping.Bandwidth) -> None:
-        ifb = self.settings.ifb_name(att.ident)
-        try:
-            await trio.to_thread.run_sync(shaping.apply, att.device, ifb, bandwidth)
-        except (OSError, IndexError) as exc:  # NetlinkError is an OSError
-            raise links.LinkError(f"bandwidth of veth {att.device}: {exc}") from exc
+    async def _inside(self, att: Attachment, pid: int) -> netlink.RouteSocket:
+        """A route socket in the container's network namespace, kept while it has a limit."""
+        rtnl = self.inside.get(att.handle)
+        if rtnl is None:
+            sock = await trio.to_thread.run_sync(shaping.route_socket_in, pid)
+            with sock:
+                rtnl = self.inside[att.handle] = netlink.RouteSocket(sock.fileno())
+        return rtnl
 
-    async def _unshape(self, container: ContainerView, att: Attachment) -> None:
-        """Delete the container's IFB, if it has one (never raises); the veth's own
-        qdiscs go with the veth."""
-        if att.bandwidth is None:
-            return
-        ifb = self.settings.ifb_name(att.ident)
+    def _close_inside(self, att: Attachment) -> None:
+        rtnl = self.inside.pop(att.handle, None)
+        if rtnl is not None:
+            rtnl.close()
+
+    async def _shape(self, att: Attachment, bandwidth: shaping.Bandwidth | None, pid: int) -> None:
+        """Shape both ends of the container's veth (None: stop) (process *pid* is in its
+        network namespace).
+
+        Raises:
+            LinkError: naming the device and the kernel's reason.
+        """
         try:
-            await trio.to_thread.run_sync(shaping.remove, None, ifb)
-        except Exception:
-            container.log.exception("IFB device not deleted", device=ifb)
+            await shaping.shape(links.host_route_socket(), att.device, bandwidth)
+            await shaping.shape(await self._inside(att, pid), links.CONTAINER_IFNAME, bandwidth)
+        except OSError as exc:
+            raise links.LinkError(f"bandwidth of veth {att.device}: {exc.strerror}") from exc
+        if bandwidth is None:
+            self._close_inside(att)
 
     async def set_bandwidth(self, container: ContainerView, value: Any) -> Any:
-        """``limit HANDLE bandwidth VALUE``: shape both directions, or (``{}``) stop."""
+        """``limit HANDLE bandwidth VALUE``: shape both directions, or (``{}``) stop.
+
+        Raises:
+            InvalidRequest: a bad value; nothing changed.
+            InvalidState: the container's processes are gone.
+        """
         bandwidth = shaping.parse_bandwidth(value, self.settings.mtu)
         async with self._rules_lock:
             att = self.attachment(container)
-            if bandwidth is None:
-                ifb = self.settings.ifb_name(att.ident)
-                await trio.to_thread.run_sync(shaping.remove, att.device, ifb)
-            else:
-                await self._shape(att, bandwidth)
+            sandbox = container.sandbox
+            if sandbox is None or not sandbox.alive:
+                raise InvalidState(f"container {container.handle}: its init is gone")
+            await self._shape(att, bandwidth, sandbox.pid)
             att.bandwidth = bandwidth
             self._save(container, att)
         container.log.info("bandwidth set", bandwidth=value)
         return bandwidth and bandwidth.to_json()
+
+    async def bandwidth_stat(self, container: ContainerView) -> dict[str, Any] | None:
+        """``bandwidth_stat`` as Warden had it, with the bytes and drops of each bucket
+        (``in``: to the container); None without a limit."""
+        att = self.attachment(container)
+        sandbox = container.sandbox
+        if att.bandwidth is None:
+            return None
+        in_bytes, in_dropped = await shaping.sent_and_dropped(links.host_route_socket(), att.device)
+        out_bytes = out_dropped = None
+        if sandbox is not None and sandbox.alive:
+            inside = await self._inside(att, sandbox.pid)
+            out_bytes, out_dropped = await shaping.sent_and_dropped(inside, links.CONTAINER_IFNAME)
+        rate, burst = att.bandwidth.rate, att.bandwidth.burst
+        return {
+            "in_rate": rate,
+            "in_burst": burst,
+            "out_rate": rate,
+            "out_burst": burst,
+            "in_bytes": in_bytes,
+            "in_dropped": in_dropped,
+            "out_bytes": out_bytes,
+            "out_dropped": out_dropped,
+        }
 
     def bandwidth(self, container: ContainerView) -> Any:
         """The bandwidth limit in force (None: none)."""
@@ -599,8 +651,7 @@ class Network:
             "net_stat": links.container_traffic(att.device),
             "net_in": [f.to_json() for f in att.forwards],
             "net_out": [_rule_json(e) for e in att.egress],
-            "bandwidth_stat": att.bandwidth
-            and shaping.stats(att.device, self.settings.ifb_name(att.ident), att.bandwidth),
+            "limits": {"bandwidth": att.bandwidth and att.bandwidth.to_json()},
         }
 
     # -- daemon lifetime --------------------------------------------------------------
@@ -614,7 +665,6 @@ class Network:
         wanted = {a.device for a in live} | {
             self.settings.bridge_device(name) for name, m in self.members.items() if m
         }
-        wanted |= {self.settings.ifb_name(a.ident) for a in live if a.bandwidth}
         prefix = self.settings.interface_prefix
         for device in await trio.to_thread.run_sync(links.devices, prefix):
             if device not in wanted:

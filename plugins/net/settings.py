@@ -173,10 +173,6 @@ class Settings:
         """Host-side name of the veth of the container with id *ident*."""
         return f"{self.interface_prefix}v{ident:x}"
 
-    def ifb_name(self, ident: int) -> str:
-        """Name of the IFB device shaping the traffic from the container with id *ident*."""
-        return f"{self.interface_prefix}i{ident:x}"
-
     def bridge_device(self, name: str) -> str:
         """Device name of the configured bridge *name*."""
         return f"{self.interface_prefix}b{name}"

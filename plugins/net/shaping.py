@@ -1,33 +1,33 @@
-"""Bandwidth limits of a container: token buckets on both directions of its veth.
+"""Bandwidth limits of a container: a token bucket on each end of its veth.
 
-Traffic to the container leaves the host end of its veth: a ``tbf`` qdisc there
-shapes it. Traffic from the container enters the host by that device, where a
-qdisc cannot delay it; an ``ingress`` qdisc's filter redirects it to an IFB
-device of the container, and a ``tbf`` on the IFB's egress shapes it, so the
-container's TCP sees a slower link, not drops (policing would drop). All of it
-is made through pyroute2 and lives in the host's network namespace: the veth's
-qdiscs go with the veth, the IFB is deleted at destroy.
+Traffic to the container leaves the host end of its veth, and traffic from it
+leaves ``eth0``, the container end: a ``tbf`` qdisc as the root of each shapes
+what leaves by it, so TCP sees a slower link rather than drops (policing would
+drop). The container's jobs cannot lift their own: changing a qdisc takes
+``CAP_NET_ADMIN``, which no job has. Both qdiscs go with the veth, so destroy
+has nothing to remove. The requests are packed by :mod:`.netlink`; the
+container end is reached through a NETLINK_ROUTE socket in its namespace.
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netns import create_socket
 
+from plugins.net import netlink
 from supervisor.api import InvalidRequest
 
 #: How long a packet may wait in a bucket's queue before it is dropped.
-LATENCY = "50ms"
-ROOT, INGRESS = "1:", "ffff:"
-ETH_P_ALL = 0x0003
+LATENCY_S = 0.05
 #: Bytes of an Ethernet header: a bucket passes no frame larger than its burst.
 ETHERNET_HEADER = 14
-#: tbf keeps rates in 32 bits of bytes per second, and a burst's time at that rate in a tick count.
+#: tbf keeps a rate in 32 bits of bytes per second.
 MAX_RATE = 2**32 - 1
+#: A burst's time at its rate is kept in 32 bits of 64 ns ticks (~274 s).
 MAX_BURST_SECONDS = 60
 
 
@@ -77,90 +77,48 @@ def parse_bandwidth(value: Any, mtu: int) -> Bandwidth | None:
     return Bandwidth(rate, burst)
 
 
-def _bucket(bandwidth: Bandwidth) -> dict[str, Any]:
-    return {"rate": f"{bandwidth.rate * 8}bit", "burst": bandwidth.burst, "latency": LATENCY}
+def bucket(index: int, bandwidth: Bandwidth) -> tuple[int, int, bytes]:
+    """The request putting *bandwidth*'s token bucket on device *index*."""
+    limit = min(int(bandwidth.rate * LATENCY_S) + bandwidth.burst, MAX_RATE)
+    return netlink.new_tbf(index, bandwidth.rate, bandwidth.burst, limit)
 
 
-def _ignore_missing(call: Any, *args: Any, **kwargs: Any) -> None:
+async def shape(rtnl: netlink.RouteSocket, device: str, bandwidth: Bandwidth | None) -> None:
+    """Put *bandwidth*'s bucket on *device* (in *rtnl*'s namespace), or (None) take it off.
+
+    Raises:
+        OSError: the kernel refused, or there is no such device.
+    """
+    index = rtnl.index_of(device)
+    if bandwidth is not None:
+        await rtnl.request(bucket(index, bandwidth))
+        return
     try:
-        call(*args, **kwargs)
-    except NetlinkError as exc:
-        # ENOENT/EINVAL: no such qdisc; ENODEV: no such device
-        if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+        await rtnl.request(netlink.delete_root_qdisc(index))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EINVAL):  # none there
             raise
 
 
-def apply(device: str, ifb: str, bandwidth: Bandwidth) -> None:
-    """Limit both directions of veth *device* (its IFB *ifb* made if missing); idempotent.
-
-    Raises:
-        NetlinkError: the kernel refused (e.g. the device is gone).
-    """
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=device)[0]
-        if not ipr.link_lookup(ifname=ifb):
-            ipr.link("add", ifname=ifb, kind="ifb")
-        ifb_index = ipr.link_lookup(ifname=ifb)[0]
-        ipr.link("set", index=ifb_index, state="up")
-        ipr.tc("replace", kind="tbf", index=index, handle=ROOT, **_bucket(bandwidth))
-        ipr.tc("replace", kind="tbf", index=ifb_index, handle=ROOT, **_bucket(bandwidth))
-        # Replaced whole, so that exactly one filter redirects.
-        _ignore_missing(ipr.tc, "del", index=index, handle=INGRESS, parent=0xFFFFFFF1)
-        ipr.tc("add", kind="ingress", index=index, handle=INGRESS)
-        ipr.tc(
-            "add-filter",
-            kind="u32",
-            index=index,
-            parent=INGRESS,
-            protocol=ETH_P_ALL,
-            keys=["0x0/0x0+0"],  # every packet
-            target=0x10001,  # a class id u32 insists on; the redirect decides
-            action={
-                "kind": "mirred",
-                "direction": "egress",
-                "action": "redirect",
-                "ifindex": ifb_index,
-            },
-        )
-
-
-def remove(device: str | None, ifb: str) -> None:
-    """Lift the limits: the veth's qdiscs (when *device* is given and exists) and the IFB."""
-    with IPRoute() as ipr:
-        indexes = ipr.link_lookup(ifname=device) if device else []
-        for index in indexes:
-            _ignore_missing(ipr.tc, "del", index=index, root=True)
-            _ignore_missing(ipr.tc, "del", index=index, handle=INGRESS, parent=0xFFFFFFF1)
-        for index in ipr.link_lookup(ifname=ifb):
-            _ignore_missing(ipr.link, "del", index=index)
-
-
-def _bucket_stats(ipr: IPRoute, device: str) -> tuple[int | None, int | None]:
-    """(bytes sent, packets dropped) of the root tbf of *device*; (None, None) without one."""
-    indexes = ipr.link_lookup(ifname=device)
-    if not indexes:
+async def sent_and_dropped(rtnl: netlink.RouteSocket, device: str) -> tuple[int | None, int | None]:
+    """(bytes sent, packets dropped) by *device*'s token bucket; Nones without one."""
+    try:
+        index = rtnl.index_of(device)
+        found = netlink.root_qdisc_stats(await rtnl.dump(netlink.dump_qdiscs(index)), index)
+    except OSError:
         return None, None
-    for qdisc in ipr.get_qdiscs(index=indexes[0]):
-        if qdisc.get_attr("TCA_KIND") == "tbf" and qdisc["parent"] == 0xFFFFFFFF:
-            stats = qdisc.get_attr("TCA_STATS2")
-            basic, queue = stats.get_attr("TCA_STATS_BASIC"), stats.get_attr("TCA_STATS_QUEUE")
-            return basic["bytes"], queue["drops"]
-    return None, None
+    if found is None or found[0] != "tbf":
+        return None, None
+    return found[1], found[2]
 
 
-def stats(device: str, ifb: str, bandwidth: Bandwidth) -> dict[str, Any]:
-    """``bandwidth_stat`` as Warden had it, with the bytes and drops of each bucket:
-    ``in`` is traffic to the container, ``out`` from it."""
-    with IPRoute() as ipr:
-        in_bytes, in_dropped = _bucket_stats(ipr, device)
-        out_bytes, out_dropped = _bucket_stats(ipr, ifb)
-    return {
-        "in_rate": bandwidth.rate,
-        "in_burst": bandwidth.burst,
-        "out_rate": bandwidth.rate,
-        "out_burst": bandwidth.burst,
-        "in_bytes": in_bytes,
-        "in_dropped": in_dropped,
-        "out_bytes": out_bytes,
-        "out_dropped": out_dropped,
-    }
+def route_socket_in(pid: int) -> socket.socket:
+    """A NETLINK_ROUTE socket in the network namespace of process *pid* (blocking: made
+    by a child process that enters it, as the daemon's threads never do)."""
+    return create_socket(
+        f"/proc/{pid}/ns/net",
+        family=socket.AF_NETLINK,
+        socket_type=socket.SOCK_RAW,
+        proto=socket.NETLINK_ROUTE,
+        flags=0,
+    )

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
 
 import pytest
 
 from supervisor.client import Client
 from supervisor.errors import InvalidRequest
-from tests.conftest import Daemon
-from tests.net.conftest import devices, net_leftovers, net_settings, wait_listening
+from tests.conftest import Daemon, init_pid
+from tests.net.conftest import net_leftovers, wait_listening
 
 MBIT = 1_000_000 // 8  # bytes per second
 #: 10 Mbit/s, bursts of 64 KiB (Warden's unit: bytes).
@@ -84,21 +83,54 @@ def test_a_limit_holds_both_ways_between_two_containers(client: Client) -> None:
         client.destroy(downloader)
 
 
+def _host_end(host_ip: str) -> str:
+    """The host's device holding *host_ip*: a pool container's veth."""
+    done = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True)
+    for device in json.loads(done.stdout):
+        if any(a["local"] == host_ip for a in device["addr_info"]):
+            return str(device["ifname"])
+    raise AssertionError(f"no device has {host_ip}")
+
+
+def _eth0_qdiscs(daemon: Daemon, handle: str) -> list[str]:
+    done = subprocess.run(
+        [
+            "nsenter",
+            "-t",
+            str(init_pid(daemon, handle)),
+            "-n",
+            "tc",
+            "-j",
+            "qdisc",
+            "show",
+            "dev",
+            "eth0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return sorted(q["kind"] for q in json.loads(done.stdout))
+
+
 def test_a_limit_is_made_at_create_lifted_with_an_empty_object_and_gone_with_destroy(
     daemon: Daemon, client: Client
 ) -> None:
-    prefix = net_settings(daemon)["interface_prefix"]
     handle = client.create({"network": {"bandwidth": LIMIT}})
     try:
         assert client.call("limit", handle, "bandwidth") == LIMIT
-        [ifb] = [d for d in devices(prefix) if d.startswith(f"{prefix}i")]
-        veth = f"{prefix}v{ifb[len(prefix) + 1 :]}"  # the same container id
-        assert _qdiscs(veth) == ["ingress", "tbf"] and _qdiscs(ifb) == ["tbf"]
+        info = client.info(handle)
+        assert info["limits"]["bandwidth"] == LIMIT
+        veth = _host_end(info["host_ip"])
+        # the bucket of each direction: on the host end, and on eth0 inside
+        assert _qdiscs(veth) == ["tbf"] and _eth0_qdiscs(daemon, handle) == ["tbf"]
         assert client.call("limit", handle, "bandwidth", {}) is None
-        assert "tbf" not in _qdiscs(veth) and ifb not in devices(prefix)
+        assert "tbf" not in _qdiscs(veth) + _eth0_qdiscs(daemon, handle)
         assert client.info(handle)["bandwidth_stat"] is None
+        # a job cannot lift its own limit: no job has CAP_NET_ADMIN
         client.call("limit", handle, "bandwidth", LIMIT)
-        assert ifb in devices(prefix)
+        status, _, err = client.run(handle, "ip link set eth0 mtu 1400", privileged=True)
+        assert status != 0 and "Operation not permitted" in err
     finally:
         client.destroy(handle)
     assert net_leftovers(daemon, handle) == {"devices": [], "rules": [], "addresses": []}
@@ -132,14 +164,15 @@ def test_bad_limits_are_refused_and_change_nothing(
 
 def test_a_limit_survives_kill9_and_goes_with_destroy_after(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
-    prefix = net_settings(d)["interface_prefix"]
     with d.client() as c:
         handle = c.create({"network": {"bandwidth": LIMIT}})
     d.kill9()
     d.start()
     with d.client() as c:
         assert c.call("limit", handle, "bandwidth") == LIMIT
-        assert c.info(handle)["bandwidth_stat"]["out_bytes"] is not None
-        assert len([x for x in devices(prefix) if x.startswith(f"{prefix}i")]) == 1
+        stat = c.info(handle)["bandwidth_stat"]
+        assert stat["in_bytes"] is not None and stat["out_bytes"] is not None
+        assert _qdiscs(_host_end(c.info(handle)["host_ip"])) == ["tbf"]
+        assert _eth0_qdiscs(d, handle) == ["tbf"]
         c.destroy(handle)
     assert net_leftovers(d, handle) == {"devices": [], "rules": [], "addresses": []}
