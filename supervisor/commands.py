@@ -256,6 +256,12 @@ async def resume(request: Request, *args: Any) -> str:
     return "ok"
 
 
+async def start(request: Request, *args: Any) -> str:
+    a = Args("start", list(args), ("HANDLE",))
+    await request.container(a.string(0)).start()
+    return "ok"
+
+
 def _names(command: str, value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise InvalidRequest(f"{command}: {what} must be a non-empty list of strings")
@@ -326,5 +332,6 @@ CORE_COMMANDS: dict[str, Handler] = {
     "list": list_,
     "pause": pause,
     "resume": resume,
+    "start": start,
     "events": events,
 }

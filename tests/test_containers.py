@@ -229,6 +229,32 @@ def test_stop_and_states(daemon: Daemon, client: Client) -> None:
         client.info(handle)
 
 
+def test_a_stopped_container_starts_again_with_its_files_and_network(
+    daemon: Daemon, client: Client
+) -> None:
+    handle = client.create()
+    try:
+        assert client.run(handle, "echo kept > /tmp/note")[0] == 0
+        address = client.info(handle)["container_ip"]
+        client.spawn(handle, "sleep 100")
+        client.stop(handle, kill=True)
+        with pytest.raises(errors.InvalidState, match=f"{handle}: cannot resume while stopped"):
+            client.call("resume", handle)
+        assert client.call("start", handle) == "ok"
+        info = client.info(handle)
+        assert (info["state"], info["container_ip"]) == ("active", address)
+        # the files are there; the jobs of before are not started again
+        assert client.run(handle, "cat /tmp/note; ps -o comm | grep -x sleep || echo none") == [
+            0,
+            "kept\nnone\n",
+            "",
+        ]
+        with pytest.raises(errors.InvalidState, match=f"{handle}: cannot start while active"):
+            client.call("start", handle)
+    finally:
+        client.destroy(handle)
+
+
 def test_stop_kills_after_timeout_and_orphans_too(daemon: Daemon, client: Client) -> None:
     handle = client.create()
     job = client.spawn(handle, "trap '' TERM; (trap '' TERM; echo ready; sleep 1000) & sleep 1000")
