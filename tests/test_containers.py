@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from pathlib import Path
@@ -344,3 +345,22 @@ def test_trio_client(daemon: Daemon) -> None:
             return [sorted(chunks), result]
 
     assert trio.run(main) == [[("stderr", "b\n"), ("stdout", "a\n")], [9, "", ""]]
+
+
+def test_link_run_and_stream_carry_the_containers_info_when_asked(client: Client) -> None:
+    handle = client.create({"properties": {"app": "x"}})
+    try:
+        status, out, err, info = client.run(handle, "echo hi", info=True)
+        assert (status, out, err) == (0, "hi\n", "")
+        assert info["state"] == "active" and info["properties"] == {"app": "x"}
+        assert "memory_stat" in info and "container_ip" in info
+        job = client.spawn(handle, "echo there")
+        assert client.link(handle, job)[:3] == [0, "there\n", ""]
+        assert len(client.run(handle, "true")) == 3  # not asked: Corral's reply as before
+        job = client.spawn(handle, "echo streamed")
+        client.sock.sendall(json.dumps(["stream", handle, job, {"info": True}]).encode() + b"\n")
+        lines = [json.loads(client._line()) for _ in range(2)]
+        assert lines[0] == ["stdout", "streamed\n"]
+        assert lines[1]["payload"]["info"]["state"] == "active"
+    finally:
+        client.destroy(handle)
