@@ -520,7 +520,7 @@ BAD_VALUES = [
     ("mem", -5),
     ("mem", "lots"),
     ("mem", 1.5),
-    ("cpu", 0),
+    ("cpu", -1),
     ("cpu", "x"),
     ("cpus", 0),
     ("cpus", -1),
