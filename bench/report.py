@@ -26,6 +26,7 @@ TARGETS = {
     "events": "a job's exit reaches 100 subscribers with p99 < 2 ms",
     "ci_job": "< 50 ms per CI job (prepare + cleanup, median)",
     "ci_stage": "< 10 ms per CI stage beyond `sh` (median)",
+    "shaping": "a bandwidth limit adds < 0.3 ms to a cold run (median)",
 }
 
 
@@ -163,6 +164,7 @@ def summary(r: Results) -> list[str]:
         stream_rows,
         events_rows,
         ci_rows,
+        shaping_rows,
     ):
         lines += rows(r)
     if r["quick"]:
@@ -605,6 +607,49 @@ def events_rows(r: Results) -> list[str]:
     ]
 
 
+def shaping_rows(r: Results) -> list[str]:
+    """What a bandwidth limit adds to a cold run (the target)."""
+    s = r.get("shaping", {}).get("stats", {})
+    if not s.get("limited", {}).get("n") or not s.get("plain", {}).get("n"):
+        return []
+    added = s["limited"]["median"] - s["plain"]["median"]
+    return [
+        ratio_row(
+            "cold run with a bandwidth limit, median",
+            s["limited"]["median"],
+            "without",
+            s["plain"]["median"],
+            TARGETS["shaping"],
+            added < 0.3,
+            "ms",
+        )
+    ]
+
+
+def shaping(r: Results) -> list[str]:
+    """Cold runs with and without a bandwidth limit, and their creates."""
+    sh = r.get("shaping")
+    if not sh:
+        return []
+    s, c = sh["stats"], sh["create"]
+    lines = [
+        "",
+        "## Shaping",
+        "",
+        f"Cold runs (create, `/bin/true`, destroy) round-robin, with `network.bandwidth` "
+        f"{sh['bandwidth']} and without (ms):",
+        "",
+        "| | n | median | p90 | create median |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in ("plain", "limited"):
+        lines.append(
+            f"| {kind} | {s[kind].get('n')} | {fmt(s[kind].get('median'))} | "
+            f"{fmt(s[kind].get('p90'))} | {fmt(c[kind].get('median'))} |"
+        )
+    return lines
+
+
 def events(r: Results) -> list[str]:
     """Event delivery latency, and ping with and without idle subscribers."""
     e = r.get("events")
@@ -824,6 +869,7 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     stream,
     events,
     ci,
+    shaping,
     profile,
     setup,
     errors,

@@ -97,7 +97,7 @@ def run_command(client: Client, args: argparse.Namespace) -> int:
     elif cmd == "list":
         for handle in client.list(_pairs(args.property, "property") or None):
             print(handle)
-    elif cmd in ("pause", "resume"):
+    elif cmd in ("pause", "resume", "start"):
         print(client.call(cmd, args.handle))
     elif cmd == "events":
         for event in client.events(args.handle or None, args.kind or None):
@@ -155,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser(name).add_argument("handle")
     sub.add_parser("pause", help="freeze every process of a container").add_argument("handle")
     sub.add_parser("resume", help="let a paused container run again").add_argument("handle")
+    sub.add_parser("start", help="make a stopped container active again").add_argument("handle")
     s = sub.add_parser("events", help="print what happens to containers, as it happens")
     s.add_argument("handle", nargs="*", help="only these containers (default: all)")
     s.add_argument("--kind", action="append", default=[], help="only events of this kind")

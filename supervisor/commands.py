@@ -131,7 +131,7 @@ SPAWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "rlimits": dict,
     "discard_output": bool,
 }
-LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str}
+LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str, "info": bool}
 
 
 async def _spawn(
@@ -164,41 +164,54 @@ async def spawn(request: Request, *args: Any) -> int:
     return job_id
 
 
-async def _link(container: Container, job_id: int, encoding: str) -> list[Any]:
+async def _link(
+    command: str, request: Request, container: Container, job_id: int, opts: dict[str, Any]
+) -> list[Any]:
+    """The job's ``[exit_status, stdout, stderr]``, with the container's ``info`` after
+    them when *opts* ask for it (Warden's link carried it)."""
+    encoding = _encoding(command, opts)
     status, out, err = await container.link(container.job(job_id))
-    return [
+    reply: list[Any] = [
         status,
         None if out is None else encode_output(out, encoding),
         None if err is None else encode_output(err, encoding),
     ]
+    if opts.get("info"):
+        reply.append(await request.supervisor.info(container))
+    return reply
 
 
 async def link(request: Request, *args: Any) -> list[Any]:
     a = Args("link", list(args), ("HANDLE", "JOB_ID", "OPTS"))
     container = request.container(a.string(0))
     job_id = a.integer(1)
-    encoding = _encoding("link", a.options(2, LINK_OPTIONS))
+    opts = a.options(2, LINK_OPTIONS)
+    _encoding("link", opts)
     container.require("link")
     structlog.contextvars.bind_contextvars(job_id=job_id)
-    return await _link(container, job_id, encoding)
+    return await _link("link", request, container, job_id, opts)
 
 
 async def run(request: Request, *args: Any) -> list[Any]:
     container, job_id = await _spawn("run", request, list(args), ("HANDLE", "SCRIPT", "OPTS"))
-    encoding = _encoding("run", args[2] if len(args) > 2 else {})
-    return await _link(container, job_id, encoding)
+    return await _link(
+        "run", request, container, job_id, (args[2] if len(args) > 2 else None) or {}
+    )
 
 
-async def stream(request: Request, *args: Any) -> list[Any]:
+async def stream(request: Request, *args: Any) -> list[Any] | dict[str, Any]:
     a = Args("stream", list(args), ("HANDLE", "JOB_ID", "OPTS"))
     container = request.container(a.string(0))
     job_id = a.integer(1)
-    encoding = _encoding("stream", a.options(2, LINK_OPTIONS))
+    opts = a.options(2, LINK_OPTIONS)
+    encoding = _encoding("stream", opts)
     container.require("stream")
     job = container.job(job_id)
     structlog.contextvars.bind_contextvars(job_id=job_id)
     async for name, chunk in job.stream(request.supervisor.config.containers.output_limit):
         await request.send(encode_stream_chunk(name, chunk, encoding))
+    if opts.get("info"):
+        return {"info": await request.supervisor.info(container)}
     return []
 
 
@@ -253,6 +266,12 @@ async def pause(request: Request, *args: Any) -> str:
 async def resume(request: Request, *args: Any) -> str:
     a = Args("resume", list(args), ("HANDLE",))
     await request.container(a.string(0)).resume()
+    return "ok"
+
+
+async def start(request: Request, *args: Any) -> str:
+    a = Args("start", list(args), ("HANDLE",))
+    await request.container(a.string(0)).start()
     return "ok"
 
 
@@ -326,5 +345,6 @@ CORE_COMMANDS: dict[str, Handler] = {
     "list": list_,
     "pause": pause,
     "resume": resume,
+    "start": start,
     "events": events,
 }

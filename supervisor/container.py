@@ -55,7 +55,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.BORN: frozenset({State.ACTIVE, State.DESTROYED}),
     State.ACTIVE: frozenset({State.PAUSED, State.STOPPED}),
     State.PAUSED: frozenset({State.ACTIVE, State.STOPPED}),
-    State.STOPPED: frozenset({State.DESTROYED}),
+    State.STOPPED: frozenset({State.ACTIVE, State.DESTROYED}),
     State.DESTROYED: frozenset(),
 }
 
@@ -67,6 +67,7 @@ ALLOWED: dict[str, frozenset[State]] = {
     "spawn": frozenset({State.ACTIVE}),
     "pause": frozenset({State.ACTIVE}),
     "resume": frozenset({State.PAUSED}),
+    "start": frozenset({State.STOPPED}),
     "link": LIVE,
     "stream": LIVE,
     "stop": LIVE,
@@ -74,6 +75,8 @@ ALLOWED: dict[str, frozenset[State]] = {
     "info": LIVE | {State.BORN},
     "limit": LIVE,
     "copy": LIVE,
+    "net in": frozenset({State.ACTIVE, State.PAUSED}),
+    "net out": frozenset({State.ACTIVE, State.PAUSED}),
 }
 
 #: How often a quiet job's output size is checked against the cap, at most.
@@ -465,6 +468,17 @@ class Container:
         async with self._stopping:
             self.require("resume")
             await self.supervisor.hooks.freeze(self, False)
+            await self._move(State.ACTIVE)
+
+    async def start(self) -> None:
+        """Make a stopped container active again: its init lives on, so jobs can be spawned
+        in the same root, cgroups and network."""
+        async with self._stopping:
+            self.require("start")
+            if self.sandbox is None or not self.sandbox.alive:
+                raise InvalidState(
+                    f"container {self.handle}: cannot start: its init is gone (destroy it)"
+                )
             await self._move(State.ACTIVE)
 
     async def stop(self, kill: bool = False) -> None:

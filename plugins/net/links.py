@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from plugins.net import netlink
 from plugins.net.pool import Lease
+from plugins.net.shaping import Bandwidth, bucket
 from supervisor.api import CorralError
 
 #: Name of the container end of every veth, inside the container.
@@ -83,13 +84,13 @@ def network_namespace_of(pid: int) -> Iterator[int]:
         os.close(fd)
 
 
-async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None) -> None:
+async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None, mtu: int) -> None:
     """Create the veth pair of a container and set up its host end.
 
     The container end is made directly inside the network namespace *netns* (an fd) as ``eth0``
     (down, unconfigured: see :func:`configure_container_end`, or the container's init). The
     host end *device* gets the gateway address, or joins *bridge* (whose own address is the
-    gateway), and is up.
+    gateway), and is up. Both ends have the MTU *mtu*.
 
     Raises:
         LinkError: naming the device and the kernel's reason; nothing is left behind
@@ -99,7 +100,7 @@ async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None)
     # One request makes the pair, moves the peer, enslaves and raises the host end.
     # The host end has no carrier (nor an IPv6 address) until eth0 is raised.
     master = None if bridge is None else _index(bridge, what)
-    await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, netns, master))
+    await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, netns, master, mtu))
     try:
         _device_sysctls(device, route_localnet=bridge is None)
         if bridge is None:
@@ -111,10 +112,13 @@ async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None)
         raise
 
 
-async def configure_container_end(device: str, route_socket: int, lease: Lease) -> None:
-    """Give ``eth0``, the container end of veth *device*, the lease's address, raise it
-    and route by the lease's gateway, with rtnetlink requests on *route_socket* (a
-    NETLINK_ROUTE socket opened in the container's network namespace).
+async def configure_container_end(
+    device: str, route_socket: int, lease: Lease, bandwidth: Bandwidth | None = None
+) -> None:
+    """Give ``eth0``, the container end of veth *device*, the lease's address (and the
+    token bucket of *bandwidth*), raise it and route by the lease's gateway, with
+    rtnetlink requests on *route_socket* (a NETLINK_ROUTE socket opened in the
+    container's network namespace).
 
     Raises:
         LinkError: naming the device and the kernel's reason; the veth is deleted.
@@ -122,8 +126,12 @@ async def configure_container_end(device: str, route_socket: int, lease: Lease) 
     rtnl = netlink.RouteSocket(route_socket)
     try:
         index = rtnl.index_of(CONTAINER_IFNAME)
+        # The bucket before the device is up: replacing the qdisc of a running device
+        # waits for its transmissions to stop.
+        shaped = [] if bandwidth is None else [bucket(index, bandwidth)]
         await rtnl.request(
             netlink.new_address(index, str(lease.address), lease.prefixlen),
+            *shaped,
             netlink.set_up(index),
             netlink.new_default_route(str(lease.gateway)),
         )
@@ -135,6 +143,11 @@ async def configure_container_end(device: str, route_socket: int, lease: Lease) 
         raise
     finally:
         rtnl.close()
+
+
+def host_route_socket() -> netlink.RouteSocket:
+    """The daemon's route socket in the host's network namespace."""
+    return _rtnl
 
 
 async def delete_link(device: str) -> bool:
@@ -162,12 +175,12 @@ def _index(device: str, what: str) -> int:
         raise LinkError(f"{what}: no device {device}") from exc
 
 
-def ensure_bridge(device: str, gateway_cidr: str) -> None:
-    """Create bridge *device* with the gateway address, unless it exists already."""
+def ensure_bridge(device: str, gateway_cidr: str, mtu: int) -> None:
+    """Create bridge *device* with the gateway address and MTU *mtu*, unless it exists already."""
     with _netlink(f"bridge {device}") as ipr:
         if ipr.link_lookup(ifname=device):
             return
-        ipr.link("add", ifname=device, kind="bridge")
+        ipr.link("add", ifname=device, kind="bridge", mtu=mtu)
         try:
             index = ipr.link("get", ifname=device)[0]["index"]
             _device_sysctls(device, route_localnet=True)

@@ -275,6 +275,7 @@ def test_cpu_shares_read_back(daemon: Daemon, client: Client) -> None:
         assert client.call("limit", handle, "cpu") == 512
         assert client.call("limit", handle, "cpu", 2048) == 2048
         assert client.info(handle)["limits"]["cpu"] == 2048
+        assert client.call("limit", handle, "cpu", 1) == 2  # Warden's clamp
     finally:
         client.destroy(handle)
 
@@ -519,7 +520,7 @@ BAD_VALUES = [
     ("mem", -5),
     ("mem", "lots"),
     ("mem", 1.5),
-    ("cpu", 0),
+    ("cpu", -1),
     ("cpu", "x"),
     ("cpus", 0),
     ("cpus", -1),
