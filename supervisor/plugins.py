@@ -16,7 +16,7 @@ import importlib.metadata
 import inspect
 import os
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -313,6 +313,15 @@ class Hooks:
                     merged.setdefault("limits", {}).update(value)  # several plugins own limits
                 else:
                     merged[key] = value
+        return merged
+
+    async def stats(self, containers: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
+        """Every plugin's figures of *containers*, merged per handle (a later plugin's key wins)."""
+        merged: dict[str, dict[str, Any]] = {c.handle: {} for c in containers}
+        for _, result in self._each("corral_containers_stats", containers=containers):
+            for handle, tables in (await _resolve(result)).items():
+                if handle in merged:
+                    merged[handle].update(tables)
         return merged
 
     async def freeze(self, container: ContainerView, frozen: bool) -> bool:

@@ -7,6 +7,7 @@ setting, the renderer against ``prometheus_client``'s own, the HTTP server.
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import stat
@@ -164,6 +165,40 @@ def test_a_scrape_parses_and_matches_info_for_a_container_with_limits_and_a_job(
         mclient.destroy(handle)
     after_destroy = scraper.scrape()
     assert not any(dict(labels).get("handle") == handle for _, labels in after_destroy)
+
+
+def test_a_limit_changed_after_create_is_the_one_scraped(scraper: Scraper, mclient: Client) -> None:
+    handle = mclient.create({"limits": {"mem": 64 * 1024 * 1024}})
+    try:
+        mclient.call("limit", handle, "mem", 32 * 1024 * 1024)
+        mclient.call("limit", handle, "pids", 30)
+        samples = scraper.scrape()
+        info = mclient.info(handle)
+        of = functools.partial(value, samples, handle=handle)
+        assert of("corral_container_memory_limit_bytes") == info["memory_stat"]["limit"]
+        assert info["memory_stat"]["limit"] == 32 * 1024 * 1024
+        assert of("corral_container_pids_limit") == info["pids"]["max"] == 30
+    finally:
+        mclient.destroy(handle)
+
+
+def test_the_disk_used_by_a_container_without_quota_is_scraped(
+    scraper: Scraper, mclient: Client
+) -> None:
+    handle = mclient.create()
+    try:
+        mclient.run(handle, "head -c 3000000 /dev/urandom > /tmp/filler")
+        # A layer's usage is walked again once the last walk is 2 s old.
+        wait_until(
+            lambda: (
+                value(scraper.scrape(), "corral_container_disk_used_bytes", handle=handle)
+                >= 3_000_000
+            ),
+            what="the written file to count",
+        )
+        assert mclient.info(handle)["disk_stat"]["bytes_used"] >= 3_000_000
+    finally:
+        mclient.destroy(handle)
 
 
 def test_a_container_without_limits_has_no_limit_samples(scraper: Scraper, mclient: Client) -> None:

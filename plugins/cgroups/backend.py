@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -154,9 +154,13 @@ class Backend(ABC):
     def memory_limit(self, path: Path) -> int | None:
         """The memory limit in force (None: unlimited)."""
 
-    @abstractmethod
     def memory_stat(self, path: Path) -> MemoryStat:
         """Usage, peak, limit and OOM kills."""
+        return replace(self.memory_usage(path), limit=self.memory_limit(path))
+
+    @abstractmethod
+    def memory_usage(self, path: Path) -> MemoryStat:
+        """Usage, peak and OOM kills; the limit None (not read)."""
 
     @abstractmethod
     def oom_kills(self, path: Path) -> int:

@@ -11,7 +11,8 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -260,12 +261,23 @@ class ContainerCgroups:
 
     # -- stats -------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        """``memory_stat``, ``cpu_stat`` and ``pids`` for ``info``, read from the cgroups now."""
+    def stats(self, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``memory_stat``, ``cpu_stat`` and ``pids`` for ``info``, read from the cgroups now.
+
+        Args:
+            recorded: the limits in force as last written and read back (the
+                ``limits`` of the plugin's state); when given, the memory and task
+                limits are taken from it instead of read again. Corral is the only
+                writer of them (a limit it never set is the kernel's default, unlimited).
+        """
         out: dict[str, Any] = {}
         if self.has(MEMORY):
+            backend, path = self._dirs[MEMORY]
             try:
-                m = self.backend(MEMORY).memory_stat(self.path(MEMORY))
+                if recorded is None:
+                    m = backend.memory_stat(path)
+                else:
+                    m = replace(backend.memory_usage(path), limit=recorded.get("mem"))
                 out["memory_stat"] = {
                     "usage": m.usage,
                     "max_usage": m.max_usage,
@@ -283,7 +295,8 @@ class ContainerCgroups:
         if self.has(PIDS):
             backend, path = self._dirs[PIDS]
             try:
-                out["pids"] = {"current": backend.pids_current(path), "max": backend.pids_max(path)}
+                limit = backend.pids_max(path) if recorded is None else recorded.get("pids")
+                out["pids"] = {"current": backend.pids_current(path), "max": limit}
             except (OSError, ValueError):
                 out["pids"] = {"current": None, "max": None}
         return out

@@ -104,11 +104,11 @@ class V1(Backend):
     def memory_limit(self, path: Path) -> int | None:
         return read_int(path / "memory.limit_in_bytes")
 
-    def memory_stat(self, path: Path) -> MemoryStat:
+    def memory_usage(self, path: Path) -> MemoryStat:
         return MemoryStat(
             usage=read_int(path / "memory.usage_in_bytes"),
             max_usage=read_int(path / "memory.max_usage_in_bytes"),
-            limit=self.memory_limit(path),
+            limit=None,
             oom_count=self.oom_kills(path),
         )
 

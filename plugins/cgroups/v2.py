@@ -128,12 +128,12 @@ class V2(Backend):
     def memory_limit(self, path: Path) -> int | None:
         return read_int(path / "memory.max")
 
-    def memory_stat(self, path: Path) -> MemoryStat:
+    def memory_usage(self, path: Path) -> MemoryStat:
         peak = path / "memory.peak"  # Linux 5.19
         return MemoryStat(
             usage=read_int(path / "memory.current"),
             max_usage=read_int(peak) if peak.exists() else None,
-            limit=self.memory_limit(path),
+            limit=None,
             oom_count=self.oom_kills(path),
         )
 

@@ -19,7 +19,7 @@ name pools, pure), :mod:`.rules` (the nftables JSON, pure), :mod:`.firewall`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -171,6 +171,12 @@ class NetworkPlugin:
     @hookimpl
     def corral_container_info(self, container: ContainerView) -> Mapping[str, Any]:
         return self.network.info(container)
+
+    @hookimpl
+    def corral_containers_stats(
+        self, containers: Sequence[ContainerView]
+    ) -> Mapping[str, Mapping[str, Any]]:
+        return self.network.stats(containers)
 
     @hookimpl
     def corral_commands(self) -> Mapping[str, Handler]:
