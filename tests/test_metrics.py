@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import socket
 import stat
 import time
@@ -199,6 +200,41 @@ def test_the_disk_used_by_a_container_without_quota_is_scraped(
         assert mclient.info(handle)["disk_stat"]["bytes_used"] >= 3_000_000
     finally:
         mclient.destroy(handle)
+
+
+def _cgroup_files_open(daemon: Daemon, handle: str) -> list[str]:
+    """The files of the container's cgroups the daemon has open."""
+    found = []
+    for fd in Path(f"/proc/{daemon.pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("/sys/fs/cgroup/") and f"/{handle}/" in target:
+            found.append(target)
+    return found
+
+
+def test_the_counter_files_kept_open_are_closed_at_destroy(
+    scraper: Scraper, mclient: Client
+) -> None:
+    handle = mclient.create()
+    try:
+        watched = set(_cgroup_files_open(scraper.daemon, handle))  # the OOM watcher's
+        samples = scraper.scrape()
+        assert value(samples, "corral_container_pids", handle=handle) >= 1
+        kept = set(_cgroup_files_open(scraper.daemon, handle)) - watched
+        assert any(name.endswith("/pids.current") for name in kept), kept
+        # Read again through the same files: a job's processes count.
+        mclient.spawn(handle, "sleep 600 & sleep 600")
+        wait_until(
+            lambda: value(scraper.scrape(), "corral_container_pids", handle=handle) >= 3,
+            what="the job's processes to count",
+        )
+        assert set(_cgroup_files_open(scraper.daemon, handle)) == kept | watched
+    finally:
+        mclient.destroy(handle)
+    assert _cgroup_files_open(scraper.daemon, handle) == []
 
 
 def test_a_container_without_limits_has_no_limit_samples(scraper: Scraper, mclient: Client) -> None:

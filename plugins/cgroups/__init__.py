@@ -52,6 +52,7 @@ import trio
 from plugins.cgroups import layout as layout_module
 from plugins.cgroups import oom, pressure
 from plugins.cgroups.backend import CPUSET, FREEZE_TIMEOUT, MEMORY, CgroupError
+from plugins.cgroups.counters import FdBudget
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.layout import Layout
 from plugins.cgroups.limits import RESOURCES, CgroupLimit, apply_all, host_cores, read_all
@@ -127,6 +128,8 @@ class CgroupsPlugin:
         self.parent = settings.parent
         self.layout: Layout = layout_module.detect()
         self.spares = Spares(self.layout, self.parent)
+        #: The counter files the containers' cgroups may keep open for the metrics.
+        self.counter_files = FdBudget()
         memory = self.layout.placements.get(MEMORY)
         self.pressure = pressure.Support.detect(memory.version if memory else None)
         if self.layout.placements:
@@ -249,6 +252,7 @@ class CgroupsPlugin:
                 try:
                     yield
                 finally:
+                    group.close_counters()
                     container.stash.pop(GROUP, None)
                     container.stash.pop(PRESSURE, None)
                     nursery.cancel_scope.cancel()
@@ -324,9 +328,10 @@ class CgroupsPlugin:
     def corral_containers_stats(
         self, containers: Sequence[ContainerView]
     ) -> Awaitable[dict[str, dict[str, Any]]]:
-        """``memory_stat``, ``cpu_stat`` and ``pids`` as ``info`` has them, but for the memory
-        and task limits: those the plugin recorded when it set them, not read again."""
-        return _stats(containers)
+        """``memory_stat``, ``cpu_stat`` and ``pids`` as ``info`` has them, read through files
+        kept open (see :mod:`plugins.cgroups.counters`), but for the memory and task
+        limits: those the plugin recorded when it set them, not read again."""
+        return _stats(containers, self.counter_files)
 
     @hookimpl
     def corral_container_freeze(
@@ -395,7 +400,9 @@ async def _memory_pressure(container: ContainerView, level: str) -> None:
     await container.publish(MemoryPressure(container.handle, level))
 
 
-async def _stats(containers: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
+async def _stats(
+    containers: Sequence[ContainerView], budget: FdBudget
+) -> dict[str, dict[str, Any]]:
     out = {}
     for i, container in enumerate(containers):
         if i % STATS_BATCH == STATS_BATCH - 1:
@@ -403,7 +410,7 @@ async def _stats(containers: Sequence[ContainerView]) -> dict[str, dict[str, Any
         group = _find(container)
         if group is not None:
             recorded = container.plugin_state(NAME).get("limits", {})
-            out[container.handle] = group.stats(recorded)
+            out[container.handle] = group.counters(budget, recorded)
     return out
 
 

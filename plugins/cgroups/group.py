@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from plugins.cgroups.backend import (
     CgroupError,
     procs,
 )
+from plugins.cgroups.counters import FdBudget, OpenCounters
 from plugins.cgroups.layout import BACKENDS, Layout
 
 #: How long destroy keeps killing stragglers before it gives up on a directory.
@@ -52,6 +52,7 @@ class ContainerCgroups:
         self._dirs = {c: (BACKENDS[version], Path(path)) for c, (version, path) in dirs.items()}
         #: Serializes limit writes: two memory writes interleaved could break memsw >= mem.
         self.lock = trio.Lock()
+        self._counters: OpenCounters | None = None
 
     @classmethod
     def plan(cls, layout: Layout, parent: str, handle: str) -> ContainerCgroups:
@@ -261,23 +262,12 @@ class ContainerCgroups:
 
     # -- stats -------------------------------------------------------------------------
 
-    def stats(self, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """``memory_stat``, ``cpu_stat`` and ``pids`` for ``info``, read from the cgroups now.
-
-        Args:
-            recorded: the limits in force as last written and read back (the
-                ``limits`` of the plugin's state); when given, the memory and task
-                limits are taken from it instead of read again. Corral is the only
-                writer of them (a limit it never set is the kernel's default, unlimited).
-        """
+    def stats(self) -> dict[str, Any]:
+        """``memory_stat``, ``cpu_stat`` and ``pids`` for ``info``, read from the cgroups now."""
         out: dict[str, Any] = {}
         if self.has(MEMORY):
-            backend, path = self._dirs[MEMORY]
             try:
-                if recorded is None:
-                    m = backend.memory_stat(path)
-                else:
-                    m = replace(backend.memory_usage(path), limit=recorded.get("mem"))
+                m = self.backend(MEMORY).memory_stat(self.path(MEMORY))
                 out["memory_stat"] = {
                     "usage": m.usage,
                     "max_usage": m.max_usage,
@@ -295,11 +285,37 @@ class ContainerCgroups:
         if self.has(PIDS):
             backend, path = self._dirs[PIDS]
             try:
-                limit = backend.pids_max(path) if recorded is None else recorded.get("pids")
-                out["pids"] = {"current": backend.pids_current(path), "max": limit}
+                out["pids"] = {"current": backend.pids_current(path), "max": backend.pids_max(path)}
             except (OSError, ValueError):
                 out["pids"] = {"current": None, "max": None}
         return out
+
+    def counters(self, budget: FdBudget, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        """The figures of :meth:`stats` for a metrics scrape: the counters read through files
+        kept open (:mod:`plugins.cgroups.counters`), the memory and task limits from
+        *recorded*, the ``limits`` of the plugin's state: each was read back from the
+        kernel when Corral wrote it, and nothing else writes them (a limit never set is
+        the kernel's default, unlimited).
+        """
+        if self._counters is None:
+            files = [
+                (counter, path / counter.file)
+                for controller, (backend, path) in self._dirs.items()
+                for counter in backend.counters.get(controller, ())
+            ]
+            self._counters = OpenCounters(files, budget)
+        out: dict[str, Any] = self._counters.read()
+        if "memory_stat" in out:
+            out["memory_stat"]["limit"] = recorded.get("mem")
+        if "pids" in out:
+            out["pids"]["max"] = recorded.get("pids")
+        return out
+
+    def close_counters(self) -> None:
+        """Close the files :meth:`counters` keeps open."""
+        if self._counters is not None:
+            self._counters.close()
+            self._counters = None
 
 
 def _kill(pids: Iterable[int], keep: int | None) -> int:

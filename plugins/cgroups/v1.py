@@ -23,9 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from plugins.cgroups.backend import (
+    CPUACCT,
     CPUSET,
     DEVICES,
     MEMORY,
+    PIDS,
     Backend,
     CgroupError,
     MemoryStat,
@@ -34,6 +36,7 @@ from plugins.cgroups.backend import (
     read_keyed,
     write,
 )
+from plugins.cgroups.counters import Counter, keyed, number
 from plugins.cgroups.devices import ALLOWED_DEVICES
 from plugins.cgroups.values import cpus_for, quota_for
 
@@ -52,6 +55,15 @@ class V1(Backend):
     # here. The launcher is single-threaded: moving its one thread moves it.
     join_file = "tasks"
     renames = True
+    counters = {
+        MEMORY: (
+            Counter("memory_stat", "usage", "memory.usage_in_bytes", number),
+            Counter("memory_stat", "max_usage", "memory.max_usage_in_bytes", number),
+            Counter("memory_stat", "oom_count", "memory.oom_control", keyed("oom_kill")),
+        ),
+        CPUACCT: (Counter("cpu_stat", "usage", "cpuacct.usage", number),),
+        PIDS: (Counter("pids", "current", "pids.current", number),),
+    }
 
     def setup_parent(self, controller: str, path: Path) -> None:
         if controller == CPUSET:
@@ -104,11 +116,11 @@ class V1(Backend):
     def memory_limit(self, path: Path) -> int | None:
         return read_int(path / "memory.limit_in_bytes")
 
-    def memory_usage(self, path: Path) -> MemoryStat:
+    def memory_stat(self, path: Path) -> MemoryStat:
         return MemoryStat(
             usage=read_int(path / "memory.usage_in_bytes"),
             max_usage=read_int(path / "memory.max_usage_in_bytes"),
-            limit=None,
+            limit=self.memory_limit(path),
             oom_count=self.oom_kills(path),
         )
 
