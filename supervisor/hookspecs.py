@@ -249,8 +249,10 @@ def corral_containers_stats(
     """Read the usage figures of many containers at once (for the metrics).
 
     Called once per reading (``DaemonView.stats``: a metrics scrape) with every
-    container to read, for every plugin in registration order; the mappings are
-    merged per container, a later plugin's key replacing an earlier one. The
+    container to read, for every plugin in registration order; the awaitables
+    returned then run concurrently (so a plugin's worker-thread job overlaps the
+    next plugin's reading), and the mappings are merged per container in
+    registration order, a later plugin's key replacing an earlier one. The
     figures are the tables of counters and gauges the plugin puts in ``info``
     (``memory_stat``, ``cpu_stat``, ``pids``, ``disk_stat``, ``net_stat``...),
     with the same keys, units and meaning, read now; nothing else of ``info``

@@ -229,7 +229,8 @@ class Supervisor:
 
     async def stats(self, views: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
         """For each container of *views* still live: its ``state`` and ``job_ids`` as ``info``
-        gives them, and the plugins' figures (``corral_containers_stats``)."""
+        gives them, ``jobs_running`` (jobs whose exit the daemon has not heard of), and
+        the plugins' figures (``corral_containers_stats``)."""
         found = (self.containers.get(view.handle) for view in views)
         containers = [c for c in found if c is not None and c.state in LIVE]
         figures = await self.hooks.stats(containers)
@@ -237,9 +238,11 @@ class Supervisor:
         for container in containers:
             if container.state not in LIVE:  # destroyed while the plugins read
                 continue
+            jobs = container.jobs
             out[container.handle] = {
                 "state": str(container.state),
-                "job_ids": sorted(container.jobs),
+                "job_ids": sorted(jobs),
+                "jobs_running": sum(not job.exited.is_set() for job in jobs.values()),
                 **figures.get(container.handle, {}),
             }
         return out

@@ -17,7 +17,6 @@ or address is a label.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -37,9 +36,7 @@ from prometheus_client.utils import floatToGoString
 from supervisor.api import (
     BUCKETS,
     CommandStats,
-    ContainerView,
     DaemonView,
-    StashKey,
 )
 
 #: The text format ``generate_latest`` writes (the classic one: every name here is
@@ -58,9 +55,6 @@ STATES = ("active", "paused", "stopped")
 #: A job can run only in these states: a stop kills every job before the container
 #: is stopped.
 RUNNING_STATES = frozenset({"active", "paused"})
-#: Ids of a container's jobs seen ended, so that a scrape looks only at the others
-#: (job ids are never reused; a linked job leaves the set).
-ENDED = StashKey[set[int]]()
 
 
 @dataclass(frozen=True)
@@ -87,36 +81,6 @@ class Snapshot:
     seconds: float
 
 
-def running_jobs(container: ContainerView, job_ids: Iterable[int], state: str) -> int:
-    """How many of *job_ids* still run: those whose status file the init has not written.
-
-    The core creates ``jobs/ID/status`` empty at spawn and the container's init
-    writes the exit status there when the job's leader ends, before it tells
-    the daemon (docs/protocol.md, "Daemon lifetime"). ``info`` lists the jobs
-    not yet linked, ended or not, so this looks at each one's status file once
-    it is known to have ended: one ``stat`` per running job and scrape.
-    """
-    if state not in RUNNING_STATES:
-        return 0
-    ended = container.stash.get(ENDED, None)
-    if ended is None:
-        ended = container.stash[ENDED] = set()
-    ids = set(job_ids)
-    ended &= ids  # linked jobs are gone for good
-    running = 0
-    jobs = container.path / "jobs"
-    for job_id in ids - ended:
-        try:
-            written = os.stat(jobs / str(job_id) / "status").st_size > 0
-        except FileNotFoundError:  # linked meanwhile and its files removed
-            written = True
-        if written:
-            ended.add(job_id)
-        else:
-            running += 1
-    return running
-
-
 async def take(daemon: DaemonView) -> Snapshot:
     """Read every live container's figures and the request counters.
 
@@ -134,7 +98,8 @@ async def take(daemon: DaemonView) -> Snapshot:
         info = figures.get(container.handle)
         if info is None:  # destroyed since live() listed it
             continue
-        running = running_jobs(container, info.get("job_ids", ()), info.get("state", ""))
+        # A stop kills every job: whatever the daemon has not heard of yet is not running.
+        running = info.get("jobs_running", 0) if info.get("state") in RUNNING_STATES else 0
         samples.append(ContainerSample(container.handle, info, running))
     requests = daemon.requests
     commands = {
@@ -182,6 +147,11 @@ _COUNTERS = (
 )
 
 
+STATE_DOC = "1 for the container's state, 0 for the others"
+JOBS_DOC = "jobs the container holds: running, or ended and not yet linked"
+RUNNING_DOC = "jobs whose leader still runs"
+
+
 class SnapshotCollector(Collector):
     """The metric families of one :class:`Snapshot`."""
 
@@ -189,10 +159,11 @@ class SnapshotCollector(Collector):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._daemon()
-        yield from self._containers()
+        yield from self.daemon()
+        yield from self.containers()
 
-    def _daemon(self) -> Iterator[Metric]:
+    def daemon(self) -> Iterator[Metric]:
+        """The daemon's families: requests, containers by state, this scrape's reading time."""
         snap = self.snapshot
         total = CounterMetricFamily(
             "corral_requests", "requests served, by command (pings included)", labels=["command"]
@@ -233,13 +204,10 @@ class SnapshotCollector(Collector):
             value=snap.seconds,
         )
 
-    def _containers(self) -> Iterator[Metric]:
+    def containers(self) -> Iterator[Metric]:
+        """The per-container families (:func:`render_containers` writes their text faster)."""
         containers = self.snapshot.containers
-        state = GaugeMetricFamily(
-            "corral_container_state",
-            "1 for the container's state, 0 for the others",
-            labels=["handle", "state"],
-        )
+        state = GaugeMetricFamily("corral_container_state", STATE_DOC, labels=["handle", "state"])
         for c in containers:
             current = c.info.get("state")
             for name in STATES:
@@ -259,14 +227,8 @@ class SnapshotCollector(Collector):
                 if value is not None:
                     counter.add_metric([c.handle], value / per_unit)
             yield counter
-        jobs = GaugeMetricFamily(
-            "corral_container_jobs",
-            "jobs the container holds: running, or ended and not yet linked",
-            labels=["handle"],
-        )
-        running = GaugeMetricFamily(
-            "corral_container_jobs_running", "jobs whose leader still runs", labels=["handle"]
-        )
+        jobs = GaugeMetricFamily("corral_container_jobs", JOBS_DOC, labels=["handle"])
+        running = GaugeMetricFamily("corral_container_jobs_running", RUNNING_DOC, labels=["handle"])
         for c in containers:
             jobs.add_metric([c.handle], len(c.info.get("job_ids", ())))
             running.add_metric([c.handle], c.running_jobs)
@@ -301,9 +263,64 @@ def registry_of(snapshot: Snapshot, others: Iterable[Collector] = ()) -> Collect
 def exposition(snapshot: Snapshot, others: Iterable[Collector] = ()) -> bytes:
     """The metrics of *snapshot* and of the *others* collectors, in the Prometheus text format.
 
-    Pure computation on plain values (and /proc): it may run in a worker thread.
+    What ``generate_latest(registry_of(snapshot, others))`` writes, byte for byte
+    (a test holds it to that): the daemon's families and the *others* through
+    :func:`render`, the per-container families by :func:`render_containers`,
+    which writes their text straight from the snapshot. Pure computation on plain
+    values (and /proc): it may run in a worker thread.
     """
-    return render(registry_of(snapshot, others).collect())
+    collector = SnapshotCollector(snapshot)
+    return b"".join(
+        (
+            render(collector.daemon()),
+            render_containers(snapshot.containers),
+            render(family for other in others for family in other.collect()),
+        )
+    )
+
+
+def _header(name: str, doc: str, kind: str) -> str:
+    doc = doc.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
+
+
+def render_containers(containers: list[ContainerSample]) -> bytes:
+    """The text of :meth:`SnapshotCollector.containers`' families, written from the samples.
+
+    Making ~8,000 ``Sample`` objects for 500 containers, then the text of each,
+    took most of a scrape's rendering; here each container's label is escaped
+    once and each line is one format.
+    """
+    handles = [(c, 'handle="' + _label_value(c.handle) + '"') for c in containers]
+    out = [_header("corral_container_state", STATE_DOC, "gauge")]
+    append = out.append
+    for c, label in handles:
+        current = c.info.get("state")
+        for state in STATES:
+            flag = "1.0" if state == current else "0.0"
+            append(f'corral_container_state{{{label},state="{state}"}} {flag}\n')
+    for name, doc, table, key in _GAUGES:
+        full = f"corral_container_{name}"
+        append(_header(full, doc, "gauge"))
+        for c, label in handles:
+            value = _value(c.info, table, key)
+            if value is not None:
+                append(f"{full}{{{label}}} {floatToGoString(value)}\n")
+    for name, doc, table, key, per_unit in _COUNTERS:
+        full = f"corral_container_{name}_total"
+        append(_header(full, doc, "counter"))
+        for c, label in handles:
+            count = _value(c.info, table, key)
+            if count is not None:
+                append(f"{full}{{{label}}} {floatToGoString(count / per_unit)}\n")
+    append(_header("corral_container_jobs", JOBS_DOC, "gauge"))
+    for c, label in handles:
+        jobs = len(c.info.get("job_ids", ()))
+        append(f"corral_container_jobs{{{label}}} {floatToGoString(jobs)}\n")
+    append(_header("corral_container_jobs_running", RUNNING_DOC, "gauge"))
+    for c, label in handles:
+        append(f"corral_container_jobs_running{{{label}}} {floatToGoString(c.running_jobs)}\n")
+    return "".join(out).encode()
 
 
 def _label_value(value: str) -> str:
