@@ -23,6 +23,7 @@ import pytest
 import trio
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.process_collector import ProcessCollector
 
 from plugins.metrics import http
 from plugins.metrics.collect import (
@@ -33,6 +34,7 @@ from plugins.metrics.collect import (
     process_collector,
     registry_of,
 )
+from plugins.metrics.process import DaemonProcessCollector, open_fds
 from plugins.metrics.settings import Address, Settings
 from supervisor.api import BUCKETS, CommandStats
 from supervisor.client import Client
@@ -558,6 +560,19 @@ def test_the_rendering_is_prometheus_clients_own_byte_for_byte() -> None:
     assert b"process_resident_memory_bytes" in exposition(snap, [process])
 
 
+@pytest.mark.parametrize("number", [0, 7, 999_999, 1_000_000, 1_234_567, 2**62, 0.5, 1e-7, -3])
+def test_every_number_is_written_as_prometheus_client_writes_it(number: float) -> None:
+    figures = {
+        "state": "active",
+        "job_ids": [],
+        "memory_stat": {"usage": number, "max_usage": True, "limit": "12", "oom_count": number},
+        "pids": {"current": number, "max": None},
+        "cpu_stat": {"usage": number},
+    }
+    snap = Snapshot([ContainerSample("h", figures, 0)], {}, pings=0, seconds=0.0)
+    assert exposition(snap) == generate_latest(registry_of(snap))
+
+
 def test_the_rendering_parses_and_says_what_the_snapshot_holds() -> None:
     samples = parse(exposition(snapshot(["a", "b"])).decode())
     assert value(samples, "corral_requests_total", command="ping") == 7
@@ -623,3 +638,17 @@ def test_the_server_answers_one_request_per_connection() -> None:
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
     assert missing.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert calls == 2
+
+
+def test_the_process_metrics_are_prometheus_clients_with_open_files_counted_by_stat() -> None:
+    ours = {m.name: m for m in DaemonProcessCollector().collect()}
+    theirs = {m.name: m for m in ProcessCollector(registry=None).collect()}
+    assert set(ours) == set(theirs) and len(ours) == 6
+    for name, metric in theirs.items():
+        assert (ours[name].type, ours[name].documentation) == (metric.type, metric.documentation)
+        assert [s.name for s in ours[name].samples] == [s.name for s in metric.samples]
+    for name in ("process_start_time_seconds", "process_max_fds"):
+        assert ours[name].samples[0].value == theirs[name].samples[0].value
+    # The listing counts the fd it reads the directory through; stat(2) has none open.
+    listed = len(os.listdir("/proc/self/fd")) - 1
+    assert open_fds() == listed == theirs["process_open_fds"].samples[0].value - 1

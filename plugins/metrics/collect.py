@@ -29,10 +29,10 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from plugins.metrics.process import DaemonProcessCollector
 from supervisor.api import (
     BUCKETS,
     CommandStats,
@@ -248,7 +248,7 @@ def _buckets(counts: list[int]) -> list[tuple[str, float]]:
 def process_collector() -> Collector:
     """``process_*``: the daemon's own CPU, memory, open files and start time, from
     /proc/self at each scrape (made once: it reads the boot time when made)."""
-    return ProcessCollector(registry=None)
+    return DaemonProcessCollector()
 
 
 def registry_of(snapshot: Snapshot, others: Iterable[Collector] = ()) -> CollectorRegistry:
@@ -284,6 +284,23 @@ def _header(name: str, doc: str, kind: str) -> str:
     return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
 
 
+def _go(value: float) -> str:
+    """``floatToGoString(value)``, at once for the small whole numbers most samples are."""
+    if type(value) is int and 0 <= value < 1_000_000:  # repr(float) has no exponent there
+        return f"{value}.0"
+    return floatToGoString(value)
+
+
+def _numbers(containers: list[ContainerSample], table: str, key: str) -> list[float | None]:
+    """:func:`_value` of each container's figures."""
+    out: list[float | None] = []
+    for c in containers:
+        section = c.info.get(table)
+        value = section.get(key) if type(section) is dict else None
+        out.append(value if type(value) is int or type(value) is float else None)
+    return out
+
+
 def render_containers(containers: list[ContainerSample]) -> bytes:
     """The text of :meth:`SnapshotCollector.containers`' families, written from the samples.
 
@@ -291,35 +308,32 @@ def render_containers(containers: list[ContainerSample]) -> bytes:
     took most of a scrape's rendering; here each container's label is escaped
     once and each line is one format.
     """
-    handles = [(c, 'handle="' + _label_value(c.handle) + '"') for c in containers]
+    labels = ['{handle="' + _label_value(c.handle) + '"' for c in containers]
     out = [_header("corral_container_state", STATE_DOC, "gauge")]
     append = out.append
-    for c, label in handles:
+    for c, label in zip(containers, labels, strict=True):
         current = c.info.get("state")
         for state in STATES:
             flag = "1.0" if state == current else "0.0"
-            append(f'corral_container_state{{{label},state="{state}"}} {flag}\n')
+            append(f'corral_container_state{label},state="{state}"}} {flag}\n')
     for name, doc, table, key in _GAUGES:
         full = f"corral_container_{name}"
         append(_header(full, doc, "gauge"))
-        for c, label in handles:
-            value = _value(c.info, table, key)
-            if value is not None:
-                append(f"{full}{{{label}}} {floatToGoString(value)}\n")
+        for label, value in zip(labels, _numbers(containers, table, key), strict=True):
+            if value is not None:  # unknown or unlimited: no sample
+                append(f"{full}{label}}} {_go(value)}\n")
     for name, doc, table, key, per_unit in _COUNTERS:
         full = f"corral_container_{name}_total"
         append(_header(full, doc, "counter"))
-        for c, label in handles:
-            count = _value(c.info, table, key)
+        for label, count in zip(labels, _numbers(containers, table, key), strict=True):
             if count is not None:
-                append(f"{full}{{{label}}} {floatToGoString(count / per_unit)}\n")
+                append(f"{full}{label}}} {_go(count if per_unit == 1 else count / per_unit)}\n")
     append(_header("corral_container_jobs", JOBS_DOC, "gauge"))
-    for c, label in handles:
-        jobs = len(c.info.get("job_ids", ()))
-        append(f"corral_container_jobs{{{label}}} {floatToGoString(jobs)}\n")
+    for c, label in zip(containers, labels, strict=True):
+        append(f"corral_container_jobs{label}}} {_go(len(c.info.get('job_ids', ())))}\n")
     append(_header("corral_container_jobs_running", RUNNING_DOC, "gauge"))
-    for c, label in handles:
-        append(f"corral_container_jobs_running{{{label}}} {floatToGoString(c.running_jobs)}\n")
+    for c, label in zip(containers, labels, strict=True):
+        append(f"corral_container_jobs_running{label}}} {_go(c.running_jobs)}\n")
     return "".join(out).encode()
 
 
