@@ -208,6 +208,16 @@ def usage(pid: int) -> int | None:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
+def is_empty(path: Path) -> bool:
+    """Whether the directory *path* holds nothing (its :func:`tree_usage` is 0): one
+    ``getdents``, cheap enough for the event loop. False when it cannot be read."""
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
 def tree_usage(path: Path) -> int:
     """Bytes allocated under *path* (each inode counted once), without following symlinks."""
     # scandir and one lstat per entry (DirEntry.stat), no os.walk: a metrics scrape walks
