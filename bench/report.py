@@ -528,10 +528,11 @@ def scrape(r: Results) -> list[str]:
         f"{m['lines']} lines, {m['samples']} samples in {m['families']} families, "
         f'{m["bytes"]} bytes, {m["containers_in_scrape"]} containers in it. "collection" is '
         "the daemon's own figure (`corral_metrics_collection_seconds`): reading every "
-        "container's `info`; the rest of the wall time is rendering the text (in a worker "
-        "thread) and HTTP. Back to back, the fs plugin's 2-second cache of each writable "
-        "layer's usage is fresh; scrapes more than 2 s apart (as Prometheus scrapes, every "
-        "15 s or so) find it stale and walk every layer again.",
+        "container's figures (`DaemonView.stats`); the rest of the wall time is rendering "
+        "the text (in a worker thread) and HTTP. Back to back, the fs plugin's 2-second cache "
+        "of each writable layer's usage is fresh; scrapes more than 2 s apart (as Prometheus "
+        "scrapes, every 15 s or so) find it stale and look at every layer again (an empty "
+        "one is seen empty with one `getdents`, the others are walked).",
         "",
         "| scrapes | n | median | p90 | p99 | max |",
         "|---|---|---|---|---|---|",
