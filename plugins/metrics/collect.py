@@ -1,12 +1,13 @@
 """What a scrape reads from the daemon, and the Prometheus metric families made of it.
 
 A scrape is two steps. :func:`take` reads the daemon on the event loop: every
-live container's ``info`` (as the ``info`` command gives it, so the metrics
-and the protocol never disagree) and a copy of the request counters, into a
-:class:`Snapshot` of plain values. :func:`exposition` then renders it in the
-Prometheus text format with ``prometheus_client``: a :class:`SnapshotCollector`
-in a registry made for that one scrape, so nothing is kept from one scrape to
-the next and the rendering may run in a worker thread, away from the daemon's
+live container's figures (``DaemonView.stats``: the counters and gauges of
+``info``, with its keys and units, each plugin reading all the containers at
+once) and a copy of the request counters, into a :class:`Snapshot` of plain
+values. :func:`exposition` then renders it in the Prometheus text format, as
+``prometheus_client`` renders the families of a :class:`SnapshotCollector` in
+a registry made for that one scrape: nothing is kept from one scrape to the
+next, and the rendering may run in a worker thread, away from the daemon's
 state.
 
 Labels are bounded: ``handle`` (the daemon's containers), ``state`` (three),
