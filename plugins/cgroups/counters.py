@@ -6,8 +6,8 @@ times reading it (11 us against 3 on the development VM: the path walk, and
 the kernel making and freeing the file's buffer), so a container's counter
 files are opened at its first scrape and kept open for its life: a ``pread``
 at offset 0 makes the kernel write the file anew (seq_file). An open file
-keeps a page of kernel memory for its buffer once read, about 20 KiB per
-container. The files kept open are counted against :class:`FdBudget`, a
+keeps a page of kernel memory for its buffer once read: with the open files,
+about 24 KiB of unreclaimable slab per container (measured at 500). The files kept open are counted against :class:`FdBudget`, a
 share of the daemon's open files limit; past it, files are opened for each
 read, as ``info`` does: a scrape never makes a ``create`` run out of fds.
 """
