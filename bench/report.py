@@ -533,10 +533,11 @@ def scrape(r: Results) -> list[str]:
         f"{m['lines']} lines, {m['samples']} samples in {m['families']} families, "
         f'{m["bytes"]} bytes, {m["containers_in_scrape"]} containers in it. "collection" is '
         "the daemon's own figure (`corral_metrics_collection_seconds`): reading every "
-        "container's `info`; the rest of the wall time is rendering the text (in a worker "
-        "thread) and HTTP. Back to back, the fs plugin's 2-second cache of each writable "
-        "layer's usage is fresh; scrapes more than 2 s apart (as Prometheus scrapes, every "
-        "15 s or so) find it stale and walk every layer again.",
+        "container's figures (`DaemonView.stats`); the rest of the wall time is rendering "
+        "the text (in a worker thread) and HTTP. Back to back, the fs plugin's 2-second cache "
+        "of each writable layer's usage is fresh; scrapes more than 2 s apart (as Prometheus "
+        "scrapes, every 15 s or so) find it stale and look at every layer again (an empty "
+        "one is seen empty with one `getdents`, the others are walked).",
         "",
         "| scrapes | n | median | p90 | p99 | max |",
         "|---|---|---|---|---|---|",
@@ -655,20 +656,44 @@ def events(r: Results) -> list[str]:
     e = r.get("events")
     if not e:
         return []
-    d = e["delivery"]
     lines = [
         "",
         "## Events",
         "",
         f"{e['subscribers']} subscriptions to one container's job exits, in a process of their "
-        f"own; {e['jobs']} jobs run one after another. Latency: from the daemon's publishing "
-        "of the exit (the event's `time`) to the line being readable at each subscriber (ms).",
+        f"own; {e['jobs']} jobs one after another, `run` (the runner waits in `link` and is "
+        "woken by the same exit), then spawned and linked once every subscriber has read the "
+        "exit (at the exit only the daemon and the subscribers' process run). Latency: from "
+        "the daemon's publishing of the exit (the event's `time`) to the line being read by "
+        "each subscriber (ms).",
         "",
-        "| events | median | p90 | p99 | mean | min | max |",
-        "|---|---|---|---|---|---|---|",
-        f"| {d['events']} | {fmt(d.get('median'), 3)} | {fmt(d.get('p90'), 3)} | "
-        f"{fmt(d.get('p99'), 3)} | {fmt(d.get('mean'), 3)} | {fmt(d.get('min'), 3)} | "
-        f"{fmt(d.get('max'), 3)} |",
+        "| jobs | lines read | n | median | p90 | p99 | mean | min | max |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for how, key in (("run", "delivery"), ("spawn, link after", "delivery_alone")):
+        d = e.get(key)
+        if not d:
+            continue
+        rows = [("every subscriber", dict(d, n=d["events"]))]
+        rows += [
+            (label, d[field])
+            for label, field in (
+                ("first subscriber of each exit", "first_subscriber_ms"),
+                ("last subscriber of each exit", "last_subscriber_ms"),
+                ("last less first, each exit", "spread_ms"),
+            )
+            if d.get(field)
+        ]
+        for label, x in rows:
+            lines.append(
+                f"| {how} | {label} | {x['n']} | {fmt(x.get('median'), 3)} | "
+                f"{fmt(x.get('p90'), 3)} | {fmt(x.get('p99'), 3)} | {fmt(x.get('mean'), 3)} | "
+                f"{fmt(x.get('min'), 3)} | {fmt(x.get('max'), 3)} |"
+            )
+    lines += [
+        "",
+        "The 100 lines of one exit are not independent: the p99 of every subscriber is the "
+        "worst exit or two of the run.",
         "",
         f"`ping` from one client, with no subscriber and with {e['idle']} idle subscriptions "
         "open (ms):",

@@ -179,6 +179,15 @@ class DaemonView(Protocol):
             UnknownHandle: the container is gone.
         """
 
+    async def stats(self, containers: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
+        """The figures of many containers at once, by handle: ``state`` and ``job_ids`` as
+        ``info`` gives them, ``jobs_running`` (how many of those jobs have not exited, as
+        far as the daemon knows: ``link`` would wait for them), and the tables of counters
+        and gauges the plugins give in
+        ``corral_containers_stats`` (``memory_stat``, ``cpu_stat``, ``pids``, ``disk_stat``,
+        ``net_stat``). A container destroyed meanwhile is left out.
+        """
+
     @property
     def requests(self) -> RequestStats:
         """The requests served since the daemon started, by command."""

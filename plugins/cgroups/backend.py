@@ -18,9 +18,12 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from supervisor.api import CorralError, InvalidRequest
+
+if TYPE_CHECKING:
+    from plugins.cgroups.counters import Counter
 
 # Names of the controllers Corral uses. ``cpuacct``, ``freezer`` and ``devices`` are
 # separate controllers on v1 only; on v2 CPU usage and freezing are in the core.
@@ -125,6 +128,9 @@ class Backend(ABC):
     """The files of one cgroup version, behind the operations Corral needs."""
 
     version: ClassVar[int]
+    #: The files of the figures a metrics scrape reads (:mod:`plugins.cgroups.counters`),
+    #: by controller.
+    counters: ClassVar[dict[str, tuple[Counter, ...]]]
     #: The file a process writes ``0`` to, to join the cgroup itself.
     join_file: ClassVar[str] = "cgroup.procs"
     #: Whether a cgroup can be renamed within its parent (see :mod:`plugins.cgroups.spares`).

@@ -23,9 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from plugins.cgroups.backend import (
+    CPUACCT,
     CPUSET,
     DEVICES,
     MEMORY,
+    PIDS,
     Backend,
     CgroupError,
     MemoryStat,
@@ -34,6 +36,7 @@ from plugins.cgroups.backend import (
     read_keyed,
     write,
 )
+from plugins.cgroups.counters import Counter, keyed, number
 from plugins.cgroups.devices import ALLOWED_DEVICES
 from plugins.cgroups.values import cpus_for, quota_for
 
@@ -52,6 +55,15 @@ class V1(Backend):
     # here. The launcher is single-threaded: moving its one thread moves it.
     join_file = "tasks"
     renames = True
+    counters = {
+        MEMORY: (
+            Counter("memory_stat", "usage", "memory.usage_in_bytes", number),
+            Counter("memory_stat", "max_usage", "memory.max_usage_in_bytes", number),
+            Counter("memory_stat", "oom_count", "memory.oom_control", keyed("oom_kill")),
+        ),
+        CPUACCT: (Counter("cpu_stat", "usage", "cpuacct.usage", number),),
+        PIDS: (Counter("pids", "current", "pids.current", number),),
+    }
 
     def setup_parent(self, controller: str, path: Path) -> None:
         if controller == CPUSET:

@@ -23,6 +23,7 @@ from pathlib import Path
 from plugins.cgroups import devices
 from plugins.cgroups.backend import (
     CPU,
+    CPUACCT,
     CPUSET,
     DEVICES,
     MEMORY,
@@ -34,6 +35,7 @@ from plugins.cgroups.backend import (
     read_keyed,
     write,
 )
+from plugins.cgroups.counters import Counter, keyed, number
 from plugins.cgroups.values import CFS_PERIOD_US, MAX_SHARES, MIN_SHARES, cpus_for, quota_for
 
 #: Controllers that must be enabled in ``cgroup.subtree_control`` (the others are core files).
@@ -102,6 +104,15 @@ class V2(Backend):
     """The v2 files."""
 
     version = 2
+    counters = {
+        MEMORY: (
+            Counter("memory_stat", "usage", "memory.current", number),
+            Counter("memory_stat", "max_usage", "memory.peak", number),  # Linux 5.19
+            Counter("memory_stat", "oom_count", "memory.events", keyed("oom_kill")),
+        ),
+        CPUACCT: (Counter("cpu_stat", "usage", "cpu.stat", keyed("usage_usec", 1000)),),
+        PIDS: (Counter("pids", "current", "pids.current", number),),
+    }
 
     def setup_parent(self, controller: str, path: Path) -> None:
         if controller in ENABLED:

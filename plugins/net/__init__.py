@@ -20,7 +20,7 @@ name pools, pure), :mod:`.rules` (the nftables JSON, pure), :mod:`.firewall`
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from ipaddress import IPv4Address
 from typing import Any
@@ -212,6 +212,12 @@ class NetworkPlugin:
     @hookimpl
     def corral_limit_resources(self) -> Mapping[str, Limit]:
         return {"bandwidth": _BandwidthLimit(self.network)}
+
+    @hookimpl
+    def corral_containers_stats(
+        self, containers: Sequence[ContainerView]
+    ) -> Mapping[str, Mapping[str, Any]]:
+        return self.network.stats(containers)
 
     @hookimpl
     def corral_commands(self) -> Mapping[str, Handler]:

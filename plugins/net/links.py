@@ -273,6 +273,38 @@ def container_traffic(device: str) -> dict[str, int | None]:
     return out
 
 
+#: Every device of the daemon's network namespace and its counters, one line each.
+PROC_NET_DEV = "/proc/net/dev"
+#: Positions of the host end's counters after ``DEV:`` in a line of it (receive: bytes,
+#: packets, errs, drop, fifo, frame, compressed, multicast; then transmit: bytes, packets...).
+_PROC_NET_DEV_FIELDS = {"rx_bytes": 0, "rx_packets": 1, "tx_bytes": 8, "tx_packets": 9}
+
+
+def all_traffic(devices: set[str]) -> dict[str, dict[str, int | None]]:
+    """:func:`container_traffic` of each of *devices*, from one read of ``/proc/net/dev``.
+
+    The same counters as sysfs (both are the kernel's ``dev_get_stats``), for
+    every device at once: one file instead of four per device. A device not
+    listed (gone) has every value None.
+    """
+    with open(PROC_NET_DEV, "rb") as f:
+        text = f.read()
+    out: dict[str, dict[str, int | None]] = {}
+    for line in text.splitlines()[2:]:  # two lines of headers
+        name, _, counters = line.partition(b":")
+        device = name.strip().decode()
+        if device not in devices:
+            continue
+        numbers = counters.split()
+        try:
+            host = {key: int(numbers[i]) for key, i in _PROC_NET_DEV_FIELDS.items()}
+        except (IndexError, ValueError):
+            continue
+        out[device] = {key: host[counter] for key, counter in NET_STAT}
+    gone = dict.fromkeys(key for key, _ in NET_STAT)
+    return {device: out.get(device, dict(gone)) for device in devices}
+
+
 def ip_forwarding() -> bool:
     """Whether the host routes IPv4 (``net.ipv4.ip_forward``)."""
     return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"

@@ -10,6 +10,7 @@ is replaced in one transaction by the rules the records describe.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
@@ -653,6 +654,19 @@ class Network:
             "net_out": [_rule_json(e) for e in att.egress],
             "limits": {"bandwidth": att.bandwidth and att.bandwidth.to_json()},
         }
+
+    def stats(self, containers: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
+        """``net_stat`` of each of *containers* that has a network, from one read of
+        ``/proc/net/dev`` for them all (see :func:`links.all_traffic`)."""
+        devices = {
+            c.handle: att.device
+            for c in containers
+            if (att := self.attachments.get(c.handle)) is not None
+        }
+        if not devices:
+            return {}
+        traffic = links.all_traffic(set(devices.values()))
+        return {handle: {"net_stat": traffic[device]} for handle, device in devices.items()}
 
     # -- daemon lifetime --------------------------------------------------------------
 

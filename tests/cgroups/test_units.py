@@ -23,6 +23,7 @@ import trio
 import plugins.cgroups as plugin
 from plugins.cgroups import backend, devices, oom, pressure, v1, v2, values
 from plugins.cgroups.backend import CgroupError, parse_keyed, read_int
+from plugins.cgroups.counters import FdBudget
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.layout import Placement, detect, parse_mountinfo
 from plugins.cgroups.values import Host, cpuset_cores, format_cpuset
@@ -971,3 +972,71 @@ def test_real_v1_containers_get_cpus_and_mems_from_the_parent(scratch_cgroup: Pa
             assert expected.strip() and (child / name).read_text() == expected
     finally:
         child.rmdir()
+
+
+# -- counters kept open for the metrics ----------------------------------------------------
+
+
+def test_counters_read_what_stats_reads_and_keep_their_files_open(v1_memory: Path) -> None:
+    group = ContainerCgroups("unit", {"memory": (1, v1_memory)})
+    budget = FdBudget(limit=10)
+    counters = group.counters(budget, {"mem": 1 << 20})
+    assert counters == {
+        "memory_stat": {"usage": 4096, "max_usage": 8192, "oom_count": 2, "limit": 1 << 20}
+    }
+    assert counters["memory_stat"]["usage"] == group.stats()["memory_stat"]["usage"]
+    assert budget.take() and budget.take()  # 3 of 10 are open: 7 were left
+    (v1_memory / "memory.usage_in_bytes").write_text("8192\n")  # read again, from offset 0
+    assert group.counters(budget, {})["memory_stat"]["usage"] == 8192
+    group.close_counters()
+    assert [budget.take() for _ in range(9)] == [True] * 8 + [False]  # all 3 given back
+
+
+def test_counters_past_the_budget_are_read_all_the_same(v1_memory: Path) -> None:
+    group = ContainerCgroups("unit", {"memory": (1, v1_memory)})
+    budget = FdBudget(limit=1)
+    for _ in range(2):
+        assert group.counters(budget, {})["memory_stat"]["oom_count"] == 2
+    assert not budget.take()  # the one allowed is kept, the others were closed after reading
+    group.close_counters()
+    assert budget.take()
+
+
+def test_counters_of_a_missing_file_are_none(v1_memory: Path) -> None:
+    (v1_memory / "memory.max_usage_in_bytes").unlink()
+    group = ContainerCgroups("unit", {"memory": (1, v1_memory)})
+    assert group.counters(FdBudget(), {})["memory_stat"]["max_usage"] is None
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V1_MEMORY], indirect=True)
+def test_real_counters_are_read_anew_through_an_open_file_and_none_once_removed(
+    scratch_cgroup: Path,
+) -> None:
+    child = scratch_cgroup / "c"
+    child.mkdir()
+    group = ContainerCgroups("unit", {"memory": (1, child)})
+    budget = FdBudget(limit=100)
+    assert group.counters(budget, {})["memory_stat"]["usage"] == 0
+    # A shell that joins and allocates a few MB: its pages are charged to the cgroup.
+    script = f"echo $$ > {child}/cgroup.procs; x=$(head -c 4000000 /dev/zero | tr '\\0' a); exec sleep 60"
+    sleeper = subprocess.Popen(["sh", "-c", script])
+    try:
+        for _ in range(250):
+            if (group.counters(budget, {})["memory_stat"]["max_usage"] or 0) > 4_000_000:
+                break
+            trio.run(trio.sleep, 0.02)
+        counters = group.counters(budget, {})["memory_stat"]
+        assert counters["max_usage"] > 4_000_000 and counters["usage"] > 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    for _ in range(100):  # the sleeper leaves the cgroup a moment after its exit
+        try:
+            child.rmdir()  # the open files do not keep it
+            break
+        except OSError:
+            trio.run(trio.sleep, 0.02)
+    assert not child.exists()
+    assert group.counters(budget, {})["memory_stat"]["usage"] is None
+    group.close_counters()

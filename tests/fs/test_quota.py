@@ -144,3 +144,22 @@ def test_loop_devices_are_matched_by_their_file_not_its_path(tmp_path: Path) -> 
     finally:
         subprocess.run(["losetup", "-d", device], check=True)
     assert quota.loops_of(moved) == []
+
+
+def test_tree_usage_counts_each_inode_once_and_an_empty_layer_is_seen_empty(
+    tmp_path: Path,
+) -> None:
+    layer = tmp_path / "upper"
+    layer.mkdir()
+    assert quota.is_empty(layer) and quota.tree_usage(layer) == 0
+    (layer / "a" / "b").mkdir(parents=True)
+    (layer / "a" / "b" / "f").write_bytes(b"x" * 100_000)
+    os.link(layer / "a" / "b" / "f", layer / "hard")
+    os.symlink("/etc", layer / "link")  # not followed
+    assert not quota.is_empty(layer)
+    expected = sum(
+        os.lstat(p).st_blocks * 512
+        for p in (layer / "a", layer / "a" / "b", layer / "a" / "b" / "f", layer / "link")
+    )
+    assert quota.tree_usage(layer) == expected >= 100_000
+    assert not quota.is_empty(tmp_path / "missing") and quota.tree_usage(tmp_path / "missing") == 0
