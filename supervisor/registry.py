@@ -220,7 +220,7 @@ class Supervisor:
             "host_ip": None,
             "container_ip": None,
             "container_path": str(container.path),
-            "job_ids": sorted(container.jobs),
+            "job_ids": sorted(j.id for j in container.jobs.values() if not j.exited.is_set()),
             "properties": container.options.get("properties", {}),
             "limits": {},
         }

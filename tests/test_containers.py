@@ -12,7 +12,7 @@ import pytest
 
 from supervisor import errors
 from supervisor.client import Client
-from tests.conftest import Daemon, ended, init_pid, wait_for_output
+from tests.conftest import Daemon, ended, init_pid, wait_for_output, wait_until
 
 
 def test_isolated_identity(client: Client, container: str) -> None:
@@ -362,5 +362,21 @@ def test_link_run_and_stream_carry_the_containers_info_when_asked(client: Client
         lines = [json.loads(client._line()) for _ in range(2)]
         assert lines[0] == ["stdout", "streamed\n"]
         assert lines[1]["payload"]["info"]["state"] == "active"
+    finally:
+        client.destroy(handle)
+
+
+def test_job_ids_lists_the_jobs_still_running(client: Client) -> None:
+    handle = client.create()
+    try:
+        running = client.spawn(handle, "sleep 100")
+        ended = client.spawn(handle, "true")
+        client.link(handle, client.spawn(handle, "true"))
+        wait_until(
+            lambda: client.info(handle)["job_ids"] == [running], what="the short jobs to end"
+        )
+        assert (
+            client.link(handle, ended)[0] == 0
+        )  # ended and not linked: not listed, still linkable
     finally:
         client.destroy(handle)

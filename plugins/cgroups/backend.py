@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -122,6 +122,8 @@ class MemoryStat:
     max_usage: int | None
     limit: int | None
     oom_count: int | None
+    #: The kernel's ``memory.stat`` under Warden's names (``rss``, ``cache``, ``total_rss``...).
+    details: dict[str, int] = field(default_factory=dict)
 
 
 class Backend(ABC):
@@ -195,6 +197,10 @@ class Backend(ABC):
     @abstractmethod
     def cpu_usage_ns(self, path: Path) -> int:
         """CPU time used by the cgroup so far, in nanoseconds (``cpuacct`` on v1)."""
+
+    @abstractmethod
+    def cpu_user_system_ns(self, path: Path) -> tuple[int, int]:
+        """CPU time used so far in user and in system mode, in nanoseconds."""
 
     # -- cpuset -------------------------------------------------------------------
 

@@ -269,6 +269,7 @@ class ContainerCgroups:
             try:
                 m = self.backend(MEMORY).memory_stat(self.path(MEMORY))
                 out["memory_stat"] = {
+                    **m.details,
                     "usage": m.usage,
                     "max_usage": m.max_usage,
                     "limit": m.limit,
@@ -277,11 +278,13 @@ class ContainerCgroups:
             except (OSError, ValueError):
                 out["memory_stat"] = dict.fromkeys(("usage", "max_usage", "limit", "oom_count"))
         if self.has(CPUACCT):
+            backend, path = self._dirs[CPUACCT]
             try:
-                usage: int | None = self.backend(CPUACCT).cpu_usage_ns(self.path(CPUACCT))
+                usage: int | None = backend.cpu_usage_ns(path)
+                user, system = backend.cpu_user_system_ns(path)
+                out["cpu_stat"] = {"usage": usage, "user": user, "system": system}
             except (OSError, ValueError, KeyError):
-                usage = None
-            out["cpu_stat"] = {"usage": usage}
+                out["cpu_stat"] = dict.fromkeys(("usage", "user", "system"))
         if self.has(PIDS):
             backend, path = self._dirs[PIDS]
             try:

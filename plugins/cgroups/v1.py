@@ -20,6 +20,7 @@ had containers when the daemon started cannot change its device list).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from plugins.cgroups.backend import (
@@ -39,6 +40,9 @@ from plugins.cgroups.backend import (
 from plugins.cgroups.counters import Counter, keyed, number
 from plugins.cgroups.devices import ALLOWED_DEVICES
 from plugins.cgroups.values import cpus_for, quota_for
+
+#: The unit of ``cpuacct.stat`` (USER_HZ).
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def devices_rules() -> list[tuple[str, str]]:
@@ -122,6 +126,7 @@ class V1(Backend):
             max_usage=read_int(path / "memory.max_usage_in_bytes"),
             limit=self.memory_limit(path),
             oom_count=self.oom_kills(path),
+            details=read_keyed(path / "memory.stat"),  # Warden's names are v1's own
         )
 
     def oom_kills(self, path: Path) -> int:
@@ -148,6 +153,11 @@ class V1(Backend):
 
     def cpu_usage_ns(self, path: Path) -> int:
         return int(read(path / "cpuacct.usage"))
+
+    def cpu_user_system_ns(self, path: Path) -> tuple[int, int]:
+        ticks = read_keyed(path / "cpuacct.stat")  # in USER_HZ
+        per_tick = 1_000_000_000 // CLOCK_TICKS
+        return ticks["user"] * per_tick, ticks["system"] * per_tick
 
     # -- cpuset -------------------------------------------------------------------------
 

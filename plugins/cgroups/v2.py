@@ -89,6 +89,33 @@ def weight_to_shares(weight: int) -> int:
     return shares
 
 
+#: Warden's ``memory_stat`` names (v1's) for the v2 ``memory.stat`` fields that mean the same.
+WARDEN_MEMORY_NAMES = {
+    "rss": "anon",
+    "cache": "file",
+    "mapped_file": "file_mapped",
+    "pgfault": "pgfault",
+    "pgmajfault": "pgmajfault",
+    "inactive_anon": "inactive_anon",
+    "active_anon": "active_anon",
+    "inactive_file": "inactive_file",
+    "active_file": "active_file",
+    "unevictable": "unevictable",
+}
+
+
+def warden_memory_stat(stat: dict[str, int], swap: int | None) -> dict[str, int]:
+    """v2's ``memory.stat`` as it is, plus Warden's (v1's) names for what it has: v2
+    counts are hierarchical, so each is also its ``total_`` form."""
+    out = dict(stat)
+    named = {w: stat[v2] for w, v2 in WARDEN_MEMORY_NAMES.items() if v2 in stat}
+    if swap is not None:
+        named["swap"] = swap
+    out.update(named)
+    out.update({f"total_{name}": value for name, value in named.items()})
+    return out
+
+
 def parse_cpu_max(text: str) -> tuple[int | None, int]:
     """``cpu.max`` as (quota µs or None for ``max``, period µs)."""
     quota, _, period = text.strip().partition(" ")
@@ -146,6 +173,10 @@ class V2(Backend):
             max_usage=read_int(peak) if peak.exists() else None,
             limit=self.memory_limit(path),
             oom_count=self.oom_kills(path),
+            details=warden_memory_stat(
+                read_keyed(path / "memory.stat"),
+                read_int(swap) if (swap := path / "memory.swap.current").exists() else None,
+            ),
         )
 
     def oom_kills(self, path: Path) -> int:
@@ -172,6 +203,10 @@ class V2(Backend):
 
     def cpu_usage_ns(self, path: Path) -> int:
         return read_keyed(path / "cpu.stat")["usage_usec"] * 1000
+
+    def cpu_user_system_ns(self, path: Path) -> tuple[int, int]:
+        stat = read_keyed(path / "cpu.stat")
+        return stat["user_usec"] * 1000, stat["system_usec"] * 1000
 
     # -- cpuset -------------------------------------------------------------------------
 

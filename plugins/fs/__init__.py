@@ -43,15 +43,15 @@ NAME = "fs"
 FORBIDDEN = (",", ":", "\t", "\n", "\0")
 #: How long destroy waits for the kernel to release a container's loop device.
 LOOP_RELEASE_WAIT = 5.0
-#: Seconds a walked usage of a writable layer without quota is reused: ``info`` is
-#: a hot path, and walking a big tree on every call would make it slow.
+#: Seconds a walked usage of a writable layer without quota is reused by a metrics
+#: scrape, which reads every container (``info`` walks afresh).
 TREE_USAGE_TTL = 2.0
 
 #: Layers checked for emptiness between two checkpoints of the event loop (~8 us each).
 EMPTY_CHECK_BATCH = 50
 
 #: When the usage of a container's writable layer was walked, and what it was.
-TREE_USAGE = StashKey[tuple[float, int]]()
+TREE_USAGE = StashKey[tuple[float, quota.Usage]]()
 
 log = structlog.get_logger()
 
@@ -227,7 +227,7 @@ def _release_loops(container: ContainerView, image: Path) -> None:
 # -- info and limit -------------------------------------------------------------------
 
 
-def _fresh_tree_usage(container: ContainerView) -> int | None:
+def _fresh_tree_usage(container: ContainerView) -> quota.Usage | None:
     """The walked usage of the container's writable layer, if walked less than
     :data:`TREE_USAGE_TTL` ago."""
     cached = container.stash.get(TREE_USAGE, None)
@@ -236,26 +236,31 @@ def _fresh_tree_usage(container: ContainerView) -> int | None:
     return None
 
 
-async def _tree_usage(container: ContainerView) -> int:
-    used = _fresh_tree_usage(container)
-    if used is None:
-        layer = container.path / "upper"
-        used = (
-            0 if quota.is_empty(layer) else await trio.to_thread.run_sync(quota.tree_usage, layer)
-        )
-        container.stash[TREE_USAGE] = (trio.current_time(), used)
+async def _tree_usage(container: ContainerView) -> quota.Usage:
+    """The usage of the container's writable layer, walked now (in a worker thread)."""
+    layer = container.path / "upper"
+    used = (
+        quota.EMPTY
+        if quota.is_empty(layer)
+        else await trio.to_thread.run_sync(quota.tree_usage, layer)
+    )
+    container.stash[TREE_USAGE] = (trio.current_time(), used)
     return used
 
 
-def _disk_table(container: ContainerView, tree_used: int | None) -> dict[str, Any]:
+def _disk_table(container: ContainerView, tree_used: quota.Usage | None) -> dict[str, Any]:
     """``disk_stat``: one ``statvfs`` with a quota, else *tree_used* (the walked layer)."""
     size_mb = container.options.get("disk_size_mb")
-    if size_mb is None:
-        return {"bytes_used": tree_used, "limit": None}
-    sandbox = container.sandbox
-    alive = sandbox is not None and sandbox.alive
-    used = quota.usage(sandbox.pid) if alive else None  # type: ignore[union-attr]
-    return {"bytes_used": used, "limit": size_mb * 1024 * 1024}
+    used = tree_used
+    if size_mb is not None:
+        sandbox = container.sandbox
+        alive = sandbox is not None and sandbox.alive
+        used = quota.usage(sandbox.pid) if alive else None  # type: ignore[union-attr]
+    return {
+        "bytes_used": None if used is None else used.bytes,
+        "inodes_used": None if used is None else used.inodes,
+        "limit": None if size_mb is None else size_mb * 1024 * 1024,
+    }
 
 
 async def _disk_stat(container: ContainerView) -> dict[str, Any]:
@@ -277,7 +282,7 @@ async def _disk_stats(containers: Sequence[ContainerView]) -> dict[str, dict[str
         if _fresh_tree_usage(container) is not None:
             continue
         if quota.is_empty(container.path / "upper"):
-            container.stash[TREE_USAGE] = (now, 0)
+            container.stash[TREE_USAGE] = (now, quota.EMPTY)
         else:
             stale.append(container)
     if stale:

@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -195,8 +196,19 @@ def detach(name: str) -> None:
         os.close(fd)
 
 
-def usage(pid: int) -> int | None:
-    """Bytes used on the quota filesystem of the container whose init is *pid*.
+class Usage(NamedTuple):
+    """What a container's files take: bytes allocated and inodes."""
+
+    bytes: int
+    inodes: int
+
+
+EMPTY = Usage(0, 0)
+
+
+def usage(pid: int) -> Usage | None:
+    """What is used on the quota filesystem of the container whose init is *pid* (its
+    inodes include ext4's own few).
 
     ``statfs`` on an overlay reports its upper layer's filesystem: here the
     quota image, reached through the init's root.
@@ -205,7 +217,7 @@ def usage(pid: int) -> int | None:
         st = os.statvfs(f"/proc/{pid}/root")
     except OSError:
         return None
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
+    return Usage((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_files - st.f_ffree)
 
 
 def is_empty(path: Path) -> bool:
@@ -218,8 +230,9 @@ def is_empty(path: Path) -> bool:
         return False
 
 
-def tree_usage(path: Path) -> int:
-    """Bytes allocated under *path* (each inode counted once), without following symlinks."""
+def tree_usage(path: Path) -> Usage:
+    """Bytes allocated under *path* and inodes there (each counted once), without following
+    symlinks."""
     # scandir and one lstat per entry (DirEntry.stat), no os.walk: a metrics scrape walks
     # every container's layer, and os.walk's lists and joins were half of an idle one's walk.
     seen: set[tuple[int, int]] = set()
@@ -242,4 +255,4 @@ def tree_usage(path: Path) -> int:
                     total += st.st_blocks * 512
                 if stat.S_ISDIR(st.st_mode):
                     directories.append(entry.path)
-    return total
+    return Usage(total, len(seen))
