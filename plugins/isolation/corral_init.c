@@ -67,6 +67,11 @@ extern char **environ;
  * child writes to its exec-report pipe and exits 127. */
 static int err_fd = STDERR_FILENO;
 static int err_status = 1;
+/* Put before the message of a failure in the container's root (its content is the
+ * client's rootfs, its mount targets the client's bind mounts): the daemon answers
+ * those invalid_request, not internal. launcher.py knows this text. */
+#define IN_ROOT "in the container root: "
+static const char *err_blame = "";
 
 __attribute__((format(printf, 2, 3))) static noreturn void fail(int errnum, const char *fmt, ...)
 {
@@ -76,6 +81,7 @@ __attribute__((format(printf, 2, 3))) static noreturn void fail(int errnum, cons
 
 	if (err_fd == STDERR_FILENO)
 		n = (size_t)snprintf(msg, sizeof msg, "corral-init: ");
+	n += (size_t)snprintf(msg + n, sizeof msg - n, "%s", err_blame);
 	va_start(ap, fmt); /* leave room for the error text */
 	vsnprintf(msg + n, sizeof msg - 128 - n, fmt, ap);
 	va_end(ap);
@@ -483,10 +489,13 @@ static void do_mount(struct root *r, const struct directive *d)
 	char path[32], dev[32];
 	int loopfd = -1, fd;
 
-	if (d->opts & OPT_HOST) /* a host path of the daemon's: this namespace's copy of it */
+	if (d->opts & OPT_HOST) { /* a host path of the daemon's: this namespace's copy of it */
 		TRY(fd = open(target, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), "open %s", target);
-	else
+	} else {
+		err_blame = IN_ROOT;
 		fd = mount_target(r->fd, d);
+		err_blame = "";
+	}
 	if (fd < 0)
 		return;
 	bool is_root = !(d->opts & OPT_HOST) && same_file(fd, r->fd);
@@ -495,10 +504,15 @@ static void do_mount(struct root *r, const struct directive *d)
 		source = dev;
 	}
 	fd_path(fd, path);
-	if (bind && mount(source, path, NULL, MS_BIND | (d->mflags & MS_REC), NULL) < 0)
-		die("mount bind %s on %s", source ? source : "-", target);
-	if (!bind && mount(source, path, fstype, d->mflags & ~MS_REC, data) < 0)
+	if (bind ? mount(source, path, NULL, MS_BIND | (d->mflags & MS_REC), NULL)
+		 : mount(source, path, fstype, d->mflags & ~MS_REC, data)) {
+		/* A target of the wrong kind (a file for a directory...) is the root's doing. */
+		if (!(d->opts & OPT_HOST) && (errno == ENOTDIR || errno == EISDIR || errno == ENOENT))
+			err_blame = IN_ROOT;
+		if (bind)
+			die("mount bind %s on %s", source ? source : "-", target);
 		die("mount %s on %s", fstype, target);
+	}
 	if (loopfd >= 0)
 		close(loopfd); /* the mount holds the device now */
 	close(fd);
@@ -639,6 +653,8 @@ static void apply(struct setup *s, const struct directive *d)
 	if (s->r.fd < 0 && d->kind != D_CGROUP && d->kind != D_ROOT && d->kind != D_LABEL &&
 	    d->kind != D_END && !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
 		die_msg("launch spec: %s before root", kinds[d->kind].name);
+	if (d->kind == D_MKNOD || d->kind == D_SYMLINK || d->kind == D_MKDIR)
+		err_blame = IN_ROOT;
 	switch (d->kind) {
 	case D_CGROUP:
 		join_cgroup(d->f[0]);
@@ -681,6 +697,7 @@ static void apply(struct setup *s, const struct directive *d)
 	case D_END:
 		break;
 	}
+	err_blame = "";
 }
 
 /* In PID 1: the directives the launcher left, then pivot into the root. */
@@ -1486,7 +1503,8 @@ static int launch(void)
 	if (control) { /* PID 1 keeps the control socket: the daemon's first connection */
 		int len = snprintf(text, sizeof text, "init%c%d", '\0', (int)pid);
 		tell_daemon(text, (size_t)len + 1, NULL, 0);
-		close(CONTROL_FD);
+		/* Kept open until the launcher exits: the daemon reads the launcher's error once
+		 * the socket ends, so it must not end when a failed init closes its copy. */
 	}
 	if (read_report(ready[0], buf, sizeof buf) == 3 && !strcmp(buf, "ok\n")) {
 		snprintf(text, sizeof text, "%d\n", (int)pid);
