@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from tests.conftest import NOTHING_LEFT, Daemon, init_pid, leftovers
+from tests.test_protocol import raw_bytes
 
 KINDS = ("mnt", "pid", "net", "uts", "ipc")
 
@@ -49,3 +50,31 @@ def test_200_create_destroy_cycles_leave_nothing(fresh_daemon: Daemon) -> None:
     # empty: the mount namespaces are let go just before), and nothing holds a namespace.
     assert leftovers(daemon) == NOTHING_LEFT
     assert set(_namespace_holders(daemon)) <= holders_before
+
+
+def _zombie_children(pid: int) -> list[str]:
+    """The zombie children of process *pid*: ``PID (COMM)`` from /proc/*/stat."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if state == "Z" and int(parent) == pid:
+            found.append(stat.split(")", 1)[0] + ")")
+    return found
+
+
+def test_destroy_right_after_create_leaves_no_zombie(fresh_daemon: Daemon) -> None:
+    """A destroy pipelined behind its create kills the init while its launcher may still be
+    exiting: the init is not the daemon's child yet (about 1 in 100 cycles), and must still
+    be reaped once it is."""
+    daemon = fresh_daemon
+    lines = b"".join(
+        b'["create", {"handle": "z%d"}]\n["destroy", "z%d"]\n' % (i, i) for i in range(600)
+    )
+    replies = raw_bytes(daemon, lines).splitlines()
+    assert len(replies) == 1200 and all(b'"error"' not in r for r in replies)
+    assert leftovers(daemon) == NOTHING_LEFT  # waits until destroyed containers are gone
+    assert _zombie_children(daemon.pid) == []

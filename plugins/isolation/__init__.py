@@ -232,7 +232,7 @@ async def _start(container: ContainerView, plan: LaunchPlan) -> InitSandbox:
     # so its pid stays its own until we reap it.
     pidfd = os.pidfd_open(pid)
     sock = trio.socket.from_stdlib_socket(launcher.take_connection())
-    return InitSandbox(container, pid, pidfd, sock)
+    return InitSandbox(container, pid, pidfd, sock, owned=True)
 
 
 async def _reconnect(container: ContainerView) -> InitSandbox:

@@ -28,6 +28,11 @@ from supervisor.api import (
 )
 
 RECEIVE_SIZE = 64 * 1024
+#: Longest wait for a killed init's launcher to exit (it exits microseconds after the
+#: init is ready): a destroy must not hang on it.
+REAP_PATIENCE = 10.0
+#: Reap attempts: each after the zombie init changed parent, which it does once.
+REAP_TRIES = 8
 
 log = structlog.get_logger()
 
@@ -75,10 +80,18 @@ class InitSandbox:
         pid: int,
         pidfd: int | None,
         sock: trio.socket.SocketType | None,
+        owned: bool = False,
     ) -> None:
+        """
+        Args:
+            owned: the init is (or is about to become) the daemon's child, which must
+                reap it: one it launched, not one a previous daemon left.
+        """
         self.container = container
         self.pid = pid
         self._pidfd = pidfd
+        self._owned = owned
+        self._reaped = False
         self._sock = sock
         # The daemon's own reference to the container's mount namespace (see kill).
         self._mount_namespace: int | None = None
@@ -127,19 +140,42 @@ class InitSandbox:
         assert self._pidfd is not None
         await trio.lowlevel.wait_readable(self._pidfd)
         self._alive = False
-        self.reap()
+        await self.reap()
         if not self._terminated:
             log.warning("container init exited", handle=self.container.handle, pid=self.pid)
             await self.container.publish(SandboxExited(self.container.handle))
 
-    def reap(self) -> None:
-        """Collect the init's exit status if it is our child (it is unless a daemon restarted since)."""
-        if self._pidfd is None:
-            return
-        try:
-            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
-        except ChildProcessError:
-            pass  # adopted by the host's init after a daemon restart
+    async def reap(self) -> None:
+        """Collect the exited init's status if it is ours, so that no zombie is left.
+
+        The init is its launcher's child until the launcher exits, a moment after
+        the init is ready; only then does the daemon (a subreaper) adopt it. An
+        init killed in that moment is reaped once its launcher has gone.
+        """
+        for _ in range(REAP_TRIES):
+            if self._pidfd is None or self._reaped:
+                return
+            try:
+                self._reaped = (
+                    os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG) is not None
+                )
+                return
+            except ChildProcessError:
+                if not self._owned:
+                    return  # a previous daemon's: the host's init reaps it
+            launcher = _foster_parent(self.pid)
+            if launcher is None:
+                continue  # it is ours now, or gone (reaped by this sandbox's other waiter)
+            try:
+                with trio.move_on_after(REAP_PATIENCE) as waited:
+                    await trio.lowlevel.wait_readable(launcher)
+            finally:
+                os.close(launcher)
+            if waited.cancelled_caught:
+                log.warning(
+                    "container init left unreaped: its launcher does not exit", pid=self.pid
+                )
+                return
 
     def terminate(self) -> None:
         """SIGKILL the init: its namespaces, mounts and processes go with it."""
@@ -166,7 +202,7 @@ class InitSandbox:
         self.terminate()
         await trio.lowlevel.wait_readable(self._pidfd)
         self._alive = False
-        self.reap()
+        await self.reap()
 
     def close(self) -> None:
         """Close what the daemon holds; the mount namespace after destroy, unless detaching."""
@@ -229,6 +265,33 @@ class InitSandbox:
 
 class InterfaceError(CorralError):
     """The container's init could not configure a network device."""
+
+
+def _foster_parent(pid: int) -> int | None:
+    """A pidfd of the parent of zombie *pid* (its launcher), or None if that is the daemon,
+    or *pid* is gone, or the parent has just exited.
+
+    The parent is read again once its pidfd is open: had the launcher exited meanwhile
+    (and its pid been reused), the init's parent would be the daemon by then.
+    """
+    parent = _parent_of(pid)
+    if parent is None or parent == os.getpid():
+        return None
+    try:
+        pidfd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        return None
+    if _parent_of(pid) == parent:
+        return pidfd
+    os.close(pidfd)
+    return None
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def signal_pidfd(pidfd: int, signum: int) -> None:
