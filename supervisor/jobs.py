@@ -18,6 +18,9 @@ from pathlib import Path
 import trio
 
 STREAMS = ("stdout", "stderr")
+#: Bytes of output read at once for ``stream``, at most. The handler asks for less
+#: (see :func:`supervisor.protocol.stream_chunk_size`): a reader that stops reading
+#: leaves the daemon holding one line, so a line must stay small.
 STREAM_CHUNK = 256 * 1024
 #: How often a streaming reader looks for new output while the job is quiet.
 STREAM_POLL = 0.02
@@ -89,8 +92,14 @@ class Job:
 
         return read("stdout"), read("stderr")
 
-    async def stream(self, limit: int) -> AsyncIterator[tuple[str, bytes]]:
-        """Yield ``(stream, chunk)`` from the first byte, as produced, until exit and drained."""
+    async def stream(
+        self, limit: int, chunk_size: int = STREAM_CHUNK
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield ``(stream, chunk)`` from the first byte, as produced, until exit and drained.
+
+        Each chunk holds at most *chunk_size* bytes; the next is read only when the
+        consumer asks for it (once it has sent the last).
+        """
         if self.discard_output:
             await self.exited.wait()
             return
@@ -106,7 +115,7 @@ class Job:
                             files[stream] = os.open(self.file(stream), os.O_RDONLY | os.O_CLOEXEC)
                         except FileNotFoundError:
                             continue
-                    want = min(STREAM_CHUNK, limit - offsets[stream])
+                    want = min(chunk_size, limit - offsets[stream])
                     if want <= 0:
                         continue
                     chunk = os.pread(files[stream], want, offsets[stream])

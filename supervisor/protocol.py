@@ -133,6 +133,19 @@ def encode_output(data: bytes, encoding: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+#: Most bytes of one intermediate ``stream`` line: what a reader that stopped reading
+#: keeps in the daemon's memory (the socket's own buffer aside).
+STREAM_LINE_BUDGET = 128 * 1024
+
+
+def stream_chunk_size(encoding: str) -> int:
+    """Output bytes per ``stream`` line, so that the line stays within :data:`STREAM_LINE_BUDGET`.
+
+    Base64 makes 4 bytes of 3; as JSON text a byte takes up to 6 (``\\u0000``, ``\\udcff``).
+    """
+    return STREAM_LINE_BUDGET * 3 // 4 if encoding == "base64" else STREAM_LINE_BUDGET // 6
+
+
 def encode_stream_chunk(stream: str, chunk: bytes, encoding: str) -> bytes:
     """One intermediate ``stream`` line: ``["stdout", CHUNK]``.
 
