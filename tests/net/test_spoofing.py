@@ -1,4 +1,4 @@
-"""A container cannot send packets with another's source address.
+"""A container cannot send packets with another's source address, nor to the host's loopback.
 
 The forging job is played by the test itself: a Python process in the sending container's
 network namespace (``nsenter --net``), root there like a privileged job with CAP_NET_RAW.
@@ -7,8 +7,11 @@ Traffic stays among this test's containers and the host's own addresses.
 
 from __future__ import annotations
 
+import errno
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -101,3 +104,46 @@ def test_a_forged_source_address_is_dropped(
     finally:
         for handle in (a, b, c_):
             client.destroy(handle)
+
+
+#: In the container's namespace: send a datagram to 127.0.0.1:PORT out of eth0 to the host
+#: (what a job with CAP_NET_RAW does with a crafted frame); then a TCP SYN to the gateway,
+#: whose answer (a reset) says the host has handled what came before it from this device.
+TO_HOST_LOOPBACK = """
+import socket, subprocess, sys
+gateway, port = sys.argv[1], int(sys.argv[2])
+subprocess.run(["ip", "addr", "del", "127.0.0.1/8", "dev", "lo"], check=True)  # 127/8 not local
+with open("/proc/sys/net/ipv4/conf/eth0/route_localnet", "w") as f:
+    f.write("1")  # 127/8 may leave by eth0
+subprocess.run(["ip", "route", "add", "127.0.0.1/32", "via", gateway, "dev", "eth0"], check=True)
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"forged", ("127.0.0.1", port))
+probe = socket.socket()
+probe.settimeout(10)
+print(probe.connect_ex((gateway, 9)))
+"""
+
+
+def test_the_hosts_loopback_is_unreachable_even_with_host_access(
+    net_daemon: Callable[..., Daemon],
+) -> None:
+    """route_localnet on Corral's devices (for `net in` to 127.0.0.1) must not let a
+    container reach a host service bound to 127.0.0.1 with packets addressed to it."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    d = net_daemon(allow_host_access="true")
+    try:
+        with d.client() as c:
+            handle = c.create()
+            script = _in_namespace(
+                init_pid(d, handle), TO_HOST_LOOPBACK, c.info(handle)["host_ip"], str(port)
+            )
+            done = subprocess.run(script, capture_output=True, text=True, timeout=30)
+            assert done.stdout.strip() == str(errno.ECONNREFUSED), done.stdout + done.stderr
+            with pytest.raises(BlockingIOError):
+                got = listener.recv(100)
+                raise AssertionError(f"the container reached 127.0.0.1:{port}: {got!r}")
+            c.destroy(handle)
+    finally:
+        listener.close()
