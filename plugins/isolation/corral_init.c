@@ -1487,6 +1487,10 @@ static int launch(void)
 	fclose(in); /* and its buffer: PID 1 would keep a copy */
 	if (!sp.root || !sp.socket)
 		die_msg("launch spec: no %s", sp.root ? "socket" : "root");
+	/* Its own cgroup namespace, now that every cgroup line is joined: the container's
+	 * cgroups are its root, and a job that mounts a cgroup hierarchy (in a user
+	 * namespace of its own) finds nothing above them. */
+	TRY(unshare(CLONE_NEWCGROUP), "unshare CLONE_NEWCGROUP");
 	/* The daemon started the launcher off its own CPU (see launcher.py): the init
 	 * and its jobs may run on every CPU of their cpuset again. */
 	CPU_ZERO(&cpus);
