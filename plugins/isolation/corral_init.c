@@ -30,9 +30,11 @@
 #include <stdnoreturn.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1586,10 +1588,56 @@ static noreturn void zygote(void)
 	}
 }
 
+/* ---- sealed copy ------------------------------------------------------ */
+
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U /* linux/memfd.h, 6.3: executable even under vm.memfd_noexec=1 */
+#endif
+
+/*
+ * Run from a sealed in-memory copy of this binary, as runc does (CVE-2019-5736):
+ * every launcher, init and job process before its exec has this copy as its
+ * /proc/PID/exe, never the host's corral-init, which a privileged job could
+ * otherwise open through /proc and rewrite once nothing runs it. The copy can be
+ * neither written nor resized (F_SEAL_*). Made once per zygote, that is once per
+ * daemon start; a launcher spawned without a zygote makes its own.
+ */
+static void run_sealed_copy(char **argv)
+{
+	struct stat st;
+	int exe, mem;
+
+	TRY(exe = open("/proc/self/exe", O_RDONLY | O_CLOEXEC), "open /proc/self/exe");
+	if (fcntl(exe, F_GET_SEALS) >= 0) { /* a memfd: the copy already */
+		close(exe);
+		/* Named as before in ps and /proc/PID/comm, not "memfd:corral-in". */
+		TRY(prctl(PR_SET_NAME, "corral-init", 0, 0, 0), "prctl PR_SET_NAME");
+		return;
+	}
+	TRY(fstat(exe, &st), "fstat /proc/self/exe");
+	mem = memfd_create("corral-init", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+	if (mem < 0 && errno == EINVAL) /* a kernel before 6.3 */
+		mem = memfd_create("corral-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	TRY(mem, "memfd_create");
+	for (off_t left = st.st_size; left > 0;) {
+		ssize_t n = sendfile(mem, exe, NULL, (size_t)left);
+		if (n <= 0)
+			die_msg("copy /proc/self/exe to a memfd: %s", n < 0 ? strerror(errno) : "short file");
+		left -= n;
+	}
+	TRY(fcntl(mem, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE),
+	    "fcntl F_ADD_SEALS");
+	close(exe);
+	fexecve(mem, argv, environ);
+	die("fexecve the sealed copy");
+}
+
 /* Arguments after "launch" are ignored: PID 1 keeps them in its cmdline, as a
  * label (which a `label` directive replaces). */
 int main(int argc, char **argv)
 {
+	if (argc >= 2 && (!strcmp(argv[1], "launch") || !strcmp(argv[1], "zygote")))
+		run_sealed_copy(argv);
 	if (argc >= 2) {
 		args_start = argv[1];
 		args_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
