@@ -206,6 +206,8 @@ async def stream(request: Request, *args: Any) -> list[Any]:
     limit = request.supervisor.config.containers.output_limit
     async for name, chunk in job.stream(limit, stream_chunk_size(encoding)):
         await request.send(encode_stream_chunk(name, chunk, encoding))
+    for name in sorted(job.cut):  # the output ended at the limit: the job was killed
+        await request.send(encode_line(["cut", name]))
     return []
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import trio
 
 STREAMS = ("stdout", "stderr")
+#: The status of a job cut at the output limit: 128 + SIGKILL, as a shell reports it.
+KILLED_FOR_OUTPUT = 137
 #: Bytes of output read at once for ``stream``, at most. The handler asks for less
 #: (see :func:`supervisor.protocol.stream_chunk_size`): a reader that stops reading
 #: leaves the daemon holding one line, so a line must stay small.
@@ -37,6 +39,8 @@ class Job:
     discard_output: bool = False
     status: int | None = None
     exited: trio.Event = field(default_factory=trio.Event)
+    #: The streams cut at the output limit (the sandbox killed the job then).
+    cut: set[str] = field(default_factory=set)
     #: (exit_status, stdout, stderr) once read by the first ``link``.
     result: tuple[int | None, bytes | None, bytes | None] | None = None
     _collecting: trio.Lock = field(default_factory=trio.Lock)
@@ -72,14 +76,17 @@ class Job:
         """Wait for the exit, then read (once) the status and up to *limit* bytes per stream."""
         await self.exited.wait()
         async with self._collecting:
+            # Killed for its output: 137 (SIGKILL), even where its first process had
+            # exited before a background child's output was cut.
+            status = KILLED_FOR_OUTPUT if self.cut else self.status
             if self.result is None:
                 if self.discard_output:
-                    self.result = (self.status, None, None)
+                    self.result = (status, None, None)
                 elif self.output_size() <= INLINE_READ:
-                    self.result = (self.status, *self._read_outputs(limit))
+                    self.result = (status, *self._read_outputs(limit))
                 else:
                     out, err = await trio.to_thread.run_sync(self._read_outputs, limit)
-                    self.result = (self.status, out, err)
+                    self.result = (status, out, err)
         return self.result
 
     def _read_outputs(self, limit: int) -> tuple[bytes | None, bytes | None]:

@@ -745,9 +745,9 @@ struct limit {
 };
 
 struct job_spec {
-	unsigned long long id;
+	unsigned long long id, output_limit;
 	const char *user, *dir;
-	bool privileged;
+	bool privileged, has_limit; /* has_limit: output through pumps, cut at output_limit */
 	char **env, **argv;
 	size_t nenv, nargv, nlimits;
 	struct limit *limits;
@@ -811,6 +811,8 @@ static const char *parse_job(char **strs, int n, struct job_spec *js, bool *has_
 			js->nlimits++;
 		else if (!strcmp(key, "arg"))
 			js->argv[js->nargv++] = val;
+		else if (!strcmp(key, "limit") && parse_uint(val, ULLONG_MAX, &js->output_limit))
+			js->has_limit = true;
 		else
 			return "spawn: bad or unknown field";
 	}
@@ -984,11 +986,29 @@ struct job {
 	int status_fd;
 };
 
+/*
+ * One output stream of a job with an output limit: the job writes into a pipe,
+ * PID 1 copies it to the daemon's file, at most LEFT bytes more. Any process of
+ * the job (a background child too, after the job's first process exited) writes
+ * into the same pipe, and the file cannot grow past the limit: at the first byte
+ * beyond it PID 1 closes the pipe (writers get SIGPIPE), kills the job's process
+ * group and announces "cut ID STREAM". No polling: the cut is at the byte.
+ */
+struct pump {
+	struct pump *next;
+	unsigned long long id, left;
+	const char *stream; /* "stdout" or "stderr" */
+	pid_t pgid;         /* the job's process group (its first process's pid) */
+	int in, out;        /* the pipe's read end, the output file */
+};
+
 struct server {
 	int listen_fd, sig_fd, devnull;
 	int *clients; /* -1: closed, compacted after each poll round */
 	size_t nclients;
 	struct job *jobs;
+	struct pump *pumps;
+	size_t npumps;
 };
 
 struct msg {
@@ -1080,25 +1100,111 @@ static void reap(struct server *s)
 		die("waitpid");
 }
 
-/* Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set. */
+static void add_pump(struct server *s, const struct job_spec *js, const char *stream, pid_t pgid,
+		     int in, int out)
+{
+	struct pump *p = xcalloc(1, sizeof *p);
+
+	*p = (struct pump){ s->pumps, js->id, js->output_limit, stream, pgid, in, out };
+	s->pumps = p;
+	s->npumps++;
+}
+
+/* Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set.
+ * With an output limit, the child writes into pipes that pumps drain into FDS[0-1]. */
 static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, char err[static 1024])
 {
-	int pipefd[2];
-	pid_t pid;
+	int pipefd[2], outp[2][2] = { { -1, -1 }, { -1, -1 } }, files[2] = { -1, -1 };
+	pid_t pid = -1;
 
 	if (pipe2(pipefd, O_CLOEXEC) < 0) {
 		error_text(err, "pipe2");
 		return -1;
 	}
+	for (int k = 0; js->has_limit && k < 2; k++)
+		if (pipe2(outp[k], O_CLOEXEC) < 0 || fcntl(outp[k][0], F_SETFL, O_NONBLOCK) < 0 ||
+		    (files[k] = fcntl(fds[k], F_DUPFD_CLOEXEC, 3)) < 0) {
+			error_text(err, "output pipe");
+			goto out;
+		}
 	if ((pid = fork()) == 0)
-		run_job(js, s->devnull, fds[0], fds[1], pipefd[1]);
+		run_job(js, s->devnull, js->has_limit ? outp[0][1] : fds[0],
+			js->has_limit ? outp[1][1] : fds[1], pipefd[1]);
 	if (pid < 0)
 		error_text(err, "fork");
 	close(pipefd[1]);
+	pipefd[1] = -1;
 	if (pid > 0 && read_report(pipefd[0], err, 1024)) /* EOF at once: the exec succeeded */
 		pid = -1;
+	if (pid > 0 && js->has_limit) {
+		add_pump(s, js, "stdout", pid, outp[0][0], files[0]);
+		add_pump(s, js, "stderr", pid, outp[1][0], files[1]);
+		outp[0][0] = outp[1][0] = files[0] = files[1] = -1; /* the pumps' now */
+	}
+out:
+	for (int k = 0; k < 2; k++) {
+		for (int e = 0; e < 2; e++)
+			if (outp[k][e] >= 0)
+				close(outp[k][e]);
+		if (files[k] >= 0)
+			close(files[k]);
+	}
+	if (pipefd[1] >= 0)
+		close(pipefd[1]);
 	close(pipefd[0]);
 	return pid;
+}
+
+/* Write all of BUF to FD; a failing disk loses the rest (PID 1 must not block). */
+static void write_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, buf, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return;
+		buf += n;
+		len -= (size_t)n;
+	}
+}
+
+/* Copy what the pipe holds (one read: no job starves the others); false once the
+ * pump is done: EOF (every writer gone), or the limit passed (cut, announced). */
+static bool pump(struct server *s, struct pump *p)
+{
+	static char buf[64 * 1024];
+	size_t want = p->left < sizeof buf ? (size_t)p->left + 1 : sizeof buf; /* +1: the excess */
+	ssize_t n = read(p->in, buf, want);
+	char id[24];
+
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR;
+	if (n == 0)
+		return false;
+	size_t keep = (size_t)n < p->left ? (size_t)n : (size_t)p->left;
+	write_all(p->out, buf, keep);
+	p->left -= keep;
+	if ((size_t)n == keep)
+		return true;
+	kill(-p->pgid, SIGKILL); /* the job, background children included */
+	snprintf(id, sizeof id, "%llu", p->id);
+	for (size_t i = 0; i < s->nclients; i++)
+		reply(s, i, "cut", id, p->stream, NULL);
+	return false;
+}
+
+static void drop_pump(struct server *s, struct pump *p)
+{
+	struct pump **pp = &s->pumps;
+
+	while (*pp != p)
+		pp = &(*pp)->next;
+	*pp = p->next;
+	close(p->in);
+	close(p->out);
+	free(p);
+	s->npumps--;
 }
 
 static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, int nfds)
@@ -1349,14 +1455,24 @@ static noreturn void serve(struct server *s)
 	TRY(sigprocmask(SIG_BLOCK, &chld, NULL), "sigprocmask");
 	TRY(s->sig_fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK), "signalfd");
 	for (;;) {
-		size_t n = s->nclients, k = 0;
-		pfds = xrealloc(pfds, (n + 2) * sizeof *pfds);
+		size_t n = s->nclients, k = 0, np = s->npumps;
+		struct pump **pumps = xcalloc(np + 1, sizeof *pumps), *p = s->pumps;
+		pfds = xrealloc(pfds, (n + np + 2) * sizeof *pfds);
 		pfds[0] = (struct pollfd){ .fd = s->sig_fd, .events = POLLIN };
 		pfds[1] = (struct pollfd){ .fd = s->listen_fd, .events = POLLIN };
 		for (size_t i = 0; i < n; i++)
 			pfds[i + 2] = (struct pollfd){ .fd = s->clients[i], .events = POLLIN };
-		if (poll(pfds, n + 2, -1) < 0 && errno != EINTR)
+		for (size_t i = 0; i < np; i++, p = p->next) {
+			pumps[i] = p;
+			pfds[n + 2 + i] = (struct pollfd){ .fd = p->in, .events = POLLIN };
+		}
+		if (poll(pfds, n + np + 2, -1) < 0 && errno != EINTR)
 			die("poll");
+		/* Output before exits: a job's last bytes are in its file when its exit is told. */
+		for (size_t i = 0; i < np; i++)
+			if (pfds[n + 2 + i].revents && !pump(s, pumps[i]))
+				drop_pump(s, pumps[i]);
+		free(pumps);
 		if (pfds[0].revents)
 			reap(s);
 		for (size_t i = 0; i < n; i++)

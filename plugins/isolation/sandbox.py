@@ -24,6 +24,7 @@ from supervisor.api import (
     InvalidState,
     JobExited,
     JobRequest,
+    OutputCut,
     SandboxExited,
 )
 
@@ -58,6 +59,8 @@ def spawn_message(request: JobRequest) -> bytes:
         parts.append(
             f"rlimit={name}:{'unlimited' if soft is None else soft}:{'unlimited' if hard is None else hard}"
         )
+    if request.output_limit is not None:
+        parts.append(f"limit={request.output_limit}")
     parts += [f"arg={arg}" for arg in request.argv]
     return encode(*parts)
 
@@ -132,6 +135,10 @@ class InitSandbox:
                 if parts and parts[0] == "exit":
                     await self.container.publish(
                         JobExited(self.container.handle, int(parts[1]), int(parts[2]))
+                    )
+                elif parts[:1] == ["cut"] and len(parts) == 3:
+                    await self.container.publish(
+                        OutputCut(self.container.handle, int(parts[1]), parts[2])
                     )
                 else:
                     await self._replies_send.send(parts)
