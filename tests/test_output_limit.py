@@ -9,11 +9,13 @@ line of ``stream``.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from plugins.isolation.build import CFLAGS, SOURCE
 from tests.conftest import Daemon, wait_until
 
 LIMIT = 64 * 1024
@@ -65,3 +67,23 @@ def test_output_up_to_the_cap_is_whole_and_not_cut(capped: Daemon) -> None:
         status, out, err = c.run(handle, f"yes x | head -c {LIMIT}; echo e >&2")
         assert (status, out, err) == (0, "x\n" * (LIMIT // 2), "e\n")
         c.destroy(handle)
+
+
+def test_an_init_from_before_the_output_pumps_still_runs_jobs(
+    artifacts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A container whose init predates ``limit=`` (started before an upgrade) still runs
+    jobs: their output goes to the files directly, uncapped, and the daemon says so."""
+    source = tmp_path / "old_init.c"
+    source.write_text(SOURCE.read_text().replace('!strcmp(key, "limit")', '!strcmp(key, "-")'))
+    old_init = tmp_path / "corral-init"
+    subprocess.run(["gcc", *CFLAGS, "-o", str(old_init), str(source)], check=True)
+    d = Daemon(old_init, artifacts[1], tables={"containers": {"output_limit": LIMIT}}).start()
+    try:
+        with d.client() as c:
+            handle = c.create()
+            status, out, _ = c.run(handle, f"head -c {2 * LIMIT} /dev/zero | wc -c")
+            assert (status, out.strip()) == (0, str(2 * LIMIT))
+            assert d.log_records("container init too old to cap output; job output not capped")
+    finally:
+        d.close()

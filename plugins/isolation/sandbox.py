@@ -8,6 +8,7 @@ the event bus. A pidfd of the init tells when the whole container is gone.
 from __future__ import annotations
 
 import array
+import dataclasses
 import os
 import signal
 import socket
@@ -29,6 +30,8 @@ from supervisor.api import (
 )
 
 RECEIVE_SIZE = 64 * 1024
+#: What an init from before the output pumps answers a spawn with limit= (corral_init.c).
+OLD_INIT = "spawn: bad or unknown field"
 #: Longest wait for a killed init's launcher to exit (it exits microseconds after the
 #: init is ready): a destroy must not hang on it.
 REAP_PATIENCE = 10.0
@@ -242,6 +245,15 @@ class InitSandbox:
 
     async def spawn(self, request: JobRequest, stdout: int, stderr: int, status: int) -> None:
         reply = await self._request(spawn_message(request), (stdout, stderr, status))
+        if reply[:1] == ["error"] and request.output_limit is not None and OLD_INIT in reply[2:3]:
+            # An init started before an upgrade (it knows no limit=): the job writes to
+            # its files directly, without a cap; said once per job.
+            self.container.log.warning(
+                "container init too old to cap output; job output not capped",
+                job_id=request.job_id,
+            )
+            request = dataclasses.replace(request, output_limit=None)
+            reply = await self._request(spawn_message(request), (stdout, stderr, status))
         if reply[:1] == ["error"]:
             raise InvalidRequest(
                 f"container {self.container.handle}: job {request.job_id}: {reply[2]}"
