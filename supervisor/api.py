@@ -47,6 +47,7 @@ from supervisor.events import (
     MemoryPressure,
     NetRuleChanged,
     OutOfMemory,
+    OutputCut,
     SandboxExited,
     StateChanged,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidState",
     "JobExited",
+    "OutputCut",
     "JobRequest",
     "JobStarted",
     "LaunchPlan",

@@ -87,7 +87,10 @@ def run_command(client: Client, args: argparse.Namespace) -> int:
         return _status(status)
     elif cmd == "stream":
         for name, chunk in client.stream(args.handle, args.job_id):
-            _write(name, chunk)
+            if name == "cut":
+                print(f"corral: {chunk} cut at the output limit", file=sys.stderr)
+            else:
+                _write(name, chunk)
     elif cmd == "stop":
         print(client.stop(args.handle, kill=args.kill, background=args.background))
     elif cmd == "destroy":

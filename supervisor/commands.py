@@ -15,7 +15,13 @@ import trio
 from supervisor.api import Handler
 from supervisor.errors import InvalidRequest
 from supervisor.events import KINDS, LimitChanged
-from supervisor.protocol import Args, encode_line, encode_output, encode_stream_chunk
+from supervisor.protocol import (
+    Args,
+    encode_line,
+    encode_output,
+    encode_stream_chunk,
+    stream_chunk_size,
+)
 from supervisor.registry import parse_env
 from supervisor.sandbox import JobRequest
 
@@ -208,8 +214,11 @@ async def stream(request: Request, *args: Any) -> list[Any] | dict[str, Any]:
     container.require("stream")
     job = container.job(job_id)
     structlog.contextvars.bind_contextvars(job_id=job_id)
-    async for name, chunk in job.stream(request.supervisor.config.containers.output_limit):
+    limit = request.supervisor.config.containers.output_limit
+    async for name, chunk in job.stream(limit, stream_chunk_size(encoding)):
         await request.send(encode_stream_chunk(name, chunk, encoding))
+    for name in sorted(job.cut):  # the output ended at the limit: the job was killed
+        await request.send(encode_line(["cut", name]))
     if opts.get("info"):
         return {"info": await request.supervisor.info(container)}
     return []

@@ -9,6 +9,7 @@ context managers.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import signal
@@ -29,6 +30,7 @@ from supervisor.events import (
     JobExited,
     JobStarted,
     OutOfMemory,
+    OutputCut,
     SandboxExited,
     StateChanged,
 )
@@ -79,9 +81,6 @@ ALLOWED: dict[str, frozenset[State]] = {
     "net out": frozenset({State.ACTIVE, State.PAUSED}),
 }
 
-#: How often a quiet job's output size is checked against the cap, at most.
-OUTPUT_CHECK_MAX = 2.0
-OUTPUT_CHECK_MIN = 0.05
 #: How often a stopping container is asked whether processes are left.
 STOP_POLL = 0.02
 #: Job ids recorded ahead at a time (a restart skips at most this many).
@@ -247,9 +246,6 @@ class Container:
     ) -> None:
         """Run the container's background tasks until destroy is requested."""
         self._start_task(self._consume, events)
-        for job in self.jobs.values():
-            if not job.exited.is_set():
-                self._start_task(self._guard_output, job)
         if restoring and self.sandbox is not None and not self.sandbox.alive:
             await self._sandbox_gone()
         self.ready = True
@@ -295,6 +291,15 @@ class Container:
                 job = self.jobs.get(event.job_id)
                 if job is not None:
                     job.finish(event.status)
+            elif isinstance(event, OutputCut):
+                job = self.jobs.get(event.job_id)
+                if job is not None:
+                    job.cut.add(event.stream)
+                limit = self.supervisor.config.containers.output_limit
+                self.log.warning(
+                    "job output over limit", job_id=event.job_id, stream=event.stream, limit=limit
+                )
+                await self._record_event("command exceeded maximum output")
             elif isinstance(event, OutOfMemory):
                 await self._record_event("out of memory")
                 if self.state is State.ACTIVE:
@@ -356,6 +361,9 @@ class Container:
         self.require("spawn")
         assert self.sandbox is not None and self._nursery is not None
         job = Job(request.job_id, self._job_dir(request.job_id), discard_output)
+        # The sandbox keeps each stream to the cap, whichever process of the job writes.
+        limit = None if discard_output else self.supervisor.config.containers.output_limit
+        request = dataclasses.replace(request, output_limit=limit)
         job.dir.mkdir(mode=0o700)
         if discard_output:
             (job.dir / "discard").touch()
@@ -376,8 +384,6 @@ class Container:
         finally:
             for fd in fds:
                 os.close(fd)
-        if not discard_output:
-            self._start_task(self._guard_output, job)
         await self.publish(JobStarted(self.handle, job.id))
         return job
 
@@ -407,24 +413,6 @@ class Container:
                 partial(trio.to_thread.run_sync, job.remove_files, abandon_on_cancel=True)
             )
         return result
-
-    async def _guard_output(self, job: Job) -> None:
-        """Kill a job whose output passes the cap; check often only while it grows."""
-        limit = self.supervisor.config.containers.output_limit
-        interval = OUTPUT_CHECK_MIN
-        last = 0
-        while not job.exited.is_set():
-            with trio.move_on_after(interval):
-                await job.exited.wait()
-            size = job.output_size()
-            if size > limit:
-                self.log.warning("job output over limit", job_id=job.id, limit=limit)
-                await self._record_event("command exceeded maximum output")
-                if self.sandbox is not None:
-                    await self.sandbox.signal_job(job.id, signal.SIGKILL)
-                return
-            interval = OUTPUT_CHECK_MIN if size != last else min(interval * 2, OUTPUT_CHECK_MAX)
-            last = size
 
     async def _restore_jobs(self) -> None:
         """Rebuild the job table from the depot after a restart."""

@@ -77,6 +77,10 @@ class JobRequest:
     user: str | None = None
     privileged: bool = False
     rlimits: tuple[tuple[str, int | None, int | None], ...] = ()
+    #: Bytes kept per output stream, None for no limit. The sandbox enforces it itself,
+    #: whoever of the job writes (a background child after its first process exited),
+    #: and publishes :class:`supervisor.events.OutputCut` when it cuts.
+    output_limit: int | None = None
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from typing import TypeVar
 import pytest
 
 from plugins.cgroups.layout import Placement
+from plugins.isolation.build import build_init, is_current, source_digest
 from supervisor.client import Client
 from supervisor.depot import read_record
 from supervisor.testing import INSTALLED_INIT, INSTALLED_ROOTFS, REPO
@@ -41,11 +42,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(init binary, base rootfs), installed or freshly built."""
     work = tmp_path_factory.mktemp("artifacts")
-    if INSTALLED_INIT.exists():
+    if is_current(INSTALLED_INIT, source_digest()):
         init = INSTALLED_INIT
-    else:
-        from plugins.isolation.build import build_init
-
+    else:  # not installed, or built from another source than this checkout's
         init = build_init(work / "corral-init")
     rootfs = Path(os.environ.get("CORRAL_TEST_ROOTFS", INSTALLED_ROOTFS))
     if not (rootfs / "bin" / "busybox").exists():

@@ -2,7 +2,11 @@
 
 Every container gets its own cgroup, ``PARENT/HANDLE``, in each hierarchy that
 holds a controller Corral uses (:mod:`~plugins.cgroups.layout` finds them at
-start, cgroup v1, v2 or a mix). The directories are made and configured in
+start, cgroup v1, v2 or a mix), and in every other mounted hierarchy (v1
+``blkio``, ``name=systemd``, a hybrid host's v2 tree: *bare*, nothing is set
+there), so that no process of a container stays in the daemon's cgroup of any
+hierarchy. The launcher then gives the container a cgroup namespace of its own,
+rooted at those cgroups. The directories are made and configured in
 ``corral_container_prepare``, before the container's launcher joins them through
 the launch plan's membership files (``cgroup.procs``; v1 ``tasks``, see
 :attr:`~plugins.cgroups.v1.V1.join_file`), so every process of the container is

@@ -61,10 +61,27 @@ def _sysctl(path: str, value: str) -> None:
         os.close(fd)
 
 
+def harden(device: str, route_localnet: bool) -> None:
+    """Set the sysctls of a host-side device again (one made by an older daemon).
+
+    Raises:
+        LinkError: naming the device.
+    """
+    try:
+        _device_sysctls(device, route_localnet)
+    except OSError as exc:
+        raise LinkError(f"device {device}: {exc}") from exc
+
+
 def _device_sysctls(device: str, route_localnet: bool) -> None:
     # No IPv6 on Corral's host-side devices: a link-local address would let a
     # container reach the host's services around the IPv4 input rules.
     _sysctl(f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6", "1")
+    # Strict reverse-path filtering: a packet from this device whose source address
+    # is not routed back through it (another container's, the host's, anyone's) is
+    # dropped, so a job with CAP_NET_RAW cannot forge its source. The kernel takes
+    # the larger of this and conf/all: the host's own setting is left alone.
+    _sysctl(f"/proc/sys/net/ipv4/conf/{device}/rp_filter", "1")
     if route_localnet:
         # Lets `net in` DNAT host traffic sent to 127.0.0.1 out of this device
         # (the source is then masqueraded, see rules.py); this device only.

@@ -680,10 +680,13 @@ class Network:
             self.settings.bridge_device(name) for name, m in self.members.items() if m
         }
         prefix = self.settings.interface_prefix
+        bridged = {a.device for a in live if a.bridge is not None}
         for device in await trio.to_thread.run_sync(links.devices, prefix):
             if device not in wanted:
                 await links.delete_link(device)
                 log.warning("leftover network device removed", device=device)
+            else:  # made by an older daemon, maybe without today's settings (rp_filter)
+                links.harden(device, route_localnet=device not in bridged)
         commands = self.ruleset.base()
         for att in live:
             commands += self.ruleset.container(

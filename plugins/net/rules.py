@@ -10,8 +10,8 @@ One table (family ``inet``) holds everything::
                               then `egress` for traffic from containers; the rest of
                               Corral's traffic is dropped. Other traffic is never matched
                               (policy accept), so the host's own forwarding is untouched.
-    input       filter 0      containers may not reach the host's own services
-                              (unless allow_host_access)
+    input       filter 0      nothing from a container to 127/8 but replies; containers
+                              may not reach the host's own services (unless allow_host_access)
     egress      regular       allow_networks, and one rule per `net out`
 
 Static rules carry the comment :data:`BASE_TAG`; a container's rules carry its
@@ -308,6 +308,19 @@ class Ruleset:
             rule("forward", BASE_TAG, _match(iif, any_dev), DROP),
             rule("forward", BASE_TAG, _match(oif, any_dev), DROP),
         ]
+        # route_localnet on Corral's devices (for `net in` to 127.0.0.1, below) would let
+        # a container's packet addressed to 127.0.0.1 reach services bound to the host's
+        # loopback: only replies (of those forwards) may come in for 127/8.
+        cmds.append(
+            rule(
+                "input",
+                BASE_TAG,
+                _match(iif, any_dev),
+                _match(_ip("daddr"), _net(LOOPBACK)),
+                _match({"ct": {"key": "direction"}}, "original"),
+                DROP,
+            )
+        )
         if not s.allow_host_access:
             cmds += [
                 rule("input", BASE_TAG, _match(iif, any_dev), _established(), ACCEPT),

@@ -414,11 +414,15 @@ COMOUNTED = """\
 
 def test_hybrid_layout_puts_everything_on_v1() -> None:
     layout = detect(HYBRID, lambda root: {"hugetlb"})
-    assert {c: p.version for c, p in layout.placements.items()} == dict.fromkeys(
-        ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices"), 1
-    )
+    assert {c: p.version for c, p in layout.placements.items()} == {
+        **dict.fromkeys(("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices"), 1),
+        # the hierarchies without Corral's controllers: bare, the containers are put there too
+        "hierarchy:name=systemd": 1,
+        "hierarchy:cgroup2": 2,
+    }
     assert layout.placements["memory"].root == Path("/sys/fs/cgroup/memory")
-    assert len(layout.hierarchies()) == 7
+    assert layout.placements["hierarchy:cgroup2"].root == Path("/sys/fs/cgroup/unified")
+    assert len(layout.hierarchies()) == 9
 
 
 def test_pure_v2_layout_uses_the_core_for_cpuacct_and_freezer_and_ebpf_for_devices() -> None:

@@ -322,11 +322,12 @@ def test_base_ruleset_is_scoped_to_corral_devices_and_subnets() -> None:
     assert all(c.get("policy", "accept") == "accept" for c in chains.values())
 
 
-def test_allow_host_access_drops_the_input_rules() -> None:
+def test_allow_host_access_drops_the_input_rules_but_the_loopback_one() -> None:
     closed = _rules(Ruleset(parse({})).base())
     open_ = _rules(Ruleset(parse({"allow_host_access": True})).base())
-    assert [r for r in closed if r["chain"] == "input"]
-    assert not [r for r in open_ if r["chain"] == "input"]
+    assert len([r for r in closed if r["chain"] == "input"]) == 3
+    (loopback,) = [r for r in open_ if r["chain"] == "input"]
+    assert "127.0.0.0" in repr(loopback["expr"]) and "drop" in loopback["expr"][-1]
 
 
 def test_container_rules_are_tagged_with_the_handle() -> None:
