@@ -106,6 +106,14 @@ def read_keyed(path: Path) -> dict[str, int]:
     return parse_keyed(read(path))
 
 
+def read_keyed_if_present(path: Path) -> dict[str, int]:
+    """:func:`read_keyed`, or nothing when the kernel has no such file."""
+    try:
+        return read_keyed(path)
+    except FileNotFoundError:
+        return {}
+
+
 def procs(path: Path) -> list[int]:
     """The pids in the cgroup at *path* (``cgroup.procs``: processes, not threads)."""
     try:

@@ -35,6 +35,7 @@ from plugins.cgroups.backend import (
     read,
     read_int,
     read_keyed,
+    read_keyed_if_present,
     write,
 )
 from plugins.cgroups.counters import Counter, keyed, number
@@ -126,7 +127,7 @@ class V1(Backend):
             max_usage=read_int(path / "memory.max_usage_in_bytes"),
             limit=self.memory_limit(path),
             oom_count=self.oom_kills(path),
-            details=read_keyed(path / "memory.stat"),  # Warden's names are v1's own
+            details=read_keyed_if_present(path / "memory.stat"),  # Warden's names are v1's own
         )
 
     def oom_kills(self, path: Path) -> int:

@@ -33,6 +33,7 @@ from plugins.cgroups.backend import (
     read,
     read_int,
     read_keyed,
+    read_keyed_if_present,
     write,
 )
 from plugins.cgroups.counters import Counter, keyed, number
@@ -174,7 +175,7 @@ class V2(Backend):
             limit=self.memory_limit(path),
             oom_count=self.oom_kills(path),
             details=warden_memory_stat(
-                read_keyed(path / "memory.stat"),
+                read_keyed_if_present(path / "memory.stat"),
                 read_int(swap) if (swap := path / "memory.swap.current").exists() else None,
             ),
         )
