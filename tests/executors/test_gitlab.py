@@ -1,9 +1,15 @@
 """``corral-gitlab`` driven as GitLab Runner's custom executor drives it: ``config``,
 ``prepare``, ``run SCRIPT STAGE`` per sub-stage, ``cleanup``, each a process of its own
-with the runner's variables (``CUSTOM_ENV_CI_JOB_ID``, ``BUILD_FAILURE_EXIT_CODE``...)."""
+with the runner's variables (``CUSTOM_ENV_CI_JOB_ID``, ``BUILD_FAILURE_EXIT_CODE``...).
+
+The runner's ``run_exec`` is ``corral-gitlab-run`` (C, executors/gitlab_run.c), built
+from this checkout: the stages' ``run`` goes through it, and the tests check when it did
+the stage itself and when it left it to the Python driver (``corral-gitlab run``), whose
+results it must give byte for byte."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import subprocess
@@ -30,13 +36,18 @@ SYSTEM_FAILURE = 78
 
 class Runner:
     """One job as GitLab Runner runs it with the driver: the same variables for every stage,
-    the stage scripts written to files on the host."""
+    the stage scripts written to files on the host; ``run`` through *program* (the C
+    ``corral-gitlab-run``), or the Python driver when there is none."""
 
-    def __init__(self, daemon: Daemon, tmp_path: Path, **variables: str) -> None:
+    def __init__(
+        self, daemon: Daemon, tmp_path: Path, program: Path | None = None, **variables: str
+    ) -> None:
         self.job_id = next_job_id()
         self.handle = f"gitlab-{self.job_id}"
         self.dir = tmp_path
+        self.program = program
         self.exit_code_file = tmp_path / "build-exit-code"
+        self.fallbacks_file = tmp_path / "fallbacks"
         self.env = driver_env(
             daemon,
             {
@@ -45,20 +56,32 @@ class Runner:
                 "BUILD_FAILURE_EXIT_CODE": str(BUILD_FAILURE),
                 "SYSTEM_FAILURE_EXIT_CODE": str(SYSTEM_FAILURE),
                 "BUILD_EXIT_CODE_FILE": str(self.exit_code_file),
+                "CORRAL_TEST_FALLBACKS": str(self.fallbacks_file),
                 **variables,
             },
         )
 
-    def argv(self, *args: str) -> list[str]:
+    def argv(self, *args: str, python: bool = False) -> list[str]:
+        if args[:1] == ("run",) and self.program is not None and not python:
+            return [str(self.program), *args[1:]]
         return [PYTHON, "-m", "executors.gitlab", *args]
 
-    def call(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def call(self, *args: str, python: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.argv(*args),
+            self.argv(*args, python=python),
             env=self.env,
             cwd=self.dir,
             capture_output=True,
             text=True,
+            timeout=120,
+        )
+
+    def call_bytes(self, *args: str, python: bool = False) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            self.argv(*args, python=python),
+            env=self.env,
+            cwd=self.dir,
+            capture_output=True,
             timeout=120,
         )
 
@@ -78,6 +101,12 @@ class Runner:
     def start_run(self, stage: str, body: str) -> subprocess.Popen[str]:
         return start(self.argv("run", str(self.script(stage, body)), stage), self.env)
 
+    def fallbacks(self) -> list[str]:
+        """The command lines ``corral-gitlab-run`` left to the Python driver so far."""
+        if not self.fallbacks_file.exists():
+            return []
+        return self.fallbacks_file.read_text().splitlines()
+
 
 def test_config_names_the_job_container_and_the_directories(daemon: Daemon, tmp_path: Path) -> None:
     runner = Runner(daemon, tmp_path)
@@ -91,9 +120,9 @@ def test_config_names_the_job_container_and_the_directories(daemon: Daemon, tmp_
 
 
 def test_a_passing_job_runs_every_stage_in_one_container_and_leaves_nothing(
-    fresh_daemon: Daemon, tmp_path: Path
+    fresh_daemon: Daemon, tmp_path: Path, gitlab_run: Path
 ) -> None:
-    runner = Runner(fresh_daemon, tmp_path)
+    runner = Runner(fresh_daemon, tmp_path, gitlab_run)
     prepared = runner.call("prepare")
     assert prepared.returncode == 0, prepared.stderr
     sources = runner.run("get_sources", "mkdir -p /builds/p && cd /builds/p && echo fetched > src")
@@ -105,15 +134,16 @@ def test_a_passing_job_runs_every_stage_in_one_container_and_leaves_nothing(
     assert build.stdout == f"fetched\n{runner.handle}\n10000\n"
     assert build.stderr == "oops\n"
     assert not runner.exit_code_file.exists()
+    assert runner.fallbacks() == []  # both stages were the C program's
     cleaned = runner.call("cleanup")
     assert cleaned.returncode == 0, cleaned.stderr
     assert leftovers(fresh_daemon) == NOTHING_LEFT
 
 
 def test_a_failing_script_is_a_build_failure_and_after_script_still_runs(
-    daemon: Daemon, client: Client, tmp_path: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path)
+    runner = Runner(daemon, tmp_path, gitlab_run)
     assert runner.call("prepare").returncode == 0
     build = runner.run("build_script", "echo before; false; echo after")
     assert build.returncode == BUILD_FAILURE, build.stderr
@@ -121,45 +151,52 @@ def test_a_failing_script_is_a_build_failure_and_after_script_still_runs(
     assert runner.exit_code_file.read_text() == "1\n"
     after = runner.run("after_script", "echo after_script ran")
     assert (after.returncode, after.stdout) == (0, "after_script ran\n")
+    assert runner.fallbacks() == []
     assert runner.call("cleanup").returncode == 0
     assert runner.handle not in client.list()
 
 
 def test_sigterm_mid_stage_kills_the_stage_and_exits_then_cleanup_destroys(
-    daemon: Daemon, client: Client, tmp_path: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path)
+    runner = Runner(daemon, tmp_path, gitlab_run)
     assert runner.call("prepare").returncode == 0
     stage = runner.start_run("build_script", "echo started; sleep 1000 & sleep 1000; echo finished")
     read_until(stage, "started")
     status, out, err = cancel(stage)
     assert status == BUILD_FAILURE, err
-    assert "finished" not in out and "cancelled by SIGTERM" in err
+    assert "finished" not in out
+    assert (
+        err
+        == "corral-gitlab: run build_script: cancelled by SIGTERM; the stage's processes were killed\n"
+    )
     wait_only_init(client, runner.handle)  # both sleeps gone, the container kept
     after = runner.run("after_script", "echo still usable")
     assert (after.returncode, after.stdout) == (0, "still usable\n")
+    assert runner.fallbacks() == []
     assert runner.call("cleanup").returncode == 0
     assert runner.handle not in client.list()
 
 
 def test_the_daemon_restarting_between_stages_is_not_noticed(
-    fresh_daemon: Daemon, tmp_path: Path
+    fresh_daemon: Daemon, tmp_path: Path, gitlab_run: Path
 ) -> None:
-    runner = Runner(fresh_daemon, tmp_path)
+    runner = Runner(fresh_daemon, tmp_path, gitlab_run)
     assert runner.call("prepare").returncode == 0
     assert runner.run("get_sources", "echo kept > /builds/f").returncode == 0
     fresh_daemon.kill9()
     fresh_daemon.start()
     build = runner.run("build_script", "cat /builds/f")
     assert (build.returncode, build.stdout) == (0, "kept\n"), build.stderr
+    assert runner.fallbacks() == []
     assert runner.call("cleanup").returncode == 0
     assert leftovers(fresh_daemon) == NOTHING_LEFT
 
 
 def test_a_script_longer_than_one_argument_is_copied_in_and_removed(
-    daemon: Daemon, client: Client, tmp_path: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path)
+    runner = Runner(daemon, tmp_path, gitlab_run)
     assert runner.call("prepare").returncode == 0
     padding = "# " + "x" * 98 + "\n"
     body = padding * (MAX_INLINE_SCRIPT // len(padding) + 1) + "echo long script ran; ls /tmp"
@@ -169,13 +206,15 @@ def test_a_script_longer_than_one_argument_is_copied_in_and_removed(
     assert build.stdout.startswith("long script ran\ncorral-gitlab-")
     left = client.run(runner.handle, "ls /tmp")
     assert left[0] == 0 and "corral-gitlab" not in left[1]
+    # The C program leaves that rare case to the Python driver.
+    assert runner.fallbacks() == [f"run {runner.dir / 'script-build_script'} build_script"]
     assert runner.call("cleanup").returncode == 0
 
 
 def test_prepare_retried_replaces_the_container_of_its_earlier_attempt(
-    daemon: Daemon, client: Client, tmp_path: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path)
+    runner = Runner(daemon, tmp_path, gitlab_run)
     assert runner.call("prepare").returncode == 0
     assert runner.run("get_sources", "touch /builds/first-attempt").returncode == 0
     assert runner.call("prepare").returncode == 0
@@ -185,10 +224,14 @@ def test_prepare_retried_replaces_the_container_of_its_earlier_attempt(
 
 
 def test_a_mapped_image_is_the_root_filesystem(
-    daemon: Daemon, client: Client, tmp_path: Path, images: Path
+    daemon: Daemon, client: Client, tmp_path: Path, images: Path, gitlab_run: Path
 ) -> None:
     runner = Runner(
-        daemon, tmp_path, CUSTOM_ENV_CI_JOB_IMAGE="busybox:1", CORRAL_IMAGES=str(images)
+        daemon,
+        tmp_path,
+        gitlab_run,
+        CUSTOM_ENV_CI_JOB_IMAGE="busybox:1",
+        CORRAL_IMAGES=str(images),
     )
     assert runner.call("prepare").returncode == 0
     assert runner.run("build_script", "test -x /bin/busybox").returncode == 0
@@ -214,12 +257,118 @@ def test_an_image_it_cannot_map_is_a_system_failure_naming_it(
     assert runner.handle not in client.list()
 
 
-def test_run_without_a_container_is_a_system_failure(daemon: Daemon, tmp_path: Path) -> None:
-    runner = Runner(daemon, tmp_path)
+def test_run_without_a_container_is_a_system_failure(
+    daemon: Daemon, tmp_path: Path, gitlab_run: Path
+) -> None:
+    runner = Runner(daemon, tmp_path, gitlab_run)
     done = runner.run("build_script", "true")
     assert done.returncode == SYSTEM_FAILURE
     assert runner.handle in done.stderr and "Traceback" not in done.stderr
+    assert runner.fallbacks() == []
+    python = runner.call(
+        "run", str(runner.dir / "script-build_script"), "build_script", python=True
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        python.returncode,
+        python.stdout,
+        python.stderr,
+    )
     assert runner.call("cleanup").returncode == 0  # nothing to destroy is fine
+
+
+#: Output no text decoding keeps: every byte, UTF-8 of a surrogate (ED A0 80), past
+#: U+10FFFF (F4 90 80 80), a cut sequence (E2 82), and a proper é.
+AWKWARD_BYTES = bytes(range(256)) * 8 + b"\xed\xa0\x80 \xf4\x90\x80\x80 \xe2\x82 \xc3\xa9 A\n"
+#: Output of ``seq 1 400000``: 2.9 MB, many of the daemon's 256 KiB stream chunks, and a
+#: ``link`` reply longer than the C program reads of it.
+SEQ = "".join(f"{i}\n" for i in range(1, 400001)).encode()
+
+
+def test_run_output_is_the_python_drivers_byte_for_byte(
+    daemon: Daemon, tmp_path: Path, gitlab_run: Path
+) -> None:
+    runner = Runner(daemon, tmp_path, gitlab_run)
+    assert runner.call("prepare").returncode == 0
+    encoded = base64.b64encode(AWKWARD_BYTES).decode()
+    body = f"echo {encoded} | base64 -d; echo {encoded} | base64 -d >&2; seq 1 400000; exit 3"
+    script = str(runner.script("build_script", body))
+    done = runner.call_bytes("run", script, "build_script")
+    assert done.returncode == BUILD_FAILURE, done.stderr[-500:]
+    assert done.stdout == AWKWARD_BYTES + SEQ
+    assert done.stderr == AWKWARD_BYTES
+    assert runner.exit_code_file.read_text() == "3\n"
+    assert runner.fallbacks() == []
+    runner.exit_code_file.unlink()
+    python = runner.call_bytes("run", script, "build_script", python=True)
+    assert (python.returncode, python.stdout, python.stderr) == (
+        done.returncode,
+        done.stdout,
+        done.stderr,
+    )
+    assert runner.exit_code_file.read_text() == "3\n"
+    assert runner.call("cleanup").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("variables", "script", "args", "falls_back"),
+    [
+        # The C program's own: a message as the Python driver's, word for word.
+        ({"CUSTOM_ENV_CI_JOB_ID": ""}, b"true\n", ["build_script"], False),
+        ({"CUSTOM_ENV_CI_JOB_ID": "12a"}, b"true\n", ["build_script"], False),
+        ({"CORRAL_SOCKET": "/nonexistent/corral.sock"}, b"true\n", ["build_script"], False),
+        ({}, None, ["build_script"], False),  # no script file
+        ({}, b"true\n", [""], False),  # no stage name
+        (
+            {
+                "CORRAL_GRACE_TIME": "60",
+                "CORRAL_LIMITS": '{"mem": 1e9, "x": [true, null, "\\u00e9"]}',
+            },
+            b"true\n",
+            ["build_script"],
+            False,
+        ),
+        (
+            {"SYSTEM_FAILURE_EXIT_CODE": "", "CUSTOM_ENV_CI_JOB_ID": "x"},
+            b"true\n",
+            ["build_script"],
+            False,
+        ),
+        # Left to the Python driver.
+        ({"CORRAL_LIMITS": "{mem"}, b"true\n", ["build_script"], True),
+        ({"CORRAL_GRACE_TIME": "-1"}, b"true\n", ["build_script"], True),
+        ({"CORRAL_DISK_SIZE_MB": "1e3"}, b"true\n", ["build_script"], True),
+        ({"CUSTOM_ENV_CI_JOB_ID": "it's"}, b"true\n", ["build_script"], True),
+        ({}, b"echo \xff\n", ["build_script"], True),  # not UTF-8
+        ({}, b"echo \0\n", ["build_script"], True),
+        ({}, b"true\n", [], True),  # the runner gives SCRIPT and STAGE: usage
+        ({}, b"true\n", ["build_script", "extra"], True),
+    ],
+)
+def test_run_fails_as_the_python_driver_fails(
+    daemon: Daemon,
+    tmp_path: Path,
+    gitlab_run: Path,
+    variables: dict[str, str],
+    script: bytes | None,
+    args: list[str],
+    falls_back: bool,
+) -> None:
+    """Against no container (every stage fails): the C program reports what it checks as
+    the Python driver does, and leaves to it what it does not read."""
+    runner = Runner(daemon, tmp_path, gitlab_run, **variables)
+    path = tmp_path / "script"
+    if script is not None:
+        path.write_bytes(script)
+    done = runner.call("run", str(path), *args)
+    python = runner.call("run", str(path), *args, python=True)
+    assert done.returncode in (SYSTEM_FAILURE, 2), done.stderr
+    assert (done.returncode, done.stdout, done.stderr) == (
+        python.returncode,
+        python.stdout,
+        python.stderr,
+    )
+    assert "Traceback" not in done.stderr
+    assert runner.fallbacks() == ([" ".join(["run", str(path), *args])] if falls_back else [])
 
 
 def test_bad_settings_and_a_missing_job_id_are_named(daemon: Daemon, tmp_path: Path) -> None:
