@@ -640,11 +640,12 @@ def events(r: Results) -> list[str]:
 
 
 def ci_rows(r: Results) -> list[str]:
-    """The GitLab driver's cost per job and per stage, as the runner runs it, against the goals."""
+    """The GitLab driver's cost per job and per stage, as the runner runs it (``run_exec``
+    the C ``corral-gitlab-run``), against the goals."""
     c = r.get("ci")
-    if not c or "gitlab, processes" not in c["overhead"]:
+    if not c or "gitlab, C run" not in c["overhead"]:
         return []
-    way = c["overhead"]["gitlab, processes"]
+    way = c["overhead"]["gitlab, C run"]
     sh = c["stats"][f"sh on the host, {c['stages']} stages"].get("median")
     return [
         ratio_row(
@@ -657,7 +658,7 @@ def ci_rows(r: Results) -> list[str]:
             "ms",
         ),
         ratio_row(
-            f"CI stage (corral-gitlab run, beyond sh; {c['stages']} stages)",
+            f"CI stage (corral-gitlab-run, beyond sh; {c['stages']} stages)",
             way["stage_ms"],
             "sh per stage",
             sh / c["stages"] if sh else None,
@@ -677,8 +678,8 @@ def ci(r: Results) -> list[str]:
         "CI executors",
         c["stats"],
         f"Whole jobs (ms): prepare, {c['stages']} or 0 empty stages, cleanup, through the "
-        "GitLab driver (a process per stage as the runner runs it, or called in the bench's "
-        "process) and the GitHub hooks (a process per hook); the same stages with `sh` on "
+        "GitLab driver (a process per stage as the runner runs it: `run` in C, or every stage "
+        "in Python; or called in the bench's process) and the GitHub hooks (a process per hook); the same stages with `sh` on "
         "the host; and what a Python process costs before it does anything.",
     )
     lines += [

@@ -1,9 +1,11 @@
 """CI executors: a job's overhead through the drivers against its stages run with ``sh``.
 
 A job is ``prepare``, N empty stages, ``cleanup``. The GitLab driver runs as the runner
-runs it, a process per stage (``python -m executors.gitlab``), and also called in this
-process (the driver's and the daemon's own work, without an interpreter's start); the
-GitHub hooks as the runner runs them, a process per hook. The reference is the same N
+runs it, a process per stage: ``prepare`` and ``cleanup`` with ``python -m
+executors.gitlab``, each stage with ``corral-gitlab-run`` (the C ``run_exec``, built from
+this tree); the same with the Python driver for every stage (the reference of a Python
+``run``); and called in this process (the driver's and the daemon's own work, without an
+interpreter's start); the GitHub hooks as the runner runs them, a process per hook. The reference is the same N
 stage scripts run on the host, a process each (GitLab's shell executor), with the ``sh``
 the containers have (the base rootfs's busybox; the host's dash has no ``pipefail``).
 Jobs of 0 and of N stages together split a job's cost into a fixed part and a part per
@@ -30,6 +32,7 @@ from bench.host import BASE_ROOTFS
 from bench.phases.common import Bench, Tool, interleave
 from bench.stats import summarize
 from executors import gitlab
+from executors.build import build
 
 REPO = Path(__file__).resolve().parents[2]
 #: A stage with no commands, as GitLab Runner writes it for the ``sh`` shell.
@@ -53,6 +56,11 @@ class Jobs:
         (workdir / "_work" / "_temp" / "step.sh").write_text(":\n")
         (workdir / "images" / "busybox").mkdir(parents=True)
         (workdir / "images" / "busybox" / "1").symlink_to(BASE_ROOTFS)
+        # corral-gitlab-run from this tree, with the Python driver it runs for rare cases beside it.
+        self.run_program = str(build(workdir / "bin" / "corral-gitlab-run"))
+        python_driver = workdir / "bin" / "corral-gitlab"
+        python_driver.write_text(f'#!/bin/sh\nexec {sys.executable} -m executors.gitlab "$@"\n')
+        python_driver.chmod(0o755)
         # Bytecode as an installed driver has it (pip compiles it at install), cached in the
         # work dir during the warm-up rounds rather than compiled again by every process.
         inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -69,15 +77,21 @@ class Jobs:
     def gitlab_env(self) -> dict[str, str]:
         return {**self.base_env, "CUSTOM_ENV_CI_JOB_ID": str(next(self.ids))}
 
-    def gitlab_processes(self, stages: int) -> float:
+    def gitlab_processes(self, stages: int, c_run: bool = False) -> float:
+        """A job as the runner runs it: a process per stage; ``run`` the C program's, or
+        (without *c_run*) the Python driver's."""
         env = self.gitlab_env()
         driver = [sys.executable, "-m", "executors.gitlab"]
+        run = [self.run_program] if c_run else [*driver, "run"]
         t0 = time.perf_counter()
         self._run([*driver, "prepare"], env)
         for i in range(stages):
-            self._run([*driver, "run", str(self.script), f"step_{i}"], env)
+            self._run([*run, str(self.script), f"step_{i}"], env)
         self._run([*driver, "cleanup"], env)
         return (time.perf_counter() - t0) * 1000
+
+    def gitlab_c_run(self, stages: int) -> float:
+        return self.gitlab_processes(stages, c_run=True)
 
     def gitlab_in_process(self, stages: int) -> float:
         env = self.gitlab_env()
@@ -143,6 +157,8 @@ def measure(bench: Bench, rounds: int, stages: int) -> dict[str, Any]:
             return lambda: fn(count)
 
         tools: dict[str, Tool] = {
+            "gitlab, C run, 0 stages": job(jobs.gitlab_c_run, 0),
+            f"gitlab, C run, {n} stages": job(jobs.gitlab_c_run, n),
             "gitlab, processes, 0 stages": job(jobs.gitlab_processes, 0),
             f"gitlab, processes, {n} stages": job(jobs.gitlab_processes, n),
             "gitlab, in-process, 0 stages": job(jobs.gitlab_in_process, 0),
@@ -166,7 +182,7 @@ def overhead(stats: dict[str, Any], n: int) -> dict[str, Any]:
     ``sh``'s, from the medians, with the ratio of a whole N-stage job to ``sh``'s."""
     sh = stats[f"sh on the host, {n} stages"].get("median")
     found: dict[str, Any] = {}
-    for way in ("gitlab, processes", "gitlab, in-process", "github, processes"):
+    for way in ("gitlab, C run", "gitlab, processes", "gitlab, in-process", "github, processes"):
         zero = stats[f"{way}, 0 stages"].get("median")
         full = stats[f"{way}, {n} stages"].get("median")
         if zero is None or full is None or sh is None:
