@@ -59,7 +59,6 @@
 #define KILL_LINE 65536 /* the kill's reply: [status, null, null], or an error */
 #define MAX_DEPTH 64    /* JSON nesting read in CORRAL_LIMITS */
 #define MAX_MESSAGE 4096
-#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 extern char **environ;
 
@@ -182,7 +181,7 @@ static int original_argc;
  * the daemon was asked anything: the Python driver starts the stage afresh. */
 static noreturn void fallback(void)
 {
-	char self[PATH_MAX], *slash, *argv[8];
+	char self[PATH_MAX], *slash, **argv;
 	ssize_t n = readlink("/proc/self/exe", self, sizeof self - sizeof DRIVER - 1);
 	int i, argc = 0;
 
@@ -192,9 +191,11 @@ static noreturn void fallback(void)
 		system_fail("cannot find the Python driver %s: /proc/self/exe: %s", DRIVER,
 			    n < 0 ? strerror(errno) : "not a path");
 	memcpy(slash + 1, DRIVER, sizeof DRIVER);
+	if (!(argv = calloc((size_t)original_argc + 2, sizeof *argv)))
+		system_fail("out of memory");
 	argv[argc++] = self;
 	argv[argc++] = "run";
-	for (i = 1; i < original_argc && argc < (int)ARRAY_LEN(argv) - 1; i++)
+	for (i = 1; i < original_argc; i++)
 		argv[argc++] = original_argv[i];
 	argv[argc] = NULL;
 	/* As the runner left them: the Python driver catches TERM and INT itself.

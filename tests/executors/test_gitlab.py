@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from executors.common import MAX_INLINE_SCRIPT
 from supervisor.client import Client
-from tests.conftest import NOTHING_LEFT, Daemon, leftovers
+from tests.conftest import NOTHING_LEFT, Daemon, init_pid, leftovers
 from tests.executors.conftest import (
     PYTHON,
     cancel,
@@ -178,6 +180,26 @@ def test_sigterm_mid_stage_kills_the_stage_and_exits_then_cleanup_destroys(
     assert runner.handle not in client.list()
 
 
+def test_sigint_while_output_streams_kills_the_stage_too(
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
+) -> None:
+    runner = Runner(daemon, tmp_path, gitlab_run)
+    assert runner.call("prepare").returncode == 0
+    stage = runner.start_run(
+        "build_script", "echo started; while :; do echo tick; sleep 0.01; done"
+    )
+    read_until(stage, "tick")
+    stage.send_signal(signal.SIGINT)
+    out, err = stage.communicate(timeout=60)
+    assert stage.returncode == BUILD_FAILURE, err
+    assert err == (
+        "corral-gitlab: run build_script: cancelled by SIGINT; the stage's processes were killed\n"
+    )
+    wait_only_init(client, runner.handle)
+    assert runner.fallbacks() == []
+    assert runner.call("cleanup").returncode == 0
+
+
 def test_the_daemon_restarting_between_stages_is_not_noticed(
     fresh_daemon: Daemon, tmp_path: Path, gitlab_run: Path
 ) -> None:
@@ -191,6 +213,43 @@ def test_the_daemon_restarting_between_stages_is_not_noticed(
     assert runner.fallbacks() == []
     assert runner.call("cleanup").returncode == 0
     assert leftovers(fresh_daemon) == NOTHING_LEFT
+
+
+def test_the_daemon_dying_mid_stage_is_a_system_failure(
+    fresh_daemon: Daemon, tmp_path: Path, gitlab_run: Path
+) -> None:
+    runner = Runner(fresh_daemon, tmp_path, gitlab_run)
+    assert runner.call("prepare").returncode == 0
+    stage = runner.start_run("build_script", "echo started; sleep 1000")
+    read_until(stage, "started")
+    fresh_daemon.kill9()
+    out, err = stage.communicate(timeout=60)
+    assert stage.returncode == SYSTEM_FAILURE
+    assert err == "corral-gitlab: run build_script: the daemon closed the connection\n"
+    fresh_daemon.start()
+    assert runner.call("cleanup").returncode == 0
+    assert runner.fallbacks() == []
+    assert leftovers(fresh_daemon) == NOTHING_LEFT
+
+
+def test_a_container_stopped_under_the_stage_is_a_system_failure(
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
+) -> None:
+    runner = Runner(daemon, tmp_path, gitlab_run)
+    assert runner.call("prepare").returncode == 0
+    stage = runner.start_run("build_script", "echo started; sleep 1000")
+    read_until(stage, "started")
+    os.kill(init_pid(daemon, runner.handle), signal.SIGKILL)  # from outside: the job has no status
+    out, err = stage.communicate(timeout=60)
+    assert stage.returncode == SYSTEM_FAILURE
+    assert err == (
+        f"corral-gitlab: run build_script: container {runner.handle}: the stage's job has no "
+        "exit status (the container stopped under it)\n"
+    )
+    assert not runner.exit_code_file.exists()
+    assert runner.fallbacks() == []
+    assert runner.call("cleanup").returncode == 0
+    assert runner.handle not in client.list()
 
 
 def test_a_script_longer_than_one_argument_is_copied_in_and_removed(
