@@ -1,11 +1,11 @@
-"""Build ``corral-gitlab-run``, the C ``run`` stage of the GitLab driver, from
-``gitlab_run.c`` beside this module (docs/ci-executors.md).
+"""Build ``corral-gitlab-fast``, the GitLab driver in C (``config``, ``prepare``, ``run``,
+``cleanup``), from ``gitlab_fast.c`` beside this module (docs/ci-executors.md).
 
 Static, as the container init (``plugins/isolation/build.py``), so that it starts in
 about a millisecond whatever the host's C library; rebuilt only when the source
 changed (the source's sha256 is kept in ``DEST.sha256``).
 
-Usage: ``python -m executors.build [DEST]`` (default ``/usr/local/bin/corral-gitlab-run``).
+Usage: ``python -m executors.build [DEST]`` (default ``/usr/local/bin/corral-gitlab-fast``).
 The program runs the Python driver ``corral-gitlab`` from its own directory for what it
 leaves to it: install both in one directory.
 """
@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("gitlab_run.c")
-DEFAULT_DEST = Path("/usr/local/bin/corral-gitlab-run")
+SOURCE = Path(__file__).with_name("gitlab_fast.c")
+DEFAULT_DEST = Path("/usr/local/bin/corral-gitlab-fast")
 CFLAGS = ("-Os", "-static", "-Wall", "-Wextra", "-Werror")
 
 
@@ -29,7 +29,7 @@ class BuildError(RuntimeError):
 
 
 def build(dest: Path = DEFAULT_DEST) -> Path:
-    """Compile ``gitlab_run.c`` into *dest* unless it is built from this source already; the
+    """Compile ``gitlab_fast.c`` into *dest* unless it is built from this source already; the
     compiler writes to a temporary name beside *dest*, renamed over it when done.
 
     Raises:

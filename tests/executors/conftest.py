@@ -87,15 +87,15 @@ PYTHON = sys.executable
 
 
 @pytest.fixture(scope="session")
-def gitlab_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``corral-gitlab-run`` built from this checkout's source, and beside it the
+def gitlab_fast(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``corral-gitlab-fast`` built from this checkout's source, and beside it the
     ``corral-gitlab`` it runs for what it leaves to the Python driver: this checkout's,
     which first appends its arguments to ``$CORRAL_TEST_FALLBACKS`` (when set), so that
     a test sees whether the C program did the stage itself."""
     from executors.build import build
 
     bin_dir = tmp_path_factory.mktemp("bin")
-    program = build(bin_dir / "corral-gitlab-run")
+    program = build(bin_dir / "corral-gitlab-fast")
     driver = bin_dir / "corral-gitlab"
     driver.write_text(
         "#!/bin/sh\n"

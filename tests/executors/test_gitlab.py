@@ -2,10 +2,10 @@
 ``prepare``, ``run SCRIPT STAGE`` per sub-stage, ``cleanup``, each a process of its own
 with the runner's variables (``CUSTOM_ENV_CI_JOB_ID``, ``BUILD_FAILURE_EXIT_CODE``...).
 
-The runner's ``run_exec`` is ``corral-gitlab-run`` (C, executors/gitlab_run.c), built
-from this checkout: the stages' ``run`` goes through it, and the tests check when it did
-the stage itself and when it left it to the Python driver (``corral-gitlab run``), whose
-results it must give byte for byte."""
+The runner's ``config_exec``, ``prepare_exec``, ``run_exec`` and ``cleanup_exec`` are
+``corral-gitlab-fast`` (C, executors/gitlab_fast.c), built from this checkout: the stages
+go through it, and the tests check when it did the stage itself and when it left it to
+the Python driver (``corral-gitlab``), whose results it must give byte for byte."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,8 +40,8 @@ SYSTEM_FAILURE = 78
 
 class Runner:
     """One job as GitLab Runner runs it with the driver: the same variables for every stage,
-    the stage scripts written to files on the host; ``run`` through *program* (the C
-    ``corral-gitlab-run``), or the Python driver when there is none."""
+    the stage scripts written to files on the host; every stage through *program* (the C
+    ``corral-gitlab-fast``), or the Python driver when there is none."""
 
     def __init__(
         self, daemon: Daemon, tmp_path: Path, program: Path | None = None, **variables: str
@@ -64,8 +66,8 @@ class Runner:
         )
 
     def argv(self, *args: str, python: bool = False) -> list[str]:
-        if args[:1] == ("run",) and self.program is not None and not python:
-            return [str(self.program), *args[1:]]
+        if self.program is not None and not python:
+            return [str(self.program), *args]
         return [PYTHON, "-m", "executors.gitlab", *args]
 
     def call(self, *args: str, python: bool = False) -> subprocess.CompletedProcess[str]:
@@ -104,27 +106,35 @@ class Runner:
         return start(self.argv("run", str(self.script(stage, body)), stage), self.env)
 
     def fallbacks(self) -> list[str]:
-        """The command lines ``corral-gitlab-run`` left to the Python driver so far."""
+        """The command lines ``corral-gitlab-fast`` left to the Python driver so far (its
+        arguments, as the fixture's stand-in ``corral-gitlab`` records them)."""
         if not self.fallbacks_file.exists():
             return []
         return self.fallbacks_file.read_text().splitlines()
 
 
-def test_config_names_the_job_container_and_the_directories(daemon: Daemon, tmp_path: Path) -> None:
-    runner = Runner(daemon, tmp_path)
-    done = runner.call("config", "--builds-dir", "/b", "--cache-dir", "/c")
+@pytest.mark.parametrize("dirs", [[], ["--builds-dir", "/b", "--cache-dir", "/c d"]])
+def test_config_names_the_job_container_and_the_directories(
+    daemon: Daemon, tmp_path: Path, gitlab_fast: Path, dirs: list[str]
+) -> None:
+    runner = Runner(daemon, tmp_path, gitlab_fast)
+    done = runner.call("config", *dirs)
     assert done.returncode == 0, done.stderr
     config = json.loads(done.stdout)
-    assert config["builds_dir"] == "/b" and config["cache_dir"] == "/c"
+    assert config["builds_dir"] == (dirs[1] if dirs else "/builds")
+    assert config["cache_dir"] == (dirs[3] if dirs else "/cache")
     assert config["hostname"] == runner.handle
     assert config["driver"]["name"] == "corral" and config["driver"]["version"]
     assert config["job_env"] == {"CORRAL_HANDLE": runner.handle}
+    assert runner.fallbacks() == []
+    python = runner.call("config", *dirs, python=True)
+    assert (python.returncode, python.stdout, python.stderr) == (0, done.stdout, "")
 
 
 def test_a_passing_job_runs_every_stage_in_one_container_and_leaves_nothing(
-    fresh_daemon: Daemon, tmp_path: Path, gitlab_run: Path
+    fresh_daemon: Daemon, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(fresh_daemon, tmp_path, gitlab_run)
+    runner = Runner(fresh_daemon, tmp_path, gitlab_fast)
     prepared = runner.call("prepare")
     assert prepared.returncode == 0, prepared.stderr
     sources = runner.run("get_sources", "mkdir -p /builds/p && cd /builds/p && echo fetched > src")
@@ -136,16 +146,20 @@ def test_a_passing_job_runs_every_stage_in_one_container_and_leaves_nothing(
     assert build.stdout == f"fetched\n{runner.handle}\n10000\n"
     assert build.stderr == "oops\n"
     assert not runner.exit_code_file.exists()
-    assert runner.fallbacks() == []  # both stages were the C program's
     cleaned = runner.call("cleanup")
     assert cleaned.returncode == 0, cleaned.stderr
+    assert (prepared.stdout, cleaned.stdout) == (
+        f"corral-gitlab: container {runner.handle} created\n",
+        "",
+    )
+    assert runner.fallbacks() == []  # every stage was the C program's
     assert leftovers(fresh_daemon) == NOTHING_LEFT
 
 
 def test_a_failing_script_is_a_build_failure_and_after_script_still_runs(
-    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path, gitlab_run)
+    runner = Runner(daemon, tmp_path, gitlab_fast)
     assert runner.call("prepare").returncode == 0
     build = runner.run("build_script", "echo before; false; echo after")
     assert build.returncode == BUILD_FAILURE, build.stderr
@@ -159,9 +173,9 @@ def test_a_failing_script_is_a_build_failure_and_after_script_still_runs(
 
 
 def test_sigterm_mid_stage_kills_the_stage_and_exits_then_cleanup_destroys(
-    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path, gitlab_run)
+    runner = Runner(daemon, tmp_path, gitlab_fast)
     assert runner.call("prepare").returncode == 0
     stage = runner.start_run("build_script", "echo started; sleep 1000 & sleep 1000; echo finished")
     read_until(stage, "started")
@@ -181,9 +195,9 @@ def test_sigterm_mid_stage_kills_the_stage_and_exits_then_cleanup_destroys(
 
 
 def test_sigint_while_output_streams_kills_the_stage_too(
-    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path, gitlab_run)
+    runner = Runner(daemon, tmp_path, gitlab_fast)
     assert runner.call("prepare").returncode == 0
     stage = runner.start_run(
         "build_script", "echo started; while :; do echo tick; sleep 0.01; done"
@@ -201,9 +215,9 @@ def test_sigint_while_output_streams_kills_the_stage_too(
 
 
 def test_the_daemon_restarting_between_stages_is_not_noticed(
-    fresh_daemon: Daemon, tmp_path: Path, gitlab_run: Path
+    fresh_daemon: Daemon, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(fresh_daemon, tmp_path, gitlab_run)
+    runner = Runner(fresh_daemon, tmp_path, gitlab_fast)
     assert runner.call("prepare").returncode == 0
     assert runner.run("get_sources", "echo kept > /builds/f").returncode == 0
     fresh_daemon.kill9()
@@ -216,9 +230,9 @@ def test_the_daemon_restarting_between_stages_is_not_noticed(
 
 
 def test_the_daemon_dying_mid_stage_is_a_system_failure(
-    fresh_daemon: Daemon, tmp_path: Path, gitlab_run: Path
+    fresh_daemon: Daemon, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(fresh_daemon, tmp_path, gitlab_run)
+    runner = Runner(fresh_daemon, tmp_path, gitlab_fast)
     assert runner.call("prepare").returncode == 0
     stage = runner.start_run("build_script", "echo started; sleep 1000")
     read_until(stage, "started")
@@ -233,9 +247,9 @@ def test_the_daemon_dying_mid_stage_is_a_system_failure(
 
 
 def test_a_container_stopped_under_the_stage_is_a_system_failure(
-    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path, gitlab_run)
+    runner = Runner(daemon, tmp_path, gitlab_fast)
     assert runner.call("prepare").returncode == 0
     stage = runner.start_run("build_script", "echo started; sleep 1000")
     read_until(stage, "started")
@@ -253,9 +267,9 @@ def test_a_container_stopped_under_the_stage_is_a_system_failure(
 
 
 def test_a_script_longer_than_one_argument_is_copied_in_and_removed(
-    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path, gitlab_run)
+    runner = Runner(daemon, tmp_path, gitlab_fast)
     assert runner.call("prepare").returncode == 0
     padding = "# " + "x" * 98 + "\n"
     body = padding * (MAX_INLINE_SCRIPT // len(padding) + 1) + "echo long script ran; ls /tmp"
@@ -271,30 +285,32 @@ def test_a_script_longer_than_one_argument_is_copied_in_and_removed(
 
 
 def test_prepare_retried_replaces_the_container_of_its_earlier_attempt(
-    daemon: Daemon, client: Client, tmp_path: Path, gitlab_run: Path
+    daemon: Daemon, client: Client, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path, gitlab_run)
+    runner = Runner(daemon, tmp_path, gitlab_fast)
     assert runner.call("prepare").returncode == 0
     assert runner.run("get_sources", "touch /builds/first-attempt").returncode == 0
     assert runner.call("prepare").returncode == 0
     check = runner.run("build_script", "ls /builds")
     assert (check.returncode, check.stdout) == (0, ""), check.stderr
     assert runner.call("cleanup").returncode == 0
+    assert runner.fallbacks() == []
 
 
 def test_a_mapped_image_is_the_root_filesystem(
-    daemon: Daemon, client: Client, tmp_path: Path, images: Path, gitlab_run: Path
+    daemon: Daemon, client: Client, tmp_path: Path, images: Path, gitlab_fast: Path
 ) -> None:
     runner = Runner(
         daemon,
         tmp_path,
-        gitlab_run,
+        gitlab_fast,
         CUSTOM_ENV_CI_JOB_IMAGE="busybox:1",
         CORRAL_IMAGES=str(images),
     )
     assert runner.call("prepare").returncode == 0
     assert runner.run("build_script", "test -x /bin/busybox").returncode == 0
     assert runner.call("cleanup").returncode == 0
+    assert runner.fallbacks() == []
 
 
 @pytest.mark.parametrize(
@@ -303,23 +319,41 @@ def test_a_mapped_image_is_the_root_filesystem(
         ("node:22", "no root filesystem at"),
         ("ghcr.io/x/y@sha256:abcd", "not a name this driver maps"),
         ("../../etc", "not a name this driver maps"),
+        ("busybox:", "no root filesystem at"),  # busybox/latest
+        ("reg.io:5000/busybox", "not a name this driver maps"),
+        ("a//b", "not a name this driver maps"),
     ],
 )
 def test_an_image_it_cannot_map_is_a_system_failure_naming_it(
-    daemon: Daemon, client: Client, tmp_path: Path, images: Path, image: str, reason: str
+    daemon: Daemon,
+    client: Client,
+    tmp_path: Path,
+    images: Path,
+    gitlab_fast: Path,
+    image: str,
+    reason: str,
 ) -> None:
-    runner = Runner(daemon, tmp_path, CUSTOM_ENV_CI_JOB_IMAGE=image, CORRAL_IMAGES=str(images))
+    runner = Runner(
+        daemon, tmp_path, gitlab_fast, CUSTOM_ENV_CI_JOB_IMAGE=image, CORRAL_IMAGES=str(images)
+    )
     done = runner.call("prepare")
     assert done.returncode == SYSTEM_FAILURE
     assert f"image {image!r}" in done.stderr and reason in done.stderr
     assert "Traceback" not in done.stderr
     assert runner.handle not in client.list()
+    assert runner.fallbacks() == []
+    python = runner.call("prepare", python=True)
+    assert (python.returncode, python.stdout, python.stderr) == (
+        done.returncode,
+        done.stdout,
+        done.stderr,
+    )
 
 
 def test_run_without_a_container_is_a_system_failure(
-    daemon: Daemon, tmp_path: Path, gitlab_run: Path
+    daemon: Daemon, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path, gitlab_run)
+    runner = Runner(daemon, tmp_path, gitlab_fast)
     done = runner.run("build_script", "true")
     assert done.returncode == SYSTEM_FAILURE
     assert runner.handle in done.stderr and "Traceback" not in done.stderr
@@ -332,7 +366,9 @@ def test_run_without_a_container_is_a_system_failure(
         python.stdout,
         python.stderr,
     )
-    assert runner.call("cleanup").returncode == 0  # nothing to destroy is fine
+    cleaned = runner.call("cleanup")  # nothing to destroy is fine
+    assert (cleaned.returncode, cleaned.stdout, cleaned.stderr) == (0, "", "")
+    assert runner.fallbacks() == []
 
 
 #: Output no text decoding keeps: every byte, UTF-8 of a surrogate (ED A0 80), past
@@ -344,9 +380,9 @@ SEQ = "".join(f"{i}\n" for i in range(1, 400001)).encode()
 
 
 def test_run_output_is_the_python_drivers_byte_for_byte(
-    daemon: Daemon, tmp_path: Path, gitlab_run: Path
+    daemon: Daemon, tmp_path: Path, gitlab_fast: Path
 ) -> None:
-    runner = Runner(daemon, tmp_path, gitlab_run)
+    runner = Runner(daemon, tmp_path, gitlab_fast)
     assert runner.call("prepare").returncode == 0
     encoded = base64.b64encode(AWKWARD_BYTES).decode()
     body = f"echo {encoded} | base64 -d; echo {encoded} | base64 -d >&2; seq 1 400000; exit 3"
@@ -406,7 +442,7 @@ def test_run_output_is_the_python_drivers_byte_for_byte(
 def test_run_fails_as_the_python_driver_fails(
     daemon: Daemon,
     tmp_path: Path,
-    gitlab_run: Path,
+    gitlab_fast: Path,
     variables: dict[str, str],
     script: bytes | None,
     args: list[str],
@@ -414,7 +450,7 @@ def test_run_fails_as_the_python_driver_fails(
 ) -> None:
     """Against no container (every stage fails): the C program reports what it checks as
     the Python driver does, and leaves to it what it does not read."""
-    runner = Runner(daemon, tmp_path, gitlab_run, **variables)
+    runner = Runner(daemon, tmp_path, gitlab_fast, **variables)
     path = tmp_path / "script"
     if script is not None:
         path.write_bytes(script)
@@ -458,3 +494,162 @@ def test_a_command_line_the_runner_would_not_make_is_refused_with_usage(
     done = Runner(daemon, tmp_path).call(*argv)
     assert done.returncode == 2 and "usage: corral-gitlab" in done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "variables", "falls_back"),
+    [
+        # The C program's own: a message as the Python driver's, word for word.
+        (["config"], {"CUSTOM_ENV_CI_JOB_ID": ""}, False),
+        (["prepare"], {"CUSTOM_ENV_CI_JOB_ID": "12a"}, False),
+        (["cleanup"], {"CUSTOM_ENV_CI_JOB_ID": "x", "SYSTEM_FAILURE_EXIT_CODE": ""}, False),
+        (["prepare"], {"CORRAL_SOCKET": "/nonexistent/corral.sock"}, False),
+        (["cleanup"], {"CORRAL_SOCKET": "/nonexistent/corral.sock"}, False),
+        (["prepare", "--builds-dir", "/b"], {"CORRAL_SOCKET": "/nonexistent/c.sock"}, False),
+        # Left to the Python driver.
+        (["prepare"], {"CORRAL_LIMITS": "{mem"}, True),
+        (["prepare"], {"CORRAL_LIMITS": "[1]"}, True),
+        (["cleanup"], {"CORRAL_GRACE_TIME": "-1"}, True),
+        (["prepare"], {"CORRAL_DISK_SIZE_MB": "abc"}, True),
+        (["prepare"], {"CUSTOM_ENV_CI_JOB_ID": "it's"}, True),
+        (["prepare"], {"CUSTOM_ENV_CI_JOB_IMAGE": "it's"}, True),
+        ([], {}, True),  # usage
+        (["--help"], {}, True),
+        (["build"], {}, True),
+        (["cleanup", "extra"], {}, True),
+        (["prepare", "--builds-dir"], {}, True),
+        (["config", "--builds-dir", "builds"], {}, True),
+        (["config", "--cache", "/c"], {}, True),
+    ],
+)
+def test_config_prepare_cleanup_fail_as_the_python_driver_fails(
+    daemon: Daemon,
+    client: Client,
+    tmp_path: Path,
+    gitlab_fast: Path,
+    argv: list[str],
+    variables: dict[str, str],
+    falls_back: bool,
+) -> None:
+    """The C program reports what it checks as the Python driver does, and leaves to it
+    what it does not read; neither creates the container."""
+    runner = Runner(daemon, tmp_path, gitlab_fast, **variables)
+    done = runner.call(*argv)
+    python = runner.call(*argv, python=True)
+    assert done.returncode != 0 or argv == ["--help"], done.stderr
+    assert (done.returncode, done.stdout, done.stderr) == (
+        python.returncode,
+        python.stdout,
+        python.stderr,
+    )
+    assert "Traceback" not in done.stderr
+    assert runner.fallbacks() == ([" ".join(argv)] if falls_back else [])
+    assert runner.handle not in client.list()
+
+
+def test_prepare_failing_to_make_the_directories_fails_as_the_python_driver(
+    daemon: Daemon, tmp_path: Path, gitlab_fast: Path
+) -> None:
+    runner = Runner(daemon, tmp_path, gitlab_fast)
+    argv = ["prepare", "--builds-dir", "/proc/no/builds"]
+    done = runner.call(*argv)
+    assert done.returncode == SYSTEM_FAILURE
+    assert done.stderr.startswith(
+        f"corral-gitlab: prepare: container {runner.handle}: cannot make '/proc/no/builds' "
+        "'/cache': "
+    )
+    assert done.stderr.endswith("\n") and not done.stderr.endswith(" \n")
+    python = runner.call(*argv, python=True)  # replaces the C program's container
+    assert (python.returncode, python.stdout, python.stderr) == (
+        done.returncode,
+        done.stdout,
+        done.stderr,
+    )
+    assert runner.fallbacks() == []
+    assert runner.call("cleanup").returncode == 0
+
+
+class FakeDaemon:
+    """A socket answering as corrald would a prepare and a cleanup, recording each request:
+    ``destroy`` finds no such container, ``create`` and ``run`` succeed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.requests: list[list[object]] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as lines:
+                for line in lines:
+                    request = json.loads(line)
+                    self.requests.append(request)
+                    if request[0] == "destroy":
+                        payload: object = {"code": "unknown_handle", "message": "no such"}
+                        reply = {"type": "error", "payload": payload}
+                    elif request[0] == "create":
+                        reply = {"type": "object", "payload": request[1]["handle"]}
+                    else:
+                        reply = {"type": "object", "payload": [0, "", ""]}
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {},
+        {
+            "CORRAL_GRACE_TIME": "007.250",
+            "CORRAL_DISK_SIZE_MB": "0512.9",
+            "CORRAL_LIMITS": '{"mem": 1e9, "cpus": 1.5, "pids": 64, "x": ["\\u00e9", null]}',
+            "CUSTOM_ENV_CI_JOB_IMAGE": "busybox:1",
+        },
+        {"CORRAL_GRACE_TIME": "0", "CORRAL_DISK_SIZE_MB": "0.5", "CORRAL_LIMITS": " { } "},
+        {"CORRAL_GRACE_TIME": "0.0001", "CORRAL_LIMITS": '{"mem": 1, "mem": 2}'},
+    ],
+)
+def test_prepare_and_cleanup_ask_the_daemon_what_the_python_driver_asks(
+    daemon: Daemon, tmp_path: Path, images: Path, gitlab_fast: Path, variables: dict[str, str]
+) -> None:
+    """Settings, the image's directory, the job's properties and directories: the requests
+    of the C program and of the Python driver, to a daemon that records them, are equal
+    (as JSON values; their texts differ in spacing)."""
+    fake = FakeDaemon(tmp_path / "fake.sock")
+    try:
+        runner = Runner(
+            daemon,
+            tmp_path,
+            gitlab_fast,
+            CORRAL_SOCKET=str(fake.path),
+            CORRAL_IMAGES=str(images),
+            **variables,
+        )
+        outputs = []
+        for python in (False, True):
+            for stage in (["prepare", "--cache-dir", "/c c"], ["cleanup"]):
+                done = runner.call(*stage, python=python)
+                assert done.returncode == 0, done.stderr
+                outputs.append((done.stdout, done.stderr))
+        assert runner.fallbacks() == []
+    finally:
+        fake.close()
+    assert outputs[:2] == outputs[2:]
+    half = len(fake.requests) // 2
+    assert [r[0] for r in fake.requests[:half]] == ["destroy", "create", "run", "destroy"]
+    # As text again: 900 and 900.0 are equal numbers, not the same JSON.
+    assert json.dumps(fake.requests[:half]) == json.dumps(fake.requests[half:])
+    create = fake.requests[1][1]
+    assert isinstance(create, dict) and create["handle"] == runner.handle
+    if "CUSTOM_ENV_CI_JOB_IMAGE" in variables:
+        assert create["rootfs"] == str(images / "busybox" / "1")

@@ -1,36 +1,46 @@
 /*
- * corral-gitlab-run: the `run` stage of the GitLab custom executor driver, in C.
+ * corral-gitlab-fast: the GitLab custom executor driver, in C.
  *
- * GitLab Runner starts `run_exec SCRIPT STAGE` once per sub-stage of a job; a
- * Python driver pays ~45 ms to start each time. This program does what
- * `corral-gitlab run SCRIPT STAGE` (executors/gitlab.py) does, on its common
- * path, in about a millisecond:
+ * GitLab Runner starts a process for every stage of a job: `config_exec`,
+ * `prepare_exec`, `run_exec SCRIPT STAGE` once per sub-stage, `cleanup_exec`.
+ * A Python driver pays ~40 ms to start each time. This program takes the
+ * command line of `corral-gitlab` (executors/gitlab.py) and does what it does,
+ * on its common path, in about a millisecond:
  *
- *   - the container is `gitlab-$CUSTOM_ENV_CI_JOB_ID`, the daemon's socket
- *     $CORRAL_SOCKET (default /run/corral/corral.sock);
- *   - SCRIPT's contents run as the job's SCRIPT (`spawn` with no options: the
- *     container's `corral` user), the output is copied to this process's
- *     stdout and stderr as it comes (`stream` in base64, exact bytes), then
- *     `link` gives the status;
- *   - a failed script: its status in $BUILD_EXIT_CODE_FILE and the exit
- *     status $BUILD_FAILURE_EXIT_CODE; anything else that goes wrong: one
- *     line on stderr and $SYSTEM_FAILURE_EXIT_CODE;
- *   - SIGTERM or SIGINT once the job may have started: every process of the
+ *   config [--builds-dir DIR] [--cache-dir DIR]: prints the runner's config
+ *     JSON, the container's name `gitlab-$CUSTOM_ENV_CI_JOB_ID`;
+ *   prepare [--builds-dir DIR] [--cache-dir DIR]: destroys a container of
+ *     that name left by an earlier attempt, creates it (grace time, limits,
+ *     disk size from CORRAL_*, the image's root filesystem directory under
+ *     $CORRAL_IMAGES), makes DIR and DIR owned by the container's user;
+ *   run SCRIPT STAGE: SCRIPT's contents run as the job's SCRIPT (`spawn`
+ *     with no options: the container's `corral` user), the output is copied
+ *     to this process's stdout and stderr as it comes (`stream` in base64,
+ *     exact bytes), then `link` gives the status; a failed script: its status
+ *     in $BUILD_EXIT_CODE_FILE and the exit status $BUILD_FAILURE_EXIT_CODE;
+ *     SIGTERM or SIGINT once the job may have started: every process of the
  *     container but its init is killed (`kill -KILL -1` as root, on a
- *     connection of its own), then the exit status $BUILD_FAILURE_EXIT_CODE.
+ *     connection of its own), then the exit status $BUILD_FAILURE_EXIT_CODE;
+ *   cleanup: destroys the container; one already gone is no error.
+ *
+ * Anything else that goes wrong: one line on stderr and the exit status
+ * $SYSTEM_FAILURE_EXIT_CODE; SIGTERM or SIGINT (but in run's job): the line
+ * "cancelled by SIG..." and $BUILD_FAILURE_EXIT_CODE. The socket is
+ * $CORRAL_SOCKET (default /run/corral/corral.sock).
  *
  * Anything unusual is left to the Python driver, which this program becomes
- * (execv of `corral-gitlab run SCRIPT STAGE`, from this program's own
- * directory) before anything was asked of the daemon: another command line,
- * a script too long for one argument or holding a NUL byte or bytes that are
- * not UTF-8, a setting it does not read as plainly valid, a job id or a path
- * its messages could not print as Python does. Its messages are the Python
- * driver's, word for word.
+ * (execv of `corral-gitlab ARGS...`, from this program's own directory)
+ * before anything was asked of the daemon: another command line (usage,
+ * --help), a script too long for one argument or holding a NUL byte or bytes
+ * that are not UTF-8, a setting it does not read as plainly valid, an image
+ * name or a directory, job id or path its messages or requests could not give
+ * as Python does. Its messages are the Python driver's, word for word.
  *
- * Build: gcc -Os -static -Wall -Wextra -o corral-gitlab-run gitlab_run.c
+ * Build: gcc -Os -static -Wall -Wextra -o corral-gitlab-fast gitlab_fast.c
  * (executors/build.py).
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -51,6 +61,8 @@
 #define PROGRAM "corral-gitlab"
 #define DRIVER "corral-gitlab" /* the Python driver, beside this program */
 #define DEFAULT_SOCKET "/run/corral/corral.sock"
+#define DEFAULT_IMAGES "/var/lib/corral/images"
+#define VERSION "0.1.0" /* the Python driver's */
 #define MAX_INLINE_SCRIPT 131071 /* the longest SCRIPT a spawn takes */
 /* The longest line read from the daemon. A stream line holds at most 256 KiB
  * of output in base64 (~350,000 bytes); a link reply, which repeats the whole
@@ -65,7 +77,9 @@ extern char **environ;
 /* ---- what the runner gave ---------------------------------------------- */
 
 static const char *script_path, *stage;
-static char label[256] = "run"; /* "run STAGE", as messages name the stage */
+/* The stage as messages name it: "config", "prepare", "run STAGE", "cleanup". */
+static char label[256] = "run";
+static bool in_run; /* a cancel kills the job's processes (run's job may have started) */
 static int build_failure = 1, system_failure = 2;
 
 /* ---- cancel ------------------------------------------------------------- */
@@ -177,7 +191,7 @@ static noreturn void exit_cancelled(bool killed)
 static char **original_argv;
 static int original_argc;
 
-/* Become `corral-gitlab run ARGS...` from this program's directory. Only before
+/* Become `corral-gitlab ARGS...` from this program's directory. Only before
  * the daemon was asked anything: the Python driver starts the stage afresh. */
 static noreturn void fallback(void)
 {
@@ -191,10 +205,9 @@ static noreturn void fallback(void)
 		system_fail("cannot find the Python driver %s: /proc/self/exe: %s", DRIVER,
 			    n < 0 ? strerror(errno) : "not a path");
 	memcpy(slash + 1, DRIVER, sizeof DRIVER);
-	if (!(argv = calloc((size_t)original_argc + 2, sizeof *argv)))
+	if (!(argv = calloc((size_t)original_argc + 1, sizeof *argv)))
 		system_fail("out of memory");
 	argv[argc++] = self;
-	argv[argc++] = "run";
 	for (i = 1; i < original_argc; i++)
 		argv[argc++] = original_argv[i];
 	argv[argc] = NULL;
@@ -782,9 +795,30 @@ static noreturn void reply_error(struct cur *c, const struct cur *line)
 	malformed(line);
 }
 
-/* Open a reply line, {"type": ..., "payload": ...}, up to its payload (a
- * success); an error reply (its payload an object) fails the stage. */
-static void open_reply(struct cur *c, const struct cur *line)
+/* Whether the error payload at C (its '{') has the code CODE. */
+static bool error_code_is(struct cur c, const struct cur *line, const char *code)
+{
+	const char *start;
+	size_t n = strlen(code);
+
+	c.p++;
+	do {
+		if (key_is(&c, line, "code")) {
+			skip_ws(&c);
+			start = c.p;
+			return json_string(&c, NULL, NULL) && (size_t)(c.p - start) == n + 2 &&
+			       !memcmp(start + 1, code, n);
+		}
+		if (!skip_value(&c, 0))
+			malformed(line);
+	} while (eat(&c, ','));
+	return false;
+}
+
+/* Open a reply line, {"type": ..., "payload": ...}, up to its payload: true
+ * for a success; an error reply (its payload an object) with the code
+ * TOLERATED (if any) is false, any other fails the stage. */
+static bool open_reply_tolerating(struct cur *c, const struct cur *line, const char *tolerated)
 {
 	*c = *line;
 	if (!eat(c, '{'))
@@ -793,8 +827,17 @@ static void open_reply(struct cur *c, const struct cur *line)
 		if (!skip_value(c, 0) || !eat(c, ','))
 			malformed(line);
 	skip_ws(c);
-	if (c->p < c->end && *c->p == '{')
+	if (c->p < c->end && *c->p == '{') {
+		if (tolerated && error_code_is(*c, line, tolerated))
+			return false;
 		reply_error(c, line);
+	}
+	return true;
+}
+
+static void open_reply(struct cur *c, const struct cur *line)
+{
+	open_reply_tolerating(c, line, NULL);
 }
 
 /* ---- base64 ---------------------------------------------------------------- */
@@ -868,17 +911,26 @@ static noreturn void cancel_job(void)
 	exit_cancelled(true);
 }
 
-/* Send a request on the job's connection; a cancel from here on kills the job. */
+/* SIGTERM or SIGINT while the daemon is asked something: in run, the job may
+ * have started and is killed; elsewhere the stage just ends, as in Python. */
+static noreturn void on_cancel(void)
+{
+	if (in_run)
+		cancel_job();
+	exit_cancelled(false);
+}
+
+/* Send a request on the stage's connection. */
 static void send_request(const char *req, size_t n)
 {
 	if (write_all(conn.fd, req, n, true) == IO_CANCELLED)
-		cancel_job();
+		on_cancel();
 }
 
 static void next_line(struct cur *line)
 {
 	if (read_line(&conn, line, true, false, NULL) == IO_CANCELLED)
-		cancel_job();
+		on_cancel();
 }
 
 /* The SCRIPT file's bytes (at most MAX_INLINE_SCRIPT of them, else the Python
@@ -1009,39 +1061,33 @@ static noreturn void build_failed(long long status)
 	exit(build_failure);
 }
 
-int main(int argc, char **argv)
-{
-	const char *job_id;
-	struct buf req = { 0 };
-	struct cur line, c;
-	long long job, status;
-	char *script;
-	size_t len;
-	int err;
+/* ---- the settings and the job (Settings.from_env, job_handle) ------------- */
 
-	original_argc = argc;
-	original_argv = argv;
-	if (argc != 3)
-		fallback(); /* the Python driver's usage */
-	script_path = argv[1];
-	stage = argv[2];
-	/* Python's f"run {STAGE}".strip(): a stage name it would print otherwise goes to it */
-	if (strlen(stage) > 200 || !plain_text(stage) || (*stage && (stage[0] == ' ' || stage[strlen(stage) - 1] == ' ')))
-		fallback();
-	if (*stage)
-		snprintf(label, sizeof label, "run %s", stage);
+static const char *job_id;
+
+/* The runner's exit codes, and the signals caught: for every stage. */
+static void start_stage(void)
+{
 	build_failure = exit_code("BUILD_FAILURE_EXIT_CODE", 1);
 	system_failure = exit_code("SYSTEM_FAILURE_EXIT_CODE", 2);
 	catch_signals();
+}
 
-	/* The settings, which run reads as prepare does (Settings.from_env). */
+/* The settings every stage but config reads (Settings.from_env): a value not
+ * plainly valid goes to the Python driver, which takes it or names the problem. */
+static void read_settings(void)
+{
 	check_limits();
 	check_number("CORRAL_GRACE_TIME");
 	check_number("CORRAL_DISK_SIZE_MB");
 	socket_path = getenv("CORRAL_SOCKET");
 	if (!socket_path || !*socket_path)
 		socket_path = DEFAULT_SOCKET;
+}
 
+/* The container's handle, gitlab-JOB_ID, from the job id the runner gives every stage. */
+static void job_handle(void)
+{
 	job_id = getenv("CUSTOM_ENV_CI_JOB_ID");
 	job_id = job_id ? job_id : "";
 	if (!*job_id || strspn(job_id, "0123456789") != strlen(job_id)) {
@@ -1052,17 +1098,359 @@ int main(int argc, char **argv)
 	if (strlen(job_id) > 64)
 		fallback();
 	snprintf(handle, sizeof handle, "gitlab-%s", job_id);
+}
 
-	script = read_script(&len);
-	if ((err = conn_open(&conn, socket_path, line_buf, sizeof line_buf))) {
-		if (cancelled)
-			exit_cancelled(false);
+/* Connect the stage's connection to the daemon (Settings.connect). */
+static void connect_daemon(void)
+{
+	int err = conn_open(&conn, socket_path, line_buf, sizeof line_buf);
+
+	if (cancelled)
+		exit_cancelled(false);
+	if (err) {
 		if (err == ENAMETOOLONG || !plain_path(socket_path))
 			fallback();
 		system_fail("cannot reach corrald at %s: %s", socket_path, strerror(err));
 	}
+}
+
+/* ---- config and prepare ----------------------------------------------------- */
+
+static const char *builds_dir = "/builds", *cache_dir = "/cache";
+
+/* STAGE [--builds-dir DIR] [--cache-dir DIR], DIR absolute and printable
+ * ASCII with no quote or backslash (JSON and the shell take it as it is);
+ * anything else (Python's usage, say) goes to it. */
+static void parse_dirs(int argc, char **argv)
+{
+	int i;
+
+	for (i = 2; i < argc; i += 2) {
+		if (i + 1 >= argc || argv[i + 1][0] != '/' || !plain_text(argv[i + 1]) || strchr(argv[i + 1], '"') ||
+		    strlen(argv[i + 1]) > 1024)
+			fallback();
+		if (!strcmp(argv[i], "--builds-dir"))
+			builds_dir = argv[i + 1];
+		else if (!strcmp(argv[i], "--cache-dir"))
+			cache_dir = argv[i + 1];
+		else
+			fallback();
+	}
+}
+
+/* Print the custom executor's config JSON, as json.dumps() gives it. */
+static int stage_config(void)
+{
+	struct buf out = { 0 };
+
+	job_handle();
+	put_str(&out, "{\"builds_dir\": ");
+	put_json(&out, builds_dir, strlen(builds_dir));
+	put_str(&out, ", \"cache_dir\": ");
+	put_json(&out, cache_dir, strlen(cache_dir));
+	put_str(&out, ", \"builds_dir_is_shared\": false, \"hostname\": \"");
+	put_str(&out, handle);
+	put_str(&out, "\", \"driver\": {\"name\": \"corral\", \"version\": \"" VERSION "\"}, "
+		      "\"job_env\": {\"CORRAL_HANDLE\": \"");
+	put_str(&out, handle);
+	put_str(&out, "\"}, \"shell\": \"sh\"}\n");
 	if (cancelled)
 		exit_cancelled(false);
+	if (write_all(STDOUT_FILENO, out.p, out.len, true) == IO_CANCELLED)
+		exit_cancelled(false);
+	free(out.p);
+	return 0;
+}
+
+/* CORRAL_GRACE_TIME (checked by check_number) as Python's repr(float(text))
+ * prints it, into OUT; a text whose repr is not plainly its own digits (more
+ * than 15 significant ones, or an exponent) goes to the Python driver. */
+static void grace_time(char *out, size_t size)
+{
+	const char *text = getenv("CORRAL_GRACE_TIME"), *frac = "";
+	size_t ni, nf, lead = 0;
+
+	if (!text || !*text) {
+		snprintf(out, size, "900.0");
+		return;
+	}
+	ni = strspn(text, "0123456789");
+	if (text[ni] == '.')
+		frac = text + ni + 1;
+	nf = strlen(frac);
+	while (ni > 1 && text[0] == '0')
+		text++, ni--;
+	while (nf > 0 && frac[nf - 1] == '0')
+		nf--;
+	if (ni == 1 && text[0] == '0' && nf > 0) {
+		lead = strspn(frac, "0");
+		if (lead >= 4)
+			fallback(); /* below 1e-4: repr has an exponent */
+	}
+	if ((ni == 1 && text[0] == '0' ? 0 : ni) + nf - lead > 15)
+		fallback();
+	if (nf == 0)
+		snprintf(out, size, "%.*s.0", (int)ni, text);
+	else
+		snprintf(out, size, "%.*s.%.*s", (int)ni, text, (int)nf, frac);
+}
+
+/* CORRAL_DISK_SIZE_MB (checked by check_number) as int(float(text)): 0 for none. */
+static long long disk_size_mb(void)
+{
+	const char *text = getenv("CORRAL_DISK_SIZE_MB");
+	size_t ni;
+
+	if (!text || !*text)
+		return 0;
+	while (text[0] == '0' && text[1] >= '0' && text[1] <= '9')
+		text++;
+	ni = strspn(text, "0123456789");
+	if (ni > 15)
+		fallback();
+	return strtoll(text, NULL, 10);
+}
+
+/* CORRAL_LIMITS (checked by check_limits) as it goes in the create config:
+ * its text, NULL for none or {}; one that is not UTF-8 goes to the Python driver. */
+static const char *limits(void)
+{
+	const char *text = getenv("CORRAL_LIMITS");
+	struct cur c;
+
+	if (!text || !*text)
+		return NULL;
+	if (!valid_utf8((const unsigned char *)text, strlen(text)))
+		fallback(); /* Python would send its undecodable bytes as surrogates */
+	c.p = text;
+	c.end = text + strlen(text);
+	if (eat(&c, '{') && eat(&c, '}'))
+		return NULL;
+	return text;
+}
+
+/* The image's root filesystem, as rootfs_for_image: "" for no image (the
+ * daemon's default), else CORRAL_IMAGES/NAME/TAG (TAG "latest" when none is
+ * given) with a bin directory; a refusal fails the stage with Python's message. */
+static void image_rootfs(char *rootfs, size_t size)
+{
+	const char *image = getenv("CUSTOM_ENV_CI_JOB_IMAGE"), *images = getenv("CORRAL_IMAGES");
+	const char *last, *colon, *p, *part;
+	char name[1024], bin[PATH_MAX];
+	size_t n;
+	bool ok = true;
+	struct stat st;
+
+	rootfs[0] = '\0';
+	if (!image || !*image)
+		return;
+	if (!images || !*images)
+		images = DEFAULT_IMAGES;
+	if (!plain_text(image) || strlen(image) >= sizeof name - 8)
+		fallback(); /* its repr is not '...' around it */
+	for (p = images; *p; p++)
+		if (*p < 0x20 || *p > 0x7e)
+			fallback();
+	if (!plain_path(images))
+		fallback();
+	/* NAME:TAG when the last path part holds a colon (the last colon of all) */
+	last = strrchr(image, '/');
+	last = last ? last + 1 : image;
+	colon = strchr(last, ':') ? strrchr(image, ':') : NULL;
+	n = colon ? (size_t)(colon - image) : strlen(image);
+	memcpy(name, image, n);
+	name[n] = '\0';
+	strcat(name, "/");
+	strcat(name, colon && colon[1] ? colon + 1 : "latest");
+	/* each part: a letter or digit, then letters, digits, '_', '.', '-' */
+	for (part = name; ok; part = p + 1) {
+		p = strchrnul(part, '/');
+		ok = p > part && (isalnum((unsigned char)*part) != 0);
+		for (const char *q = part; ok && q < p; q++)
+			ok = isalnum((unsigned char)*q) || *q == '_' || *q == '.' || *q == '-';
+		if (!*p)
+			break;
+	}
+	if (!ok)
+		system_fail("image '%s': not a name this driver maps to a directory "
+			    "(NAME[:TAG] of letters, digits, '_', '.', '-' and '/'; no digest, no registry port)",
+			    image);
+	if ((size_t)snprintf(rootfs, size, "%s/%s", images, name) >= size ||
+	    (size_t)snprintf(bin, sizeof bin, "%s/bin", rootfs) >= sizeof bin)
+		fallback();
+	if (stat(bin, &st) < 0 || !S_ISDIR(st.st_mode))
+		system_fail("image '%s': no root filesystem at %s (Corral runs images only as "
+			    "directories under %s; leave the image out for the default one)",
+			    image, rootfs, images);
+}
+
+/* Python's str.isspace() of the UTF-8 character ending (or starting) at P. */
+static size_t space_at(const char *s, size_t n, bool at_end)
+{
+	static const char *const wide[] = { "\xc2\x85", "\xc2\xa0", "\xe1\x9a\x80", "\xe2\x80\xa8", "\xe2\x80\xa9",
+					    "\xe2\x80\xaf", "\xe2\x81\x9f", "\xe3\x80\x80" };
+	unsigned char ch = (unsigned char)(at_end ? s[n - 1] : s[0]);
+	size_t i, k;
+
+	if (ch == ' ' || (ch >= '\t' && ch <= '\r') || (ch >= 0x1c && ch <= 0x1f))
+		return 1;
+	for (i = 0; i < sizeof wide / sizeof *wide + 11; i++) {
+		char w[4];
+		const char *text = w;
+
+		if (i < sizeof wide / sizeof *wide) {
+			text = wide[i];
+		} else { /* U+2000..U+200A */
+			w[0] = '\xe2', w[1] = '\x80', w[2] = (char)(0x80 + (i - sizeof wide / sizeof *wide)), w[3] = '\0';
+		}
+		k = strlen(text);
+		if (n >= k && !memcmp(at_end ? s + n - k : s, text, k))
+			return k;
+	}
+	return 0;
+}
+
+/* Create the job's container (replacing one left by an earlier attempt of
+ * this prepare) and its builds and cache directories, owned by the job's user. */
+static int stage_prepare(void)
+{
+	char grace[64], rootfs[PATH_MAX], quoted[2200], disk[48] = "";
+	const char *lim, *err;
+	struct buf req = { 0 };
+	struct cur line, c;
+	long long mb;
+	size_t n, k;
+
+	read_settings();
+	lim = limits();
+	grace_time(grace, sizeof grace);
+	if ((mb = disk_size_mb()))
+		snprintf(disk, sizeof disk, ",\"disk_size_mb\":%lld", mb);
+	job_handle();
+	image_rootfs(rootfs, sizeof rootfs);
+	connect_daemon();
+
+	/* the runner retries prepare: this job's own leftover goes */
+	put_str(&req, "[\"destroy\",\"");
+	put_str(&req, handle);
+	put_str(&req, "\"]\n");
+	send_request(req.p, req.len);
+	next_line(&line);
+	open_reply_tolerating(&c, &line, "unknown_handle");
+
+	req.len = 0;
+	put_str(&req, "[\"create\",{\"handle\":\"");
+	put_str(&req, handle);
+	put_str(&req, "\",\"grace_time\":");
+	put_str(&req, grace);
+	if (*rootfs) {
+		put_str(&req, ",\"rootfs\":");
+		put_json(&req, rootfs, strlen(rootfs));
+	}
+	if (lim) {
+		put_str(&req, ",\"limits\":");
+		put_str(&req, lim);
+	}
+	put_str(&req, disk);
+	put_str(&req, ",\"properties\":{\"executor\":\"gitlab\",\"job_id\":\"");
+	put_str(&req, job_id);
+	put_str(&req, "\"}}]\n");
+	send_request(req.p, req.len);
+	next_line(&line);
+	open_reply(&c, &line);
+
+	req.len = 0;
+	put_str(&req, PROGRAM ": container ");
+	put_str(&req, handle);
+	put_str(&req, " created\n");
+	if (write_all(STDOUT_FILENO, req.p, req.len, true) == IO_CANCELLED)
+		exit_cancelled(false);
+
+	snprintf(quoted, sizeof quoted, "'%s' '%s'", builds_dir, cache_dir);
+	req.len = 0;
+	put_str(&req, "[\"run\",\"");
+	put_str(&req, handle);
+	put_str(&req, "\",");
+	{
+		char script[4500];
+
+		snprintf(script, sizeof script, "mkdir -p %s && chown corral:corral %s", quoted, quoted);
+		put_json(&req, script, strlen(script));
+	}
+	put_str(&req, ",{\"privileged\":true}]\n");
+	send_request(req.p, req.len);
+	free(req.p);
+	next_line(&line);
+	open_reply(&c, &line);
+	/* [STATUS, OUT, ERR] */
+	if (!eat(&c, '['))
+		malformed(&line);
+	if (json_word(&c, "0")) {
+		conn_close(&conn);
+		return 0;
+	}
+	if (!skip_value(&c, 0) || !eat(&c, ',') || !json_string(&c, NULL, NULL) || !eat(&c, ','))
+		malformed(&line);
+	skip_ws(&c);
+	err = c.p;
+	if (!json_string(&c, (char *)err, &n))
+		malformed(&line);
+	while (n > 0 && (k = space_at(err, n, false)))
+		err += k, n -= k;
+	while (n > 0 && (k = space_at(err, n, true)))
+		n -= k;
+	{
+		char prefix[2400];
+		struct buf msg = { 0 };
+
+		snprintf(prefix, sizeof prefix, "container %s: cannot make %s: ", handle, quoted);
+		put_str(&msg, prefix);
+		put(&msg, err, n);
+		say_text(msg.p, msg.len);
+	}
+	exit(system_failure);
+}
+
+/* Destroy the job's container; one already gone is not an error. */
+static int stage_cleanup(void)
+{
+	char req[160];
+	struct cur line, c;
+	int n;
+
+	read_settings();
+	job_handle();
+	connect_daemon();
+	n = snprintf(req, sizeof req, "[\"destroy\",\"%s\"]\n", handle);
+	send_request(req, (size_t)n);
+	next_line(&line);
+	open_reply_tolerating(&c, &line, "unknown_handle");
+	conn_close(&conn);
+	return 0;
+}
+
+/* ---- run --------------------------------------------------------------------- */
+
+/* Run one stage's script in the job's container, streaming its output. */
+static int stage_run(void)
+{
+	struct buf req = { 0 };
+	struct cur line, c;
+	long long job, status;
+	char *script;
+	size_t len;
+
+	/* Python's f"run {STAGE}".strip(): a stage name it would print otherwise goes to it */
+	if (strlen(stage) > 200 || !plain_text(stage) || (*stage && (stage[0] == ' ' || stage[strlen(stage) - 1] == ' ')))
+		fallback();
+	if (*stage)
+		snprintf(label, sizeof label, "run %s", stage);
+	start_stage();
+	read_settings();
+	job_handle();
+	script = read_script(&len);
+	in_run = true;
+	connect_daemon();
 
 	put_str(&req, "[\"spawn\",\"");
 	put_str(&req, handle);
@@ -1083,4 +1471,29 @@ int main(int argc, char **argv)
 	if (status != 0)
 		build_failed(status);
 	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *command = argc > 1 ? argv[1] : "";
+
+	original_argc = argc;
+	original_argv = argv;
+	if (!strcmp(command, "run") && argc == 4) {
+		script_path = argv[2];
+		stage = argv[3];
+		return stage_run();
+	}
+	if (!strcmp(command, "cleanup") && argc == 2) {
+		snprintf(label, sizeof label, "cleanup");
+		start_stage();
+		return stage_cleanup();
+	}
+	if (!strcmp(command, "config") || !strcmp(command, "prepare")) {
+		parse_dirs(argc, argv);
+		snprintf(label, sizeof label, "%s", command);
+		start_stage();
+		return command[0] == 'c' ? stage_config() : stage_prepare();
+	}
+	fallback(); /* the Python driver's usage or help */
 }
