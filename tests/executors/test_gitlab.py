@@ -571,10 +571,14 @@ def test_prepare_failing_to_make_the_directories_fails_as_the_python_driver(
 
 class FakeDaemon:
     """A socket answering as corrald would a prepare and a cleanup, recording each request:
-    ``destroy`` finds no such container, ``create`` and ``run`` succeed."""
+    ``destroy`` finds no such container, ``create`` and ``run`` succeed; a request named
+    *hang_on* is never answered (``hung`` is set once it came)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hang_on: str = "") -> None:
         self.path = path
+        self.hang_on = hang_on
+        self.hung = threading.Event()
+        self.closed = threading.Event()
         self.requests: list[list[object]] = []
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
@@ -592,6 +596,10 @@ class FakeDaemon:
                 for line in lines:
                     request = json.loads(line)
                     self.requests.append(request)
+                    if request[0] == self.hang_on:
+                        self.hung.set()
+                        self.closed.wait()
+                        return
                     if request[0] == "destroy":
                         payload: object = {"code": "unknown_handle", "message": "no such"}
                         reply = {"type": "error", "payload": payload}
@@ -602,6 +610,7 @@ class FakeDaemon:
                     conn.sendall(json.dumps(reply).encode() + b"\n")
 
     def close(self) -> None:
+        self.closed.set()
         self.server.close()
 
 
@@ -653,3 +662,27 @@ def test_prepare_and_cleanup_ask_the_daemon_what_the_python_driver_asks(
     assert isinstance(create, dict) and create["handle"] == runner.handle
     if "CUSTOM_ENV_CI_JOB_IMAGE" in variables:
         assert create["rootfs"] == str(images / "busybox" / "1")
+
+
+@pytest.mark.parametrize("hang_on", ["destroy", "create", "run"])
+def test_sigterm_during_prepare_ends_it_as_the_python_driver_does(
+    tmp_path: Path, daemon: Daemon, gitlab_fast: Path, hang_on: str
+) -> None:
+    """The runner's cancel while prepare waits for the daemon: the stage ends at once with
+    the Python driver's line and BUILD_FAILURE_EXIT_CODE."""
+    runner = Runner(daemon, tmp_path, gitlab_fast)
+    results = []
+    for python in (False, True):
+        fake = FakeDaemon(tmp_path / f"fake-{python}.sock", hang_on=hang_on)
+        try:
+            runner.env["CORRAL_SOCKET"] = str(fake.path)
+            process = start(runner.argv("prepare", python=python), runner.env)
+            assert fake.hung.wait(timeout=60), "prepare never asked the daemon"
+            status, out, err = cancel(process)
+            results.append((status, out, err))
+        finally:
+            fake.close()
+        assert runner.fallbacks() == []
+    assert results[0] == results[1]
+    assert results[0][0] == BUILD_FAILURE
+    assert results[0][2] == "corral-gitlab: prepare: cancelled by SIGTERM\n"
