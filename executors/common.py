@@ -9,6 +9,7 @@ each several milliseconds; see the ci phase in bench/README.md).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -103,6 +104,8 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         raise DriverError(f"{name}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DriverError(f"{name}: {text!r} is not a number")
     if value < 0:
         raise DriverError(f"{name}: {text!r} is negative")
     return value

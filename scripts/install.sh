@@ -1,7 +1,8 @@
 #!/bin/bash
 # Install Corral on a Debian machine, as root, and (re)start the daemon.
 # Idempotent: run it again after pulling to upgrade.
-#   system packages, /opt/corral/venv, /usr/local/lib/corral/corral-init,
+#   system packages, /opt/corral/venv, /usr/local/lib/corral/corral-init, the CI
+#   drivers (corral-gitlab, corral-gitlab-fast, corral-github-hooks, github-hooks.sh),
 #   the base rootfs in /var/lib/corral/rootfs/base, /etc/corral/corral.toml;
 #   where systemd is PID 1, the service /etc/systemd/system/corrald.service.
 set -euo pipefail
@@ -15,7 +16,7 @@ UNIT=/etc/systemd/system/corrald.service
 
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
-# System packages: a C compiler and static libc for the container init,
+# System packages: a C compiler and static libc for the container init and corral-gitlab-fast,
 # busybox-static for the base rootfs, python3 with venv, mke2fs and losetup
 # for disk quotas, nftables and iproute2 for container networking, jq to read the
 # daemon's JSON log (README.md; tests/test_service.py runs its commands).
@@ -44,6 +45,10 @@ ln -sf "$VENV/bin/corrald" /usr/local/bin/corrald
 ln -sf "$VENV/bin/corral-gitlab" /usr/local/bin/corral-gitlab
 ln -sf "$VENV/bin/corral-github-hooks" /usr/local/bin/corral-github-hooks
 install -D -m 0755 "$REPO/executors/github-hooks.sh" /usr/local/lib/corral/github-hooks.sh
+# The GitLab driver in C (static, as the init), every stage's *_exec; it runs corral-gitlab
+# from its own directory for rare cases. corral-gitlab-run was its run stage alone, before.
+"$VENV/bin/python" -m executors.build /usr/local/bin/corral-gitlab-fast
+rm -f /usr/local/bin/corral-gitlab-run /usr/local/bin/corral-gitlab-run.sha256
 
 "$VENV/bin/python" -m plugins.isolation.build "$INIT"
 bash "$REPO/scripts/build-rootfs.sh" "$ROOTFS"

@@ -1,9 +1,10 @@
 """CI executors: a job's overhead through the drivers against its stages run with ``sh``.
 
 A job is ``prepare``, N empty stages, ``cleanup``. The GitLab driver runs as the runner
-runs it, a process per stage (``python -m executors.gitlab``), and also called in this
-process (the driver's and the daemon's own work, without an interpreter's start); the
-GitHub hooks as the runner runs them, a process per hook. The reference is the same N
+runs it, a process per stage: ``config``, ``prepare``, each stage and ``cleanup`` with
+``corral-gitlab-fast`` (the C driver, built from this tree); the same with the Python
+driver ``corral-gitlab`` for every stage; and called in this process (the driver's and the daemon's own work, without an
+interpreter's start); the GitHub hooks as the runner runs them, a process per hook. The reference is the same N
 stage scripts run on the host, a process each (GitLab's shell executor), with the ``sh``
 the containers have (the base rootfs's busybox; the host's dash has no ``pipefail``).
 Jobs of 0 and of N stages together split a job's cost into a fixed part and a part per
@@ -30,6 +31,7 @@ from bench.host import BASE_ROOTFS
 from bench.phases.common import Bench, Tool, interleave
 from bench.stats import summarize
 from executors import gitlab
+from executors.build import build
 
 REPO = Path(__file__).resolve().parents[2]
 #: A stage with no commands, as GitLab Runner writes it for the ``sh`` shell.
@@ -53,6 +55,11 @@ class Jobs:
         (workdir / "_work" / "_temp" / "step.sh").write_text(":\n")
         (workdir / "images" / "busybox").mkdir(parents=True)
         (workdir / "images" / "busybox" / "1").symlink_to(BASE_ROOTFS)
+        # corral-gitlab-fast from this tree, with the Python driver it runs for rare cases beside it.
+        self.fast_program = str(build(workdir / "bin" / "corral-gitlab-fast"))
+        python_driver = workdir / "bin" / "corral-gitlab"
+        python_driver.write_text(f'#!/bin/sh\nexec {sys.executable} -m executors.gitlab "$@"\n')
+        python_driver.chmod(0o755)
         # Bytecode as an installed driver has it (pip compiles it at install), cached in the
         # work dir during the warm-up rounds rather than compiled again by every process.
         inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -69,22 +76,32 @@ class Jobs:
     def gitlab_env(self) -> dict[str, str]:
         return {**self.base_env, "CUSTOM_ENV_CI_JOB_ID": str(next(self.ids))}
 
-    def gitlab_processes(self, stages: int) -> float:
+    def gitlab_processes(self, stages: int, c: bool = False) -> float:
+        """A job as the runner runs it: a process per stage (``config`` once per job too),
+        each the C driver's with *c*, else the Python driver's."""
         env = self.gitlab_env()
-        driver = [sys.executable, "-m", "executors.gitlab"]
+        driver = [self.fast_program] if c else [sys.executable, "-m", "executors.gitlab"]
         t0 = time.perf_counter()
+        self._run([*driver, "config"], env)
         self._run([*driver, "prepare"], env)
         for i in range(stages):
             self._run([*driver, "run", str(self.script), f"step_{i}"], env)
         self._run([*driver, "cleanup"], env)
         return (time.perf_counter() - t0) * 1000
 
+    def gitlab_c(self, stages: int) -> float:
+        return self.gitlab_processes(stages, c=True)
+
     def gitlab_in_process(self, stages: int) -> float:
         env = self.gitlab_env()
         t0 = time.perf_counter()
-        calls = [["prepare"], *(["run", str(self.script), f"step_{i}"] for i in range(stages))]
+        calls = [
+            ["config"],
+            ["prepare"],
+            *(["run", str(self.script), f"step_{i}"] for i in range(stages)),
+        ]
         for argv in [*calls, ["cleanup"]]:
-            with redirect_stdout(io.TextIOWrapper(io.BytesIO())):  # prepare's line
+            with redirect_stdout(io.TextIOWrapper(io.BytesIO())):  # config's JSON, prepare's line
                 status = gitlab.main(argv, env)
             if status != 0:
                 raise RuntimeError(f"corral-gitlab {argv[0]} exited {status}")
@@ -143,6 +160,8 @@ def measure(bench: Bench, rounds: int, stages: int) -> dict[str, Any]:
             return lambda: fn(count)
 
         tools: dict[str, Tool] = {
+            "gitlab, C, 0 stages": job(jobs.gitlab_c, 0),
+            f"gitlab, C, {n} stages": job(jobs.gitlab_c, n),
             "gitlab, processes, 0 stages": job(jobs.gitlab_processes, 0),
             f"gitlab, processes, {n} stages": job(jobs.gitlab_processes, n),
             "gitlab, in-process, 0 stages": job(jobs.gitlab_in_process, 0),
@@ -166,7 +185,7 @@ def overhead(stats: dict[str, Any], n: int) -> dict[str, Any]:
     ``sh``'s, from the medians, with the ratio of a whole N-stage job to ``sh``'s."""
     sh = stats[f"sh on the host, {n} stages"].get("median")
     found: dict[str, Any] = {}
-    for way in ("gitlab, processes", "gitlab, in-process", "github, processes"):
+    for way in ("gitlab, C", "gitlab, processes", "gitlab, in-process", "github, processes"):
         zero = stats[f"{way}, 0 stages"].get("median")
         full = stats[f"{way}, {n} stages"].get("median")
         if zero is None or full is None or sh is None:

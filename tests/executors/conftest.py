@@ -86,6 +86,26 @@ def wait_only_init(client: Client, handle: str) -> None:
 PYTHON = sys.executable
 
 
+@pytest.fixture(scope="session")
+def gitlab_fast(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``corral-gitlab-fast`` built from this checkout's source, and beside it the
+    ``corral-gitlab`` it runs for what it leaves to the Python driver: this checkout's,
+    which first appends its arguments to ``$CORRAL_TEST_FALLBACKS`` (when set), so that
+    a test sees whether the C program did the stage itself."""
+    from executors.build import build
+
+    bin_dir = tmp_path_factory.mktemp("bin")
+    program = build(bin_dir / "corral-gitlab-fast")
+    driver = bin_dir / "corral-gitlab"
+    driver.write_text(
+        "#!/bin/sh\n"
+        '[ -z "$CORRAL_TEST_FALLBACKS" ] || echo "$*" >> "$CORRAL_TEST_FALLBACKS"\n'
+        f'exec {PYTHON} -m executors.gitlab "$@"\n'
+    )
+    driver.chmod(0o755)
+    return program
+
+
 @pytest.fixture
 def images(tmp_path: Path, artifacts: tuple[Path, Path]) -> Iterator[Path]:
     """A CORRAL_IMAGES directory where the image ``busybox:1`` is the base rootfs."""

@@ -61,6 +61,8 @@ def test_settings_come_from_the_environment_and_bad_ones_are_named() -> None:
     for env, message in [
         ({"CORRAL_GRACE_TIME": "soon"}, "CORRAL_GRACE_TIME: 'soon' is not a number"),
         ({"CORRAL_GRACE_TIME": "-1"}, "is negative"),
+        ({"CORRAL_DISK_SIZE_MB": "nan"}, "CORRAL_DISK_SIZE_MB: 'nan' is not a number"),
+        ({"CORRAL_GRACE_TIME": "inf"}, "CORRAL_GRACE_TIME: 'inf' is not a number"),
         ({"CORRAL_LIMITS": "[1]"}, "CORRAL_LIMITS: must be a JSON object"),
     ]:
         with pytest.raises(DriverError, match=message):
