@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -780,8 +781,11 @@ def test_real_v2_freeze_kill_and_cpu_usage(scratch_cgroup: Path) -> None:
         for _ in range(3)
     ]
     try:
-        trio.run(trio.sleep, 0.2)
-        assert set(backend.procs(scratch_cgroup)) == {p.pid for p in sleepers}
+        wanted = {p.pid for p in sleepers}
+        deadline = time.monotonic() + 10  # each shell moves itself; slow under emulation
+        while set(backend.procs(scratch_cgroup)) != wanted and time.monotonic() < deadline:
+            trio.run(trio.sleep, 0.02)
+        assert set(backend.procs(scratch_cgroup)) == wanted
         keep = sleepers[0].pid
         assert trio.run(group.kill_all_but, keep) == 2
         assert [p.wait(timeout=5) for p in sleepers[1:]] == [-9, -9]
