@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -106,6 +106,21 @@ class Client(_Commands):
         """Send one request and return its payload."""
         self.sock.sendall(_encode(request))
         return _payload(self._line())
+
+    def call_with_progress(
+        self, *request: Any, progress: Callable[[str], None] | None = None
+    ) -> Any:
+        """Send a request that reports ``["progress", TEXT]`` lines (``image-import``,
+        ``image-pull``) before its reply; give each to *progress*; return the payload."""
+        self.sock.sendall(_encode(request))
+        while True:
+            line = self._line()
+            item = json.loads(line)
+            if isinstance(item, list) and item[:1] == ["progress"]:
+                if progress is not None:
+                    progress(str(item[1]))
+                continue
+            return _payload(line)
 
     def ping(self) -> str:
         return self.call("ping")

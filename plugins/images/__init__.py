@@ -1,0 +1,105 @@
+"""Images plugin: a content-addressed image store, import, and containers from images.
+
+``create`` with ``image`` (instead of ``rootfs``) stacks the image's unpacked
+layers as the root overlay's lower directories: this plugin, prepared before
+``fs``, puts them in ``LaunchPlan.root_layers`` and the image's Env,
+WorkingDir and User in ``LaunchPlan.job_defaults``. The store is in
+:mod:`plugins.images.store`, the safe unpacker in :mod:`plugins.images.unpack`,
+the commands in :mod:`plugins.images.command`; ``docs/images.md`` tells the whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from plugins.images import command, reference
+from plugins.images.service import ImageService
+from plugins.images.store import Image
+from supervisor.api import (
+    Config,
+    ContainerView,
+    Handler,
+    InvalidRequest,
+    JobDefaults,
+    LaunchPlan,
+    hookimpl,
+)
+
+NAME = "images"
+
+
+def job_defaults(image: Image) -> JobDefaults:
+    """What the image's config says every job gets (unless its request says otherwise)."""
+    config = image.config
+    env = [tuple(entry.split("=", 1)) for entry in config.get("Env", [])]
+    user = config.get("User") or None
+    if user is not None:
+        user = user.split(":", 1)[0]  # the init takes the group from /etc/passwd
+    directory = config.get("WorkingDir") or None
+    if directory is not None and not directory.startswith("/"):
+        directory = "/" + directory
+    return JobDefaults(env=env, dir=directory, user=user)  # type: ignore[arg-type]
+
+
+class ImagesPlugin:
+    """The built-in ``images`` plugin (see the module docstring)."""
+
+    def __init__(self, config: Config) -> None:
+        self.service = ImageService(config.daemon.depot)
+        self.service.open()
+
+    @hookimpl
+    def corral_create_options(self) -> dict[str, Any]:
+        return {"image": self._image_option}
+
+    def _image_option(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"image: {value!r} is not an image reference or id")
+        if self.service.find(value) is None:
+            try:
+                reference.parse(value)
+            except reference.ReferenceError as exc:
+                raise InvalidRequest(f"image: {exc}") from None
+            raise InvalidRequest(f"image {value}: not in the store (pull or import it first)")
+        return value
+
+    @hookimpl
+    def corral_commands(self) -> dict[str, Handler]:
+        return command.handlers(self.service)
+
+    @hookimpl
+    def corral_container_prepare(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AbstractAsyncContextManager[None] | None:
+        if "image" not in container.options:
+            return None
+        return self._stack(container, plan, restoring)
+
+    @asynccontextmanager
+    async def _stack(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AsyncIterator[None]:
+        state = container.plugin_state(NAME)
+        if restoring:
+            # The image may have been removed meanwhile; its layers stay while we hold them.
+            image = Image(**state["image"]) if "image" in state else None
+            if image is None:
+                yield
+                return
+        else:
+            if "rootfs" in container.options:
+                raise InvalidRequest("create: give either image or rootfs, not both")
+            image = self.service.get(container.options["image"])
+            state["image"] = image.to_json()
+            container.save()
+        self.service.use(image, container.handle)
+        try:
+            plan.root_layers = [self.service.store.layer_path(d) for d in image.diff_ids]
+            if not restoring:
+                self.service.layer_dirs(image)  # each still there
+            plan.job_defaults = job_defaults(image)
+            yield
+        finally:
+            self.service.release(container.handle)

@@ -1,0 +1,209 @@
+"""Images imported from OCI layouts and ``docker save`` archives, and containers made of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from supervisor import errors
+from supervisor.client import Client
+from tests.conftest import Daemon
+from tests.images.oci import ImageSpec, Layer, LayerBuilder, write_docker_save, write_layout
+
+#: The second layer of the multi-layer image: a whiteout, an opaque dir, a new file.
+CHANGES = (
+    LayerBuilder()
+    .dir("etc")
+    .file("etc/.wh.hostname", b"")
+    .dir("opt")
+    .file("opt/.wh..wh..opq", b"")
+    .file("opt/kept", b"from layer 2\n")
+    .dir("srv", mode=0o755)
+    .bytes()
+)
+#: The first extra layer: files the second one hides.
+HIDDEN = (
+    LayerBuilder()
+    .dir("etc")
+    .file("etc/hostname", b"image\n")
+    .dir("opt")
+    .file("opt/old", b"hidden by the opaque dir\n")
+    .dir("srv")
+    .file("srv/file", b"srv\n")
+    .bytes()
+)
+CONFIG = {
+    "Env": ["PATH=/bin:/sbin", "GREETING=from-image", "LEVEL=image"],
+    "WorkingDir": "/srv",
+    "User": "nobody",
+    "Cmd": ["sh", "-c", "echo hi"],
+}
+
+
+def _import(client: Client, path: Path, **opts: str) -> list[dict[str, object]]:
+    lines: list[str] = []
+    result = client.call_with_progress("image-import", str(path), opts, progress=lines.append)
+    assert lines and lines[-1].startswith("layer ")
+    return list(result)
+
+
+@pytest.fixture(scope="module")
+def multi_layer(
+    image_daemon: Daemon, busybox_tar: bytes, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """The multi-layer test image, imported from an OCI layout; its name."""
+    layout = write_layout(
+        tmp_path_factory.mktemp("layout") / "oci",
+        {"v1": ImageSpec([Layer(busybox_tar), Layer(HIDDEN, "zstd"), Layer(CHANGES)], CONFIG)},
+    )
+    with image_daemon.client() as client:
+        (image,) = _import(client, layout, name="corral.test/multi")
+    assert image["names"] == ["corral.test/multi:v1"]
+    assert image["layers"] == 3
+    return "corral.test/multi:v1"
+
+
+def test_container_sees_exactly_the_image_files(images_client: Client, multi_layer: str) -> None:
+    handle = images_client.create({"image": multi_layer})
+    try:
+        status, out, err = images_client.run(
+            handle,
+            "test -e /etc/hostname && echo hostname-visible; ls /opt; cat /srv/file; "
+            "test -x /bin/busybox && echo busybox",
+            user="root",
+        )
+        assert (status, err) == (0, "")
+        assert out.split("\n") == ["kept", "srv", "busybox", ""]
+    finally:
+        images_client.destroy(handle)
+
+
+def test_jobs_get_the_image_env_dir_and_user(images_client: Client, multi_layer: str) -> None:
+    handle = images_client.create({"image": multi_layer, "env": {"LEVEL": "create"}})
+    try:
+        script = 'echo "$GREETING $LEVEL $PWD $(id -un)"'
+        assert images_client.run(handle, script)[1] == "from-image create /srv nobody\n"
+        out = images_client.run(handle, script, env={"GREETING": "job"}, dir="/", user="root")[1]
+        assert out == "job create / root\n"
+    finally:
+        images_client.destroy(handle)
+
+
+def test_containers_share_the_layers(
+    image_daemon: Daemon, images_client: Client, multi_layer: str
+) -> None:
+    handles = [images_client.create({"image": multi_layer}) for _ in range(2)]
+    try:
+        images_client.run(handles[0], "echo private > /opt/kept", user="root")
+        assert images_client.run(handles[1], "cat /opt/kept")[1] == "from layer 2\n"
+        layers = image_daemon.depot / ".images" / "layers"
+        assert len(list(layers.iterdir())) >= 3
+        listed = {i["names"][0]: i for i in images_client.call("image-list") if i["names"]}
+        assert sorted(listed[multi_layer]["containers"]) == sorted(handles)
+        with pytest.raises(errors.InvalidState, match="used by container"):
+            images_client.call("image-remove", multi_layer)
+    finally:
+        for handle in handles:
+            images_client.destroy(handle)
+    assert images_client.call("image-inspect", multi_layer)["containers"] == []
+
+
+def test_docker_save_archive_then_remove_and_prune(
+    image_daemon: Daemon, images_client: Client, busybox_tar: bytes, tmp_path: Path
+) -> None:
+    extra = LayerBuilder().file("saved", b"from docker save\n").bytes()
+    archive = write_docker_save(
+        tmp_path / "saved.tar",
+        "corral.test/saved:1",
+        ImageSpec([Layer(busybox_tar, "none"), Layer(extra, "none")], {"Env": ["A=b"]}),
+    )
+    (image,) = _import(images_client, archive)
+    assert image["names"] == ["corral.test/saved:1"]
+    handle = images_client.create({"image": "corral.test/saved:1"})
+    try:
+        assert images_client.run(handle, "cat /saved; echo $A")[1] == "from docker save\nb\n"
+    finally:
+        images_client.destroy(handle)
+    layers = image_daemon.depot / ".images" / "layers"
+    extra_dir = (
+        layers
+        / json.loads(json.dumps(images_client.call("image-inspect", image["id"])))["layers"][1][
+            "diff_id"
+        ].split(":")[1]
+    )
+    assert extra_dir.is_dir()
+    assert images_client.call("image-remove", "corral.test/saved:1")["deleted"] == image["id"]
+    pruned = images_client.call("image-prune")
+    assert pruned["layers"] >= 1
+    assert not extra_dir.exists()
+    with pytest.raises(errors.InvalidRequest, match="not in the store"):
+        images_client.create({"image": "corral.test/saved:1"})
+
+
+def test_multi_arch_index_picks_this_machine(
+    images_client: Client, busybox_tar: bytes, tmp_path: Path
+) -> None:
+    mine = ImageSpec([Layer(busybox_tar), Layer(LayerBuilder().file("arch", b"mine\n").bytes())])
+    other = ImageSpec(
+        [Layer(busybox_tar), Layer(LayerBuilder().file("arch", b"other\n").bytes())],
+        architecture="s390x",
+    )
+    layout = write_layout(tmp_path / "oci", {"a": other, "b": mine}, index=True)
+    (image,) = _import(images_client, layout, name="corral.test/multiarch")
+    assert image["names"] == ["corral.test/multiarch:multi"]
+    handle = images_client.create({"image": "corral.test/multiarch:multi"})
+    try:
+        assert images_client.run(handle, "cat /arch")[1] == "mine\n"
+    finally:
+        images_client.destroy(handle)
+
+
+def test_hostile_archives_are_refused_and_leave_nothing(
+    image_daemon: Daemon, images_client: Client, busybox_tar: bytes, tmp_path: Path
+) -> None:
+    layers = image_daemon.depot / ".images" / "layers"
+    before = set(layers.iterdir())
+    evil = LayerBuilder().symlink("etc2", "/etc").file("etc2/passwd", b"owned\n").bytes()
+    cases = {
+        "escape": (ImageSpec([Layer(evil)]), "goes through 'etc2'"),
+        "dotdot": (
+            ImageSpec([Layer(LayerBuilder().file("../x", b"").bytes())]),
+            "leaves the layer",
+        ),
+    }
+    for name, (spec, reason) in cases.items():
+        layout = write_layout(tmp_path / name, {"t": spec})
+        with pytest.raises(errors.InvalidRequest, match=reason) as info:
+            images_client.call("image-import", str(layout))
+        assert str(layout) in str(info.value)
+    # A blob whose bytes do not match its digest.
+    layout = write_layout(tmp_path / "tampered", {"t": ImageSpec([Layer(busybox_tar)])})
+    blobs = sorted((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    biggest = blobs[-1]
+    biggest.write_bytes(biggest.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(errors.InvalidRequest, match="does not match"):
+        images_client.call("image-import", str(layout))
+    # No matching platform.
+    layout = write_layout(
+        tmp_path / "foreign",
+        {"t": ImageSpec([Layer(busybox_tar)], architecture="s390x")},
+        index=True,
+    )
+    with pytest.raises(errors.InvalidRequest, match="no manifest for linux/"):
+        images_client.call("image-import", str(layout))
+    with pytest.raises(errors.InvalidRequest, match="neither a docker save"):
+        images_client.call("image-import", str(tmp_path))
+    assert set(layers.iterdir()) == before
+    assert list((image_daemon.depot / ".images" / "tmp").iterdir()) == []
+    assert images_client.ping() == "pong"
+
+
+def test_image_option_is_checked(images_client: Client, multi_layer: str) -> None:
+    with pytest.raises(errors.InvalidRequest, match="not in the store"):
+        images_client.create({"image": "corral.test/absent:1"})
+    with pytest.raises(errors.InvalidRequest, match="image: "):
+        images_client.create({"image": "UPPER/Case"})
+    with pytest.raises(errors.InvalidRequest, match="either image or rootfs"):
+        images_client.create({"image": multi_layer, "rootfs": "/"})
