@@ -15,7 +15,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from plugins.images import command, reference
+from plugins.images.registry import Access
 from plugins.images.service import ImageService
+from plugins.images.settings import Settings
 from plugins.images.store import Image
 from supervisor.api import (
     Config,
@@ -43,16 +45,27 @@ def job_defaults(image: Image) -> JobDefaults:
     return JobDefaults(env=env, dir=directory, user=user)  # type: ignore[arg-type]
 
 
+def _image_pull_option(value: Any) -> str:
+    if value not in ("missing", "never"):
+        raise InvalidRequest(f'image_pull: {value!r} is not "missing" or "never"')
+    return str(value)
+
+
 class ImagesPlugin:
     """The built-in ``images`` plugin (see the module docstring)."""
 
-    def __init__(self, config: Config) -> None:
-        self.service = ImageService(config.daemon.depot)
+    def __init__(self, settings: Settings, config: Config) -> None:
+        access = Access(
+            plain_http=frozenset(settings.plain_http),
+            ca_files=settings.ca_files,
+            credentials=settings.credentials,
+        )
+        self.service = ImageService(config.daemon.depot, access)
         self.service.open()
 
     @hookimpl
     def corral_create_options(self) -> dict[str, Any]:
-        return {"image": self._image_option}
+        return {"image": self._image_option, "image_pull": _image_pull_option}
 
     def _image_option(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -62,8 +75,15 @@ class ImagesPlugin:
                 reference.parse(value)
             except reference.ReferenceError as exc:
                 raise InvalidRequest(f"image: {exc}") from None
-            raise InvalidRequest(f"image {value}: not in the store (pull or import it first)")
         return value
+
+    async def _resolve(self, container: ContainerView) -> Image:
+        ref = container.options["image"]
+        image = self.service.find(ref)
+        if image is None and container.options.get("image_pull") == "missing":
+            container.log.info("pulling the image", image=ref)
+            image = await self.service.pull(ref, lambda line: None)
+        return image if image is not None else self.service.get(ref)
 
     @hookimpl
     def corral_commands(self) -> dict[str, Handler]:
@@ -91,7 +111,7 @@ class ImagesPlugin:
         else:
             if "rootfs" in container.options:
                 raise InvalidRequest("create: give either image or rootfs, not both")
-            image = self.service.get(container.options["image"])
+            image = await self._resolve(container)
             state["image"] = image.to_json()
             container.save()
         self.service.use(image, container.handle)

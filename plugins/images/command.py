@@ -1,6 +1,6 @@
 """The image commands of the protocol (see ``docs/protocol.md``).
 
-``image-import PATH OPTS?``, ``image-list``, ``image-inspect REF``,
+``image-import PATH OPTS?``, ``image-pull REF``, ``image-list``, ``image-inspect REF``,
 ``image-remove REF``, ``image-prune``.
 """
 
@@ -37,13 +37,18 @@ def summary(service: ImageService, image: Image) -> dict[str, Any]:
 async def _with_progress(
     request: Request, work: Callable[[Callable[[str], None]], Awaitable[T]]
 ) -> T:
-    """Run *work*, sending each progress line it reports (from a worker thread) as
+    """Run *work*, sending each progress line it reports as
     ``["progress", TEXT]`` before the reply."""
     token = trio.lowlevel.current_trio_token()
     send, receive = trio.open_memory_channel[str](math.inf)
 
-    def progress(line: str) -> None:
-        trio.from_thread.run_sync(send.send_nowait, line, trio_token=token)
+    def progress(line: str) -> None:  # from a worker thread, or from the event loop
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            trio.from_thread.run_sync(send.send_nowait, line, trio_token=token)
+        else:
+            send.send_nowait(line)
 
     async def forward() -> None:
         async for line in receive:
@@ -68,6 +73,11 @@ def handlers(service: ImageService) -> dict[str, Handler]:
             request, lambda progress: service.import_(Path(path), opts.get("name"), progress)
         )
         return [summary(service, image) for image in images]
+
+    async def image_pull(request: Request, *args: Any) -> dict[str, Any]:
+        ref = Args("image-pull", list(args), ("REF",)).string(0)
+        image = await _with_progress(request, lambda progress: service.pull(ref, progress))
+        return summary(service, image)
 
     async def image_list(request: Request, *args: Any) -> list[dict[str, Any]]:
         Args("image-list", list(args), ())
@@ -94,6 +104,7 @@ def handlers(service: ImageService) -> dict[str, Handler]:
 
     return {
         "image-import": image_import,
+        "image-pull": image_pull,
         "image-list": image_list,
         "image-inspect": image_inspect,
         "image-remove": image_remove,

@@ -19,6 +19,8 @@ from plugins.images import reference
 from plugins.images.archive import ArchiveError, import_archive
 from plugins.images.digest import DigestError
 from plugins.images.manifest import ManifestError
+from plugins.images.pull import pull
+from plugins.images.registry import Access, RegistryError
 from plugins.images.store import Image, Store, StoreError
 from plugins.images.unpack import LayerError
 from supervisor.api import InvalidRequest, InvalidState, NoCapacity
@@ -29,6 +31,7 @@ REFUSED = (
     DigestError,
     LayerError,
     ManifestError,
+    RegistryError,
     StoreError,
     reference.ReferenceError,
 )
@@ -51,8 +54,11 @@ def normalize_name(name: str) -> str:
 class ImageService:
     """The images of one daemon's depot."""
 
-    def __init__(self, depot: Path) -> None:
+    def __init__(self, depot: Path, access: Access) -> None:
         self.store = Store(depot)
+        self.access = access
+        #: The pulls under way, by normalized reference: a second pull of one waits for it.
+        self._pulls: dict[str, trio.Event] = {}
         #: The image id and layer diff IDs each container (by handle) stacks: kept from
         #: its prepare to its end, also when its image is removed meanwhile.
         self.users: dict[str, tuple[str, list[str]]] = {}
@@ -145,6 +151,38 @@ class ImageService:
             except Exception as exc:
                 raise refused(str(path), exc) from None
             return [self.add(image) for image in images]
+
+    async def pull(self, ref: str, progress: Callable[[str], None]) -> Image:
+        """Pull *ref* from its registry (see :mod:`plugins.images.pull`), or join the pull of
+        it under way."""
+        try:
+            parsed = reference.parse(ref)
+        except reference.ReferenceError as exc:
+            raise InvalidRequest(f"image {ref}: {exc}") from None
+        key = str(parsed)
+        running = self._pulls.get(key)
+        if running is not None:
+            progress(f"joining the pull of {key} under way")
+            await running.wait()
+            image = self.find(key)
+            if image is None:
+                raise InvalidRequest(
+                    f"image {key}: the pull under way, which this one joined, failed"
+                )
+            return image
+        done = self._pulls[key] = trio.Event()
+        try:
+            async with self._writing:
+                try:
+                    image = await trio.to_thread.run_sync(
+                        pull, self.store, parsed, self.access, progress
+                    )
+                except Exception as exc:
+                    raise refused(key, exc) from None
+                return self.add(image)
+        finally:
+            del self._pulls[key]
+            done.set()
 
     async def remove(self, ref: str, force: bool = False) -> dict[str, Any]:
         """Forget *ref*: a name alone when the image has others, else the image.

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -107,7 +108,12 @@ class Store:
         return self.blob_path(digest).exists()
 
     def put_blob(
-        self, source: IO[bytes], expected: str | None, what: str, limit: int | None = None
+        self,
+        source: IO[bytes],
+        expected: str | None,
+        what: str,
+        limit: int | None = None,
+        report: Callable[[int], None] | None = None,
     ) -> str:
         """Copy *source* into the store, checking its digest while it streams; its digest.
 
@@ -123,6 +129,8 @@ class Store:
                     if limit is not None and reader.size > limit:
                         raise StoreError(f"{what}: larger than {limit} bytes")
                     out.write(chunk)
+                    if report is not None:
+                        report(reader.size)
             if expected is not None and reader.digest != expected:
                 raise digests.DigestError(
                     f"{what}: digest {reader.digest} does not match {expected}"

@@ -185,3 +185,60 @@ def write_docker_save(path: Path, name: str, image: ImageSpec) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+class _Zeros:
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)
+
+
+class _Hashing:
+    """A file that hashes what is written to it (the layer's diff ID, written once)."""
+
+    def __init__(self, raw: gzip.GzipFile) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        return self.raw.write(data)
+
+
+def write_big_layout(root: Path, busybox_tar: bytes, size: int) -> tuple[Path, str]:
+    """A layout (tag ``t``) whose second layer holds one file ``/zeros`` of *size* zero bytes,
+    written without holding it in memory; that layer's diff ID."""
+    layout = write_layout(root, {"t": ImageSpec([Layer(busybox_tar)])})
+    blobs = layout / "blobs" / "sha256"
+    big = root / "big.tar.gz"
+    with gzip.open(big, "wb", compresslevel=1) as raw:
+        hashing = _Hashing(raw)  # type: ignore[arg-type]
+        with tarfile.open(fileobj=hashing, mode="w|") as tar:  # type: ignore[call-overload]
+            info = tarfile.TarInfo("zeros")
+            info.size = size
+            tar.addfile(info, _Zeros(size))
+    diff_id = "sha256:" + hashing.hash.hexdigest()
+    data = big.read_bytes()
+    blob = sha256(data)
+    (blobs / blob.split(":")[1]).write_bytes(data)
+    # Rewrite the manifest and config with the big layer on top.
+    index = json.loads((layout / "index.json").read_text())
+    manifest_path = blobs / index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads(manifest_path.read_text())
+    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    config["rootfs"]["diff_ids"].append(diff_id)
+    config_bytes = json.dumps(config).encode()
+    (blobs / sha256(config_bytes).split(":")[1]).write_bytes(config_bytes)
+    manifest["config"].update(digest=sha256(config_bytes), size=len(config_bytes))
+    manifest["layers"].append(
+        {"mediaType": Layer(b"").media_type, "digest": blob, "size": len(data)}
+    )
+    manifest_bytes = json.dumps(manifest).encode()
+    (blobs / sha256(manifest_bytes).split(":")[1]).write_bytes(manifest_bytes)
+    index["manifests"][0].update(digest=sha256(manifest_bytes), size=len(manifest_bytes))
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout, diff_id

@@ -1,0 +1,270 @@
+"""Pulls from a real registry on loopback (Debian's docker-registry), pushed to by skopeo."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor import errors
+from supervisor.client import Client
+from tests.conftest import Daemon, wait_until
+from tests.images.oci import ImageSpec, Layer, LayerBuilder, write_big_layout, write_layout
+from tests.images.registry import (
+    PASSWORD,
+    REGISTRY_BIN,
+    USER,
+    Registry,
+    TokenIssuer,
+    free_port,
+    run_registry,
+    token_endpoint,
+)
+from tests.images.samples import CHANGES, CONFIG, HIDDEN
+
+pytestmark = pytest.mark.skipif(
+    not REGISTRY_BIN.exists(), reason="needs Debian's docker-registry (scripts/install.sh)"
+)
+BIG_FILE = 200 << 20
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, busybox_tar: bytes) -> Iterator[Registry]:
+    """An open registry holding the test images."""
+    work = tmp_path_factory.mktemp("registry")
+    with run_registry(work / "registry") as reg:
+        single = write_layout(work / "single", {"1": ImageSpec([Layer(busybox_tar)])})
+        reg.push(single, "1", "corral/single:1")
+        multi = ImageSpec([Layer(busybox_tar), Layer(HIDDEN, "zstd"), Layer(CHANGES)], CONFIG)
+        reg.push(write_layout(work / "multi", {"v1": multi}), "v1", "corral/multi:v1")
+        mine = ImageSpec(
+            [Layer(busybox_tar), Layer(LayerBuilder().file("arch", b"mine\n").bytes())]
+        )
+        other = ImageSpec(
+            [Layer(busybox_tar), Layer(LayerBuilder().file("arch", b"other\n").bytes())],
+            architecture="s390x",
+        )
+        arches = write_layout(work / "arches", {"a": other, "b": mine}, index=True)
+        reg.push(arches, "multi", "corral/arches:1", all_platforms=True)
+        big, _ = write_big_layout(work / "big", busybox_tar, BIG_FILE)
+        reg.push(big, "t", "corral/big:1")
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def token_registry(
+    tmp_path_factory: pytest.TempPathFactory, busybox_tar: bytes
+) -> Iterator[Registry]:
+    """A registry behind token auth: only :data:`USER` gets tokens."""
+    work = tmp_path_factory.mktemp("token-registry")
+    issuer = TokenIssuer(work)
+    with (
+        token_endpoint(issuer) as realm,
+        run_registry(work / "registry", realm, issuer.cert) as reg,
+    ):
+        layout = write_layout(
+            work / "private",
+            {
+                "1": ImageSpec(
+                    [Layer(busybox_tar), Layer(LayerBuilder().file("secret", b"s\n").bytes())]
+                )
+            },
+        )
+        reg.push(layout, "1", "corral/private:1")
+        yield reg
+
+
+def _daemon(
+    artifacts: tuple[Path, Path], plain_http: list[str], credentials: Path | None
+) -> Daemon:
+    images: dict[str, object] = {"plain_http": plain_http}
+    if credentials is not None:
+        images["credentials"] = credentials
+    return Daemon(*artifacts, tables={"images": images}).start()
+
+
+@pytest.fixture(scope="module")
+def pull_daemon(
+    artifacts: tuple[Path, Path],
+    registry: Registry,
+    token_registry: Registry,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Daemon]:
+    credentials = tmp_path_factory.mktemp("creds") / "config.json"
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    credentials.write_text(json.dumps({"auths": {token_registry.address: {"auth": auth}}}))
+    d = _daemon(artifacts, [registry.address, token_registry.address], credentials)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def client(pull_daemon: Daemon) -> Iterator[Client]:
+    with pull_daemon.client() as c:
+        yield c
+
+
+def _pull(client: Client, ref: str) -> tuple[dict[str, object], list[str]]:
+    lines: list[str] = []
+    return client.call_with_progress("image-pull", ref, progress=lines.append), lines
+
+
+def test_pull_single_layer_with_progress(client: Client, registry: Registry) -> None:
+    image, lines = _pull(client, f"{registry.address}/corral/single:1")
+    assert image["names"] == [f"{registry.address}/corral/single:1"]
+    assert lines[-1].startswith("layer 1/1 sha256:") and lines[-1].endswith("bytes)")
+    handle = client.create({"image": f"{registry.address}/corral/single:1"})
+    try:
+        assert client.run(handle, "busybox true && echo ok")[1] == "ok\n"
+    finally:
+        client.destroy(handle)
+
+
+def test_multi_layer_image_applies_whiteouts_and_opaque_dirs(
+    client: Client, registry: Registry
+) -> None:
+    ref = f"{registry.address}/corral/multi:v1"
+    image, _ = _pull(client, ref)
+    assert image["layers"] == 3
+    handle = client.create({"image": ref})
+    try:
+        out = client.run(
+            handle, "ls /etc/hostname /opt; cat /srv/file; echo $GREETING; pwd", user="root"
+        )[1]
+        assert out == "/opt:\nkept\nsrv\nfrom-image\n/srv\n"
+    finally:
+        client.destroy(handle)
+
+
+def test_multi_arch_index_picks_this_machine(client: Client, registry: Registry) -> None:
+    ref = f"{registry.address}/corral/arches:1"
+    image, _ = _pull(client, ref)
+    handle = client.create({"image": ref})
+    try:
+        assert client.run(handle, "cat /arch")[1] == "mine\n"
+    finally:
+        client.destroy(handle)
+    # By digest, the image pulled is found again without a name.
+    pulled = client.call("image-inspect", image["id"])
+    by_digest = f"{registry.address}/corral/arches@{pulled['manifest']}"
+    assert _pull(client, by_digest)[0]["id"] == image["id"]
+
+
+def test_create_pulls_an_absent_image_when_asked(client: Client, registry: Registry) -> None:
+    ref = f"{registry.address}/corral/single:1"
+    for image in client.call("image-list"):
+        if ref in image["names"]:
+            client.call("image-remove", ref)
+    with pytest.raises(errors.InvalidRequest, match="not in the store"):
+        client.create({"image": ref})
+    handle = client.create({"image": ref, "image_pull": "missing"})
+    try:
+        assert client.run(handle, "echo pulled")[1] == "pulled\n"
+    finally:
+        client.destroy(handle)
+
+
+def test_token_auth_with_credentials(client: Client, token_registry: Registry) -> None:
+    ref = f"{token_registry.address}/corral/private:1"
+    _pull(client, ref)
+    handle = client.create({"image": ref})
+    try:
+        assert client.run(handle, "cat /secret")[1] == "s\n"
+    finally:
+        client.destroy(handle)
+
+
+def test_token_auth_without_credentials_is_refused(
+    artifacts: tuple[Path, Path], token_registry: Registry
+) -> None:
+    d = _daemon(artifacts, [token_registry.address], None)
+    try:
+        with d.client() as c:
+            with pytest.raises(
+                errors.InvalidRequest, match=r"corral/private:1: token service .* 401"
+            ):
+                c.call_with_progress("image-pull", f"{token_registry.address}/corral/private:1")
+            assert c.call("image-list") == []
+    finally:
+        d.close()
+
+
+def test_two_pulls_of_one_image_share_the_work(
+    pull_daemon: Daemon, client: Client, registry: Registry
+) -> None:
+    ref = f"{registry.address}/corral/big:1"
+    results: list[tuple[dict[str, object], list[str]]] = []
+
+    def first() -> None:
+        with pull_daemon.client() as c:
+            results.append(_pull(c, ref))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    wait_until(
+        lambda: list((pull_daemon.depot / ".images" / "tmp").glob("layer.*")),
+        timeout=120,
+        what="the first pull unpacking",
+    )
+    second, lines = _pull(client, ref)
+    thread.join()
+    assert lines == [f"joining the pull of {ref} under way"]
+    assert second["id"] == results[0][0]["id"]
+
+
+class _Failing(http.server.BaseHTTPRequestHandler):
+    """A registry that answers 500 to everything."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_bad_registries_give_clear_errors_and_leave_nothing(
+    artifacts: tuple[Path, Path], registry: Registry, tmp_path: Path
+) -> None:
+    failing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    failing_address = f"127.0.0.1:{failing.server_address[1]}"
+    down = f"127.0.0.1:{free_port()}"
+    d = _daemon(artifacts, [registry.address, failing_address, down], None)
+    try:
+        with d.client() as c:
+            cases = {
+                f"{registry.address}/corral/absent:1": "answered 404",
+                f"{failing_address}/corral/x:1": "answered 500",
+                f"{down}/corral/x:1": "is unreachable",
+            }
+            for ref, reason in cases.items():
+                with pytest.raises(errors.InvalidRequest, match=reason) as info:
+                    c.call_with_progress("image-pull", ref)
+                assert f"image {ref}:" in str(info.value)
+            # A blob whose bytes changed in the registry's storage.
+            _pull(c, f"{registry.address}/corral/multi:v1")
+            image = c.call("image-inspect", f"{registry.address}/corral/multi:v1")
+            c.call("image-remove", image["id"])
+            c.call("image-prune")
+            blob = image["layers"][2]["blob"].split(":")[1]
+            storage = next(registry.storage.glob(f"**/blobs/sha256/{blob[:2]}/{blob}/data"))
+            original = storage.read_bytes()
+            storage.write_bytes(original[:-4] + b"evil")
+            try:
+                with pytest.raises(errors.InvalidRequest, match="does not match"):
+                    c.call_with_progress("image-pull", f"{registry.address}/corral/multi:v1")
+            finally:
+                storage.write_bytes(original)
+            assert c.call("image-list") == []
+            assert list((d.depot / ".images" / "tmp").iterdir()) == []
+            assert c.ping() == "pong"
+    finally:
+        d.close()
+        failing.shutdown()
+        failing.server_close()
