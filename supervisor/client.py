@@ -56,6 +56,10 @@ def _encode(request: tuple[Any, ...]) -> bytes:
     return json.dumps(list(request), separators=(",", ":")).encode() + b"\n"
 
 
+#: How a progress line of ``image-pull`` and ``image-import`` starts (the daemon writes it so).
+PROGRESS_PREFIX = b'["progress",'
+
+
 def _payload(line: bytes) -> Any:
     reply = json.loads(line)
     if reply.get("type") == "error":
@@ -103,9 +107,8 @@ class Client(_Commands):
         return line
 
     def call(self, *request: Any) -> Any:
-        """Send one request and return its payload."""
-        self.sock.sendall(_encode(request))
-        return _payload(self._line())
+        """Send one request and return its payload (progress lines before it are skipped)."""
+        return self.call_with_progress(*request)
 
     def call_with_progress(
         self, *request: Any, progress: Callable[[str], None] | None = None
@@ -115,10 +118,9 @@ class Client(_Commands):
         self.sock.sendall(_encode(request))
         while True:
             line = self._line()
-            item = json.loads(line)
-            if isinstance(item, list) and item[:1] == ["progress"]:
+            if line.startswith(PROGRESS_PREFIX):
                 if progress is not None:
-                    progress(str(item[1]))
+                    progress(str(json.loads(line)[1]))
                 continue
             return _payload(line)
 
@@ -225,8 +227,11 @@ class TrioClient(_Commands):
         return line
 
     async def call(self, *request: Any) -> Any:
+        """Send one request and return its payload (progress lines before it are skipped)."""
         await self._stream.send_all(_encode(request))
-        return _payload(await self._line())
+        while (line := await self._line()).startswith(PROGRESS_PREFIX):
+            pass
+        return _payload(line)
 
     async def ping(self) -> str:
         return await self.call("ping")

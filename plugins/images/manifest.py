@@ -124,6 +124,9 @@ def layers_of(manifest: dict[str, Any], what: str) -> tuple[Descriptor, list[Des
     if len(layers) > MAX_LAYERS:
         raise ManifestError(f"{what}: {len(layers)} layers, more than {MAX_LAYERS}")
     found = [descriptor(layer, f"{what}: layers[{i}]") for i, layer in enumerate(layers)]
+    for i, item in enumerate([config, *found]):
+        if item.size is None:  # without it, a registry could stream a blob forever
+            raise ManifestError(f"{what}: {'config' if i == 0 else f'layers[{i - 1}]'} has no size")
     for i, layer in enumerate(found):
         if "foreign" in layer.media_type or "nondistributable" in layer.media_type:
             raise ManifestError(f"{what}: layers[{i}] is a foreign layer ({layer.media_type})")

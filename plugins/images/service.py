@@ -150,6 +150,11 @@ class ImageService:
                 )
             except Exception as exc:
                 raise refused(str(path), exc) from None
+            try:  # every name checked before any image is added
+                for image in images:
+                    image.names = [normalize_name(n) for n in image.names if n]
+            except reference.ReferenceError as exc:
+                raise InvalidRequest(f"image {path}: a name in the archive: {exc}") from None
             return [self.add(image) for image in images]
 
     async def pull(self, ref: str, progress: Callable[[str], None]) -> Image:

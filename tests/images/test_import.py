@@ -179,3 +179,12 @@ def test_image_option_is_checked(images_client: Client, multi_layer: str) -> Non
         images_client.create({"image": "UPPER/Case"})
     with pytest.raises(errors.InvalidRequest, match="either image or rootfs"):
         images_client.create({"image": multi_layer, "rootfs": "/"})
+
+
+def test_a_bad_name_in_an_archive_is_refused(
+    images_client: Client, busybox_tar: bytes, tmp_path: Path
+) -> None:
+    archive = write_docker_save(tmp_path / "bad.tar", "Bad Name!", ImageSpec([Layer(busybox_tar)]))
+    with pytest.raises(errors.InvalidRequest, match="a name in the archive"):
+        images_client.call("image-import", str(archive))
+    assert all("Bad" not in str(i["names"]) for i in images_client.call("image-list"))
