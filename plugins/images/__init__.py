@@ -61,6 +61,11 @@ class ImagesPlugin:
             credentials=settings.credentials,
         )
         self.service = ImageService(config.daemon.depot, access)
+
+    @hookimpl
+    def corral_startup(self) -> None:
+        """Open the store: not before, as only then does this daemon hold the depot's lock
+        (opening empties the store's ``tmp/``). Restored containers need only their state."""
         self.service.open()
 
     @hookimpl
@@ -104,7 +109,7 @@ class ImagesPlugin:
         state = container.plugin_state(NAME)
         if restoring:
             # The image may have been removed meanwhile; its layers stay while we hold them.
-            image = Image(**state["image"]) if "image" in state else None
+            image = Image.from_json(state["image"]) if "image" in state else None
             if image is None:
                 yield
                 return

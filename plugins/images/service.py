@@ -189,7 +189,7 @@ class ImageService:
             del self._pulls[key]
             done.set()
 
-    async def remove(self, ref: str, force: bool = False) -> dict[str, Any]:
+    async def remove(self, ref: str) -> dict[str, Any]:
         """Forget *ref*: a name alone when the image has others, else the image.
 
         Raises:

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,7 +56,6 @@ class Image:
     created: str | None
     manifest: str | None = None
     size: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def diff_ids(self) -> list[str]:
@@ -64,6 +63,12 @@ class Image:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Image:
+        """The image of :meth:`to_json`'s output (keys of another version ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _hex(digest: str) -> str:
@@ -90,7 +95,7 @@ class Store:
         index = self.root / INDEX
         if index.exists():
             raw = json.loads(index.read_text())
-            self.images = {item["id"]: Image(**item) for item in raw["images"]}
+            self.images = {item["id"]: Image.from_json(item) for item in raw["images"]}
 
     def save_index(self) -> None:
         data = json.dumps({"images": [i.to_json() for i in self.images.values()]}, indent=1)

@@ -38,17 +38,22 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def self_signed_cert(workdir: Path, name: str, ip: str | None = None) -> tuple[Path, Path]:
+    """(certificate, key) of a fresh self-signed RSA certificate, made with openssl."""
+    key, cert = workdir / f"{name}.key", workdir / f"{name}.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+               "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)]  # fmt: skip
+    if ip is not None:
+        command += ["-addext", f"subjectAltName=IP:{ip}"]
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
+
+
 class TokenIssuer:
     """Signs registry tokens (RS256 JWTs with the certificate in ``x5c``) with openssl."""
 
     def __init__(self, workdir: Path) -> None:
-        self.key = workdir / "token.key"
-        self.cert = workdir / "token.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", "/CN=corral-test-token", "-keyout", str(self.key), "-out", str(self.cert)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        self.cert, self.key = self_signed_cert(workdir, "corral-test-token")
         der = subprocess.run(
             ["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
             check=True, capture_output=True,
@@ -120,12 +125,17 @@ class Registry:
     storage: Path
     login: tuple[str, str] | None = None
 
-    def push(self, layout: Path, tag: str, name: str, all_platforms: bool = False) -> str:
-        """Copy image *tag* of OCI *layout* to ``ADDRESS/name``; the reference pushed."""
+    def push(
+        self, layout: Path, tag: str, name: str, all_platforms: bool = False, docker: bool = False
+    ) -> str:
+        """Copy image *tag* of OCI *layout* to ``ADDRESS/name``; the reference pushed.
+        *docker*: as a Docker schema 2 manifest (skopeo converts it)."""
         ref = f"{self.address}/{name}"
         command = [SKOPEO, "--insecure-policy", "copy", "-q", "--dest-tls-verify=false"]
         if all_platforms:
             command.append("--all")
+        if docker:
+            command += ["--format", "v2s2"]
         if self.login:
             command += ["--dest-creds", ":".join(self.login)]
         subprocess.run([*command, f"oci:{layout}:{tag}", f"docker://{ref}"], check=True)
@@ -134,7 +144,10 @@ class Registry:
 
 @contextmanager
 def run_registry(
-    workdir: Path, token_realm: str | None = None, cert: Path | None = None
+    workdir: Path,
+    token_realm: str | None = None,
+    cert: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[Registry]:
     """``docker-registry serve`` on a free loopback port, stopped (and waited for) at the end."""
     port = free_port()
@@ -155,6 +168,8 @@ def run_registry(
                 "rootcertbundle": str(cert),
             }
         }
+    if tls is not None:  # (certificate, key): HTTPS
+        config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}  # type: ignore[index]
     config_file = workdir / "config.yml"
     config_file.write_text(json.dumps(config))  # JSON is YAML
     log = open(workdir / "registry.log", "wb")  # noqa: SIM115 (closed below)

@@ -23,6 +23,7 @@ from tests.images.registry import (
     TokenIssuer,
     free_port,
     run_registry,
+    self_signed_cert,
     token_endpoint,
 )
 from tests.images.samples import CHANGES, CONFIG, HIDDEN
@@ -40,6 +41,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory, busybox_tar: bytes) -> It
     with run_registry(work / "registry") as reg:
         single = write_layout(work / "single", {"1": ImageSpec([Layer(busybox_tar)])})
         reg.push(single, "1", "corral/single:1")
+        docker = ImageSpec(
+            [Layer(busybox_tar), Layer(LayerBuilder().file("v2s2", b"v2s2\n").bytes())]
+        )
+        reg.push(write_layout(work / "docker", {"1": docker}), "1", "corral/docker:1", docker=True)
         multi = ImageSpec([Layer(busybox_tar), Layer(HIDDEN, "zstd"), Layer(CHANGES)], CONFIG)
         reg.push(write_layout(work / "multi", {"v1": multi}), "v1", "corral/multi:v1")
         mine = ImageSpec(
@@ -123,6 +128,46 @@ def test_pull_single_layer_with_progress(client: Client, registry: Registry) -> 
         assert client.run(handle, "busybox true && echo ok")[1] == "ok\n"
     finally:
         client.destroy(handle)
+
+
+def test_docker_schema2_manifest(client: Client, registry: Registry) -> None:
+    ref = f"{registry.address}/corral/docker:1"
+    image, _ = _pull(client, ref)
+    manifest = client.call("image-inspect", ref)["manifest"]
+    blob = manifest.split(":")[1]
+    stored = json.loads(
+        next(registry.storage.glob(f"**/blobs/sha256/{blob[:2]}/{blob}/data")).read_bytes()
+    )
+    assert stored["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    handle = client.create({"image": ref})
+    try:
+        assert client.run(handle, "cat /v2s2")[1] == "v2s2\n"
+    finally:
+        client.destroy(handle)
+
+
+def test_tls_registry_with_an_extra_ca(
+    artifacts: tuple[Path, Path], busybox_tar: bytes, tmp_path: Path
+) -> None:
+    cert, key = self_signed_cert(tmp_path, "corral-test-registry", ip="127.0.0.1")
+    with run_registry(tmp_path / "registry", tls=(cert, key)) as reg:
+        layout = write_layout(tmp_path / "oci", {"1": ImageSpec([Layer(busybox_tar)])})
+        ref = reg.push(layout, "1", "corral/tls:1")
+        untrusting = _daemon(artifacts, [], None)
+        try:
+            with (
+                untrusting.client() as c,
+                pytest.raises(errors.InvalidRequest, match="CERTIFICATE_VERIFY_FAILED"),
+            ):
+                c.call("image-pull", ref)
+        finally:
+            untrusting.close()
+        d = Daemon(*artifacts, tables={"images": {"ca_files": {reg.address: cert}}}).start()
+        try:
+            with d.client() as c:
+                assert c.call("image-pull", ref)["names"] == [ref]
+        finally:
+            d.close()
 
 
 def test_multi_layer_image_applies_whiteouts_and_opaque_dirs(
