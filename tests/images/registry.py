@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,21 @@ def free_port() -> int:
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash of *password* through the C library's crypt (libxcrypt on Debian).
+
+    Raises:
+        RuntimeError: Python has no ``crypt`` module (3.13 and later).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt
+        except ImportError:
+            raise RuntimeError("no crypt module to make a bcrypt hash") from None
+    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
 
 
 def self_signed_cert(workdir: Path, name: str, ip: str | None = None) -> tuple[Path, Path]:
@@ -148,6 +164,7 @@ def run_registry(
     token_realm: str | None = None,
     cert: Path | None = None,
     tls: tuple[Path, Path] | None = None,
+    basic_auth: bool = False,
 ) -> Iterator[Registry]:
     """``docker-registry serve`` on a free loopback port, stopped (and waited for) at the end."""
     port = free_port()
@@ -168,6 +185,11 @@ def run_registry(
                 "rootcertbundle": str(cert),
             }
         }
+    if basic_auth:  # htpasswd with the one login, bcrypt (the only hash the registry takes)
+        htpasswd = workdir / "htpasswd"
+        hashed = bcrypt_hash(PASSWORD)
+        htpasswd.write_text(f"{USER}:{hashed}\n")
+        config["auth"] = {"htpasswd": {"realm": "corral-test", "path": str(htpasswd)}}
     if tls is not None:  # (certificate, key): HTTPS
         config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}  # type: ignore[index]
     config_file = workdir / "config.yml"
@@ -186,7 +208,8 @@ def run_registry(
                 assert process.poll() is None, (workdir / "registry.log").read_text()
                 assert time.monotonic() < deadline, "the registry did not listen in 30 s"
                 time.sleep(0.05)
-        yield Registry(f"127.0.0.1:{port}", storage, (USER, PASSWORD) if token_realm else None)
+        login = (USER, PASSWORD) if token_realm or basic_auth else None
+        yield Registry(f"127.0.0.1:{port}", storage, login)
     finally:
         process.terminate()
         try:

@@ -170,6 +170,29 @@ def test_tls_registry_with_an_extra_ca(
             d.close()
 
 
+def test_basic_auth_from_the_credentials_file(
+    artifacts: tuple[Path, Path], busybox_tar: bytes, tmp_path: Path
+) -> None:
+    with run_registry(tmp_path / "registry", basic_auth=True) as reg:
+        layout = write_layout(tmp_path / "oci", {"1": ImageSpec([Layer(busybox_tar)])})
+        ref = reg.push(layout, "1", "corral/basic:1")
+        credentials = tmp_path / "config.json"
+        credentials.write_text(
+            json.dumps({"auths": {reg.address: {"username": USER, "password": PASSWORD}}})
+        )
+        for creds, outcome in ((None, "credentials file has none"), (credentials, None)):
+            d = _daemon(artifacts, [reg.address], creds)
+            try:
+                with d.client() as c:
+                    if outcome is None:
+                        assert c.call("image-pull", ref)["names"] == [ref]
+                    else:
+                        with pytest.raises(errors.InvalidRequest, match=outcome):
+                            c.call("image-pull", ref)
+            finally:
+                d.close()
+
+
 def test_multi_layer_image_applies_whiteouts_and_opaque_dirs(
     client: Client, registry: Registry
 ) -> None:
