@@ -336,3 +336,64 @@ def test_bad_registries_give_clear_errors_and_leave_nothing(
         d.close()
         failing.shutdown()
         failing.server_close()
+
+
+def _truncating_registry(blobs: dict[str, bytes], manifest: bytes) -> type:
+    """A registry serving *manifest* as ``x:1`` and *blobs*, but stopping the last blob
+    halfway through the Content-Length it announced."""
+
+    class Truncating(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/v2/corral/x/manifests/1":
+                body, kind = manifest, "application/vnd.oci.image.manifest.v1+json"
+            elif self.path.startswith("/v2/corral/x/blobs/"):
+                body, kind = blobs[self.path.rsplit("/", 1)[1]], "application/octet-stream"
+            else:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            last = json.loads(manifest)["layers"][-1]["digest"]
+            self.wfile.write(body[: len(body) // 2] if self.path.endswith(last) else body)
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Truncating
+
+
+def test_truncated_download_leaves_nothing(
+    artifacts: tuple[Path, Path], busybox_tar: bytes, tmp_path: Path
+) -> None:
+    layout = write_layout(tmp_path / "oci", {"1": ImageSpec([Layer(busybox_tar)])})
+    blobs = {p.name: p.read_bytes() for p in (layout / "blobs" / "sha256").iterdir()}
+    index = json.loads((layout / "index.json").read_text())
+    manifest = blobs[index["manifests"][0]["digest"].split(":")[1]]
+    blobs = {f"sha256:{name}": data for name, data in blobs.items()}
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), _truncating_registry(blobs, manifest)
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    d = _daemon(artifacts, [address], None)
+    try:
+        with d.client() as c:
+            with pytest.raises(
+                errors.InvalidRequest, match=f"image {address}/corral/x:1: layer 1/1 .*broke off"
+            ):
+                c.call("image-pull", f"{address}/corral/x:1")
+            assert c.call("image-list") == []
+            assert list((d.depot / ".images" / "layers").iterdir()) == []
+            assert list((d.depot / ".images" / "tmp").iterdir()) == []
+    finally:
+        d.close()
+        server.shutdown()
+        server.server_close()
