@@ -45,6 +45,21 @@ def job_defaults(image: Image) -> JobDefaults:
     return JobDefaults(env=env, dir=directory, user=user)  # type: ignore[arg-type]
 
 
+def _once(diff_ids: list[str]) -> list[str]:
+    """*diff_ids* (bottom first) with a layer given twice kept only at its top place.
+
+    overlayfs refuses a directory twice among the lower ones; the lower copy adds
+    nothing, as the upper one lays the same files and whiteouts over it again.
+    """
+    seen: set[str] = set()
+    kept = []
+    for diff_id in reversed(diff_ids):
+        if diff_id not in seen:
+            seen.add(diff_id)
+            kept.append(diff_id)
+    return kept[::-1]
+
+
 def _image_pull_option(value: Any) -> str:
     if value not in ("missing", "never"):
         raise InvalidRequest(f'image_pull: {value!r} is not "missing" or "never"')
@@ -121,7 +136,7 @@ class ImagesPlugin:
             container.save()
         self.service.use(image, container.handle)
         try:
-            plan.root_layers = [self.service.store.layer_path(d) for d in image.diff_ids]
+            plan.root_layers = [self.service.store.layer_path(d) for d in _once(image.diff_ids)]
             if not restoring:
                 self.service.layer_dirs(image)  # each still there
             plan.job_defaults = job_defaults(image)

@@ -188,3 +188,18 @@ def test_a_bad_name_in_an_archive_is_refused(
     with pytest.raises(errors.InvalidRequest, match="a name in the archive"):
         images_client.call("image-import", str(archive))
     assert all("Bad" not in str(i["names"]) for i in images_client.call("image-list"))
+
+
+def test_an_image_with_a_layer_twice(
+    images_client: Client, busybox_tar: bytes, tmp_path: Path
+) -> None:
+    again = LayerBuilder().file("again", b"a\n").bytes()
+    middle = LayerBuilder().file(".wh.again", b"").bytes()
+    spec = ImageSpec([Layer(busybox_tar), Layer(again), Layer(middle), Layer(again)])
+    layout = write_layout(tmp_path / "oci", {"1": spec})
+    _import(images_client, layout, name="corral.test/twice")
+    handle = images_client.create({"image": "corral.test/twice:1"})
+    try:
+        assert images_client.run(handle, "cat /again")[1] == "a\n"
+    finally:
+        images_client.destroy(handle)
