@@ -30,6 +30,9 @@ from supervisor.api import (
 )
 
 NAME = "images"
+#: Bytes of the layers' paths in the overlay's ``lowerdir``: the kernel takes a page of
+#: mount options, which also hold ``upperdir`` and ``workdir``.
+MAX_LOWERDIR = 3600
 
 
 def job_defaults(image: Image) -> JobDefaults:
@@ -137,6 +140,12 @@ class ImagesPlugin:
         self.service.use(image, container.handle)
         try:
             plan.root_layers = [self.service.store.layer_path(d) for d in _once(image.diff_ids)]
+            if sum(len(str(p)) + 1 for p in plan.root_layers) > MAX_LOWERDIR:
+                raise InvalidRequest(
+                    f"image {container.options['image']}: {len(plan.root_layers)} layers are "
+                    "more than overlayfs can stack with this depot path (its mount options "
+                    f"hold at most a page; the layers' paths take over {MAX_LOWERDIR} bytes)"
+                )
             if not restoring:
                 self.service.layer_dirs(image)  # each still there
             plan.job_defaults = job_defaults(image)

@@ -203,3 +203,16 @@ def test_an_image_with_a_layer_twice(
         assert images_client.run(handle, "cat /again")[1] == "a\n"
     finally:
         images_client.destroy(handle)
+
+
+def test_more_layers_than_overlayfs_takes_is_a_clear_error(
+    images_client: Client, busybox_tar: bytes, tmp_path: Path
+) -> None:
+    layers = [Layer(busybox_tar)] + [
+        Layer(LayerBuilder().file(f"f{i}", str(i).encode()).bytes()) for i in range(39)
+    ]
+    layout = write_layout(tmp_path / "oci", {"1": ImageSpec(layers)})
+    _import(images_client, layout, name="corral.test/tall")
+    with pytest.raises(errors.InvalidRequest, match="40 layers are more than overlayfs can stack"):
+        images_client.create({"image": "corral.test/tall:1"})
+    assert images_client.ping() == "pong"
