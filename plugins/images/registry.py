@@ -166,6 +166,16 @@ class RegistryClient:
         query = {"scope": params.get("scope", f"repository:{self.ref.repository}:pull")}
         if "service" in params:
             query["service"] = params["service"]
+        if (
+            login
+            and realm.startswith("http://")
+            and self.ref.registry not in self.access.plain_http
+        ):
+            # A login goes in clear over HTTP only to a registry configured as plain HTTP.
+            raise RegistryError(
+                f"the registry {self.ref.registry} sends the login to {realm}, over plain HTTP; "
+                "refused (list the registry in [images] plain_http to allow it)"
+            )
         auth = httpx.BasicAuth(*login) if login else None
         try:
             reply = self.http.get(realm, params=query, auth=auth)

@@ -397,3 +397,27 @@ def test_truncated_download_leaves_nothing(
         d.close()
         server.shutdown()
         server.server_close()
+
+
+def test_login_is_not_sent_over_plain_http_for_an_https_registry(
+    artifacts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, key = self_signed_cert(tmp_path, "corral-test-registry", ip="127.0.0.1")
+    issuer = TokenIssuer(tmp_path)
+    credentials = tmp_path / "config.json"
+    with (
+        token_endpoint(issuer) as realm,
+        run_registry(tmp_path / "registry", realm, issuer.cert, tls=(cert, key)) as reg,
+    ):
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        credentials.write_text(json.dumps({"auths": {reg.address: {"auth": auth}}}))
+        tables = {"images": {"ca_files": {reg.address: cert}, "credentials": credentials}}
+        d = Daemon(*artifacts, tables=tables).start()
+        try:
+            with (
+                d.client() as c,
+                pytest.raises(errors.InvalidRequest, match="over plain HTTP; refused"),
+            ):
+                c.call("image-pull", f"{reg.address}/corral/any:1")
+        finally:
+            d.close()
