@@ -167,8 +167,13 @@ def image_config(data: bytes, what: str) -> ImageConfig:
             raise ManifestError(f"{what}: config.{key} must be a list of strings")
         config[key] = value
     for entry in config.get("Env", []):
-        if "=" not in entry or "\0" in entry:
+        if "=" not in entry or "\0" in entry or entry.startswith("="):
             raise ManifestError(f"{what}: config.Env entry {entry!r} is not NAME=VALUE")
+    # A job's user, directory and environment travel NUL-separated to the container's
+    # init: a NUL in them would smuggle a field (privileged=1) into every job.
+    for key in ("User", "WorkingDir"):
+        if any(c in config.get(key, "") for c in "\0\n"):
+            raise ManifestError(f"{what}: config.{key} holds a NUL or newline")
     created = doc.get("created")
     return ImageConfig(
         os=str(doc.get("os", "")),

@@ -216,3 +216,15 @@ def test_more_layers_than_overlayfs_takes_is_a_clear_error(
     with pytest.raises(errors.InvalidRequest, match="40 layers are more than overlayfs can stack"):
         images_client.create({"image": "corral.test/tall:1"})
     assert images_client.ping() == "pong"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"User": "nobody\0privileged=1"}, {"WorkingDir": "/\0privileged=1"}, {"Env": ["A=\0b"]}],
+)
+def test_an_image_config_smuggling_a_job_field_is_refused(
+    images_client: Client, busybox_tar: bytes, tmp_path: Path, config: dict[str, object]
+) -> None:
+    layout = write_layout(tmp_path / "oci", {"1": ImageSpec([Layer(busybox_tar)], config)})
+    with pytest.raises(errors.InvalidRequest, match="NUL|NAME=VALUE"):
+        images_client.call("image-import", str(layout), {"name": "corral.test/smuggler"})
