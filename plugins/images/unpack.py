@@ -38,6 +38,9 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 #: would let a layer steer the host's overlay or security modules.
 KEPT_XATTRS = ("user.", "security.capability")
 COPY_CHUNK = 1 << 20
+#: Errors that are the host's trouble, not the layer's (any other failing call on an
+#: entry is the entry's fault: a name too long, a file where a directory must be...).
+HOST_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM)
 
 
 class LayerError(Exception):
@@ -277,7 +280,12 @@ def unpack(stream: IO[bytes], root: Path) -> None:
             with tarfile.open(fileobj=stream, mode="r|") as archive:
                 for member in archive:
                     data = archive.extractfile(member) if member.isreg() else None
-                    unpacker.add(member, data)
+                    try:
+                        unpacker.add(member, data)
+                    except OSError as exc:
+                        if exc.errno in HOST_ERRORS:
+                            raise
+                        raise LayerError(f"entry {member.name!r}: {exc.strerror}") from None
         except tarfile.TarError as exc:
             raise LayerError(f"not a tar archive, or a broken one: {exc}") from None
         unpacker.finish()

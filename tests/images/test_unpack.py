@@ -179,3 +179,9 @@ def test_zstd_layer_is_unpacked(tmp_path: Path) -> None:
     store, blob = _store_with_blob(tmp_path, zstandard.ZstdCompressor().compress(tar))
     store.unpack_layer(blob, sha256(tar), "layer 0")
     assert (store.layer_path(sha256(tar)) / "z").read_bytes() == b"zstd"
+
+
+def test_an_entry_the_kernel_refuses_is_the_layer_fault(tmp_path: Path) -> None:
+    layer = LayerBuilder().file("x" * 300, b"").bytes()
+    with pytest.raises(LayerError, match="File name too long"):
+        _unpack(layer, tmp_path / "layer")
