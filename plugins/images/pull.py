@@ -75,7 +75,7 @@ def pull(store: Store, ref: Reference, access: Access, progress: Callable[[str],
         client.close()
     return Image(
         id=config.digest,
-        names=[str(ref)] if ref.tag is not None else [],
+        names=[str(ref)],  # by digest too: the index digest asked is found again
         layers=records,
         config=image_config.config,
         os=image_config.os,
