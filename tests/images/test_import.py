@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,37 @@ def test_an_image_config_smuggling_a_job_field_is_refused(
     layout = write_layout(tmp_path / "oci", {"1": ImageSpec([Layer(busybox_tar)], config)})
     with pytest.raises(errors.InvalidRequest, match="NUL|NAME=VALUE"):
         images_client.call("image-import", str(layout), {"name": "corral.test/smuggler"})
+
+
+def _tar_of(directory: Path, path: Path) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for child in sorted(directory.iterdir()):
+            tar.add(child, arcname=child.name)
+    return path
+
+
+@pytest.mark.parametrize("form", ["oci-tar", "docker-25"])
+def test_layout_in_a_tar_and_newer_docker_save(
+    images_client: Client, busybox_tar: bytes, tmp_path: Path, form: str
+) -> None:
+    marker = LayerBuilder().file("form", form.encode()).bytes()
+    layout = write_layout(tmp_path / "oci", {"1": ImageSpec([Layer(busybox_tar), Layer(marker)])})
+    name = f"corral.test/{form}:1"
+    if form == "docker-25":  # docker save since 25: an OCI layout plus manifest.json
+        index = json.loads((layout / "index.json").read_text())
+        blobs = layout / "blobs" / "sha256"
+        manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+        paths = [
+            "blobs/sha256/" + d["digest"].split(":")[1]
+            for d in [manifest["config"], *manifest["layers"]]
+        ]
+        entry = {"Config": paths[0], "RepoTags": [name], "Layers": paths[1:]}
+        (layout / "manifest.json").write_text(json.dumps([entry]))
+    archive = _tar_of(layout, tmp_path / "image.tar")
+    (image,) = _import(images_client, archive, **({"name": name} if form == "oci-tar" else {}))
+    assert image["names"] == [name]
+    handle = images_client.create({"image": name})
+    try:
+        assert images_client.run(handle, "cat /form")[1] == form
+    finally:
+        images_client.destroy(handle)
