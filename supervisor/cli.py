@@ -82,12 +82,13 @@ def _progress(line: str) -> None:
 
 
 def _image_table(images: list[dict[str, Any]]) -> None:
-    print(f"{'NAME':<50} {'ID':<19} {'SIZE':>10} {'CREATED':<20} CONTAINERS")
+    print(f"{'NAME':<50} {'ID':<12} {'DIGEST':<19} {'SIZE':>10} {'CREATED':<20} CONTAINERS")
     for image in images:
         size = f"{image['size'] / 1e6:.1f} MB"
+        digest = (image["manifest"] or "-")[:19]
         for name in image["names"] or ["<none>"]:
             print(
-                f"{name:<50} {image['id'][7:19]:<19} {size:>10} "
+                f"{name:<50} {image['id'][7:19]:<12} {digest:<19} {size:>10} "
                 f"{(image['created'] or '')[:19]:<20} {len(image['containers'])}"
             )
 
