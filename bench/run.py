@@ -45,7 +45,18 @@ from bench.phases import ci, cold, control, density, events, images, profile, sh
 from bench.phases import exec as exec_  # noqa: E402
 from bench.phases.common import Bench  # noqa: E402
 
-PHASES = ("cold", "exec", "density", "control", "stream", "events", "ci", "shaping", "images", "profile")
+PHASES = (
+    "cold",
+    "exec",
+    "density",
+    "control",
+    "stream",
+    "events",
+    "ci",
+    "shaping",
+    "images",
+    "profile",
+)
 
 
 def parse_args() -> argparse.Namespace:
