@@ -27,6 +27,9 @@ TARGETS = {
     "ci_job": "< 50 ms per CI job (config + prepare + cleanup, median)",
     "ci_stage": "< 10 ms per CI stage beyond `sh` (median)",
     "shaping": "a bandwidth limit adds < 0.3 ms to a cold run (median)",
+    "image_pull": "<= 1.0x `skopeo copy` + `umoci unpack` (median)",
+    "image_create": "<= 1.1x create from a rootfs directory (median)",
+    "image_disk": "layers' disk does not grow with the number of containers",
 }
 
 
@@ -165,6 +168,7 @@ def summary(r: Results) -> list[str]:
         events_rows,
         ci_rows,
         shaping_rows,
+        images_rows,
     ):
         lines += rows(r)
     if r["quick"]:
@@ -881,6 +885,93 @@ def cleanup(r: Results) -> list[str]:
     return ["", "## Clean-up check", "", *(f"- {k}: {v}" for k, v in r["cleanup"].items())]
 
 
+def images_rows(r: Results) -> list[str]:
+    """Pull+unpack against skopeo+umoci, create from an image against a rootfs, layers' disk."""
+    im = r.get("images")
+    if not im:
+        return []
+    pull, create, disk = im.get("pull", {}), im.get("create", {}), im.get("disk", {})
+    rows = []
+    corral, peer = pull.get("corral", {}).get("median"), pull.get("skopeo+umoci", {}).get("median")
+    if corral is not None:
+        ok = None if peer is None else corral <= peer
+        rows.append(
+            ratio_row(
+                "pull + unpack a 3-layer image (~100 MB)",
+                corral,
+                "skopeo copy + umoci unpack",
+                peer,
+                TARGETS["image_pull"],
+                ok,
+                "ms",
+            )
+        )
+    image, rootfs = create.get("image", {}).get("median"), create.get("rootfs", {}).get("median")
+    if image is not None:
+        ok = None if rootfs is None else image <= 1.1 * rootfs
+        rows.append(
+            ratio_row(
+                "create from an image (layers present)",
+                image,
+                "create from the rootfs",
+                rootfs,
+                TARGETS["image_create"],
+                ok,
+                "ms",
+            )
+        )
+    n = disk.get("containers")
+    if n and f"layers_bytes_{n}" in disk:
+        one, many = disk["layers_bytes_1"] / 1e6, disk[f"layers_bytes_{n}"] / 1e6
+        rows.append(
+            ratio_row(
+                f"layers' disk with {n} containers of the image",
+                many,
+                "with 1 container",
+                one,
+                TARGETS["image_disk"],
+                many <= one,
+                "MB",
+            )
+        )
+    return rows
+
+
+def images(r: Results) -> list[str]:
+    """The images phase in full."""
+    im = r.get("images")
+    if not im:
+        return []
+    lines = stats_table(
+        "Images: pull + unpack (ms)",
+        im.get("pull", {}),
+        f"A 3-layer image of {fmt(im['image_bytes_uncompressed'] / 1e6, 1)} MB "
+        f"({fmt(im['image_bytes_compressed'] / 1e6, 1)} MB compressed) in Debian's "
+        "docker-registry on loopback: Corral's `image-pull` into an emptied store against "
+        "`skopeo copy` to an OCI layout plus `umoci unpack`, round-robin.",
+    )
+    lines += stats_table(
+        "Images: create (ms)",
+        im.get("create", {}),
+        "`create` of a container of the image (layers present) against `create` from the "
+        "rootfs directory, round-robin, each destroyed untimed.",
+    )
+    disk = im.get("disk", {})
+    n = disk.get("containers")
+    if n:
+        lines += [
+            "",
+            "## Images: disk",
+            "",
+            "| containers | layers (MB) | containers' own directories (MB) |",
+            "|---|---|---|",
+            f"| 1 | {fmt(disk['layers_bytes_1'] / 1e6)} | {fmt(disk['containers_bytes_1'] / 1e6)} |",
+            f"| {n} | {fmt(disk[f'layers_bytes_{n}'] / 1e6)} | "
+            f"{fmt(disk[f'containers_bytes_{n}'] / 1e6)} |",
+        ]
+    return lines
+
+
 #: The sections of RESULTS.md, in order.
 SECTIONS: list[Callable[[Results], list[str]]] = [
     header,
@@ -896,6 +987,7 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     events,
     ci,
     shaping,
+    images,
     profile,
     setup,
     errors,

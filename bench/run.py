@@ -41,11 +41,22 @@ from bench import report  # noqa: E402
 from bench.daemon import BenchDaemon  # noqa: E402
 from bench.host import Janitor, V1Controllers, leftovers, loadavg, log, machine, versions  # noqa: E402
 from bench.peers import Peers  # noqa: E402
-from bench.phases import ci, cold, control, density, events, profile, shaping, stream  # noqa: E402
+from bench.phases import ci, cold, control, density, events, images, profile, shaping, stream  # noqa: E402
 from bench.phases import exec as exec_  # noqa: E402
 from bench.phases.common import Bench  # noqa: E402
 
-PHASES = ("cold", "exec", "density", "control", "stream", "events", "ci", "shaping", "profile")
+PHASES = (
+    "cold",
+    "exec",
+    "density",
+    "control",
+    "stream",
+    "events",
+    "ci",
+    "shaping",
+    "images",
+    "profile",
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,6 +98,7 @@ def plan(bench: Bench, args: argparse.Namespace) -> list[tuple[str, Callable[[],
         ("events", lambda: events.measure(bench, 100, 50 if q else 300, 1000, 1.5 if q else 5.0)),
         ("ci", lambda: ci.measure(bench, 10 if q else 30, 5 if q else 10)),
         ("shaping", lambda: shaping.measure(bench, args.runs)),
+        ("images", lambda: images.measure(bench, 3 if q else 10, 30 if q else 200, 100)),
         ("profile", lambda: profile.measure(bench, 40 if q else 150)),
     ]
 

@@ -31,6 +31,28 @@ if [ ${#missing[@]} -gt 0 ]; then
         || { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; }
 fi
 
+# For the image tests (tests/images): a registry they run on loopback with a config of
+# their own, skopeo to push into it, openssl to sign the token-auth case's tokens. The
+# package's own registry service must neither run nor stay enabled: it is held back
+# from starting while the package installs (policy-rc.d, which both invoke-rc.d and
+# deb-systemd-invoke obey), then disabled.
+if ! dpkg -s docker-registry skopeo openssl >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=1
+    fi
+    apt-get install -y -q --no-install-recommends docker-registry skopeo openssl \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends docker-registry skopeo openssl; }
+    [ -n "$own_policy" ] && rm -f "$policy"
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now -q docker-registry.service || true
+    else
+        update-rc.d -f docker-registry remove >/dev/null 2>&1 || true
+    fi
+fi
+
 # The virtual environment with Corral and its test tools. Installed, not linked
 # to the checkout: the daemon runs on when the checkout moves or goes (the tests
 # and the benchmark run the checkout's code, from its directory).

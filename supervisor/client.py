@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,10 @@ class ConnectionClosed(ConnectionError):
 
 def _encode(request: tuple[Any, ...]) -> bytes:
     return json.dumps(list(request), separators=(",", ":")).encode() + b"\n"
+
+
+#: How a progress line of ``image-pull`` and ``image-import`` starts (the daemon writes it so).
+PROGRESS_PREFIX = b'["progress",'
 
 
 def _payload(line: bytes) -> Any:
@@ -103,9 +107,22 @@ class Client(_Commands):
         return line
 
     def call(self, *request: Any) -> Any:
-        """Send one request and return its payload."""
+        """Send one request and return its payload (progress lines before it are skipped)."""
+        return self.call_with_progress(*request)
+
+    def call_with_progress(
+        self, *request: Any, progress: Callable[[str], None] | None = None
+    ) -> Any:
+        """Send a request that reports ``["progress", TEXT]`` lines (``image-import``,
+        ``image-pull``) before its reply; give each to *progress*; return the payload."""
         self.sock.sendall(_encode(request))
-        return _payload(self._line())
+        while True:
+            line = self._line()
+            if line.startswith(PROGRESS_PREFIX):
+                if progress is not None:
+                    progress(str(json.loads(line)[1]))
+                continue
+            return _payload(line)
 
     def ping(self) -> str:
         return self.call("ping")
@@ -210,8 +227,11 @@ class TrioClient(_Commands):
         return line
 
     async def call(self, *request: Any) -> Any:
+        """Send one request and return its payload (progress lines before it are skipped)."""
         await self._stream.send_all(_encode(request))
-        return _payload(await self._line())
+        while (line := await self._line()).startswith(PROGRESS_PREFIX):
+            pass
+        return _payload(line)
 
     async def ping(self) -> str:
         return await self.call("ping")

@@ -94,9 +94,13 @@ def _job_request(
         raise InvalidRequest(f"{command}: SCRIPT contains a NUL byte")
     if len(script.encode("utf-8", "surrogateescape")) > MAX_SCRIPT_BYTES:
         raise InvalidRequest(f"{command}: SCRIPT is longer than {MAX_SCRIPT_BYTES} bytes")
-    env = [tuple(kv) for kv in container.options.get("env", [])]
+    defaults = container.job_defaults
+    env = [tuple(kv) for kv in defaults.env]
+    env += [tuple(kv) for kv in container.options.get("env", [])]
     if "env" in opts:
         env += [tuple(kv) for kv in parse_env(opts["env"], f"{command}: env")]
+    if defaults.env:  # one value per name, the last given winning (an image's PATH...)
+        env = list(dict(env).items())  # type: ignore[arg-type]
     rlimits = []
     for name, value in (opts.get("rlimits") or {}).items():
         if name not in RLIMITS:
@@ -110,12 +114,12 @@ def _job_request(
                     f"{command}: rlimit {name} must be a number >= 0 or [soft, hard]"
                 )
         rlimits.append((name, soft, hard))
-    user = opts.get("user")
+    user = opts.get("user", defaults.user)
     if user is not None:
         user = str(user)
         if not user or any(c in user for c in ":\0\n"):
             raise InvalidRequest(f"{command}: user {user!r} is not a user name or uid")
-    directory = opts.get("dir")
+    directory = opts.get("dir", defaults.dir)
     if directory is not None and (not directory.startswith("/") or "\0" in directory):
         raise InvalidRequest(f"{command}: dir {directory!r} must be an absolute path")
     return JobRequest(

@@ -35,7 +35,7 @@ from supervisor.events import (
     StateChanged,
 )
 from supervisor.jobs import Job
-from supervisor.sandbox import JobRequest, LaunchPlan, Sandbox
+from supervisor.sandbox import JobDefaults, JobRequest, LaunchPlan, Sandbox
 from supervisor.stash import Stash
 
 if TYPE_CHECKING:
@@ -106,6 +106,8 @@ class Container:
         self.path: Path = supervisor.depot.path(handle)
         self.log = structlog.get_logger().bind(handle=handle)
         self.sandbox: Sandbox | None = None
+        #: What the prepare plugins set for every job (an image's Env, WorkingDir, User).
+        self.job_defaults = JobDefaults()
         #: The plugins' in-memory data for this container, by key.
         self.stash = Stash()
         self.jobs: dict[int, Job] = {}
@@ -207,6 +209,7 @@ class Container:
                 # Plugins save what they must find again after a crash themselves.
                 for resource in hooks.prepare(self, plan, restoring):
                     await stack.enter_async_context(resource)
+                self.job_defaults = plan.job_defaults
                 clock.append(time.perf_counter())
                 self.sandbox = await stack.enter_async_context(hooks.launch(self, plan, restoring))
                 clock.append(time.perf_counter())

@@ -2,8 +2,8 @@
 
 A plugin is a class (see :mod:`supervisor.api`) whose methods marked with
 ``hookimpl`` are named after these hooks; a method may take any subset of the
-hook's parameters. Built-in plugins (``fs``, ``isolation``, ``cgroups``,
-``net``) are registered first, in that order; third-party plugins come after,
+hook's parameters. Built-in plugins (``images``, ``fs``, ``isolation``,
+``cgroups``, ``net``, ``metrics``) are registered first, in that order; third-party plugins come after,
 from the entry-point group ``corral``. Blocked names (``[plugins] block``,
 ``CORRAL_BLOCK_PLUGINS``) are never loaded.
 
@@ -47,6 +47,12 @@ Channels between plugins (there are no others; a plugin's own data stays in
   sandbox is made of. The ``fs`` plugin plans the root; plugins prepared after
   the launch plugin's own prepare (``isolation``, second) may add mounts but not
   change the root, the root mount or the ``host`` mounts.
+- ``LaunchPlan.root_layers``, from a prepare plugin before ``fs`` (``images``)
+  to ``fs``: read-only directories, bottom first, that ``fs`` stacks as the root
+  overlay's lower layers instead of the rootfs directory.
+- ``LaunchPlan.job_defaults``, from the prepare plugins to the core: the Env,
+  working directory and user every job of the container gets unless its
+  request (or the create's ``env``) says otherwise.
 - ``LaunchPlan.network_namespace``, from the launch plugin to the prepare
   plugins after it: set in its prepare when it can make the container's
   network namespace ahead of the sandbox; awaiting it gives the namespace (or

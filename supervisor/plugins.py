@@ -35,10 +35,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 #: Built-in plugins, by name, in registration (and so call) order, as
-#: ``module:class``. Isolation comes right after fs: once fs has planned the
+#: ``module:class``. Images comes first: it gives fs an image's layers to
+#: stack (``LaunchPlan.root_layers``). Isolation comes right after fs: once fs has planned the
 #: root, the launcher isolation starts at prepare makes the namespaces and
 #: mounts the root while the others prepare.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("images", "plugins.images:ImagesPlugin"),
     ("fs", "plugins.fs:FilesystemPlugin"),
     ("isolation", "plugins.isolation:IsolationPlugin"),
     ("cgroups", "plugins.cgroups:CgroupsPlugin"),

@@ -10,7 +10,10 @@ inside the container root by the init. ``copy in``/``copy out`` are in
 :mod:`plugins.fs.command`.
 
 Config: the default base is ``[containers] rootfs``; ``create`` may name
-another directory with ``rootfs``. The plugin has no table of its own.
+another directory with ``rootfs``, or an image (the ``images`` plugin, prepared
+first, then puts the image's layers in ``LaunchPlan.root_layers``, which this
+plugin stacks as the overlay's lower directories). The plugin has no table of
+its own.
 """
 
 from __future__ import annotations
@@ -163,7 +166,10 @@ class FilesystemPlugin:
             if size_mb is not None:
                 # Mounted by the init on its private copy of DEPOT/H/disk, before the root overlay.
                 plan.mounts.append(Mount("ext4", str(image), str(disk), ("loop", "host")))
-            base = container.options.get("rootfs", str(self.rootfs))
+            if plan.root_layers:  # an image's layers (the images plugin): overlay wants top first
+                base = ":".join(str(layer) for layer in reversed(plan.root_layers))
+            else:
+                base = container.options.get("rootfs", str(self.rootfs))
             plan.root_mount = Mount(
                 "overlay", "overlay", "/", (), f"lowerdir={base},upperdir={upper},workdir={work}"
             )
