@@ -60,7 +60,7 @@ class Job:
     def read_status_file(self) -> int | None:
         """The status the init wrote, or None if it wrote none."""
         try:
-            text = (self.dir / "status").read_text().strip()
+            text = (self.dir / "status").read_text().split("\n", 1)[0]  # then how it ended
             return int(text) if text else None
         except (OSError, ValueError):
             return None

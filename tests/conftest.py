@@ -3,7 +3,7 @@
 Each :class:`Daemon` (:class:`supervisor.testing.PrivateDaemon`) runs ``corrald``
 as a subprocess with a directory, cgroup parent and network of its own. The init
 binary and base rootfs are the installed ones (``scripts/install.sh``), or are
-built into a temp dir when missing.
+built into a temp dir when missing (or, for the init, built from another source).
 """
 
 from __future__ import annotations
@@ -39,13 +39,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(init binary, base rootfs), installed or freshly built."""
+    """(init binary, base rootfs), installed or freshly built.
+
+    The installed init only if it was built from this tree's ``corral_init.c``: a
+    branch that changes the init tests its own build, never the installed one.
+    """
+    from plugins.isolation.build import build_init, is_current, source_digest
+
     work = tmp_path_factory.mktemp("artifacts")
-    if INSTALLED_INIT.exists():
+    if is_current(INSTALLED_INIT, source_digest()):
         init = INSTALLED_INIT
     else:
-        from plugins.isolation.build import build_init
-
         init = build_init(work / "corral-init")
     rootfs = Path(os.environ.get("CORRAL_TEST_ROOTFS", INSTALLED_ROOTFS))
     if not (rootfs / "bin" / "busybox").exists():

@@ -1029,18 +1029,20 @@ static struct job **find_job(struct server *s, unsigned long long id, pid_t pid)
 static void job_exited(struct server *s, pid_t pid, int wstatus)
 {
 	struct job **jp = find_job(s, 0, pid), *j = *jp;
-	char id[24], status[16];
+	char id[24], status[16], file[48];
 
 	if (!j) /* an orphan, or a child that failed before exec */
 		return;
 	snprintf(id, sizeof id, "%llu", j->id);
-	snprintf(status, sizeof status, "%d\n",
+	snprintf(status, sizeof status, "%d",
 		 WIFSIGNALED(wstatus) ? 128 + WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
-	if (write(j->status_fd, status, strlen(status)) < 0) {
+	/* The second line tells "killed by signal N" from "exit 128+N", which the status cannot. */
+	snprintf(file, sizeof file, "%s\n%s %d\n", status, WIFSIGNALED(wstatus) ? "signal" : "exit",
+		 WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
+	if (write(j->status_fd, file, strlen(file)) < 0) {
 		/* the exit message still tells the daemon */
 	}
 	close(j->status_fd);
-	status[strlen(status) - 1] = '\0';
 	for (size_t i = 0; i < s->nclients; i++)
 		reply(s, i, "exit", id, status, NULL);
 	*jp = j->next;
@@ -1113,19 +1115,27 @@ static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, 
 	free(js.limits);
 }
 
+/*
+ * "signal ID SIG [PID]": SIG to the job's process group, or to its process PID.
+ * A PID must be in the job's session (the leader's setsid made it), so a job's
+ * client cannot reach PID 1 or another job's processes by guessing pids.
+ */
 static void do_signal(struct server *s, size_t ci, char **strs, int n)
 {
-	unsigned long long id, sig;
+	unsigned long long id, sig, pid = 0;
 	const char *error = NULL;
 	struct job *j;
 	char err[256];
 
-	if (n != 3 || !parse_uint(strs[1], ULLONG_MAX, &id) || !parse_uint(strs[2], NSIG - 1, &sig))
+	if ((n != 3 && n != 4) || !parse_uint(strs[1], ULLONG_MAX, &id) ||
+	    !parse_uint(strs[2], NSIG - 1, &sig) || (n == 4 && !parse_uint(strs[3], INT_MAX, &pid)))
 		error = "signal: bad request";
 	else if (!(j = *find_job(s, id, 0)))
 		error = "signal: no such job";
-	else if (kill(-j->pid, (int)sig) < 0)
-		error = error_text(err, "kill");
+	else if (pid && (pid == 1 || getsid((pid_t)pid) != j->pid))
+		error = "signal: no such process in the job";
+	else if (kill(pid ? (pid_t)pid : -j->pid, (int)sig) < 0)
+		error = errno == ESRCH && pid ? "signal: no such process in the job" : error_text(err, "kill");
 	if (error)
 		reply(s, ci, "error", n > 1 ? strs[1] : "", error, NULL);
 	else
