@@ -131,6 +131,11 @@ class Client(_Commands):
                 _payload(line)
                 return
 
+    def signal(self, handle: str, job_id: int, signal: int | str, pid: int | None = None) -> str:
+        """Send *signal* (a number or a name such as ``"INT"``) to the job's process group,
+        or to its process *pid*."""
+        return self.call("signal", handle, job_id, signal, _clean({"pid": pid}))
+
     def stop(self, handle: str, kill: bool = False, background: bool = False) -> str:
         return self.call(
             "stop", handle, _clean({"kill": kill or None, "background": background or None})
@@ -234,6 +239,13 @@ class TrioClient(_Commands):
             else:
                 _payload(line)
                 return
+
+    async def signal(
+        self, handle: str, job_id: int, signal: int | str, pid: int | None = None
+    ) -> str:
+        """Send *signal* (a number or a name such as ``"INT"``) to the job's process group,
+        or to its process *pid*."""
+        return await self.call("signal", handle, job_id, signal, _clean({"pid": pid}))
 
     async def stop(self, handle: str, kill: bool = False, background: bool = False) -> str:
         return await self.call(

@@ -7,6 +7,8 @@ handlers through the ``corral_commands`` hook.
 
 from __future__ import annotations
 
+import json
+import signal
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -21,6 +23,7 @@ from supervisor.sandbox import JobRequest
 
 if TYPE_CHECKING:
     from supervisor.container import Container
+    from supervisor.jobs import Job
     from supervisor.registry import Supervisor
 
 
@@ -131,7 +134,7 @@ SPAWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "rlimits": dict,
     "discard_output": bool,
 }
-LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str}
+LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str, "ended": bool}
 
 
 async def _spawn(
@@ -164,42 +167,93 @@ async def spawn(request: Request, *args: Any) -> int:
     return job_id
 
 
-async def _link(container: Container, job_id: int, encoding: str) -> list[Any]:
-    status, out, err = await container.link(container.job(job_id))
-    return [
+def _report(job: Job, opts: dict[str, Any]) -> dict[str, Any]:
+    """What link/run/stream add on request: ``ended`` (how the job ended)."""
+    report: dict[str, Any] = {}
+    if opts.get("ended"):
+        report["ended"] = job.ending()
+    return report
+
+
+def _wants_report(opts: dict[str, Any]) -> bool:
+    return bool(opts.get("ended"))
+
+
+async def _link(container: Container, job_id: int, opts: dict[str, Any]) -> list[Any]:
+    encoding = _encoding("link", opts)
+    job = container.job(job_id)
+    status, out, err = await container.link(job, ending=_wants_report(opts))
+    result = [
         status,
         None if out is None else encode_output(out, encoding),
         None if err is None else encode_output(err, encoding),
     ]
+    # Only on request: a Warden-style client reads exactly three items.
+    return result + [_report(job, opts)] if _wants_report(opts) else result
 
 
 async def link(request: Request, *args: Any) -> list[Any]:
     a = Args("link", list(args), ("HANDLE", "JOB_ID", "OPTS"))
     container = request.container(a.string(0))
     job_id = a.integer(1)
-    encoding = _encoding("link", a.options(2, LINK_OPTIONS))
+    opts = a.options(2, LINK_OPTIONS)
+    _encoding("link", opts)
     container.require("link")
     structlog.contextvars.bind_contextvars(job_id=job_id)
-    return await _link(container, job_id, encoding)
+    return await _link(container, job_id, opts)
 
 
 async def run(request: Request, *args: Any) -> list[Any]:
     container, job_id = await _spawn("run", request, list(args), ("HANDLE", "SCRIPT", "OPTS"))
-    encoding = _encoding("run", args[2] if len(args) > 2 else {})
-    return await _link(container, job_id, encoding)
+    return await _link(container, job_id, args[2] if len(args) > 2 else {})
 
 
-async def stream(request: Request, *args: Any) -> list[Any]:
+async def stream(request: Request, *args: Any) -> Any:
     a = Args("stream", list(args), ("HANDLE", "JOB_ID", "OPTS"))
     container = request.container(a.string(0))
     job_id = a.integer(1)
-    encoding = _encoding("stream", a.options(2, LINK_OPTIONS))
+    opts = a.options(2, LINK_OPTIONS)
+    encoding = _encoding("stream", opts)
     container.require("stream")
     job = container.job(job_id)
     structlog.contextvars.bind_contextvars(job_id=job_id)
     async for name, chunk in job.stream(request.supervisor.config.containers.output_limit):
         await request.send(encode_stream_chunk(name, chunk, encoding))
-    return []
+    if not _wants_report(opts):
+        return []  # as before: Warden-style clients look for an empty final payload
+    return {"status": job.status, **_report(job, opts)}
+
+
+def parse_signal(command: str, value: Any) -> int:
+    """A signal number from a number or a name (``"INT"`` or ``"SIGINT"``)."""
+    if isinstance(value, str) and not value.isdigit():
+        name = value if value.startswith("SIG") else "SIG" + value
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            raise InvalidRequest(f"{command}: unknown signal name {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidRequest(
+            f"{command}: SIGNAL must be a name or a number, got {json.dumps(value)}"
+        )
+    number = int(value)
+    if number not in signal.valid_signals():
+        raise InvalidRequest(f"{command}: no signal number {number}")
+    return number
+
+
+async def signal_(request: Request, *args: Any) -> str:
+    a = Args("signal", list(args), ("HANDLE", "JOB_ID", "SIGNAL", "OPTS"))
+    container = request.container(a.string(0))
+    job_id = a.integer(1)
+    signum = parse_signal("signal", a.value(2))
+    opts = a.options(3, {"pid": int})
+    pid = opts.get("pid")
+    if pid is not None and (isinstance(pid, bool) or pid < 2):
+        raise InvalidRequest(f"signal: pid must be a process of the job, got {json.dumps(pid)}")
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    await container.signal(container.job(job_id), signum, pid)
+    return "ok"
 
 
 async def stop(request: Request, *args: Any) -> str:
@@ -319,6 +373,7 @@ CORE_COMMANDS: dict[str, Handler] = {
     "link": link,
     "run": run,
     "stream": stream,
+    "signal": signal_,
     "stop": stop,
     "destroy": destroy,
     "limit": limit,

@@ -65,6 +65,7 @@ LIVE = frozenset({State.ACTIVE, State.PAUSED, State.STOPPED})
 #: The states in which each container operation is allowed.
 ALLOWED: dict[str, frozenset[State]] = {
     "spawn": frozenset({State.ACTIVE}),
+    "signal": frozenset({State.ACTIVE}),  # a paused init answers nothing
     "pause": frozenset({State.ACTIVE}),
     "resume": frozenset({State.PAUSED}),
     "link": LIVE,
@@ -295,6 +296,7 @@ class Container:
             elif isinstance(event, OutOfMemory):
                 await self._record_event("out of memory")
                 if self.state is State.ACTIVE:
+                    self._mark_running("oom")
                     self._start_task(self.stop, True)
             elif isinstance(event, SandboxExited):
                 await self._sandbox_gone()
@@ -393,9 +395,16 @@ class Container:
         except KeyError:
             raise UnknownJob(f"container {self.handle}: no job {job_id}") from None
 
-    async def link(self, job: Job) -> tuple[int | None, bytes | None, bytes | None]:
-        """Wait for the job to end and return its result; the job is then forgotten."""
+    async def link(
+        self, job: Job, ending: bool = False
+    ) -> tuple[int | None, bytes | None, bytes | None]:
+        """Wait for the job to end and return its result; the job is then forgotten.
+
+        With *ending*, how it ended is read (:meth:`Job.ending`) before its files go.
+        """
         result = await job.collect(self.supervisor.config.containers.output_limit)
+        if ending:
+            job.ending()
         if self.jobs.get(job.id) is job:
             del self.jobs[job.id]
             # Not awaited: the reply need not wait for the disk. Nor does destroy,
@@ -417,11 +426,29 @@ class Container:
             if size > limit:
                 self.log.warning("job output over limit", job_id=job.id, limit=limit)
                 await self._record_event("command exceeded maximum output")
+                job.mark_killed("output_limit")
                 if self.sandbox is not None:
                     await self.sandbox.signal_job(job.id, signal.SIGKILL)
                 return
             interval = OUTPUT_CHECK_MIN if size != last else min(interval * 2, OUTPUT_CHECK_MAX)
             last = size
+
+    def _mark_running(self, reason: str) -> None:
+        for job in self.jobs.values():
+            job.mark_killed(reason)
+
+    async def signal(self, job: Job, signum: int, pid: int | None = None) -> None:
+        """Send *signum* to the job's process group, or to its process *pid*.
+
+        Raises:
+            InvalidState: the job has ended (or the container is not running).
+            InvalidRequest: *pid* is no process of the job.
+        """
+        self.require("signal")
+        if job.exited.is_set() or self.sandbox is None:
+            raise InvalidState(f"container {self.handle}: job {job.id} has ended")
+        if not await self.sandbox.signal_job(job.id, signum, pid):
+            raise InvalidState(f"container {self.handle}: job {job.id} has ended")
 
     async def _restore_jobs(self) -> None:
         """Rebuild the job table from the depot after a restart."""
@@ -433,6 +460,7 @@ class Container:
             if not entry.name.isdigit():
                 continue
             job = Job(int(entry.name), entry, (entry / "discard").exists())
+            job.read_killed_by()
             self.jobs[job.id] = job
             status = job.read_status_file()
             if (job.id not in running) if running is not None else status is not None:
@@ -472,6 +500,7 @@ class Container:
         if self.state is State.BORN:
             return
         async with self._stopping:
+            self._mark_running("stop")
             if self.state is State.PAUSED:
                 await self.supervisor.hooks.freeze(self, False)  # frozen, none would hear TERM
             sandbox = self.sandbox

@@ -14,10 +14,13 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 STREAMS = ("stdout", "stderr")
+#: Why the daemon may kill a job, as ``ended.killed_by`` reports it.
+KILL_REASONS = frozenset({"timeout", "cpu_limit", "output_limit", "oom", "stop"})
 STREAM_CHUNK = 256 * 1024
 #: How often a streaming reader looks for new output while the job is quiet.
 STREAM_POLL = 0.02
@@ -33,10 +36,13 @@ class Job:
     dir: Path
     discard_output: bool = False
     status: int | None = None
+    #: Why the daemon killed the job (one of :data:`KILL_REASONS`), if it did.
+    killed_by: str | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     #: (exit_status, stdout, stderr) once read by the first ``link``.
     result: tuple[int | None, bytes | None, bytes | None] | None = None
     _collecting: trio.Lock = field(default_factory=trio.Lock)
+    _ending: dict[str, Any] | None = None
 
     def file(self, stream: str) -> Path:
         return self.dir / stream
@@ -46,6 +52,52 @@ class Job:
         if not self.exited.is_set():
             self.status = status
             self.exited.set()
+
+    def mark_killed(self, reason: str) -> None:
+        """Record, before killing the job, why the daemon does (the first reason holds).
+
+        Kept in ``killed_by`` beside the output, so a restarted daemon reports it too.
+        """
+        if self.killed_by is None and not self.exited.is_set():
+            self.killed_by = reason
+            try:
+                (self.dir / "killed_by").write_text(reason)
+            except OSError:
+                pass  # the job's files are gone with a destroy
+
+    def read_killed_by(self) -> None:
+        """Take the reason a former daemon recorded, if any (after a restart)."""
+        try:
+            reason = (self.dir / "killed_by").read_text().strip()
+        except OSError:
+            return
+        self.killed_by = reason if reason in KILL_REASONS else None
+
+    def ending(self) -> dict[str, Any]:
+        """How the ended job ended: ``exit_code`` or ``signal`` (from the init's status
+        file), and ``killed_by`` when the daemon killed it; all None when unknown.
+
+        Read once, on the first request (clients that never ask cost nothing).
+        """
+        if self._ending is None:
+            self._ending = self._read_ending()
+        return self._ending
+
+    def _read_ending(self) -> dict[str, Any]:
+        exit_code = signum = None
+        if self.status is not None:
+            try:
+                lines = (self.dir / "status").read_text().split()
+            except OSError:
+                lines = []
+            how = dict(zip(lines[1::2], lines[2::2], strict=False))
+            if "signal" in how and how["signal"].isdigit():
+                signum = int(how["signal"])
+            elif "exit" in how and how["exit"].isdigit():
+                exit_code = int(how["exit"])
+            elif self.status < 128:  # an init without the second line: no doubt below 128
+                exit_code = self.status
+        return {"exit_code": exit_code, "signal": signum, "killed_by": self.killed_by}
 
     def output_size(self) -> int:
         """Bytes written so far to the larger of the two streams."""

@@ -101,8 +101,16 @@ class Sandbox(Protocol):
             InvalidState: the init is gone.
         """
 
-    async def signal_job(self, job_id: int, signum: int) -> None:
-        """Send *signum* to the job's process group (nothing if it already ended)."""
+    async def signal_job(self, job_id: int, signum: int, pid: int | None = None) -> bool:
+        """Send *signum* to the job's process group, or to its process *pid* (a pid
+        inside the sandbox, which must belong to the job).
+
+        Returns:
+            False if the job's leader has ended (nothing was sent), else True.
+
+        Raises:
+            InvalidRequest: *pid* is no process of the job.
+        """
 
     async def signal_all(self, signum: int) -> bool:
         """Send *signum* to every process but the init; False when none is left."""

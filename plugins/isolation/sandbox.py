@@ -204,9 +204,18 @@ class InitSandbox:
                 f"container {self.container.handle}: job {request.job_id}: {reply[2]}"
             )
 
-    async def signal_job(self, job_id: int, signum: int) -> None:
-        if self._alive:
-            await self._request(encode("signal", str(job_id), str(signum)))
+    async def signal_job(self, job_id: int, signum: int, pid: int | None = None) -> bool:
+        if not self._alive:
+            return False
+        target = () if pid is None else (str(pid),)
+        reply = await self._request(encode("signal", str(job_id), str(signum), *target))
+        if reply[:1] == ["ok"]:
+            return True
+        if reply[-1:] == ["signal: no such job"]:  # its leader was reaped meanwhile
+            return False
+        raise InvalidRequest(
+            f"container {self.container.handle}: job {job_id}: {reply[-1].removeprefix('signal: ')}"
+        )
 
     async def signal_all(self, signum: int) -> bool:
         if not self._alive:

@@ -43,8 +43,10 @@ class FakeSandbox:
             self.jobs[job_id] = False
             await self.container.publish(JobExited(self.container.handle, job_id, status))
 
-    async def signal_job(self, job_id: int, signum: int) -> None:
+    async def signal_job(self, job_id: int, signum: int, pid: int | None = None) -> bool:
+        running = bool(self.jobs.get(job_id))
         await self.end(job_id, 128 + signum)
+        return running
 
     async def signal_all(self, signum: int) -> bool:
         name = signal.Signals(signum).name.removeprefix("SIG") if signum else "0"
