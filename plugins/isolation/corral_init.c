@@ -920,13 +920,21 @@ static char **make_env(const struct job_spec *js, const struct user *u)
 	return env;
 }
 
-/* The job's child: set up and exec, or report "step: error" on REPORT and exit 127. */
-static noreturn void run_job(const struct job_spec *js, int devnull, int out, int errfd, int report)
+/*
+ * The job's child: set up and exec, or report "step: error" on REPORT and exit 127.
+ * First it joins the job's own cgroups (JOIN: open cgroup.procs files), before any
+ * of the job's code runs, so everything it starts is counted and can be killed there.
+ */
+static noreturn void run_job(const struct job_spec *js, int devnull, int out, int errfd, int report,
+			     const int *join, int njoin)
 {
 	struct user u;
 
 	err_fd = report;
 	err_status = 127;
+	for (int i = 0; i < njoin; i++)
+		if (write(join[i], "0", 1) != 1)
+			die("join the job's cgroup");
 	TRY(setsid(), "setsid");
 	reset_signals();
 	/* fds 0-2 of PID 1 are /dev/null, so OUT, ERRFD and REPORT are all above 2 */
@@ -1064,7 +1072,8 @@ static void reap(struct server *s)
 }
 
 /* Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set. */
-static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, char err[static 1024])
+static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, int nfds,
+		       char err[static 1024])
 {
 	int pipefd[2];
 	pid_t pid;
@@ -1074,7 +1083,7 @@ static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, ch
 		return -1;
 	}
 	if ((pid = fork()) == 0)
-		run_job(js, s->devnull, fds[0], fds[1], pipefd[1]);
+		run_job(js, s->devnull, fds[0], fds[1], pipefd[1], fds + 3, nfds - 3);
 	if (pid < 0)
 		error_text(err, "fork");
 	close(pipefd[1]);
@@ -1094,11 +1103,11 @@ static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, 
 
 	if (has_id)
 		snprintf(id, sizeof id, "%llu", js.id);
-	if (!error && nfds != 3)
-		error = "spawn: needs exactly 3 fds";
+	if (!error && nfds < 3)
+		error = "spawn: needs 3 fds and the cgroups to join";
 	if (!error && *find_job(s, js.id, 0))
 		error = "spawn: job id already running";
-	if (!error && (pid = start_job(s, &js, fds, err)) < 0)
+	if (!error && (pid = start_job(s, &js, fds, nfds, err)) < 0)
 		error = err;
 	if (error) {
 		reply(s, ci, "error", id, error, NULL);

@@ -743,3 +743,32 @@ def test_rootfs_layout(rootfs: pathlib.Path) -> None:
         check=True,
     )
     assert "exists" in again.stdout
+
+
+def test_job_joins_its_cgroups_before_it_runs(container: Container, tmp_path: pathlib.Path) -> None:
+    """Fds past the three are membership files: the child writes ``0`` to each before exec
+    (pipes stand in for ``cgroup.procs`` here: what matters is the write, and its order)."""
+    pipes = [os.pipe() for _ in range(2)]
+    out = tmp_path / "out"
+    with open(out, "wb") as f:
+        reply = container.request(
+            "spawn",
+            "id=1",
+            *("arg=/bin/sh", "arg=-c", "arg=echo ran"),
+            fds=(f.fileno(), f.fileno(), f.fileno(), pipes[0][1], pipes[1][1]),
+        )
+    for _, w in pipes:
+        os.close(w)
+    assert reply[0] == "started", reply
+    assert container.wait_exit(1) == 0
+    assert [os.read(r, 16) for r, _ in pipes] == [b"0", b"0"]
+    for r, _ in pipes:
+        os.close(r)
+    # A membership file the child cannot write fails the job before it runs anything.
+    ro = os.open("/dev/null", os.O_RDONLY)
+    with open(out, "wb") as f:
+        reply = container.request(
+            "spawn", "id=2", "arg=/bin/true", fds=(f.fileno(), f.fileno(), f.fileno(), ro)
+        )
+    os.close(ro)
+    assert reply[:2] == ["error", "2"] and reply[2].startswith("join the job's cgroup")
