@@ -53,7 +53,15 @@ from supervisor.events import (
 from supervisor.hookspecs import hookimpl
 from supervisor.protocol import Args
 from supervisor.requests import BUCKETS, CommandStats, RequestStats
-from supervisor.sandbox import JobRequest, LaunchPlan, Limit, Mount, NetworkNamespace, Sandbox
+from supervisor.sandbox import (
+    JobGroup,
+    JobRequest,
+    LaunchPlan,
+    Limit,
+    Mount,
+    NetworkNamespace,
+    Sandbox,
+)
 from supervisor.settings import (
     ConfigError,
     absolute_path,
@@ -80,6 +88,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidState",
     "JobExited",
+    "JobGroup",
     "JobRequest",
     "JobStarted",
     "LaunchPlan",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -17,15 +18,18 @@ import trio
 from supervisor.api import Handler
 from supervisor.errors import InvalidRequest
 from supervisor.events import KINDS, LimitChanged
+from supervisor.jobs import Job, JobLimits
 from supervisor.protocol import Args, encode_line, encode_output, encode_stream_chunk
 from supervisor.registry import parse_env
 from supervisor.sandbox import JobRequest
 
 if TYPE_CHECKING:
     from supervisor.container import Container
-    from supervisor.jobs import Job
     from supervisor.registry import Supervisor
 
+
+#: The longest ``timeout`` or ``cpu_time`` (a year): a bound that keeps the arithmetic finite.
+MAX_JOB_SECONDS = 365 * 24 * 3600
 
 #: ``execve`` refuses a single argument longer than this (MAX_ARG_STRLEN).
 MAX_SCRIPT_BYTES = 128 * 1024 - 1
@@ -133,8 +137,10 @@ SPAWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "user": (str, int),
     "rlimits": dict,
     "discard_output": bool,
+    "timeout": (int, float),
+    "cpu_time": (int, float),
 }
-LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str, "ended": bool}
+LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str, "ended": bool, "usage": bool}
 
 
 async def _spawn(
@@ -148,9 +154,21 @@ async def _spawn(
     container.require("spawn")
     job_request = _job_request(command, container, script, opts)
     structlog.contextvars.bind_contextvars(job_id=job_request.job_id)
-    job = await container.spawn(job_request, bool(opts.get("discard_output", False)))
+    job = await container.spawn(
+        job_request, bool(opts.get("discard_output", False)), _limits(command, opts)
+    )
     container.log.info("job spawned", job_id=job.id)
     return container, job.id
+
+
+def _limits(command: str, opts: dict[str, Any]) -> JobLimits:
+    for name in ("timeout", "cpu_time"):
+        value = opts.get(name)
+        if value is not None and not (0 < value <= MAX_JOB_SECONDS):
+            raise InvalidRequest(
+                f"{command}: {name} must be seconds above 0 and at most {MAX_JOB_SECONDS}, got {value}"
+            )
+    return JobLimits(opts.get("timeout"), opts.get("cpu_time"))
 
 
 def _encoding(command: str, opts: dict[str, Any]) -> str:
@@ -168,28 +186,33 @@ async def spawn(request: Request, *args: Any) -> int:
 
 
 def _report(job: Job, opts: dict[str, Any]) -> dict[str, Any]:
-    """What link/run/stream add on request: ``ended`` (how the job ended)."""
+    """What link/run/stream add on request: ``ended`` (how the job ended), ``usage``."""
     report: dict[str, Any] = {}
     if opts.get("ended"):
         report["ended"] = job.ending()
+    if opts.get("usage"):
+        report["usage"] = job.usage()
     return report
 
 
 def _wants_report(opts: dict[str, Any]) -> bool:
-    return bool(opts.get("ended"))
+    return bool(opts.get("ended") or opts.get("usage"))
 
 
 async def _link(container: Container, job_id: int, opts: dict[str, Any]) -> list[Any]:
     encoding = _encoding("link", opts)
     job = container.job(job_id)
-    status, out, err = await container.link(job, ending=_wants_report(opts))
+    wanted = _wants_report(opts)
+    (status, out, err), report = await container.link(
+        job, partial(_report, opts=opts) if wanted else None
+    )
     result = [
         status,
         None if out is None else encode_output(out, encoding),
         None if err is None else encode_output(err, encoding),
     ]
     # Only on request: a Warden-style client reads exactly three items.
-    return result + [_report(job, opts)] if _wants_report(opts) else result
+    return result + [report] if wanted else result
 
 
 async def link(request: Request, *args: Any) -> list[Any]:

@@ -10,6 +10,7 @@ context managers.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import trio
@@ -32,12 +33,15 @@ from supervisor.events import (
     SandboxExited,
     StateChanged,
 )
-from supervisor.jobs import Job
+from supervisor.jobs import Job, JobLimits
 from supervisor.sandbox import JobRequest, LaunchPlan, Sandbox
 from supervisor.stash import Stash
 
 if TYPE_CHECKING:
     from supervisor.registry import Supervisor
+
+
+T = TypeVar("T")
 
 
 class State(enum.StrEnum):
@@ -84,6 +88,12 @@ OUTPUT_CHECK_MIN = 0.05
 STOP_POLL = 0.02
 #: Job ids recorded ahead at a time (a restart skips at most this many).
 JOB_ID_BLOCK = 64
+#: How often a job whose leader ended is checked for processes left (for its timeout).
+JOB_EMPTY_POLL = 0.1
+#: The shortest wait between two looks at a job's CPU time (for its cpu_time).
+CPU_POLL_MIN = 0.005
+#: How long a job's processes are killed again and again (forks racing the kill).
+JOB_KILL_TIMEOUT = 10.0
 
 
 class Container:
@@ -248,6 +258,8 @@ class Container:
         for job in self.jobs.values():
             if not job.exited.is_set():
                 self._start_task(self._guard_output, job)
+            if job.limits and job.group is not None and not job.group.empty():
+                self._start_task(self._enforce_limits, job)
         if restoring and self.sandbox is not None and not self.sandbox.alive:
             await self._sandbox_gone()
         self.ready = True
@@ -350,16 +362,26 @@ class Container:
     def _job_dir(self, job_id: int) -> Path:
         return self.path / "jobs" / str(job_id)
 
-    async def spawn(self, request: JobRequest, discard_output: bool) -> Job:
+    async def spawn(
+        self, request: JobRequest, discard_output: bool, limits: JobLimits | None = None
+    ) -> Job:
         """Start a job; it is recorded before it can exit so no exit is missed."""
         self.require("spawn")
         assert self.sandbox is not None and self._nursery is not None
-        job = Job(request.job_id, self._job_dir(request.job_id), discard_output)
-        job.dir.mkdir(mode=0o700)
-        if discard_output:
-            (job.dir / "discard").touch()
+        limits = limits or JobLimits()
+        job = Job(request.job_id, self._job_dir(request.job_id), discard_output, limits=limits)
+        job.group = self.supervisor.hooks.job_group(self, job.id, True)
+        if job.group is None and limits:
+            raise InvalidRequest(
+                f"container {self.handle}: timeout and cpu_time need a cgroup per job, "
+                "which no plugin here makes"
+            )
         fds: list[int] = []
         try:
+            job.dir.mkdir(mode=0o700)
+            if discard_output:
+                (job.dir / "discard").touch()
+            job.save_facts()
             for name in ("stdout", "stderr"):
                 target = os.devnull if discard_output else job.file(name)
                 fds.append(
@@ -367,16 +389,24 @@ class Container:
                 )
             fds.append(os.open(job.dir / "status", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             self.jobs[job.id] = job
-            await self.sandbox.spawn(request, *fds)
+            join = job.group.join_fds if job.group is not None else ()
+            await self.sandbox.spawn(request, fds[0], fds[1], fds[2], join)
         except BaseException:
             self.jobs.pop(job.id, None)
             job.remove_files()
+            if job.group is not None:
+                job.group.close()
+                job.group.remove()  # the job never ran: nothing is in it
             raise
         finally:
             for fd in fds:
                 os.close(fd)
+        if job.group is not None:
+            job.group.close()
         if not discard_output:
             self._start_task(self._guard_output, job)
+        if limits:
+            self._start_task(self._enforce_limits, job)
         await self.publish(JobStarted(self.handle, job.id))
         return job
 
@@ -396,23 +426,21 @@ class Container:
             raise UnknownJob(f"container {self.handle}: no job {job_id}") from None
 
     async def link(
-        self, job: Job, ending: bool = False
-    ) -> tuple[int | None, bytes | None, bytes | None]:
+        self, job: Job, report: Callable[[Job], T] | None = None
+    ) -> tuple[tuple[int | None, bytes | None, bytes | None], T | None]:
         """Wait for the job to end and return its result; the job is then forgotten.
 
-        With *ending*, how it ended is read (:meth:`Job.ending`) before its files go.
+        *report* is called with the job before its files and cgroup go (for what
+        link reports on request: how it ended, its usage); its result comes second.
         """
         result = await job.collect(self.supervisor.config.containers.output_limit)
-        if ending:
-            job.ending()
+        extra = report(job) if report is not None else None
         if self.jobs.get(job.id) is job:
             del self.jobs[job.id]
             # Not awaited: the reply need not wait for the disk. Nor does destroy,
             # whose removal of the container's directory covers these files.
-            self._start_task(
-                partial(trio.to_thread.run_sync, job.remove_files, abandon_on_cancel=True)
-            )
-        return result
+            self._start_task(partial(trio.to_thread.run_sync, job.forget, abandon_on_cancel=True))
+        return result, extra
 
     async def _guard_output(self, job: Job) -> None:
         """Kill a job whose output passes the cap; check often only while it grows."""
@@ -427,11 +455,62 @@ class Container:
                 self.log.warning("job output over limit", job_id=job.id, limit=limit)
                 await self._record_event("command exceeded maximum output")
                 job.mark_killed("output_limit")
-                if self.sandbox is not None:
+                if job.group is not None:
+                    await self._kill_job(job)
+                elif self.sandbox is not None:
                     await self.sandbox.signal_job(job.id, signal.SIGKILL)
                 return
             interval = OUTPUT_CHECK_MIN if size != last else min(interval * 2, OUTPUT_CHECK_MAX)
             last = size
+
+    async def _enforce_limits(self, job: Job) -> None:
+        """Kill every process of the job once it passes its ``timeout`` or ``cpu_time``.
+
+        The timeout counts from the spawn (also across a daemon restart) and holds
+        for what the job started too: processes left after the leader ended are
+        killed at the deadline. CPU time is read from the job's cgroup, no more often
+        than it could grow to the limit with every core busy.
+        """
+        group = job.group
+        assert group is not None
+        timeout, cpu_time = job.limits.timeout, job.limits.cpu_time
+        deadline = (
+            trio.current_time() + job.started + timeout - time.time()
+            if timeout is not None
+            else math.inf
+        )
+        cores = os.cpu_count() or 1
+        while True:
+            wait = deadline - trio.current_time()
+            if wait <= 0:
+                reason = "timeout"
+                break
+            if cpu_time is not None:
+                used = group.cpu_seconds()
+                if used is not None and used >= cpu_time:
+                    reason = "cpu_limit"
+                    break
+                wait = min(wait, max(CPU_POLL_MIN, (cpu_time - (used or 0.0)) / cores))
+            if job.exited.is_set():
+                if group.empty():
+                    return
+                await trio.sleep(min(wait, JOB_EMPTY_POLL))
+            else:
+                with trio.move_on_after(wait):
+                    await job.exited.wait()
+        self.log.info("job limit reached", job_id=job.id, reason=reason)
+        job.mark_killed(reason)
+        await self._kill_job(job)
+
+    async def _kill_job(self, job: Job) -> None:
+        """SIGKILL every process in the job's cgroup until none is left."""
+        assert job.group is not None
+        with trio.move_on_after(JOB_KILL_TIMEOUT):
+            while not job.group.empty():
+                job.group.kill()
+                await trio.sleep(STOP_POLL)
+            return
+        self.log.error("job processes outlived their kill", job_id=job.id)
 
     def _mark_running(self, reason: str) -> None:
         for job in self.jobs.values():
@@ -461,6 +540,8 @@ class Container:
                 continue
             job = Job(int(entry.name), entry, (entry / "discard").exists())
             job.read_killed_by()
+            job.read_facts()
+            job.group = self.supervisor.hooks.job_group(self, job.id, False)
             self.jobs[job.id] = job
             status = job.read_status_file()
             if (job.id not in running) if running is not None else status is not None:

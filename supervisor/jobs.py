@@ -9,14 +9,18 @@ job writing while nobody reads costs the daemon nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from supervisor.sandbox import JobGroup
 
 STREAMS = ("stdout", "stderr")
 #: Why the daemon may kill a job, as ``ended.killed_by`` reports it.
@@ -26,6 +30,17 @@ STREAM_CHUNK = 256 * 1024
 STREAM_POLL = 0.02
 #: Output read on the event loop itself, as a worker thread's round trip costs more.
 INLINE_READ = 64 * 1024
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Spawn OPTS ``timeout`` (wall seconds) and ``cpu_time`` (CPU seconds); None = none."""
+
+    timeout: float | None = None
+    cpu_time: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.timeout is not None or self.cpu_time is not None
 
 
 @dataclass
@@ -38,6 +53,12 @@ class Job:
     status: int | None = None
     #: Why the daemon killed the job (one of :data:`KILL_REASONS`), if it did.
     killed_by: str | None = None
+    limits: JobLimits = field(default_factory=JobLimits)
+    #: The job's own cgroup (from a plugin), if any.
+    group: JobGroup | None = None
+    #: When it was spawned and when its leader's exit was seen (``time.time()``).
+    started: float = field(default_factory=time.time)
+    ended_at: float | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     #: (exit_status, stdout, stderr) once read by the first ``link``.
     result: tuple[int | None, bytes | None, bytes | None] | None = None
@@ -51,7 +72,44 @@ class Job:
         """Record the exit (once; later reports are ignored)."""
         if not self.exited.is_set():
             self.status = status
+            if self.ended_at is None:
+                self.ended_at = time.time()
             self.exited.set()
+
+    def save_facts(self) -> None:
+        """Keep what a restarted daemon needs to go on: the start and the limits."""
+        facts = {"started": self.started, **vars(self.limits)}
+        (self.dir / "job.json").write_text(json.dumps(facts))
+
+    def read_facts(self) -> None:
+        """Take the start and limits a former daemon kept (see :meth:`save_facts`), and
+        for a job that ended meanwhile, the time its status was written."""
+        try:
+            facts = json.loads((self.dir / "job.json").read_text())
+            self.started = float(facts["started"])
+            self.limits = JobLimits(facts.get("timeout"), facts.get("cpu_time"))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        try:
+            self.ended_at = (
+                os.stat(self.dir / "status").st_mtime
+                if self.read_status_file() is not None
+                else None
+            )
+        except OSError:
+            pass
+
+    def usage(self) -> dict[str, Any]:
+        """CPU seconds (user, system, total) and peak memory of the job and all it started
+        (from its group; None without one), and its wall time, start to leader's exit."""
+        usage: dict[str, Any] = (
+            self.group.usage()
+            if self.group is not None
+            else dict.fromkeys(("cpu_user", "cpu_system", "cpu_total", "memory_peak"))
+        )
+        end = self.ended_at if self.ended_at is not None else time.time()
+        usage["wall_time"] = round(end - self.started, 6)
+        return usage
 
     def mark_killed(self, reason: str) -> None:
         """Record, before killing the job, why the daemon does (the first reason holds).
@@ -178,3 +236,9 @@ class Job:
 
     def remove_files(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def forget(self) -> None:
+        """Remove the files and, when no process of it is left, the group (blocking)."""
+        self.remove_files()
+        if self.group is not None and self.group.empty():
+            self.group.remove()

@@ -80,6 +80,36 @@ class JobRequest:
 
 
 @runtime_checkable
+class JobGroup(Protocol):
+    """A job's own group of processes (a cgroup per job), as a plugin provides it: what
+    makes per-job limits and accounting exact while other jobs run in the container."""
+
+    #: Open files the job's first process writes ``0`` to before it runs anything
+    #: (``cgroup.procs``), so it and everything it starts are in the group. The
+    #: caller passes them with the spawn, then calls :meth:`close`.
+    join_fds: tuple[int, ...]
+
+    def close(self) -> None:
+        """Close :attr:`join_fds` (once the job was started, or failed to)."""
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time used so far by every process of the job (None if unknown)."""
+
+    def usage(self) -> dict[str, float | int | None]:
+        """``cpu_user``, ``cpu_system``, ``cpu_total`` (seconds) and ``memory_peak``
+        (bytes) of the job and everything it started; None where not measured."""
+
+    def empty(self) -> bool:
+        """Whether no process of the job is left."""
+
+    def kill(self) -> None:
+        """SIGKILL every process of the job (some may be left to a next call if they forked)."""
+
+    def remove(self) -> None:
+        """Remove the group, once empty (blocking; for a worker thread)."""
+
+
+@runtime_checkable
 class Sandbox(Protocol):
     """A running container init, as the launch plugin yields it.
 
@@ -93,8 +123,13 @@ class Sandbox(Protocol):
     def alive(self) -> bool:
         """Whether the init still runs."""
 
-    async def spawn(self, request: JobRequest, stdout: int, stderr: int, status: int) -> None:
+    async def spawn(
+        self, request: JobRequest, stdout: int, stderr: int, status: int, join: tuple[int, ...] = ()
+    ) -> None:
         """Start a job whose output goes to the given fds; *status* receives its exit status.
+
+        The job's first process joins the groups of *join* (:attr:`JobGroup.join_fds`)
+        before it runs anything.
 
         Raises:
             InvalidRequest: the job could not be set up (unknown user, bad dir...).

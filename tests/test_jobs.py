@@ -129,3 +129,119 @@ def test_stop_is_the_reason(daemon: Daemon, client: Client) -> None:
         "killed_by": "stop",
     }
     client.destroy(handle)
+
+
+# -- per-job limits and accounting (a cgroup per job) ------------------------------------
+
+#: A shell that burns CPU until it has used *ticks* of it (utime + stime from its own
+#: /proc stat, fields 14 and 15, in 1/100 s): no fork, only builtins.
+BURN = (
+    "while read -r _ _ _ _ _ _ _ _ _ _ _ _ _ u s _ < /proc/$$/stat; "
+    "[ $((u + s)) -lt {ticks} ]; do :; done"
+)
+
+
+def test_timeout_kills_every_process_of_the_job(
+    client: Client, container: str, daemon: Daemon
+) -> None:
+    # The child ignores TERM, sits in a process group of its own and outlives its shell.
+    script = "(trap '' TERM; set -m; sleep 1000 & wait) & echo ready; wait"
+    job = client.spawn(container, script, timeout=1)
+    wait_for_output(daemon, container, job)
+    assert client.run(container, "pidof sleep | wc -w")[1].strip() == "1"
+    status, out, _, report = client.link(container, job, ended=True)
+    assert status == 137
+    assert report["ended"] == {"exit_code": None, "signal": 9, "killed_by": "timeout"}
+    assert client.run(container, "pidof sleep || echo none")[1] == "none\n"
+
+
+def test_timeout_reaches_what_outlives_the_leader(
+    client: Client, container: str, daemon: Daemon
+) -> None:
+    job = client.spawn(container, "sleep 1000 & echo ready", timeout=1)
+    assert client.link(container, job, ended=True)[3]["ended"]["exit_code"] == 0
+    deadline_passed = client.spawn(container, "sleep 1.5; pidof sleep || echo none")
+    assert client.link(container, deadline_passed)[1] == "none\n"
+
+
+def test_cpu_time_limit(client: Client, container: str) -> None:
+    status, _, _, report = client.run(
+        container, "while :; do :; done", cpu_time=0.3, ended=True, usage=True
+    )
+    assert status == 137
+    assert report["ended"]["killed_by"] == "cpu_limit"
+    assert 0.3 <= report["usage"]["cpu_total"] < 1.0
+
+
+def test_usage_is_the_jobs_own_while_another_job_burns_cpu(
+    client: Client, container: str, daemon: Daemon
+) -> None:
+    other = client.spawn(container, "echo ready; while :; do :; done")
+    wait_for_output(daemon, container, other)
+    status, _, err, report = client.run(container, BURN.format(ticks=100), usage=True)
+    assert status == 0, err
+    usage = report["usage"]
+    assert 0.9 <= usage["cpu_total"] <= 1.1, usage
+    assert abs(usage["cpu_user"] + usage["cpu_system"] - usage["cpu_total"]) < 0.05
+    assert usage["wall_time"] >= usage["cpu_total"] * 0.9
+    assert usage["memory_peak"] is None or usage["memory_peak"] > 0
+    client.signal(container, other, "KILL")
+    # It burned meanwhile, and is counted apart: the container's total holds both.
+    other_cpu = client.link(container, other, usage=True)[3]["usage"]["cpu_total"]
+    assert other_cpu > 0.1
+    assert client.info(container)["cpu_stat"]["usage"] / 1e9 >= usage["cpu_total"] + other_cpu
+
+
+def test_usage_counts_what_the_job_started(client: Client, container: str) -> None:
+    # Two children burn 0.5 s each; the shell itself burns nearly nothing.
+    burn = BURN.format(ticks=50)
+    script = f"sh -c '{burn}' & sh -c '{burn}' & wait"
+    report = client.run(container, script, usage=True)[3]
+    assert 0.9 <= report["usage"]["cpu_total"] <= 1.1, report
+
+
+def test_stream_reports_usage_at_its_end(client: Client, container: str) -> None:
+    job = client.spawn(container, "echo hi")
+    lines = raw_stream(client, container, job, {"usage": True})
+    final = lines[-1]["payload"]  # type: ignore[index]
+    assert final["status"] == 0 and set(final) == {"status", "usage"}
+    assert set(final["usage"]) == {
+        "cpu_user",
+        "cpu_system",
+        "cpu_total",
+        "memory_peak",
+        "wall_time",
+    }
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        ({"timeout": 0}, "timeout must be seconds above 0"),
+        ({"timeout": -1}, "timeout must be seconds above 0"),
+        ({"cpu_time": 1e12}, "cpu_time must be seconds above 0 and at most"),
+        ({"timeout": "1"}, "timeout"),
+        ({"timeout": True}, "timeout"),
+    ],
+)
+def test_bad_limits_are_refused(
+    client: Client, container: str, opts: dict[str, object], message: str
+) -> None:
+    with pytest.raises(errors.InvalidRequest, match=message):
+        client.spawn(container, "true", **opts)
+
+
+def test_timeout_holds_across_a_daemon_restart(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create()
+        job = c.spawn(handle, "echo ready; exec sleep 1000", timeout=2)
+        wait_for_output(d, handle, job)
+    d.kill9()
+    d.start()
+    with d.client() as c:
+        status, out, _, report = c.link(handle, job, ended=True, usage=True)
+        assert (status, out) == (137, "ready\n")
+        assert report["ended"]["killed_by"] == "timeout"
+        assert 2 <= report["usage"]["wall_time"] < 30
+        c.destroy(handle)

@@ -190,6 +190,10 @@ class Backend(ABC):
     def cpu_usage_ns(self, path: Path) -> int:
         """CPU time used by the cgroup so far, in nanoseconds (``cpuacct`` on v1)."""
 
+    @abstractmethod
+    def cpu_times_ns(self, path: Path) -> tuple[int, int]:
+        """The CPU time used so far split in (user, system), in nanoseconds."""
+
     # -- cpuset -------------------------------------------------------------------
 
     @abstractmethod

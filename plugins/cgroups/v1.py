@@ -137,6 +137,9 @@ class V1(Backend):
     def cpu_usage_ns(self, path: Path) -> int:
         return int(read(path / "cpuacct.usage"))
 
+    def cpu_times_ns(self, path: Path) -> tuple[int, int]:
+        return int(read(path / "cpuacct.usage_user")), int(read(path / "cpuacct.usage_sys"))
+
     # -- cpuset -------------------------------------------------------------------------
 
     def set_cpuset(self, path: Path, cpus: str) -> None:

@@ -162,6 +162,10 @@ class V2(Backend):
     def cpu_usage_ns(self, path: Path) -> int:
         return read_keyed(path / "cpu.stat")["usage_usec"] * 1000
 
+    def cpu_times_ns(self, path: Path) -> tuple[int, int]:
+        stat = read_keyed(path / "cpu.stat")
+        return stat["user_usec"] * 1000, stat["system_usec"] * 1000
+
     # -- cpuset -------------------------------------------------------------------------
 
     def set_cpuset(self, path: Path, cpus: str) -> None:

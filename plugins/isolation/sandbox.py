@@ -197,8 +197,10 @@ class InitSandbox:
                     f"container {self.container.handle}: its init is not running"
                 ) from None
 
-    async def spawn(self, request: JobRequest, stdout: int, stderr: int, status: int) -> None:
-        reply = await self._request(spawn_message(request), (stdout, stderr, status))
+    async def spawn(
+        self, request: JobRequest, stdout: int, stderr: int, status: int, join: tuple[int, ...] = ()
+    ) -> None:
+        reply = await self._request(spawn_message(request), (stdout, stderr, status, *join))
         if reply[:1] == ["error"]:
             raise InvalidRequest(
                 f"container {self.container.handle}: job {request.job_id}: {reply[2]}"

@@ -34,7 +34,9 @@ class FakeSandbox:
         #: plugins' kill hook (``kill hook``), in order.
         self.signals: list[tuple[float, str]] = []
 
-    async def spawn(self, request: JobRequest, stdout: int, stderr: int, status: int) -> None:
+    async def spawn(
+        self, request: JobRequest, stdout: int, stderr: int, status: int, join: tuple[int, ...] = ()
+    ) -> None:
         self.jobs[request.job_id] = True
 
     async def end(self, job_id: int, status: int) -> None:
