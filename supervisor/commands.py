@@ -19,7 +19,13 @@ from supervisor.api import Handler
 from supervisor.errors import InvalidRequest
 from supervisor.events import KINDS, LimitChanged
 from supervisor.jobs import Job, JobLimits
-from supervisor.protocol import Args, encode_line, encode_output, encode_stream_chunk
+from supervisor.protocol import (
+    Args,
+    decode_input,
+    encode_line,
+    encode_output,
+    encode_stream_chunk,
+)
 from supervisor.registry import parse_env
 from supervisor.sandbox import JobRequest
 
@@ -126,6 +132,8 @@ def _job_request(
         dir=directory,
         user=user,
         privileged=bool(opts.get("privileged", False)),
+        stdin=bool(opts.get("stdin", False)),
+        tty=_tty(command, opts.get("tty")),
         rlimits=tuple(rlimits),
     )
 
@@ -139,6 +147,8 @@ SPAWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "discard_output": bool,
     "timeout": (int, float),
     "cpu_time": (int, float),
+    "stdin": bool,
+    "tty": dict,
 }
 LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str, "ended": bool, "usage": bool}
 
@@ -159,6 +169,25 @@ async def _spawn(
     )
     container.log.info("job spawned", job_id=job.id)
     return container, job.id
+
+
+def _terminal_size(command: str, rows: Any, cols: Any) -> tuple[int, int]:
+    for name, value in (("rows", rows), ("cols", cols)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise InvalidRequest(
+                f"{command}: {name} must be an integer from 1 to 65535, got {json.dumps(value)}"
+            )
+    return rows, cols
+
+
+def _tty(command: str, value: dict[str, Any] | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if set(value) != {"rows", "cols"}:
+        raise InvalidRequest(
+            f'{command}: tty must be {{"rows": R, "cols": C}}, got {json.dumps(value)}'
+        )
+    return _terminal_size(command, value["rows"], value["cols"])
 
 
 def _limits(command: str, opts: dict[str, Any]) -> JobLimits:
@@ -276,6 +305,31 @@ async def signal_(request: Request, *args: Any) -> str:
         raise InvalidRequest(f"signal: pid must be a process of the job, got {json.dumps(pid)}")
     structlog.contextvars.bind_contextvars(job_id=job_id)
     await container.signal(container.job(job_id), signum, pid)
+    return "ok"
+
+
+async def stdin(request: Request, *args: Any) -> str:
+    """Write DATA to the job's stdin (null: EOF); replies once the job has taken it all."""
+    a = Args("stdin", list(args), ("HANDLE", "JOB_ID", "DATA", "OPTS"))
+    container = request.container(a.string(0))
+    job_id = a.integer(1)
+    text = a.value(2)
+    if text is not None and not isinstance(text, str):
+        raise InvalidRequest(f"stdin: DATA must be a string or null, got {json.dumps(text)}")
+    encoding = _encoding("stdin", a.options(3, {"encoding": str}))
+    data = None if text is None else decode_input(text, encoding, "stdin")
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    await container.write_stdin(container.job(job_id), data)
+    return "ok"
+
+
+async def resize(request: Request, *args: Any) -> str:
+    a = Args("resize", list(args), ("HANDLE", "JOB_ID", "ROWS", "COLS"))
+    container = request.container(a.string(0))
+    job_id = a.integer(1)
+    rows, cols = _terminal_size("resize", a.value(2), a.value(3))
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    await container.resize(container.job(job_id), rows, cols)
     return "ok"
 
 
@@ -397,6 +451,8 @@ CORE_COMMANDS: dict[str, Handler] = {
     "run": run,
     "stream": stream,
     "signal": signal_,
+    "stdin": stdin,
+    "resize": resize,
     "stop": stop,
     "destroy": destroy,
     "limit": limit,

@@ -10,9 +10,12 @@ context managers.
 from __future__ import annotations
 
 import enum
+import fcntl
 import math
 import os
 import signal
+import struct
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -70,6 +73,8 @@ LIVE = frozenset({State.ACTIVE, State.PAUSED, State.STOPPED})
 ALLOWED: dict[str, frozenset[State]] = {
     "spawn": frozenset({State.ACTIVE}),
     "signal": frozenset({State.ACTIVE}),  # a paused init answers nothing
+    "stdin": frozenset({State.ACTIVE}),
+    "resize": frozenset({State.ACTIVE}),
     "pause": frozenset({State.ACTIVE}),
     "resume": frozenset({State.PAUSED}),
     "link": LIVE,
@@ -369,7 +374,14 @@ class Container:
         self.require("spawn")
         assert self.sandbox is not None and self._nursery is not None
         limits = limits or JobLimits()
-        job = Job(request.job_id, self._job_dir(request.job_id), discard_output, limits=limits)
+        job = Job(
+            request.job_id,
+            self._job_dir(request.job_id),
+            discard_output,
+            limits=limits,
+            stdin=request.stdin or request.tty is not None,
+            tty=request.tty,
+        )
         job.group = self.supervisor.hooks.job_group(self, job.id, True)
         if job.group is None and limits:
             raise InvalidRequest(
@@ -511,6 +523,69 @@ class Container:
                 await trio.sleep(STOP_POLL)
             return
         self.log.error("job processes outlived their kill", job_id=job.id)
+
+    async def _input(self, job: Job) -> int:
+        """The daemon's fd of the job's input, asked of the sandbox once (again after a restart)."""
+        if not job.stdin:
+            raise InvalidRequest(
+                f"container {self.handle}: job {job.id} has no stdin (spawn it with stdin or tty)"
+            )
+        if job.exited.is_set() or self.sandbox is None:
+            raise InvalidState(f"container {self.handle}: job {job.id} has ended")
+        if job.stdin_closed:
+            raise InvalidState(f"container {self.handle}: job {job.id}: its stdin is closed")
+        if job.input_fd is None:
+            fd = await self.sandbox.job_input(job.id)
+            if job.exited.is_set():  # it ended while the sandbox answered
+                os.close(fd)
+                raise InvalidState(f"container {self.handle}: job {job.id} has ended")
+            os.set_blocking(fd, False)
+            job.input_fd = fd
+        return job.input_fd
+
+    async def write_stdin(self, job: Job, data: bytes | None) -> None:
+        """Write *data* to the job's stdin as it reads it (None: EOF).
+
+        The writer waits while the job does not read (its pipe or terminal is full);
+        the daemon holds nothing but the request's own bytes. On a terminal, EOF is
+        the terminal's EOF character (^D), as a user types it.
+
+        Raises:
+            InvalidRequest: the job has no stdin.
+            InvalidState: it has ended, or its stdin is closed.
+        """
+        self.require("stdin")
+        async with job.writing:
+            fd = await self._input(job)
+            if data is None and job.tty is None:
+                job.stdin_closed = True
+                job.close_input()
+                assert self.sandbox is not None
+                await self.sandbox.close_input(job.id)
+                return
+            view = memoryview(b"\x04" if data is None else data)
+            while view:
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    try:
+                        await trio.lowlevel.wait_writable(fd)
+                    except trio.ClosedResourceError:
+                        pass  # it ended: closed by finish, told below
+                except OSError:  # EPIPE: no reader left; EIO: the terminal is gone
+                    raise InvalidState(
+                        f"container {self.handle}: job {job.id} no longer reads its stdin"
+                    ) from None
+                if job.input_fd is None:  # it ended meanwhile
+                    raise InvalidState(f"container {self.handle}: job {job.id} has ended")
+
+    async def resize(self, job: Job, rows: int, cols: int) -> None:
+        """Set the size of the job's terminal (its foreground processes get SIGWINCH)."""
+        self.require("resize")
+        if job.tty is None:
+            raise InvalidRequest(f"container {self.handle}: job {job.id} has no terminal")
+        fd = await self._input(job)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def _mark_running(self, reason: str) -> None:
         for job in self.jobs.values():

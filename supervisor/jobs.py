@@ -59,6 +59,14 @@ class Job:
     #: When it was spawned and when its leader's exit was seen (``time.time()``).
     started: float = field(default_factory=time.time)
     ended_at: float | None = None
+    #: Spawned with a stdin pipe, or a terminal (rows, cols) for all three streams.
+    stdin: bool = False
+    tty: tuple[int, int] | None = None
+    #: The daemon's fd of the job's input (from the sandbox, on the first write).
+    input_fd: int | None = None
+    #: Writers take turns, so that two clients' writes do not interleave.
+    writing: trio.Lock = field(default_factory=trio.Lock)
+    stdin_closed: bool = False
     exited: trio.Event = field(default_factory=trio.Event)
     #: (exit_status, stdout, stderr) once read by the first ``link``.
     result: tuple[int | None, bytes | None, bytes | None] | None = None
@@ -75,10 +83,18 @@ class Job:
             if self.ended_at is None:
                 self.ended_at = time.time()
             self.exited.set()
+            self.close_input()
+
+    def close_input(self) -> None:
+        """Close the daemon's fd of the job's input (a writer waiting on it wakes up)."""
+        if self.input_fd is not None:
+            trio.lowlevel.notify_closing(self.input_fd)
+            os.close(self.input_fd)
+            self.input_fd = None
 
     def save_facts(self) -> None:
         """Keep what a restarted daemon needs to go on: the start and the limits."""
-        facts = {"started": self.started, **vars(self.limits)}
+        facts = {"started": self.started, **vars(self.limits), "stdin": self.stdin, "tty": self.tty}
         (self.dir / "job.json").write_text(json.dumps(facts))
 
     def read_facts(self) -> None:
@@ -88,6 +104,8 @@ class Job:
             facts = json.loads((self.dir / "job.json").read_text())
             self.started = float(facts["started"])
             self.limits = JobLimits(facts.get("timeout"), facts.get("cpu_time"))
+            self.stdin = bool(facts.get("stdin"))
+            self.tty = tuple(facts["tty"]) if facts.get("tty") else None  # type: ignore[assignment]
         except (OSError, ValueError, KeyError, TypeError):
             pass
         try:

@@ -64,6 +64,16 @@ def encode_output(data: bytes, encoding: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+def decode_input(text: str, encoding: str, command: str) -> bytes:
+    """A client's bytes from a JSON string: UTF-8 (lone surrogates back to their bytes) or base64."""
+    if encoding == "base64":
+        try:
+            return base64.b64decode(text, validate=True)
+        except ValueError:
+            raise InvalidRequest(f"{command}: DATA is not base64") from None
+    return text.encode("utf-8", "surrogateescape")
+
+
 def encode_stream_chunk(stream: str, chunk: bytes, encoding: str) -> bytes:
     """One intermediate ``stream`` line: ``["stdout", CHUNK]``.
 

@@ -77,6 +77,10 @@ class JobRequest:
     user: str | None = None
     privileged: bool = False
     rlimits: tuple[tuple[str, int | None, int | None], ...] = ()
+    #: A pipe for stdin, which the sandbox keeps (see :meth:`Sandbox.job_input`).
+    stdin: bool = False
+    #: A terminal of (rows, cols) for stdin, stdout and stderr, which the sandbox keeps.
+    tty: tuple[int, int] | None = None
 
 
 @runtime_checkable
@@ -146,6 +150,18 @@ class Sandbox(Protocol):
         Raises:
             InvalidRequest: *pid* is no process of the job.
         """
+
+    async def job_input(self, job_id: int) -> int:
+        """A new fd of the job's input (its stdin pipe's write end, or its terminal's
+        master), which the sandbox keeps for the job's life; the caller closes its fd.
+
+        Raises:
+            InvalidState: the job's leader has ended, or its stdin was closed.
+            InvalidRequest: the job has no stdin.
+        """
+
+    async def close_input(self, job_id: int) -> None:
+        """Close the sandbox's end of the job's stdin pipe (EOF once every copy is closed)."""
 
     async def signal_all(self, signum: int) -> bool:
         """Send *signum* to every process but the init; False when none is left."""

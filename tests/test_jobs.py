@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 
 import pytest
 
 from supervisor import errors
 from supervisor.client import Client
-from tests.conftest import Daemon, wait_for_output
+from tests.conftest import Daemon, wait_for_output, wait_until
 
 
 def raw_stream(client: Client, handle: str, job: int, opts: dict[str, object]) -> list[object]:
@@ -244,4 +246,151 @@ def test_timeout_holds_across_a_daemon_restart(fresh_daemon: Daemon) -> None:
         assert (status, out) == (137, "ready\n")
         assert report["ended"]["killed_by"] == "timeout"
         assert 2 <= report["usage"]["wall_time"] < 30
+        c.destroy(handle)
+
+
+# -- stdin and terminals ------------------------------------------------------------------
+
+
+class Screen:
+    """What a job printed, read as it comes on a ``stream`` connection of its own."""
+
+    def __init__(self, daemon: Daemon, handle: str, job: int) -> None:
+        self.client = daemon.client(timeout=20)
+        self.chunks = self.client.stream(handle, job)
+        self.text = ""
+
+    def expect(self, text: str) -> str:
+        """Read until *text* has appeared (after what earlier calls consumed); the text
+        up to its end."""
+        while text not in self.text:
+            self.text += next(self.chunks)[1]
+        seen, _, self.text = self.text.partition(text)
+        return seen + text
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def test_stdin_pipe_with_eof(client: Client, container: str) -> None:
+    job = client.spawn(container, "cat; echo end", stdin=True)
+    assert client.call("stdin", container, job, "hello ") == "ok"
+    client.call(
+        "stdin", container, job, base64.b64encode(b"\xff\n").decode(), {"encoding": "base64"}
+    )
+    client.call("stdin", container, job, None)
+    status, out, _ = client.link(container, job, encoding="base64")
+    assert (status, base64.b64decode(out)) == (0, b"hello \xff\nend\n")
+
+
+def test_a_job_that_does_not_read_makes_the_writer_wait(
+    client: Client, container: str, daemon: Daemon
+) -> None:
+    job = client.spawn(container, "read -r line; echo got $line; exec sleep 100", stdin=True)
+    with daemon.client() as writer:
+        # One line, then 512 KiB it never reads: more than its pipe holds, so the write
+        # cannot complete; it waits (the daemon serves on meanwhile) until the job ends.
+        writer.sock.sendall(
+            json.dumps(["stdin", container, job, "a\n" + "x" * (1 << 19)]).encode() + b"\n"
+        )
+        wait_for_output(daemon, container, job, "got a\n")
+        assert client.call("ping") == "pong"
+        client.signal(container, job, "KILL")
+        with pytest.raises(errors.InvalidState, match=f"job {job} (has ended|no longer reads)"):
+            writer.call("ping")  # the stdin reply comes first
+    assert client.link(container, job) == [137, "got a\n", ""]
+
+
+def test_bad_stdin_and_resize_are_refused(client: Client, container: str, daemon: Daemon) -> None:
+    plain = client.spawn(container, "echo ready; exec sleep 100")
+    piped = client.spawn(container, "cat; echo eof; exec sleep 100", stdin=True)
+    wait_for_output(daemon, container, plain)
+    with pytest.raises(errors.InvalidRequest, match=f"job {plain} has no stdin"):
+        client.call("stdin", container, plain, "x")
+    with pytest.raises(errors.InvalidRequest, match=f"job {piped} has no terminal"):
+        client.call("resize", container, piped, 24, 80)
+    with pytest.raises(errors.InvalidRequest, match="rows must be an integer from 1 to 65535"):
+        client.call("resize", container, piped, 0, 80)
+    with pytest.raises(errors.InvalidRequest, match="DATA is not base64"):
+        client.call("stdin", container, piped, "***", {"encoding": "base64"})
+    with pytest.raises(errors.InvalidRequest, match="DATA must be a string or null"):
+        client.call("stdin", container, piped, 5)
+    with pytest.raises(errors.InvalidRequest, match="tty must be"):
+        client.spawn(container, "true", tty={"rows": 24})
+    with pytest.raises(errors.UnknownJob):
+        client.call("stdin", container, 999, "x")
+    client.call("stdin", container, piped, None)
+    wait_for_output(daemon, container, piped, "eof\n")
+    with pytest.raises(errors.InvalidState, match=f"job {piped}: its stdin is closed"):
+        client.call("stdin", container, piped, "x")
+    client.signal(container, piped, "KILL")
+    assert client.link(container, piped) == [137, "eof\n", ""]
+    client.signal(container, plain, "KILL")
+    assert "".join(c for _, c in client.stream(container, plain)) == "ready\n"
+    with pytest.raises(errors.InvalidRequest, match="has no stdin"):
+        client.call("stdin", container, plain, "x")
+
+
+def test_interactive_shell_on_a_terminal(client: Client, container: str, daemon: Daemon) -> None:
+    job = client.spawn(container, "PS1='$ ' exec sh -i", tty={"rows": 24, "cols": 80})
+    screen = Screen(daemon, container, job)
+    try:
+        screen.expect("$ ")
+        client.call("stdin", container, job, "echo hi\n")
+        assert screen.expect("hi\r\n$ ").endswith("echo hi\r\nhi\r\n$ ")  # echoed, then run
+        client.call("stdin", container, job, "tty; stty size\n")
+        assert "/dev/pts/" in screen.expect("24 80\r\n")
+        client.call("resize", container, job, 40, 120)
+        client.call("stdin", container, job, "stty size\n")
+        screen.expect("40 120\r\n")
+        # Ctrl-C ends the foreground job with SIGINT; the shell lives on.
+        client.call("stdin", container, job, "sleep 100\n")
+        screen.expect("sleep 100\r\n")
+        wait_until(lambda: client.run(container, "pidof sleep")[0] == 0, what="sleep to run")
+        client.call("stdin", container, job, "\x03")
+        screen.expect("$ ")
+        client.call("stdin", container, job, "echo status=$?\n")
+        screen.expect("status=130\r\n")
+        client.call("stdin", container, job, "exit 7\n")
+        status, out, _ = client.link(container, job)
+        assert status == 7 and "status=130" in out
+    finally:
+        screen.close()
+
+
+def test_ctrl_c_ends_a_terminal_job_with_signal_2(
+    client: Client, container: str, daemon: Daemon
+) -> None:
+    job = client.spawn(container, "echo ready; exec sleep 100", tty={"rows": 24, "cols": 80})
+    wait_for_output(daemon, container, job, "ready\r\n")
+    client.call("stdin", container, job, "\x03")
+    status, out, _, report = client.link(container, job, ended=True)
+    assert (status, out) == (130, "ready\r\n^C")
+    assert report["ended"]["signal"] == 2
+
+
+def test_a_terminal_job_survives_kill_9_of_the_daemon_and_is_reattached(
+    fresh_daemon: Daemon,
+) -> None:
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create({"grace_time": 60})
+        job = c.spawn(handle, "PS1='$ ' exec sh -i", tty={"rows": 24, "cols": 80})
+        wait_for_output(d, handle, job, "$ ")
+        c.call("stdin", handle, job, "sleep 1; echo while-away\n")
+    d.kill9()
+    time.sleep(1.5)  # it prints while no daemon runs
+    d.start()
+    with d.client() as c:
+        screen = Screen(d, handle, job)
+        try:
+            screen.expect("while-away\r\n$ ")  # kept like any output
+            c.call("stdin", handle, job, "echo again\n")
+            screen.expect("again\r\n$ ")
+            c.call("resize", handle, job, 30, 100)
+            c.call("stdin", handle, job, "stty size; exit\n")
+            screen.expect("30 100\r\n")
+        finally:
+            screen.close()
+        assert c.link(handle, job)[0] == 0
         c.destroy(handle)

@@ -41,6 +41,7 @@
 #include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 /* linux/openat2.h: glibc has neither the wrapper nor the struct. */
@@ -728,7 +729,8 @@ struct limit {
 struct job_spec {
 	unsigned long long id;
 	const char *user, *dir;
-	bool privileged;
+	bool privileged, stdin_pipe;
+	struct winsize tty; /* ws_row 0: no terminal */
 	char **env, **argv;
 	size_t nenv, nargv, nlimits;
 	struct limit *limits;
@@ -767,6 +769,24 @@ static bool parse_limit(char *s, struct limit *l)
 	return false;
 }
 
+/* "ROWS:COLS", each 1-65535. */
+static bool parse_winsize(const char *s, struct winsize *ws)
+{
+	unsigned long long rows, cols;
+	char buf[32], *colon;
+
+	if (strlen(s) >= sizeof buf)
+		return false;
+	strcpy(buf, s);
+	if (!(colon = strchr(buf, ':')))
+		return false;
+	*colon = '\0';
+	if (!parse_uint(buf, 65535, &rows) || !parse_uint(colon + 1, 65535, &cols) || !rows || !cols)
+		return false;
+	*ws = (struct winsize){ .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
+	return true;
+}
+
 /* Parse the key=value strings of a spawn request; NULL or an error message. */
 static const char *parse_job(char **strs, int n, struct job_spec *js, bool *has_id)
 {
@@ -792,6 +812,10 @@ static const char *parse_job(char **strs, int n, struct job_spec *js, bool *has_
 			js->nlimits++;
 		else if (!strcmp(key, "arg"))
 			js->argv[js->nargv++] = val;
+		else if (!strcmp(key, "stdin") && (!strcmp(val, "0") || !strcmp(val, "1")))
+			js->stdin_pipe = *val == '1';
+		else if (!strcmp(key, "tty") && parse_winsize(val, &js->tty))
+			;
 		else
 			return "spawn: bad or unknown field";
 	}
@@ -925,10 +949,11 @@ static char **make_env(const struct job_spec *js, const struct user *u)
  * First it joins the job's own cgroups (JOIN: open cgroup.procs files), before any
  * of the job's code runs, so everything it starts is counted and can be killed there.
  */
-static noreturn void run_job(const struct job_spec *js, int devnull, int out, int errfd, int report,
-			     const int *join, int njoin)
+static noreturn void run_job(const struct job_spec *js, int in, const char *slave, int out, int errfd,
+			     int report, const int *join, int njoin)
 {
 	struct user u;
+	int tty = -1;
 
 	err_fd = report;
 	err_status = 127;
@@ -937,14 +962,21 @@ static noreturn void run_job(const struct job_spec *js, int devnull, int out, in
 			die("join the job's cgroup");
 	TRY(setsid(), "setsid");
 	reset_signals();
-	/* fds 0-2 of PID 1 are /dev/null, so OUT, ERRFD and REPORT are all above 2 */
-	if (dup2(devnull, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
+	if (slave) { /* the terminal becomes the new session's controlling one, and fds 0-2 */
+		TRY(tty = open(slave, O_RDWR | O_CLOEXEC), "open %s", slave);
+		TRY(ioctl(tty, TIOCSCTTY, 0), "ioctl TIOCSCTTY");
+		in = out = errfd = tty;
+	}
+	/* fds 0-2 of PID 1 are /dev/null, so IN, OUT, ERRFD and REPORT are all above 2 */
+	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
 		die("dup2");
 	if (report != 3 && dup3(report, 3, O_CLOEXEC) < 0)
 		die("dup3");
 	err_fd = 3;
 	TRY(close_range(4, ~0U, 0), "close_range");
 	lookup_user(js->user ? js->user : js->privileged ? "root" : "corral", &u);
+	if (slave && fchown(0, u.uid, (gid_t)-1) < 0) /* its own terminal, as login gives one */
+		die("fchown %s", slave);
 	for (size_t i = 0; i < js->nlimits; i++)
 		TRY(setrlimit(js->limits[i].resource, &js->limits[i].rl), "setrlimit %s", js->limits[i].name);
 	if (js->dir && chdir(js->dir) < 0)
@@ -971,6 +1003,9 @@ struct job {
 	unsigned long long id;
 	pid_t pid;
 	int status_fd;
+	int input; /* the write end of its stdin pipe, or its terminal's master; -1: none */
+	int out;   /* a terminal's: the job's stdout file, where the master's output goes */
+	bool tty;
 };
 
 struct server {
@@ -1033,6 +1068,60 @@ static struct job **find_job(struct server *s, unsigned long long id, pid_t pid)
 	return j;
 }
 
+/*
+ * Copy what a terminal job's master has (without blocking) to its stdout file. At
+ * EIO every slave is closed (the job's processes are all gone): the master is no
+ * longer watched (OUT closed), though a daemon may still hold it.
+ */
+static void copy_output(struct job *j)
+{
+	char buf[65536];
+	ssize_t n;
+
+	while (j->out >= 0) {
+		if ((n = read(j->input, buf, sizeof buf)) > 0) {
+			for (ssize_t done = 0, w; done < n; done += w)
+				if ((w = write(j->out, buf + done, (size_t)(n - done))) < 0) {
+					if (errno == EINTR) {
+						w = 0;
+						continue;
+					}
+					return; /* a full disk: dropped, as a job's own write would fail */
+				}
+		} else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+			return;
+		} else {
+			close(j->out);
+			j->out = -1;
+		}
+	}
+}
+
+/*
+ * At the leader's exit: copy until EIO (every slave closed). The kernel moves a
+ * slave's output to the master in a work item, so the last of it may arrive after
+ * the writer exited; a process left holding the terminal is waited for at most
+ * DRAIN_MS, after which the terminal ends with its leader.
+ */
+#define DRAIN_MS 100
+static void drain_output(struct job *j)
+{
+	struct pollfd p = { .fd = j->input, .events = POLLIN };
+
+	for (copy_output(j); j->out >= 0; copy_output(j))
+		if (poll(&p, 1, DRAIN_MS) == 0)
+			break;
+}
+
+static void close_input(struct job *j)
+{
+	if (j->input >= 0)
+		close(j->input);
+	if (j->out >= 0)
+		close(j->out);
+	j->input = j->out = -1;
+}
+
 /* Record a job's status in its status file, then tell every client. */
 static void job_exited(struct server *s, pid_t pid, int wstatus)
 {
@@ -1041,6 +1130,9 @@ static void job_exited(struct server *s, pid_t pid, int wstatus)
 
 	if (!j) /* an orphan, or a child that failed before exec */
 		return;
+	if (j->tty) /* what the terminal printed before the leader ended comes before its exit */
+		drain_output(j);
+	close_input(j);
 	snprintf(id, sizeof id, "%llu", j->id);
 	snprintf(status, sizeof status, "%d",
 		 WIFSIGNALED(wstatus) ? 128 + WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
@@ -1072,24 +1164,70 @@ static void reap(struct server *s)
 }
 
 /* Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set. */
-static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, int nfds,
+/*
+ * The job's input, kept by PID 1 in *INPUT (so it outlives any daemon): the write end
+ * of a pipe whose read end *IN becomes the job's stdin, or the master of a terminal
+ * made in the container's devpts whose slave's path is put in SLAVE. False with ERR set.
+ */
+static bool make_input(const struct job_spec *js, int *input, int *in, char slave[static 64],
 		       char err[static 1024])
 {
-	int pipefd[2];
+	int p[2];
+
+	if (js->tty.ws_row) {
+		if ((*input = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK)) < 0) {
+			error_text(err, "open /dev/ptmx");
+			return false;
+		}
+		if (unlockpt(*input) < 0 || ptsname_r(*input, slave, 64) != 0 ||
+		    ioctl(*input, TIOCSWINSZ, &js->tty) < 0) {
+			error_text(err, "set up the terminal");
+			close(*input);
+			*input = -1;
+			return false;
+		}
+	} else if (js->stdin_pipe) {
+		if (pipe2(p, O_CLOEXEC) < 0) {
+			error_text(err, "pipe2");
+			return false;
+		}
+		*in = p[0];
+		*input = p[1];
+	}
+	return true;
+}
+
+/* Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set. */
+static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, int nfds, int *input,
+		       char err[static 1024])
+{
+	int pipefd[2], in = s->devnull;
+	char slave[64] = "";
 	pid_t pid;
 
+	*input = -1;
+	if (!make_input(js, input, &in, slave, err))
+		return -1;
 	if (pipe2(pipefd, O_CLOEXEC) < 0) {
 		error_text(err, "pipe2");
-		return -1;
+		pid = -1;
+		goto out;
 	}
 	if ((pid = fork()) == 0)
-		run_job(js, s->devnull, fds[0], fds[1], pipefd[1], fds + 3, nfds - 3);
+		run_job(js, in, *slave ? slave : NULL, fds[0], fds[1], pipefd[1], fds + 3, nfds - 3);
 	if (pid < 0)
 		error_text(err, "fork");
 	close(pipefd[1]);
 	if (pid > 0 && read_report(pipefd[0], err, 1024)) /* EOF at once: the exec succeeded */
 		pid = -1;
 	close(pipefd[0]);
+out:
+	if (in != s->devnull)
+		close(in);
+	if (pid < 0 && *input >= 0) {
+		close(*input);
+		*input = -1;
+	}
 	return pid;
 }
 
@@ -1100,6 +1238,7 @@ static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, 
 	const char *error = parse_job(strs, n, &js, &has_id);
 	char id[24] = "", err[1024], pid_text[16];
 	pid_t pid = -1;
+	int input = -1;
 
 	if (has_id)
 		snprintf(id, sizeof id, "%llu", js.id);
@@ -1107,15 +1246,18 @@ static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, 
 		error = "spawn: needs 3 fds and the cgroups to join";
 	if (!error && *find_job(s, js.id, 0))
 		error = "spawn: job id already running";
-	if (!error && (pid = start_job(s, &js, fds, nfds, err)) < 0)
+	if (!error && (pid = start_job(s, &js, fds, nfds, &input, err)) < 0)
 		error = err;
 	if (error) {
 		reply(s, ci, "error", id, error, NULL);
 	} else {
 		struct job *j = xcalloc(1, sizeof *j);
-		*j = (struct job){ s->jobs, js.id, pid, fds[2] };
+		bool tty = js.tty.ws_row != 0;
+		*j = (struct job){ s->jobs, js.id, pid, fds[2], input, tty ? fds[0] : -1, tty };
 		s->jobs = j;
 		fds[2] = -1; /* kept by the job */
+		if (tty)
+			fds[0] = -1; /* PID 1 copies the terminal's output there */
 		snprintf(pid_text, sizeof pid_text, "%d", (int)pid);
 		reply(s, ci, "started", id, pid_text, NULL);
 	}
@@ -1149,6 +1291,49 @@ static void do_signal(struct server *s, size_t ci, char **strs, int n)
 		reply(s, ci, "error", n > 1 ? strs[1] : "", error, NULL);
 	else
 		reply(s, ci, "ok", NULL);
+}
+
+/*
+ * "input ID": reply "ok" with the job's input (pipe write end or terminal master) as
+ * an fd, which the daemon writes to itself, so a job that does not read makes the
+ * daemon's writer wait and never PID 1. "eof ID": close PID 1's copy of a pipe.
+ */
+static void do_input(struct server *s, size_t ci, char **strs, int n)
+{
+	unsigned long long id;
+	struct job *j = NULL;
+	const char *error = NULL;
+	bool eof = !strcmp(strs[0], "eof");
+
+	if (n != 2 || !parse_uint(strs[1], ULLONG_MAX, &id))
+		error = "input: bad request";
+	else if (!(j = *find_job(s, id, 0)))
+		error = "input: no such job";
+	else if (j->input < 0 || (eof && j->tty))
+		error = eof || j->tty ? "input: closed" : "input: the job has no stdin";
+	if (error) {
+		reply(s, ci, "error", n > 1 ? strs[1] : "", error, NULL);
+		return;
+	}
+	if (eof) {
+		close_input(j);
+		reply(s, ci, "ok", NULL);
+		return;
+	}
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control = { 0 };
+	struct iovec iov = { "ok", 3 };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			     .msg_controllen = sizeof control.buf };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &j->input, sizeof(int));
+	if (sendmsg(s->clients[ci], &mh, MSG_NOSIGNAL) < 0)
+		close_client(s, ci);
 }
 
 static void do_killall(struct server *s, size_t ci, char **strs, int n)
@@ -1260,6 +1445,8 @@ static void dispatch(struct server *s, size_t ci, char **strs, int n, int *fds, 
 		do_spawn(s, ci, strs, n, fds, nfds);
 	else if (!strcmp(strs[0], "signal"))
 		do_signal(s, ci, strs, n);
+	else if (!strcmp(strs[0], "input") || !strcmp(strs[0], "eof"))
+		do_input(s, ci, strs, n);
 	else if (!strcmp(strs[0], "killall"))
 		do_killall(s, ci, strs, n);
 	else if (!strcmp(strs[0], "ifconfig"))
@@ -1349,14 +1536,25 @@ static noreturn void serve(struct server *s)
 	TRY(sigprocmask(SIG_BLOCK, &chld, NULL), "sigprocmask");
 	TRY(s->sig_fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK), "signalfd");
 	for (;;) {
-		size_t n = s->nclients, k = 0;
-		pfds = xrealloc(pfds, (n + 2) * sizeof *pfds);
+		size_t n = s->nclients, k = 0, nttys = 0;
+		for (struct job *j = s->jobs; j; j = j->next)
+			nttys += j->out >= 0;
+		pfds = xrealloc(pfds, (n + 2 + nttys) * sizeof *pfds);
 		pfds[0] = (struct pollfd){ .fd = s->sig_fd, .events = POLLIN };
 		pfds[1] = (struct pollfd){ .fd = s->listen_fd, .events = POLLIN };
 		for (size_t i = 0; i < n; i++)
 			pfds[i + 2] = (struct pollfd){ .fd = s->clients[i], .events = POLLIN };
-		if (poll(pfds, n + 2, -1) < 0 && errno != EINTR)
+		nttys = 0;
+		for (struct job *j = s->jobs; j; j = j->next)
+			if (j->out >= 0)
+				pfds[n + 2 + nttys++] = (struct pollfd){ .fd = j->input, .events = POLLIN };
+		if (poll(pfds, n + 2 + nttys, -1) < 0 && errno != EINTR)
 			die("poll");
+		/* Terminals first: the job list is as polled until reap changes it. */
+		nttys = 0;
+		for (struct job *j = s->jobs; j; j = j->next)
+			if (j->out >= 0 && pfds[n + 2 + nttys++].revents)
+				copy_output(j);
 		if (pfds[0].revents)
 			reap(s);
 		for (size_t i = 0; i < n; i++)

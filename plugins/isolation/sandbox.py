@@ -13,6 +13,7 @@ import signal
 import socket
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 import trio
@@ -53,6 +54,10 @@ def spawn_message(request: JobRequest) -> bytes:
         parts.append(
             f"rlimit={name}:{'unlimited' if soft is None else soft}:{'unlimited' if hard is None else hard}"
         )
+    if request.stdin:
+        parts.append("stdin=1")
+    if request.tty is not None:
+        parts.append(f"tty={request.tty[0]}:{request.tty[1]}")
     parts += [f"arg={arg}" for arg in request.argv]
     return encode(*parts)
 
@@ -88,7 +93,8 @@ class InitSandbox:
             except OSError:
                 pass  # the init is gone already
         self._lock = trio.Lock()
-        self._replies_send, self._replies = trio.open_memory_channel[list[str]](1)
+        # Each reply with the fds that came with it (only ``input`` sends one).
+        self._replies_send, self._replies = trio.open_memory_channel[tuple[list[str], list[int]]](1)
         self._alive = pidfd is not None and sock is not None
         self._terminated = False  # killed on purpose: its exit is no news
 
@@ -110,9 +116,12 @@ class InitSandbox:
         with self._replies_send:
             while True:
                 try:
-                    packet = await self._sock.recv(RECEIVE_SIZE)
+                    packet, ancillary, _, _ = await self._sock.recvmsg(
+                        RECEIVE_SIZE, socket.CMSG_SPACE(array.array("i").itemsize)
+                    )
                 except OSError:
-                    packet = b""
+                    packet, ancillary = b"", []
+                fds = received_fds(ancillary)
                 if not packet:
                     return  # the init is gone; _wait_exit reports it
                 parts = decode(packet)
@@ -121,7 +130,7 @@ class InitSandbox:
                         JobExited(self.container.handle, int(parts[1]), int(parts[2]))
                     )
                 else:
-                    await self._replies_send.send(parts)
+                    await self._replies_send.send((parts, fds))
 
     async def _wait_exit(self) -> None:
         assert self._pidfd is not None
@@ -183,6 +192,14 @@ class InitSandbox:
             self._mount_namespace = None
 
     async def _request(self, message: bytes, fds: tuple[int, ...] = ()) -> list[str]:
+        parts, received = await self._request_fds(message, fds)
+        for fd in received:
+            os.close(fd)
+        return parts
+
+    async def _request_fds(
+        self, message: bytes, fds: tuple[int, ...] = ()
+    ) -> tuple[list[str], list[int]]:
         if not self._alive or self._sock is None:
             raise InvalidState(f"container {self.container.handle}: its init is not running")
         async with self._lock:
@@ -219,6 +236,27 @@ class InitSandbox:
             f"container {self.container.handle}: job {job_id}: {reply[-1].removeprefix('signal: ')}"
         )
 
+    async def job_input(self, job_id: int) -> int:
+        reply, fds = await self._request_fds(encode("input", str(job_id)))
+        if reply[:1] == ["ok"] and len(fds) == 1:
+            return fds[0]
+        for fd in fds:
+            os.close(fd)
+        self._input_error(job_id, reply)
+
+    async def close_input(self, job_id: int) -> None:
+        reply = await self._request(encode("eof", str(job_id)))
+        if reply[:1] != ["ok"]:
+            self._input_error(job_id, reply)
+
+    def _input_error(self, job_id: int, reply: list[str]) -> NoReturn:
+        what = f"container {self.container.handle}: job {job_id}"
+        if reply[-1:] == ["input: the job has no stdin"]:
+            raise InvalidRequest(f"{what} has no stdin")
+        if reply[-1:] == ["input: closed"]:
+            raise InvalidState(f"{what}: its stdin is closed")
+        raise InvalidState(f"{what} has ended")
+
     async def signal_all(self, signum: int) -> bool:
         if not self._alive:
             return False
@@ -240,6 +278,15 @@ class InitSandbox:
 
 class InterfaceError(CorralError):
     """The container's init could not configure a network device."""
+
+
+def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds of an SCM_RIGHTS message."""
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
 
 
 def signal_pidfd(pidfd: int, signum: int) -> None:

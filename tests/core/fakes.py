@@ -14,7 +14,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
 
-from supervisor.api import ContainerView, JobExited, JobRequest, LaunchPlan, hookimpl
+from supervisor.api import (
+    ContainerView,
+    InvalidRequest,
+    JobExited,
+    JobRequest,
+    LaunchPlan,
+    hookimpl,
+)
 
 
 class FakeSandbox:
@@ -49,6 +56,12 @@ class FakeSandbox:
         running = bool(self.jobs.get(job_id))
         await self.end(job_id, 128 + signum)
         return running
+
+    async def job_input(self, job_id: int) -> int:
+        raise InvalidRequest(f"job {job_id} has no stdin")
+
+    async def close_input(self, job_id: int) -> None:
+        raise InvalidRequest(f"job {job_id} has no stdin")
 
     async def signal_all(self, signum: int) -> bool:
         name = signal.Signals(signum).name.removeprefix("SIG") if signum else "0"
