@@ -394,3 +394,65 @@ def test_a_terminal_job_survives_kill_9_of_the_daemon_and_is_reattached(
             screen.close()
         assert c.link(handle, job)[0] == 0
         c.destroy(handle)
+
+
+# -- the Python clients' job objects ------------------------------------------------------
+
+
+def test_popen_like_job_object(client: Client, container: str) -> None:
+    job = client.popen(container, "read -r name; echo hello $name; cat >&2", stdin=True)
+    job.write("corral\n")
+    output = job.output()
+    assert next(output) == ("stdout", b"hello corral\n")  # as it comes, before the end
+    job.write(b"\xff")
+    job.close_stdin()
+    assert job.wait() == 0
+    assert (job.stdout, job.stderr) == (b"hello corral\n", b"\xff")
+    assert job.ended == {"exit_code": 0, "signal": None, "killed_by": None}
+    assert job.usage is not None and job.usage["cpu_total"] is not None
+
+
+def test_popen_terminal_signal_and_resize(client: Client, container: str) -> None:
+    job = client.popen(
+        container, "stty size; echo ready; exec sleep 100", tty={"rows": 5, "cols": 7}
+    )
+    screen = b""
+    for _, chunk in job.output():
+        screen += chunk
+        if b"ready" in screen:
+            break
+    assert screen.startswith(b"5 7\r\n")
+    job.resize(9, 11)
+    job.send_signal("INT")
+    assert job.wait() == 130 and job.ended is not None and job.ended["signal"] == 2
+
+
+def test_run_hands_output_over_as_it_comes(client: Client, container: str) -> None:
+    seen: list[tuple[str, bytes]] = []
+    result = client.run(
+        container, "echo one; echo two >&2; exit 4", output=lambda *item: seen.append(item)
+    )
+    assert sorted(seen) == [("stderr", b"two\n"), ("stdout", b"one\n")]
+    assert result == [4, "one\n", "two\n"]
+
+
+def test_trio_job_object(daemon: Daemon) -> None:
+    import trio
+
+    from supervisor.client import TrioClient
+
+    async def main() -> tuple[object, ...]:
+        async with await TrioClient.connect(daemon.socket) as c:
+            handle = await c.create()
+            job = await c.popen(handle, "cat", stdin=True)
+            await job.write("abc")
+            first = None
+            async for item in job.output():
+                first = item
+                break
+            await job.close_stdin()
+            status = await job.wait()
+            await c.destroy(handle)
+            return first, status, job.stdout
+
+    assert trio.run(main) == (("stdout", b"abc"), 0, b"abc")
