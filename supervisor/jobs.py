@@ -20,14 +20,20 @@ from typing import Any
 
 import trio
 
+from supervisor.filewatch import DirectoryWatch
 from supervisor.sandbox import JobGroup
 
 STREAMS = ("stdout", "stderr")
 #: Why the daemon may kill a job, as ``ended.killed_by`` reports it.
 KILL_REASONS = frozenset({"timeout", "cpu_limit", "output_limit", "oom", "stop"})
 STREAM_CHUNK = 256 * 1024
-#: How often a streaming reader looks for new output while the job is quiet.
+#: How often a streaming reader looks for new output while the job is quiet, when it
+#: cannot watch the job's directory (and how long it waits for the exit after the
+#: status file was written).
 STREAM_POLL = 0.02
+#: How long a watching reader sleeps without a write (the exit of a job whose status
+#: is never written, as at a destroy, is seen then).
+STREAM_WATCH_MAX = 0.25
 #: Output read on the event loop itself, as a worker thread's round trip costs more.
 INLINE_READ = 64 * 1024
 
@@ -224,6 +230,12 @@ class Job:
             return
         offsets = dict.fromkeys(STREAMS, 0)
         files: dict[str, int] = {}
+        watch: DirectoryWatch | None = None
+        if not self.exited.is_set():
+            try:
+                watch = DirectoryWatch(self.dir)  # made before the first read: no write missed
+            except OSError:
+                pass  # polled instead
         try:
             while True:
                 finished = self.exited.is_set()
@@ -246,11 +258,15 @@ class Job:
                     continue
                 if finished:
                     return
-                with trio.move_on_after(STREAM_POLL):
-                    await self.exited.wait()
+                if watch is None or "status" in await watch.wait(STREAM_WATCH_MAX):
+                    # Polling; or the init wrote the status: its exit message is on its way.
+                    with trio.move_on_after(STREAM_POLL):
+                        await self.exited.wait()
         finally:
             for fd in files.values():
                 os.close(fd)
+            if watch is not None:
+                watch.close()
 
     def remove_files(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
