@@ -22,10 +22,17 @@ from typing import Any
 
 import trio
 
+from plugins.isolation.build import build_init, is_current, source_digest
 from supervisor.testing import INSTALLED_INIT, INSTALLED_ROOTFS, REPO
 
-#: The installed container init and base rootfs, shared with the peers.
-INIT = INSTALLED_INIT
+#: The container init (the installed one if built from this checkout's source, else
+#: built from it, as the daemon's protocol must match) and base rootfs, shared with
+#: the peers.
+INIT = (
+    INSTALLED_INIT
+    if is_current(INSTALLED_INIT, source_digest())
+    else build_init(Path("/tmp/corral-bench-init/corral-init"))
+)
 BASE_ROOTFS = INSTALLED_ROOTFS
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PY_SPY = Path(sys.executable).parent / "py-spy"

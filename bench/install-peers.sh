@@ -3,6 +3,8 @@
 #
 #   crun, runc, bubblewrap (required peers; util-linux's unshare/nsenter are always there)
 #   podman                  (optional: skipped, with a note, when it does not install)
+#   skopeo, umoci           (optional: the images phase's peer; docker-registry comes from
+#                            scripts/install.sh, which keeps its service off)
 #
 # Each package is installed on its own with --no-install-recommends so one failure
 # does not block the others; `apt-get update` runs only if an install fails, then
@@ -12,7 +14,7 @@ set -u
 export DEBIAN_FRONTEND=noninteractive
 
 REQUIRED=(crun runc bubblewrap)
-OPTIONAL=(podman)
+OPTIONAL=(podman skopeo umoci)
 updated=0
 failed=()
 LOGDIR=$(mktemp -d /tmp/install-peers.XXXXXX)

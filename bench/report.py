@@ -26,6 +26,12 @@ TARGETS = {
     "events": "a job's exit reaches 100 subscribers with p99 < 2 ms",
     "keystroke": "keystroke to echo through a terminal job: p99 < 2 ms, within 3x of a host pty",
     "signal": "`signal` to a running job: p50 < 1 ms",
+    "ci_job": "< 50 ms per CI job (config + prepare + cleanup, median)",
+    "ci_stage": "< 10 ms per CI stage beyond `sh` (median)",
+    "shaping": "a bandwidth limit adds < 0.3 ms to a cold run (median)",
+    "image_pull": "<= 1.0x `skopeo copy` + `umoci unpack` (median)",
+    "image_create": "<= 1.1x create from a rootfs directory (median)",
+    "image_disk": "layers' disk does not grow with the number of containers",
 }
 
 
@@ -163,6 +169,9 @@ def summary(r: Results) -> list[str]:
         stream_rows,
         jobs_rows,
         events_rows,
+        ci_rows,
+        shaping_rows,
+        images_rows,
     ):
         lines += rows(r)
     if r["quick"]:
@@ -565,10 +574,11 @@ def scrape(r: Results) -> list[str]:
         f"{m['lines']} lines, {m['samples']} samples in {m['families']} families, "
         f'{m["bytes"]} bytes, {m["containers_in_scrape"]} containers in it. "collection" is '
         "the daemon's own figure (`corral_metrics_collection_seconds`): reading every "
-        "container's `info`; the rest of the wall time is rendering the text (in a worker "
-        "thread) and HTTP. Back to back, the fs plugin's 2-second cache of each writable "
-        "layer's usage is fresh; scrapes more than 2 s apart (as Prometheus scrapes, every "
-        "15 s or so) find it stale and walk every layer again.",
+        "container's figures (`DaemonView.stats`); the rest of the wall time is rendering "
+        "the text (in a worker thread) and HTTP. Back to back, the fs plugin's 2-second cache "
+        "of each writable layer's usage is fresh; scrapes more than 2 s apart (as Prometheus "
+        "scrapes, every 15 s or so) find it stale and look at every layer again (an empty "
+        "one is seen empty with one `getdents`, the others are walked).",
         "",
         "| scrapes | n | median | p90 | p99 | max |",
         "|---|---|---|---|---|---|",
@@ -639,25 +649,92 @@ def events_rows(r: Results) -> list[str]:
     ]
 
 
+def shaping_rows(r: Results) -> list[str]:
+    """What a bandwidth limit adds to a cold run (the target)."""
+    s = r.get("shaping", {}).get("stats", {})
+    if not s.get("limited", {}).get("n") or not s.get("plain", {}).get("n"):
+        return []
+    added = s["limited"]["median"] - s["plain"]["median"]
+    return [
+        ratio_row(
+            "cold run with a bandwidth limit, median",
+            s["limited"]["median"],
+            "without",
+            s["plain"]["median"],
+            TARGETS["shaping"],
+            added < 0.3,
+            "ms",
+        )
+    ]
+
+
+def shaping(r: Results) -> list[str]:
+    """Cold runs with and without a bandwidth limit, and their creates."""
+    sh = r.get("shaping")
+    if not sh:
+        return []
+    s, c = sh["stats"], sh["create"]
+    lines = [
+        "",
+        "## Shaping",
+        "",
+        f"Cold runs (create, `/bin/true`, destroy) round-robin, with `network.bandwidth` "
+        f"{sh['bandwidth']} and without (ms):",
+        "",
+        "| | n | median | p90 | create median |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in ("plain", "limited"):
+        lines.append(
+            f"| {kind} | {s[kind].get('n')} | {fmt(s[kind].get('median'))} | "
+            f"{fmt(s[kind].get('p90'))} | {fmt(c[kind].get('median'))} |"
+        )
+    return lines
+
+
 def events(r: Results) -> list[str]:
     """Event delivery latency, and ping with and without idle subscribers."""
     e = r.get("events")
     if not e:
         return []
-    d = e["delivery"]
     lines = [
         "",
         "## Events",
         "",
         f"{e['subscribers']} subscriptions to one container's job exits, in a process of their "
-        f"own; {e['jobs']} jobs run one after another. Latency: from the daemon's publishing "
-        "of the exit (the event's `time`) to the line being readable at each subscriber (ms).",
+        f"own; {e['jobs']} jobs one after another, `run` (the runner waits in `link` and is "
+        "woken by the same exit), then spawned and linked once every subscriber has read the "
+        "exit (at the exit only the daemon and the subscribers' process run). Latency: from "
+        "the daemon's publishing of the exit (the event's `time`) to the line being read by "
+        "each subscriber (ms).",
         "",
-        "| events | median | p90 | p99 | mean | min | max |",
-        "|---|---|---|---|---|---|---|",
-        f"| {d['events']} | {fmt(d.get('median'), 3)} | {fmt(d.get('p90'), 3)} | "
-        f"{fmt(d.get('p99'), 3)} | {fmt(d.get('mean'), 3)} | {fmt(d.get('min'), 3)} | "
-        f"{fmt(d.get('max'), 3)} |",
+        "| jobs | lines read | n | median | p90 | p99 | mean | min | max |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for how, key in (("run", "delivery"), ("spawn, link after", "delivery_alone")):
+        d = e.get(key)
+        if not d:
+            continue
+        rows = [("every subscriber", dict(d, n=d["events"]))]
+        rows += [
+            (label, d[field])
+            for label, field in (
+                ("first subscriber of each exit", "first_subscriber_ms"),
+                ("last subscriber of each exit", "last_subscriber_ms"),
+                ("last less first, each exit", "spread_ms"),
+            )
+            if d.get(field)
+        ]
+        for label, x in rows:
+            lines.append(
+                f"| {how} | {label} | {x['n']} | {fmt(x.get('median'), 3)} | "
+                f"{fmt(x.get('p90'), 3)} | {fmt(x.get('p99'), 3)} | {fmt(x.get('mean'), 3)} | "
+                f"{fmt(x.get('min'), 3)} | {fmt(x.get('max'), 3)} |"
+            )
+    lines += [
+        "",
+        "The 100 lines of one exit are not independent: the p99 of every subscriber is the "
+        "worst exit or two of the run.",
         "",
         f"`ping` from one client, with no subscriber and with {e['idle']} idle subscriptions "
         "open (ms):",
@@ -669,6 +746,62 @@ def events(r: Results) -> list[str]:
         lines.append(
             f"| {label} | {fmt(p['throughput_per_s'], 0)} | {fmt(p.get('median'), 3)} | "
             f"{fmt(p.get('p90'), 3)} | {fmt(p.get('p99'), 3)} | {fmt(p.get('max'), 3)} |"
+        )
+    return lines
+
+
+def ci_rows(r: Results) -> list[str]:
+    """The GitLab driver's cost per job and per stage, as the runner runs it (every
+    ``*_exec`` the C ``corral-gitlab-fast``), against the goals."""
+    c = r.get("ci")
+    if not c or "gitlab, C" not in c["overhead"]:
+        return []
+    way = c["overhead"]["gitlab, C"]
+    sh = c["stats"][f"sh on the host, {c['stages']} stages"].get("median")
+    return [
+        ratio_row(
+            "CI job (corral-gitlab-fast config + prepare + cleanup)",
+            way["job_ms"],
+            "–",
+            None,
+            TARGETS["ci_job"],
+            way["job_goal_met"],
+            "ms",
+        ),
+        ratio_row(
+            f"CI stage (corral-gitlab-fast, beyond sh; {c['stages']} stages)",
+            way["stage_ms"],
+            "sh per stage",
+            sh / c["stages"] if sh else None,
+            TARGETS["ci_stage"],
+            way["stage_goal_met"],
+            "ms",
+        ),
+    ]
+
+
+def ci(r: Results) -> list[str]:
+    """Whole CI jobs through the drivers and with sh; the overhead split per job and stage."""
+    c = r.get("ci")
+    if not c:
+        return []
+    lines = stats_table(
+        "CI executors",
+        c["stats"],
+        f"Whole jobs (ms): config, prepare, {c['stages']} or 0 empty stages, cleanup, through "
+        "the GitLab driver (a process per stage as the runner runs it: every stage in C, or "
+        "every stage in Python; or called in the bench's process) and the GitHub hooks (a process per hook); the same stages with `sh` on "
+        "the host; and what a Python process costs before it does anything.",
+    )
+    lines += [
+        "",
+        "| driver | per job (0 stages) | per stage beyond sh | whole job / sh |",
+        "|---|---|---|---|",
+    ]
+    for way, o in c["overhead"].items():
+        lines.append(
+            f"| {way} | {fmt(o['job_ms'])} ms | {fmt(o['stage_ms'])} ms | "
+            f"{fmt(o['job_ratio_to_sh'])}x |"
         )
     return lines
 
@@ -808,6 +941,93 @@ def cleanup(r: Results) -> list[str]:
     return ["", "## Clean-up check", "", *(f"- {k}: {v}" for k, v in r["cleanup"].items())]
 
 
+def images_rows(r: Results) -> list[str]:
+    """Pull+unpack against skopeo+umoci, create from an image against a rootfs, layers' disk."""
+    im = r.get("images")
+    if not im:
+        return []
+    pull, create, disk = im.get("pull", {}), im.get("create", {}), im.get("disk", {})
+    rows = []
+    corral, peer = pull.get("corral", {}).get("median"), pull.get("skopeo+umoci", {}).get("median")
+    if corral is not None:
+        ok = None if peer is None else corral <= peer
+        rows.append(
+            ratio_row(
+                "pull + unpack a 3-layer image (~100 MB)",
+                corral,
+                "skopeo copy + umoci unpack",
+                peer,
+                TARGETS["image_pull"],
+                ok,
+                "ms",
+            )
+        )
+    image, rootfs = create.get("image", {}).get("median"), create.get("rootfs", {}).get("median")
+    if image is not None:
+        ok = None if rootfs is None else image <= 1.1 * rootfs
+        rows.append(
+            ratio_row(
+                "create from an image (layers present)",
+                image,
+                "create from the rootfs",
+                rootfs,
+                TARGETS["image_create"],
+                ok,
+                "ms",
+            )
+        )
+    n = disk.get("containers")
+    if n and f"layers_bytes_{n}" in disk:
+        one, many = disk["layers_bytes_1"] / 1e6, disk[f"layers_bytes_{n}"] / 1e6
+        rows.append(
+            ratio_row(
+                f"layers' disk with {n} containers of the image",
+                many,
+                "with 1 container",
+                one,
+                TARGETS["image_disk"],
+                many <= one,
+                "MB",
+            )
+        )
+    return rows
+
+
+def images(r: Results) -> list[str]:
+    """The images phase in full."""
+    im = r.get("images")
+    if not im:
+        return []
+    lines = stats_table(
+        "Images: pull + unpack (ms)",
+        im.get("pull", {}),
+        f"A 3-layer image of {fmt(im['image_bytes_uncompressed'] / 1e6, 1)} MB "
+        f"({fmt(im['image_bytes_compressed'] / 1e6, 1)} MB compressed) in Debian's "
+        "docker-registry on loopback: Corral's `image-pull` into an emptied store against "
+        "`skopeo copy` to an OCI layout plus `umoci unpack`, round-robin.",
+    )
+    lines += stats_table(
+        "Images: create (ms)",
+        im.get("create", {}),
+        "`create` of a container of the image (layers present) against `create` from the "
+        "rootfs directory, round-robin, each destroyed untimed.",
+    )
+    disk = im.get("disk", {})
+    n = disk.get("containers")
+    if n:
+        lines += [
+            "",
+            "## Images: disk",
+            "",
+            "| containers | layers (MB) | containers' own directories (MB) |",
+            "|---|---|---|",
+            f"| 1 | {fmt(disk['layers_bytes_1'] / 1e6)} | {fmt(disk['containers_bytes_1'] / 1e6)} |",
+            f"| {n} | {fmt(disk[f'layers_bytes_{n}'] / 1e6)} | "
+            f"{fmt(disk[f'containers_bytes_{n}'] / 1e6)} |",
+        ]
+    return lines
+
+
 #: The sections of RESULTS.md, in order.
 SECTIONS: list[Callable[[Results], list[str]]] = [
     header,
@@ -822,6 +1042,9 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     stream,
     jobs,
     events,
+    ci,
+    shaping,
+    images,
     profile,
     setup,
     errors,

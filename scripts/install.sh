@@ -1,7 +1,8 @@
 #!/bin/bash
 # Install Corral on a Debian machine, as root, and (re)start the daemon.
 # Idempotent: run it again after pulling to upgrade.
-#   system packages, /opt/corral/venv, /usr/local/lib/corral/corral-init,
+#   system packages, /opt/corral/venv, /usr/local/lib/corral/corral-init, the CI
+#   drivers (corral-gitlab, corral-gitlab-fast, corral-github-hooks, github-hooks.sh),
 #   the base rootfs in /var/lib/corral/rootfs/base, /etc/corral/corral.toml;
 #   where systemd is PID 1, the service /etc/systemd/system/corrald.service.
 set -euo pipefail
@@ -15,7 +16,7 @@ UNIT=/etc/systemd/system/corrald.service
 
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
-# System packages: a C compiler and static libc for the container init,
+# System packages: a C compiler and static libc for the container init and corral-gitlab-fast,
 # busybox-static for the base rootfs, python3 with venv, mke2fs and losetup
 # for disk quotas, nftables and iproute2 for container networking, jq to read the
 # daemon's JSON log (README.md; tests/test_service.py runs its commands).
@@ -30,6 +31,28 @@ if [ ${#missing[@]} -gt 0 ]; then
         || { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; }
 fi
 
+# For the image tests (tests/images): a registry they run on loopback with a config of
+# their own, skopeo to push into it, openssl to sign the token-auth case's tokens. The
+# package's own registry service must neither run nor stay enabled: it is held back
+# from starting while the package installs (policy-rc.d, which both invoke-rc.d and
+# deb-systemd-invoke obey), then disabled.
+if ! dpkg -s docker-registry skopeo openssl >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=1
+    fi
+    apt-get install -y -q --no-install-recommends docker-registry skopeo openssl \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends docker-registry skopeo openssl; }
+    [ -n "$own_policy" ] && rm -f "$policy"
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now -q docker-registry.service || true
+    else
+        update-rc.d -f docker-registry remove >/dev/null 2>&1 || true
+    fi
+fi
+
 # The virtual environment with Corral and its test tools. Installed, not linked
 # to the checkout: the daemon runs on when the checkout moves or goes (the tests
 # and the benchmark run the checkout's code, from its directory).
@@ -40,6 +63,14 @@ fi
 rm -rf "$REPO/build"  # pip's in-tree build
 ln -sf "$VENV/bin/corral" /usr/local/bin/corral
 ln -sf "$VENV/bin/corrald" /usr/local/bin/corrald
+# The CI drivers (docs/ci-executors.md): GitLab's custom executor, GitHub's container hooks.
+ln -sf "$VENV/bin/corral-gitlab" /usr/local/bin/corral-gitlab
+ln -sf "$VENV/bin/corral-github-hooks" /usr/local/bin/corral-github-hooks
+install -D -m 0755 "$REPO/executors/github-hooks.sh" /usr/local/lib/corral/github-hooks.sh
+# The GitLab driver in C (static, as the init), every stage's *_exec; it runs corral-gitlab
+# from its own directory for rare cases. corral-gitlab-run was its run stage alone, before.
+"$VENV/bin/python" -m executors.build /usr/local/bin/corral-gitlab-fast
+rm -f /usr/local/bin/corral-gitlab-run /usr/local/bin/corral-gitlab-run.sha256
 
 "$VENV/bin/python" -m plugins.isolation.build "$INIT"
 bash "$REPO/scripts/build-rootfs.sh" "$ROOTFS"

@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=/opt/corral/venv
-"$VENV/bin/ruff" check supervisor plugins tests bench
-"$VENV/bin/mypy" supervisor plugins tests bench
+"$VENV/bin/ruff" check supervisor plugins tests bench executors
+"$VENV/bin/mypy" supervisor plugins tests bench executors
 "$VENV/bin/python" -m pytest "$@"
 if [ $# -eq 0 ]; then
     bash scripts/test-v2.sh

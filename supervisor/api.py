@@ -47,6 +47,7 @@ from supervisor.events import (
     MemoryPressure,
     NetRuleChanged,
     OutOfMemory,
+    OutputCut,
     SandboxExited,
     StateChanged,
 )
@@ -54,6 +55,7 @@ from supervisor.hookspecs import hookimpl
 from supervisor.protocol import Args
 from supervisor.requests import BUCKETS, CommandStats, RequestStats
 from supervisor.sandbox import (
+    JobDefaults,
     JobGroup,
     JobRequest,
     LaunchPlan,
@@ -87,6 +89,7 @@ __all__ = [
     "Handler",
     "InvalidRequest",
     "InvalidState",
+    "JobDefaults",
     "JobExited",
     "JobGroup",
     "JobRequest",
@@ -101,6 +104,7 @@ __all__ = [
     "NetworkNamespace",
     "NoCapacity",
     "OutOfMemory",
+    "OutputCut",
     "Request",
     "RequestStats",
     "Sandbox",
@@ -186,6 +190,15 @@ class DaemonView(Protocol):
 
         Raises:
             UnknownHandle: the container is gone.
+        """
+
+    async def stats(self, containers: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
+        """The figures of many containers at once, by handle: ``state`` and ``job_ids`` as
+        ``info`` gives them, ``jobs_running`` (how many of those jobs have not exited, as
+        far as the daemon knows: ``link`` would wait for them), and the tables of counters
+        and gauges the plugins give in
+        ``corral_containers_stats`` (``memory_stat``, ``cpu_stat``, ``pids``, ``disk_stat``,
+        ``net_stat``). A container destroyed meanwhile is left out.
         """
 
     @property

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -60,8 +62,93 @@ def _status(status: int | None) -> int:
     return 255 if status is None else status
 
 
+_BYTES = re.compile(r"(\d+)/(\d+) bytes")
+
+
+def _progress(line: str) -> None:
+    """A pull's or import's progress line, as a bar on a terminal (else the line itself)."""
+    if not sys.stderr.isatty():
+        print(line, file=sys.stderr, flush=True)
+        return
+    match = _BYTES.search(line)
+    bar = ""
+    if match and int(match.group(2)):
+        done = int(match.group(1)) / int(match.group(2))
+        bar = f"[{'#' * int(done * 30):<30}] {done:4.0%} "
+    sys.stderr.write(f"\r\033[K{bar}{line[:60]}")
+    if "done" in line:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _image_table(images: list[dict[str, Any]]) -> None:
+    print(f"{'NAME':<50} {'ID':<12} {'DIGEST':<19} {'SIZE':>10} {'CREATED':<20} CONTAINERS")
+    for image in images:
+        size = f"{image['size'] / 1e6:.1f} MB"
+        digest = (image["manifest"] or "-")[:19]
+        for name in image["names"] or ["<none>"]:
+            print(
+                f"{name:<50} {image['id'][7:19]:<12} {digest:<19} {size:>10} "
+                f"{(image['created'] or '')[:19]:<20} {len(image['containers'])}"
+            )
+
+
+def run_image(client: Client, args: argparse.Namespace) -> int:
+    """``corral image run IMAGE [ARG...]``: a container of the image running its Entrypoint
+    and Cmd (ARGs replace Cmd) as one job through ``/bin/sh``, then destroyed."""
+    config: dict[str, Any] = {"image": args.image, "image_pull": "missing"}
+    if args.env:
+        config["env"] = _pairs(args.env, "--env")
+    handle = client.create(config)
+    try:
+        image = client.call("image-inspect", args.image)["config"]
+        argv = list(image.get("Entrypoint") or []) + (args.args or list(image.get("Cmd") or []))
+        if not argv:
+            raise SystemExit(f"corral: image {args.image} has no Entrypoint nor Cmd; give ARGs")
+        status, out, err = client.run(handle, "exec " + shlex.join(argv))
+        _write("stdout", out)
+        _write("stderr", err)
+        return _status(status)
+    finally:
+        client.destroy(handle)
+
+
+def image_command(client: Client, args: argparse.Namespace) -> int:
+    cmd = args.command if args.command != "image" else f"image {args.image_command}"
+    if cmd == "pull":
+        image = client.call_with_progress("image-pull", args.ref, progress=_progress)
+        print(image["id"])
+    elif cmd == "images":
+        images = client.call("image-list")
+        if args.json:
+            print(json.dumps(images, indent=2))
+        else:
+            _image_table(images)
+    elif cmd == "rmi":
+        result = client.call("image-remove", args.ref)
+        for name in result["untagged"]:
+            print(f"untagged {name}")
+        if result["deleted"]:
+            print(f"deleted {result['deleted']}")
+    elif cmd == "image import":
+        opts = {"name": args.name} if args.name else {}
+        path = str(Path(args.path).resolve())
+        for image in client.call_with_progress("image-import", path, opts, progress=_progress):
+            print(image["id"], " ".join(image["names"]))
+    elif cmd == "image inspect":
+        print(json.dumps(client.call("image-inspect", args.ref), indent=2))
+    elif cmd == "image prune":
+        freed = client.call("image-prune")
+        print(f"{freed['layers']} layers, {freed['blobs']} blobs, {freed['bytes']} bytes freed")
+    elif cmd == "image run":
+        return run_image(client, args)
+    return 0
+
+
 def run_command(client: Client, args: argparse.Namespace) -> int:
     cmd = args.command
+    if cmd in ("pull", "images", "rmi", "image"):
+        return image_command(client, args)
     if cmd == "ping":
         print(client.ping())
     elif cmd == "create":
@@ -87,7 +174,10 @@ def run_command(client: Client, args: argparse.Namespace) -> int:
         return _status(status)
     elif cmd == "stream":
         for name, chunk in client.stream(args.handle, args.job_id):
-            _write(name, chunk)
+            if name == "cut":
+                print(f"corral: {chunk} cut at the output limit", file=sys.stderr)
+            else:
+                _write(name, chunk)
     elif cmd == "stop":
         print(client.stop(args.handle, kill=args.kill, background=args.background))
     elif cmd == "destroy":
@@ -97,7 +187,7 @@ def run_command(client: Client, args: argparse.Namespace) -> int:
     elif cmd == "list":
         for handle in client.list(_pairs(args.property, "property") or None):
             print(handle)
-    elif cmd in ("pause", "resume"):
+    elif cmd in ("pause", "resume", "start"):
         print(client.call(cmd, args.handle))
     elif cmd == "events":
         for event in client.events(args.handle or None, args.kind or None):
@@ -155,6 +245,7 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser(name).add_argument("handle")
     sub.add_parser("pause", help="freeze every process of a container").add_argument("handle")
     sub.add_parser("resume", help="let a paused container run again").add_argument("handle")
+    sub.add_parser("start", help="make a stopped container active again").add_argument("handle")
     s = sub.add_parser("events", help="print what happens to containers, as it happens")
     s.add_argument("handle", nargs="*", help="only these containers (default: all)")
     s.add_argument("--kind", action="append", default=[], help="only events of this kind")
@@ -162,7 +253,26 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="list handles (optionally matching properties)")
     s.add_argument("property", nargs="*", metavar="K=V")
     sub.add_parser("raw", help="send one JSON request array").add_argument("request")
+    _image_parsers(sub)
     return p
+
+
+def _image_parsers(sub: Any) -> None:
+    sub.add_parser("pull", help="pull an image from its registry").add_argument("ref")
+    s = sub.add_parser("images", help="list the images in the store")
+    s.add_argument("--json", action="store_true")
+    sub.add_parser("rmi", help="remove an image (or one of its names)").add_argument("ref")
+    image = sub.add_parser("image", help="import, inspect, prune or run images")
+    isub = image.add_subparsers(dest="image_command", required=True)
+    s = isub.add_parser("import", help="import a docker save archive or an OCI layout")
+    s.add_argument("path", metavar="FILE|DIR")
+    s.add_argument("--name", help="name the imported image(s) REPO[:TAG]")
+    isub.add_parser("inspect", help="an image's config and layers").add_argument("ref")
+    isub.add_parser("prune", help="delete layers and blobs nothing uses")
+    s = isub.add_parser("run", help="run an image's Entrypoint+Cmd in a new container")
+    s.add_argument("image")
+    s.add_argument("args", nargs="*", help="replace the image's Cmd")
+    s.add_argument("--env", action="append", default=[], metavar="K=V")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,14 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from supervisor import errors
+
+if TYPE_CHECKING:
+    # Imported when a TrioClient connects: trio takes ~90 ms to import, which every
+    # short-lived blocking client (a CI driver runs one per stage) would pay for nothing.
+    import trio
 
 DEFAULT_SOCKET = Path("/run/corral/corral.sock")
 
@@ -55,6 +58,10 @@ class ConnectionClosed(ConnectionError):
 
 def _encode(request: tuple[Any, ...]) -> bytes:
     return json.dumps(list(request), separators=(",", ":")).encode() + b"\n"
+
+
+#: How a progress line of ``image-pull`` and ``image-import`` starts (the daemon writes it so).
+PROGRESS_PREFIX = b'["progress",'
 
 
 def _payload(line: bytes) -> Any:
@@ -119,7 +126,8 @@ class JobProcess:
         if self._reader is None:
             self._reader = Client(self.client.path, self.client.timeout)
         for name, chunk in self._reader.stream(self.handle, self.id, encoding="base64"):
-            yield name, base64.b64decode(chunk)
+            if name != "cut":  # ["cut", STREAM]: the output limit (ended.killed_by tells)
+                yield name, base64.b64decode(chunk)
 
     def wait(self) -> int | None:
         """Wait for the job's end; its status. Its output is then in :attr:`stdout`/:attr:`stderr`
@@ -183,9 +191,22 @@ class Client(_Commands):
         return line
 
     def call(self, *request: Any) -> Any:
-        """Send one request and return its payload."""
+        """Send one request and return its payload (progress lines before it are skipped)."""
+        return self.call_with_progress(*request)
+
+    def call_with_progress(
+        self, *request: Any, progress: Callable[[str], None] | None = None
+    ) -> Any:
+        """Send a request that reports ``["progress", TEXT]`` lines (``image-import``,
+        ``image-pull``) before its reply; give each to *progress*; return the payload."""
         self.sock.sendall(_encode(request))
-        return _payload(self._line())
+        while True:
+            line = self._line()
+            if line.startswith(PROGRESS_PREFIX):
+                if progress is not None:
+                    progress(str(json.loads(line)[1]))
+                continue
+            return _payload(line)
 
     def ping(self) -> str:
         return self.call("ping")
@@ -207,14 +228,15 @@ class Client(_Commands):
         **opts: Any,
     ) -> list[Any]:
         """Run SCRIPT to its end: ``[status, stdout, stderr]`` (a fourth item with
-        ``ended``/``usage``). With *output*, it is called with ``(stream, bytes)`` as the job
+        ``info``/``ended``/``usage``). With *output*, it is called with ``(stream, bytes)`` as the job
         writes, instead of the output being held back to the end."""
         if output is None:
             return self.call("run", handle, script, _clean(opts))
-        link_opts = {k: opts.pop(k) for k in ("encoding", "ended", "usage") if k in opts}
+        link_opts = {k: opts.pop(k) for k in ("encoding", "ended", "usage", "info") if k in opts}
         job_id = self.spawn(handle, script, **opts)
         for name, chunk in self.stream(handle, job_id, encoding="base64"):
-            output(name, base64.b64decode(chunk))
+            if name != "cut":  # ["cut", STREAM]: link's status 137 tells
+                output(name, base64.b64decode(chunk))
         return self.link(handle, job_id, **link_opts)
 
     def popen(self, handle: str, script: str, **opts: Any) -> JobProcess:
@@ -300,7 +322,8 @@ class TrioJobProcess:
         """Yield ``(stream, bytes)`` as the job writes, on a connection of its own."""
         async with await TrioClient.connect(self.client.path) as reader:
             async for name, chunk in reader.stream(self.handle, self.id, encoding="base64"):
-                yield name, base64.b64decode(chunk)
+                if name != "cut":  # the output limit: ended.killed_by tells
+                    yield name, base64.b64decode(chunk)
 
     async def wait(self) -> int | None:
         if self.ended is None:
@@ -335,6 +358,8 @@ class TrioClient(_Commands):
 
     @classmethod
     async def connect(cls, path: Path | str = DEFAULT_SOCKET) -> TrioClient:
+        import trio
+
         return cls(await trio.open_unix_socket(str(path)), path)
 
     async def aclose(self) -> None:
@@ -362,8 +387,11 @@ class TrioClient(_Commands):
         return line
 
     async def call(self, *request: Any) -> Any:
+        """Send one request and return its payload (progress lines before it are skipped)."""
         await self._stream.send_all(_encode(request))
-        return _payload(await self._line())
+        while (line := await self._line()).startswith(PROGRESS_PREFIX):
+            pass
+        return _payload(line)
 
     async def ping(self) -> str:
         return await self.call("ping")

@@ -18,13 +18,14 @@ import trio
 from supervisor.api import Handler
 from supervisor.errors import InvalidRequest
 from supervisor.events import KINDS, LimitChanged
-from supervisor.jobs import Job, JobLimits
+from supervisor.jobs import KILLED_FOR_OUTPUT, Job, JobLimits
 from supervisor.protocol import (
     Args,
     decode_input,
     encode_line,
     encode_output,
     encode_stream_chunk,
+    stream_chunk_size,
 )
 from supervisor.registry import parse_env
 from supervisor.sandbox import JobRequest
@@ -101,9 +102,13 @@ def _job_request(
         raise InvalidRequest(f"{command}: SCRIPT contains a NUL byte")
     if len(script.encode("utf-8", "surrogateescape")) > MAX_SCRIPT_BYTES:
         raise InvalidRequest(f"{command}: SCRIPT is longer than {MAX_SCRIPT_BYTES} bytes")
-    env = [tuple(kv) for kv in container.options.get("env", [])]
+    defaults = container.job_defaults
+    env = [tuple(kv) for kv in defaults.env]
+    env += [tuple(kv) for kv in container.options.get("env", [])]
     if "env" in opts:
         env += [tuple(kv) for kv in parse_env(opts["env"], f"{command}: env")]
+    if defaults.env:  # one value per name, the last given winning (an image's PATH...)
+        env = list(dict(env).items())  # type: ignore[arg-type]
     rlimits = []
     for name, value in (opts.get("rlimits") or {}).items():
         if name not in RLIMITS:
@@ -117,12 +122,12 @@ def _job_request(
                     f"{command}: rlimit {name} must be a number >= 0 or [soft, hard]"
                 )
         rlimits.append((name, soft, hard))
-    user = opts.get("user")
+    user = opts.get("user", defaults.user)
     if user is not None:
         user = str(user)
         if not user or any(c in user for c in ":\0\n"):
             raise InvalidRequest(f"{command}: user {user!r} is not a user name or uid")
-    directory = opts.get("dir")
+    directory = opts.get("dir", defaults.dir)
     if directory is not None and (not directory.startswith("/") or "\0" in directory):
         raise InvalidRequest(f"{command}: dir {directory!r} must be an absolute path")
     return JobRequest(
@@ -150,7 +155,12 @@ SPAWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "stdin": bool,
     "tty": dict,
 }
-LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str, "ended": bool, "usage": bool}
+LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "encoding": str,
+    "info": bool,
+    "ended": bool,
+    "usage": bool,
+}
 
 
 async def _spawn(
@@ -228,20 +238,32 @@ def _wants_report(opts: dict[str, Any]) -> bool:
     return bool(opts.get("ended") or opts.get("usage"))
 
 
-async def _link(container: Container, job_id: int, opts: dict[str, Any]) -> list[Any]:
-    encoding = _encoding("link", opts)
+async def _link(
+    command: str, request: Request, container: Container, job_id: int, opts: dict[str, Any]
+) -> list[Any]:
+    """The job's ``[exit_status, stdout, stderr]``, and a fourth item on request: the
+    container's ``info`` alone when only *opts* ``info`` is asked (Warden's link carried
+    it so), else ``{"ended": ..., "usage": ...}`` as asked, with ``"info"`` in it too
+    when that is asked as well."""
+    encoding = _encoding(command, opts)
     job = container.job(job_id)
     wanted = _wants_report(opts)
     (status, out, err), report = await container.link(
         job, partial(_report, opts=opts) if wanted else None
     )
-    result = [
+    reply: list[Any] = [
         status,
         None if out is None else encode_output(out, encoding),
         None if err is None else encode_output(err, encoding),
     ]
-    # Only on request: a Warden-style client reads exactly three items.
-    return result + [report] if wanted else result
+    info = await request.supervisor.info(container) if opts.get("info") else None
+    if wanted:
+        assert report is not None
+        reply.append(report if info is None else {"info": info, **report})
+    elif info is not None:
+        reply.append(info)
+    # Nothing asked: a Warden-style client reads exactly three items.
+    return reply
 
 
 async def link(request: Request, *args: Any) -> list[Any]:
@@ -252,15 +274,17 @@ async def link(request: Request, *args: Any) -> list[Any]:
     _encoding("link", opts)
     container.require("link")
     structlog.contextvars.bind_contextvars(job_id=job_id)
-    return await _link(container, job_id, opts)
+    return await _link("link", request, container, job_id, opts)
 
 
 async def run(request: Request, *args: Any) -> list[Any]:
     container, job_id = await _spawn("run", request, list(args), ("HANDLE", "SCRIPT", "OPTS"))
-    return await _link(container, job_id, args[2] if len(args) > 2 else {})
+    return await _link(
+        "run", request, container, job_id, (args[2] if len(args) > 2 else None) or {}
+    )
 
 
-async def stream(request: Request, *args: Any) -> Any:
+async def stream(request: Request, *args: Any) -> list[Any] | dict[str, Any]:
     a = Args("stream", list(args), ("HANDLE", "JOB_ID", "OPTS"))
     container = request.container(a.string(0))
     job_id = a.integer(1)
@@ -269,11 +293,19 @@ async def stream(request: Request, *args: Any) -> Any:
     container.require("stream")
     job = container.job(job_id)
     structlog.contextvars.bind_contextvars(job_id=job_id)
-    async for name, chunk in job.stream(request.supervisor.config.containers.output_limit):
+    limit = request.supervisor.config.containers.output_limit
+    async for name, chunk in job.stream(limit, stream_chunk_size(encoding)):
         await request.send(encode_stream_chunk(name, chunk, encoding))
-    if not _wants_report(opts):
-        return []  # as before: Warden-style clients look for an empty final payload
-    return {"status": job.status, **_report(job, opts)}
+    for name in sorted(job.cut):  # the output ended at the limit: the job was killed
+        await request.send(encode_line(["cut", name]))
+    final: dict[str, Any] = {}
+    if opts.get("info"):
+        final["info"] = await request.supervisor.info(container)
+    if _wants_report(opts):
+        final["status"] = KILLED_FOR_OUTPUT if job.cut else job.status
+        final.update(_report(job, opts))
+    # Nothing asked: as before, Warden-style clients look for an empty final payload.
+    return final or []
 
 
 def parse_signal(command: str, value: Any) -> int:
@@ -387,6 +419,12 @@ async def resume(request: Request, *args: Any) -> str:
     return "ok"
 
 
+async def start(request: Request, *args: Any) -> str:
+    a = Args("start", list(args), ("HANDLE",))
+    await request.container(a.string(0)).start()
+    return "ok"
+
+
 def _names(command: str, value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise InvalidRequest(f"{command}: {what} must be a non-empty list of strings")
@@ -460,5 +498,6 @@ CORE_COMMANDS: dict[str, Handler] = {
     "list": list_,
     "pause": pause,
     "resume": resume,
+    "start": start,
     "events": events,
 }

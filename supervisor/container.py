@@ -9,6 +9,7 @@ context managers.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import fcntl
 import math
@@ -33,11 +34,12 @@ from supervisor.events import (
     JobExited,
     JobStarted,
     OutOfMemory,
+    OutputCut,
     SandboxExited,
     StateChanged,
 )
 from supervisor.jobs import Job, JobLimits
-from supervisor.sandbox import JobRequest, LaunchPlan, Sandbox
+from supervisor.sandbox import JobDefaults, JobRequest, LaunchPlan, Sandbox
 from supervisor.stash import Stash
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.BORN: frozenset({State.ACTIVE, State.DESTROYED}),
     State.ACTIVE: frozenset({State.PAUSED, State.STOPPED}),
     State.PAUSED: frozenset({State.ACTIVE, State.STOPPED}),
-    State.STOPPED: frozenset({State.DESTROYED}),
+    State.STOPPED: frozenset({State.ACTIVE, State.DESTROYED}),
     State.DESTROYED: frozenset(),
 }
 
@@ -77,6 +79,7 @@ ALLOWED: dict[str, frozenset[State]] = {
     "resize": frozenset({State.ACTIVE}),
     "pause": frozenset({State.ACTIVE}),
     "resume": frozenset({State.PAUSED}),
+    "start": frozenset({State.STOPPED}),
     "link": LIVE,
     "stream": LIVE,
     "stop": LIVE,
@@ -84,11 +87,10 @@ ALLOWED: dict[str, frozenset[State]] = {
     "info": LIVE | {State.BORN},
     "limit": LIVE,
     "copy": LIVE,
+    "net in": frozenset({State.ACTIVE, State.PAUSED}),
+    "net out": frozenset({State.ACTIVE, State.PAUSED}),
 }
 
-#: How often a quiet job's output size is checked against the cap, at most.
-OUTPUT_CHECK_MAX = 2.0
-OUTPUT_CHECK_MIN = 0.05
 #: How often a stopping container is asked whether processes are left.
 STOP_POLL = 0.02
 #: Job ids recorded ahead at a time (a restart skips at most this many).
@@ -120,6 +122,8 @@ class Container:
         self.path: Path = supervisor.depot.path(handle)
         self.log = structlog.get_logger().bind(handle=handle)
         self.sandbox: Sandbox | None = None
+        #: What the prepare plugins set for every job (an image's Env, WorkingDir, User).
+        self.job_defaults = JobDefaults()
         #: The plugins' in-memory data for this container, by key.
         self.stash = Stash()
         self.jobs: dict[int, Job] = {}
@@ -221,6 +225,7 @@ class Container:
                 # Plugins save what they must find again after a crash themselves.
                 for resource in hooks.prepare(self, plan, restoring):
                     await stack.enter_async_context(resource)
+                self.job_defaults = plan.job_defaults
                 clock.append(time.perf_counter())
                 self.sandbox = await stack.enter_async_context(hooks.launch(self, plan, restoring))
                 clock.append(time.perf_counter())
@@ -261,8 +266,6 @@ class Container:
         """Run the container's background tasks until destroy is requested."""
         self._start_task(self._consume, events)
         for job in self.jobs.values():
-            if not job.exited.is_set():
-                self._start_task(self._guard_output, job)
             if job.limits and job.group is not None and not job.group.empty():
                 self._start_task(self._enforce_limits, job)
         if restoring and self.sandbox is not None and not self.sandbox.alive:
@@ -310,6 +313,21 @@ class Container:
                 job = self.jobs.get(event.job_id)
                 if job is not None:
                     job.finish(event.status)
+            elif isinstance(event, OutputCut):
+                job = self.jobs.get(event.job_id)
+                if job is not None:
+                    job.cut.add(event.stream)
+                    # The init killed the job's process group at the cut (a background
+                    # child's write may come after the leader's exit); the rest of the
+                    # job (other groups, a terminal's shell jobs) goes with its cgroup.
+                    job.mark_killed("output_limit", after_exit=True)
+                    if job.group is not None and not job.group.empty():
+                        self._start_task(self._kill_job, job)
+                limit = self.supervisor.config.containers.output_limit
+                self.log.warning(
+                    "job output over limit", job_id=event.job_id, stream=event.stream, limit=limit
+                )
+                await self._record_event("command exceeded maximum output")
             elif isinstance(event, OutOfMemory):
                 await self._record_event("out of memory")
                 if self.state is State.ACTIVE:
@@ -382,6 +400,10 @@ class Container:
             stdin=request.stdin or request.tty is not None,
             tty=request.tty,
         )
+        # The sandbox keeps each stream to the cap, whichever process of the job writes
+        # (a terminal job's output too).
+        limit = None if discard_output else self.supervisor.config.containers.output_limit
+        request = dataclasses.replace(request, output_limit=limit)
         job.group = self.supervisor.hooks.job_group(self, job.id, True)
         if job.group is None and limits:
             raise InvalidRequest(
@@ -415,8 +437,6 @@ class Container:
                 os.close(fd)
         if job.group is not None:
             job.group.close()
-        if not discard_output:
-            self._start_task(self._guard_output, job)
         if limits:
             self._start_task(self._enforce_limits, job)
         await self.publish(JobStarted(self.handle, job.id))
@@ -453,27 +473,6 @@ class Container:
             # whose removal of the container's directory covers these files.
             self._start_task(partial(trio.to_thread.run_sync, job.forget, abandon_on_cancel=True))
         return result, extra
-
-    async def _guard_output(self, job: Job) -> None:
-        """Kill a job whose output passes the cap; check often only while it grows."""
-        limit = self.supervisor.config.containers.output_limit
-        interval = OUTPUT_CHECK_MIN
-        last = 0
-        while not job.exited.is_set():
-            with trio.move_on_after(interval):
-                await job.exited.wait()
-            size = job.output_size()
-            if size > limit:
-                self.log.warning("job output over limit", job_id=job.id, limit=limit)
-                await self._record_event("command exceeded maximum output")
-                job.mark_killed("output_limit")
-                if job.group is not None:
-                    await self._kill_job(job)
-                elif self.sandbox is not None:
-                    await self.sandbox.signal_job(job.id, signal.SIGKILL)
-                return
-            interval = OUTPUT_CHECK_MIN if size != last else min(interval * 2, OUTPUT_CHECK_MAX)
-            last = size
 
     async def _enforce_limits(self, job: Job) -> None:
         """Kill every process of the job once it passes its ``timeout`` or ``cpu_time``.
@@ -649,6 +648,17 @@ class Container:
         async with self._stopping:
             self.require("resume")
             await self.supervisor.hooks.freeze(self, False)
+            await self._move(State.ACTIVE)
+
+    async def start(self) -> None:
+        """Make a stopped container active again: its init lives on, so jobs can be spawned
+        in the same root, cgroups and network."""
+        async with self._stopping:
+            self.require("start")
+            if self.sandbox is None or not self.sandbox.alive:
+                raise InvalidState(
+                    f"container {self.handle}: cannot start: its init is gone (destroy it)"
+                )
             await self._move(State.ACTIVE)
 
     async def stop(self, kill: bool = False) -> None:

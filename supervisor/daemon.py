@@ -32,6 +32,12 @@ from supervisor.server import AlreadyServing, Server, open_listener, unwrap
 log = structlog.get_logger()
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+#: glibc malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: Blocks of this size and more (stream chunks and lines, link outputs) are mmapped,
+#: so freeing them returns them to the system at once.
+MMAP_THRESHOLD = 64 * 1024
 #: Allocations (less frees) between two collections of the youngest generation (Python: 700).
 GC_THRESHOLD = 10_000
 
@@ -41,6 +47,19 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def return_freed_memory() -> None:
+    """Give big freed blocks back to the system instead of keeping them in the heap.
+
+    glibc raises its mmap threshold each time an mmapped block is freed (up to
+    32 MiB): after the first stream chunks, the rest came from the heap, which a few
+    long-lived blocks kept from shrinking once a crowd of stream readers left
+    (issue #17, hole 7). A threshold set here stays fixed.
+    """
+    libc = ctypes.CDLL(None)
+    libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
 
 
 def raise_open_files_limit() -> None:
@@ -132,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hooks = Hooks(load_plugins(config), CORE_COMMANDS, CORE_CREATE_OPTIONS)
         become_subreaper()
+        return_freed_memory()
         raise_open_files_limit()
         tune_garbage_collector()
         trio.run(serve, config, hooks)

@@ -72,6 +72,15 @@ class JobExited(Event):
 
 
 @dataclass(frozen=True)
+class OutputCut(Event):
+    """A job's output passed ``output_limit`` on *stream*: kept up to it, the job killed."""
+
+    kind: ClassVar[str] = "output_cut"
+    job_id: int
+    stream: str
+
+
+@dataclass(frozen=True)
 class OutOfMemory(Event):
     """The kernel OOM-killed a process of the container."""
 
@@ -126,6 +135,7 @@ KINDS = frozenset(
         StateChanged,
         JobStarted,
         JobExited,
+        OutputCut,
         OutOfMemory,
         MemoryPressure,
         LimitChanged,

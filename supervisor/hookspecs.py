@@ -2,8 +2,8 @@
 
 A plugin is a class (see :mod:`supervisor.api`) whose methods marked with
 ``hookimpl`` are named after these hooks; a method may take any subset of the
-hook's parameters. Built-in plugins (``fs``, ``isolation``, ``cgroups``,
-``net``) are registered first, in that order; third-party plugins come after,
+hook's parameters. Built-in plugins (``images``, ``fs``, ``isolation``,
+``cgroups``, ``net``, ``metrics``) are registered first, in that order; third-party plugins come after,
 from the entry-point group ``corral``. Blocked names (``[plugins] block``,
 ``CORRAL_BLOCK_PLUGINS``) are never loaded.
 
@@ -47,6 +47,12 @@ Channels between plugins (there are no others; a plugin's own data stays in
   sandbox is made of. The ``fs`` plugin plans the root; plugins prepared after
   the launch plugin's own prepare (``isolation``, second) may add mounts but not
   change the root, the root mount or the ``host`` mounts.
+- ``LaunchPlan.root_layers``, from a prepare plugin before ``fs`` (``images``)
+  to ``fs``: read-only directories, bottom first, that ``fs`` stacks as the root
+  overlay's lower layers instead of the rootfs directory.
+- ``LaunchPlan.job_defaults``, from the prepare plugins to the core: the Env,
+  working directory and user every job of the container gets unless its
+  request (or the create's ``env``) says otherwise.
 - ``LaunchPlan.network_namespace``, from the launch plugin to the prepare
   plugins after it: set in its prepare when it can make the container's
   network namespace ahead of the sandbox; awaiting it gives the namespace (or
@@ -61,7 +67,7 @@ Channels between plugins (there are no others; a plugin's own data stays in
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -239,6 +245,34 @@ def corral_container_info(
 
     :param container: the container asked about.
     :return: a mapping merged into the reply, or an awaitable of one.
+    """
+
+
+@hookspec
+def corral_containers_stats(
+    containers: Sequence[ContainerView],
+) -> Mapping[str, Mapping[str, Any]] | Awaitable[Mapping[str, Mapping[str, Any]]] | None:
+    """Read the usage figures of many containers at once (for the metrics).
+
+    Called once per reading (``DaemonView.stats``: a metrics scrape) with every
+    container to read, for every plugin in registration order; the awaitables
+    returned then run concurrently (so a plugin's worker-thread job overlaps the
+    next plugin's reading), and the mappings are merged per container in
+    registration order, a later plugin's key replacing an earlier one. The
+    figures are the tables of counters and gauges the plugin puts in ``info``
+    (``memory_stat``, ``cpu_stat``, ``pids``, ``disk_stat``, ``net_stat``...),
+    with the same keys, units and meaning, read now; nothing else of ``info``
+    (no ``limits`` table, addresses or options). Where a figure is not read anew
+    (a limit the plugin set and recorded, a usage kept for a few seconds), the
+    plugin's docs say so, as for ``info``. Reading many at once lets a plugin
+    share work between them: one file for every device, one worker-thread job
+    for every tree to walk. A container that is gone or half-restored gets
+    None values, as in ``info``, and never fails the others. An exception fails
+    the reading (``internal`` unless it is a :class:`~supervisor.api.CorralError`).
+
+    :param containers: the live containers to read (each one's figures for its handle).
+    :return: a mapping from handle to that container's tables, or an awaitable of
+        one; a handle left out has none of this plugin's figures.
     """
 
 

@@ -26,6 +26,11 @@ from supervisor.sandbox import JobGroup
 STREAMS = ("stdout", "stderr")
 #: Why the daemon may kill a job, as ``ended.killed_by`` reports it.
 KILL_REASONS = frozenset({"timeout", "cpu_limit", "output_limit", "oom", "stop"})
+#: The status of a job cut at the output limit: 128 + SIGKILL, as a shell reports it.
+KILLED_FOR_OUTPUT = 137
+#: Bytes of output read at once for ``stream``, at most. The handler asks for less
+#: (see :func:`supervisor.protocol.stream_chunk_size`): a reader that stops reading
+#: leaves the daemon holding one line, so a line must stay small.
 STREAM_CHUNK = 256 * 1024
 #: How often a streaming reader looks for new output while the job is quiet, when it
 #: cannot watch the job's directory (and how long it waits for the exit after the
@@ -74,6 +79,8 @@ class Job:
     writing: trio.Lock = field(default_factory=trio.Lock)
     stdin_closed: bool = False
     exited: trio.Event = field(default_factory=trio.Event)
+    #: The streams cut at the output limit (the sandbox killed the job then).
+    cut: set[str] = field(default_factory=set)
     #: (exit_status, stdout, stderr) once read by the first ``link``.
     result: tuple[int | None, bytes | None, bytes | None] | None = None
     _collecting: trio.Lock = field(default_factory=trio.Lock)
@@ -135,13 +142,14 @@ class Job:
         usage["wall_time"] = round(end - self.started, 6)
         return usage
 
-    def mark_killed(self, reason: str) -> None:
+    def mark_killed(self, reason: str, after_exit: bool = False) -> None:
         """Record, before killing the job, why the daemon does (the first reason holds).
 
         Kept in ``killed_by`` beside the output, so a restarted daemon reports it too.
         """
-        if self.killed_by is None and not self.exited.is_set():
+        if self.killed_by is None and (after_exit or not self.exited.is_set()):
             self.killed_by = reason
+            self._ending = None
             try:
                 (self.dir / "killed_by").write_text(reason)
             except OSError:
@@ -203,14 +211,17 @@ class Job:
         """Wait for the exit, then read (once) the status and up to *limit* bytes per stream."""
         await self.exited.wait()
         async with self._collecting:
+            # Killed for its output: 137 (SIGKILL), even where its first process had
+            # exited before a background child's output was cut.
+            status = KILLED_FOR_OUTPUT if self.cut else self.status
             if self.result is None:
                 if self.discard_output:
-                    self.result = (self.status, None, None)
+                    self.result = (status, None, None)
                 elif self.output_size() <= INLINE_READ:
-                    self.result = (self.status, *self._read_outputs(limit))
+                    self.result = (status, *self._read_outputs(limit))
                 else:
                     out, err = await trio.to_thread.run_sync(self._read_outputs, limit)
-                    self.result = (self.status, out, err)
+                    self.result = (status, out, err)
         return self.result
 
     def _read_outputs(self, limit: int) -> tuple[bytes | None, bytes | None]:
@@ -223,8 +234,14 @@ class Job:
 
         return read("stdout"), read("stderr")
 
-    async def stream(self, limit: int) -> AsyncIterator[tuple[str, bytes]]:
-        """Yield ``(stream, chunk)`` from the first byte, as produced, until exit and drained."""
+    async def stream(
+        self, limit: int, chunk_size: int = STREAM_CHUNK
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield ``(stream, chunk)`` from the first byte, as produced, until exit and drained.
+
+        Each chunk holds at most *chunk_size* bytes; the next is read only when the
+        consumer asks for it (once it has sent the last).
+        """
         if self.discard_output:
             await self.exited.wait()
             return
@@ -246,7 +263,7 @@ class Job:
                             files[stream] = os.open(self.file(stream), os.O_RDONLY | os.O_CLOEXEC)
                         except FileNotFoundError:
                             continue
-                    want = min(STREAM_CHUNK, limit - offsets[stream])
+                    want = min(chunk_size, limit - offsets[stream])
                     if want <= 0:
                         continue
                     chunk = os.pread(files[stream], want, offsets[stream])

@@ -16,12 +16,13 @@ import importlib.metadata
 import inspect
 import os
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 import structlog
+import trio
 
 from supervisor import hookspecs
 from supervisor.config import Config
@@ -34,10 +35,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 #: Built-in plugins, by name, in registration (and so call) order, as
-#: ``module:class``. Isolation comes right after fs: once fs has planned the
+#: ``module:class``. Images comes first: it gives fs an image's layers to
+#: stack (``LaunchPlan.root_layers``). Isolation comes right after fs: once fs has planned the
 #: root, the launcher isolation starts at prepare makes the namespaces and
 #: mounts the root while the others prepare.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("images", "plugins.images:ImagesPlugin"),
     ("fs", "plugins.fs:FilesystemPlugin"),
     ("isolation", "plugins.isolation:IsolationPlugin"),
     ("cgroups", "plugins.cgroups:CgroupsPlugin"),
@@ -313,6 +316,39 @@ class Hooks:
                     merged.setdefault("limits", {}).update(value)  # several plugins own limits
                 else:
                     merged[key] = value
+        return merged
+
+    async def stats(self, containers: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
+        """Every plugin's figures of *containers*, merged per handle (a later plugin's key wins).
+
+        The plugins' awaitables run concurrently: one plugin's worker-thread job (the
+        fs plugin's walks, mostly system calls) goes on while the next reads files on
+        the event loop.
+        """
+        results = [
+            result for _, result in self._each("corral_containers_stats", containers=containers)
+        ]
+        resolved: list[Mapping[str, Mapping[str, Any]]] = [{} for _ in results]
+
+        async def resolve(i: int) -> None:
+            resolved[i] = await results[i]
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, result in enumerate(results):
+                    if inspect.isawaitable(result):
+                        nursery.start_soon(resolve, i)
+                    else:
+                        resolved[i] = result
+        except BaseExceptionGroup as group:  # one plugin failed: its error, as for info
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        merged: dict[str, dict[str, Any]] = {c.handle: {} for c in containers}
+        for figures in resolved:  # in registration order
+            for handle, tables in figures.items():
+                if handle in merged:
+                    merged[handle].update(tables)
         return merged
 
     async def freeze(self, container: ContainerView, frozen: bool) -> bool:

@@ -9,9 +9,70 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 from typing import Any
 
 from supervisor.errors import InvalidRequest, ProtocolViolation
+
+#: Deepest nesting of arrays and objects a request may have: commands need three
+#: levels; the JSON decoder (and encoder) recurse, and would fail near a thousand.
+MAX_DEPTH = 32
+#: A ``\uD800``-``\uDFFF`` escape: the only way a JSON text can carry a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[][{}]")
+
+
+class _NotJson(ValueError):
+    """A number JSON cannot carry: NaN, Infinity, or one too large for a float."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"number {text} is out of range")
+    return value
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+
+
+def _depth(line: bytes) -> int:
+    """How deep arrays and objects nest in the JSON text *line* (brackets in strings skipped)."""
+    deepest = depth = 0
+    for match in _BRACKET.finditer(_STRING.sub(b"", line)):
+        depth += 1 if match[0] in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _check_strings(value: Any) -> None:
+    """Refuse a string with a lone surrogate other than U+DC80-U+DCFF (a raw byte).
+
+    Those stand for the bytes 0x80-0xff, as in output (``surrogateescape``); any
+    other cannot become bytes for a path, an environment or a script.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError as exc:
+                raise InvalidRequest(
+                    f"string {item[:40]!r} holds the lone surrogate {item[exc.start]!r} at "
+                    f"character {exc.start}: only \\udc80-\\udcff (one raw byte each) may appear"
+                ) from None
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
 
 
 def decode_request(line: bytes) -> tuple[str, list[Any]]:
@@ -25,10 +86,17 @@ def decode_request(line: bytes) -> tuple[str, list[Any]]:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolViolation(f"request is not valid UTF-8 at byte {exc.start}") from exc
+    # Counting brackets is cheap; the exact depth is scanned only when they could nest too deep.
+    if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _depth(line) > MAX_DEPTH:
+        raise InvalidRequest(f"request nests arrays and objects deeper than {MAX_DEPTH} levels")
     try:
-        request = json.loads(text)
+        request = _decode(text)
+    except _NotJson as exc:
+        raise InvalidRequest(f"request is not valid JSON: {exc}") from None
     except ValueError as exc:
         raise ProtocolViolation(f"request is not valid JSON: {exc}") from exc
+    if _SURROGATE_ESCAPE.search(line):
+        _check_strings(request)
     if not isinstance(request, list) or not request:
         raise InvalidRequest("request must be a non-empty JSON array: [COMMAND, ARGS...]")
     name, *args = request
@@ -39,7 +107,8 @@ def decode_request(line: bytes) -> tuple[str, list[Any]]:
 
 #: What ``json.dumps(obj, separators=(",", ":"))`` uses, built once: dumps makes a
 #: new encoder on every call that passes options.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+#: ``allow_nan=False``: NaN and Infinity are not JSON; a reply holding one is a bug (``internal``).
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def encode_line(obj: Any) -> bytes:
@@ -72,6 +141,19 @@ def decode_input(text: str, encoding: str, command: str) -> bytes:
         except ValueError:
             raise InvalidRequest(f"{command}: DATA is not base64") from None
     return text.encode("utf-8", "surrogateescape")
+
+
+#: Most bytes of one intermediate ``stream`` line: what a reader that stopped reading
+#: keeps in the daemon's memory (the socket's own buffer aside).
+STREAM_LINE_BUDGET = 128 * 1024
+
+
+def stream_chunk_size(encoding: str) -> int:
+    """Output bytes per ``stream`` line, so that the line stays within :data:`STREAM_LINE_BUDGET`.
+
+    Base64 makes 4 bytes of 3; as JSON text a byte takes up to 6 (``\\u0000``, ``\\udcff``).
+    """
+    return STREAM_LINE_BUDGET * 3 // 4 if encoding == "base64" else STREAM_LINE_BUDGET // 6
 
 
 def encode_stream_chunk(stream: str, chunk: bytes, encoding: str) -> bytes:
@@ -110,7 +192,7 @@ class Args:
 
     def string(self, index: int, required: bool = True) -> Any:
         value = self.value(index, required)
-        if value is not None and not isinstance(value, str):
+        if (value is not None or required) and not isinstance(value, str):
             raise InvalidRequest(
                 f"{self.command}: {self._names[index]} must be a string, got {json.dumps(value)}"
             )

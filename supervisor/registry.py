@@ -11,7 +11,7 @@ import math
 import re
 import secrets
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,12 +220,32 @@ class Supervisor:
             "host_ip": None,
             "container_ip": None,
             "container_path": str(container.path),
-            "job_ids": sorted(container.jobs),
+            "job_ids": sorted(j.id for j in container.jobs.values() if not j.exited.is_set()),
             "properties": container.options.get("properties", {}),
             "limits": {},
         }
         payload.update(await self.hooks.info(container))
         return payload
+
+    async def stats(self, views: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
+        """For each container of *views* still live: its ``state`` and ``job_ids`` as ``info``
+        gives them, ``jobs_running`` (jobs whose exit the daemon has not heard of), and
+        the plugins' figures (``corral_containers_stats``)."""
+        found = (self.containers.get(view.handle) for view in views)
+        containers = [c for c in found if c is not None and c.state in LIVE]
+        figures = await self.hooks.stats(containers)
+        out: dict[str, dict[str, Any]] = {}
+        for container in containers:
+            if container.state not in LIVE:  # destroyed while the plugins read
+                continue
+            jobs = container.jobs
+            out[container.handle] = {
+                "state": str(container.state),
+                "job_ids": sorted(jobs),
+                "jobs_running": sum(not job.exited.is_set() for job in jobs.values()),
+                **figures.get(container.handle, {}),
+            }
+        return out
 
     def list(self, properties: dict[str, str] | None = None) -> list[str]:
         """Handles of the live containers whose properties include *properties*."""

@@ -45,6 +45,22 @@ class NetworkNamespace:
 
 
 @dataclass
+class JobDefaults:
+    """What a job gets when neither its request nor the create CONFIG says otherwise.
+
+    A prepare plugin fills it (the ``images`` plugin, from the image's config);
+    the core applies it to every job of the container.
+    """
+
+    #: ``(NAME, VALUE)`` pairs, before the create's ``env`` and the job's own.
+    env: list[tuple[str, str]] = field(default_factory=list)
+    #: The working directory (absolute), when the job names none.
+    dir: str | None = None
+    #: The user (a name or uid), when the job names none.
+    user: str | None = None
+
+
+@dataclass
 class LaunchPlan:
     """What the sandbox must set up before the container's first process runs."""
 
@@ -64,6 +80,12 @@ class LaunchPlan:
     #: plugin makes and configures the container's veth); otherwise it waits for
     #: the sandbox.
     network_namespace: Callable[[], Awaitable[NetworkNamespace | None]] | None = None
+    #: Read-only directories stacked as the root's lower layers, bottom first, set by a
+    #: prepare plugin before ``fs`` (the ``images`` plugin: an image's unpacked layers);
+    #: empty: ``fs`` uses the rootfs directory.
+    root_layers: list[Path] = field(default_factory=list)
+    #: Defaults for the container's jobs (see :class:`JobDefaults`).
+    job_defaults: JobDefaults = field(default_factory=JobDefaults)
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,10 @@ class JobRequest:
     stdin: bool = False
     #: A terminal of (rows, cols) for stdin, stdout and stderr, which the sandbox keeps.
     tty: tuple[int, int] | None = None
+    #: Bytes kept per output stream, None for no limit. The sandbox enforces it itself,
+    #: whoever of the job writes (a background child after its first process exited),
+    #: and publishes :class:`supervisor.events.OutputCut` when it cuts.
+    output_limit: int | None = None
 
 
 @runtime_checkable

@@ -110,6 +110,7 @@ class Connection:
         self.buffer = bytearray()  # received, not answered yet
         self.pending: list[bytes] = []  # replies not sent yet, in order
         self.eof = False  # the client closed or broke the connection
+        self.broken = False  # a send failed: the client is gone, nothing more can reach it
         self.pinged = False  # the last request was a ping: wait for the next in the poller
         self.wake = trio.Event()  # set by the poller when a parked task has work
 
@@ -154,6 +155,7 @@ class Connection:
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(self.sock)
         except OSError as exc:  # as SocketStream.send_all reports it to handlers
+            self.broken = True
             raise trio.BrokenResourceError(f"client went away: {exc}") from exc
 
     def answer_ping(self) -> bool:
@@ -274,20 +276,33 @@ class Connection:
             reply = encode_reply(payload)
             failed = False
         except Exception as exc:
-            error = unwrap(exc)
-            if isinstance(error, ProtocolViolation):
-                self.pending.append(encode_error(error.code, error.message))
+            if self.broken:  # the client left mid-reply (a stream reader): no one to answer
+                raise trio.BrokenResourceError("client went away") from None
+            error_reply = self._error_reply(unwrap(exc))
+            if error_reply is None:
                 return False
-            if isinstance(error, CorralError):
-                log.info("request failed", code=error.code, error=error.message)
-                reply = encode_error(error.code, error.message)
-            else:
-                log.exception("request crashed")
-                reply = encode_error("internal", f"{type(error).__name__}: {error}")
+            reply = error_reply
         finally:
             self.server.stats.record(command, time.perf_counter() - started, failed)
         self.pending.append(reply)
         return True
+
+    def _error_reply(self, error: BaseException) -> bytes | None:
+        """The reply to a request that raised *error*; None for a ProtocolViolation, whose
+        reply is queued and which closes the connection.
+
+        A method of its own: a local of :meth:`answer` holding the error would make a
+        cycle with the traceback (which holds that frame, and the handler's, with its
+        output chunks), kept until the next garbage collection.
+        """
+        if isinstance(error, ProtocolViolation):
+            self.pending.append(encode_error(error.code, error.message))
+            return None
+        if isinstance(error, CorralError):
+            log.info("request failed", code=error.code, error=error.message)
+            return encode_error(error.code, error.message)
+        log.error("request crashed", exc_info=error)
+        return encode_error("internal", f"{type(error).__name__}: {error}")
 
 
 class Server:

@@ -3,7 +3,7 @@
 Each :class:`Daemon` (:class:`supervisor.testing.PrivateDaemon`) runs ``corrald``
 as a subprocess with a directory, cgroup parent and network of its own. The init
 binary and base rootfs are the installed ones (``scripts/install.sh``), or are
-built into a temp dir when missing (or, for the init, built from another source).
+built into a temp dir when missing.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TypeVar
 import pytest
 
 from plugins.cgroups.layout import Placement
+from plugins.isolation.build import build_init, is_current, source_digest
 from supervisor.client import Client
 from supervisor.depot import read_record
 from supervisor.testing import INSTALLED_INIT, INSTALLED_ROOTFS, REPO
@@ -39,17 +40,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(init binary, base rootfs), installed or freshly built.
-
-    The installed init only if it was built from this tree's ``corral_init.c``: a
-    branch that changes the init tests its own build, never the installed one.
-    """
-    from plugins.isolation.build import build_init, is_current, source_digest
-
+    """(init binary, base rootfs), installed or freshly built."""
     work = tmp_path_factory.mktemp("artifacts")
     if is_current(INSTALLED_INIT, source_digest()):
         init = INSTALLED_INIT
-    else:
+    else:  # not installed, or built from another source than this checkout's
         init = build_init(work / "corral-init")
     rootfs = Path(os.environ.get("CORRAL_TEST_ROOTFS", INSTALLED_ROOTFS))
     if not (rootfs / "bin" / "busybox").exists():

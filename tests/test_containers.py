@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from supervisor import errors
 from supervisor.client import Client
-from tests.conftest import Daemon, ended, init_pid, wait_for_output
+from tests.conftest import Daemon, ended, init_pid, wait_for_output, wait_until
 
 
 def test_isolated_identity(client: Client, container: str) -> None:
@@ -230,6 +231,32 @@ def test_stop_and_states(daemon: Daemon, client: Client) -> None:
         client.info(handle)
 
 
+def test_a_stopped_container_starts_again_with_its_files_and_network(
+    daemon: Daemon, client: Client
+) -> None:
+    handle = client.create()
+    try:
+        assert client.run(handle, "echo kept > /tmp/note")[0] == 0
+        address = client.info(handle)["container_ip"]
+        client.spawn(handle, "sleep 100")
+        client.stop(handle, kill=True)
+        with pytest.raises(errors.InvalidState, match=f"{handle}: cannot resume while stopped"):
+            client.call("resume", handle)
+        assert client.call("start", handle) == "ok"
+        info = client.info(handle)
+        assert (info["state"], info["container_ip"]) == ("active", address)
+        # the files are there; the jobs of before are not started again
+        assert client.run(handle, "cat /tmp/note; ps -o comm | grep -x sleep || echo none") == [
+            0,
+            "kept\nnone\n",
+            "",
+        ]
+        with pytest.raises(errors.InvalidState, match=f"{handle}: cannot start while active"):
+            client.call("start", handle)
+    finally:
+        client.destroy(handle)
+
+
 def test_stop_kills_after_timeout_and_orphans_too(daemon: Daemon, client: Client) -> None:
     handle = client.create()
     job = client.spawn(handle, "trap '' TERM; (trap '' TERM; echo ready; sleep 1000) & sleep 1000")
@@ -319,3 +346,38 @@ def test_trio_client(daemon: Daemon) -> None:
             return [sorted(chunks), result]
 
     assert trio.run(main) == [[("stderr", "b\n"), ("stdout", "a\n")], [9, "", ""]]
+
+
+def test_link_run_and_stream_carry_the_containers_info_when_asked(client: Client) -> None:
+    handle = client.create({"properties": {"app": "x"}})
+    try:
+        status, out, err, info = client.run(handle, "echo hi", info=True)
+        assert (status, out, err) == (0, "hi\n", "")
+        assert info["state"] == "active" and info["properties"] == {"app": "x"}
+        assert "memory_stat" in info and "container_ip" in info
+        job = client.spawn(handle, "echo there")
+        assert client.link(handle, job)[:3] == [0, "there\n", ""]
+        assert len(client.run(handle, "true")) == 3  # not asked: Corral's reply as before
+        job = client.spawn(handle, "echo streamed")
+        client.sock.sendall(json.dumps(["stream", handle, job, {"info": True}]).encode() + b"\n")
+        lines = [json.loads(client._line()) for _ in range(2)]
+        assert lines[0] == ["stdout", "streamed\n"]
+        assert lines[1]["payload"]["info"]["state"] == "active"
+    finally:
+        client.destroy(handle)
+
+
+def test_job_ids_lists_the_jobs_still_running(client: Client) -> None:
+    handle = client.create()
+    try:
+        running = client.spawn(handle, "sleep 100")
+        ended = client.spawn(handle, "true")
+        client.link(handle, client.spawn(handle, "true"))
+        wait_until(
+            lambda: client.info(handle)["job_ids"] == [running], what="the short jobs to end"
+        )
+        assert (
+            client.link(handle, ended)[0] == 0
+        )  # ended and not linked: not listed, still linkable
+    finally:
+        client.destroy(handle)

@@ -7,7 +7,9 @@ setting, the renderer against ``prometheus_client``'s own, the HTTP server.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import socket
 import stat
 import time
@@ -21,6 +23,7 @@ import pytest
 import trio
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.process_collector import ProcessCollector
 
 from plugins.metrics import http
 from plugins.metrics.collect import (
@@ -31,6 +34,7 @@ from plugins.metrics.collect import (
     process_collector,
     registry_of,
 )
+from plugins.metrics.process import DaemonProcessCollector, open_fds
 from plugins.metrics.settings import Address, Settings
 from supervisor.api import BUCKETS, CommandStats
 from supervisor.client import Client
@@ -164,6 +168,75 @@ def test_a_scrape_parses_and_matches_info_for_a_container_with_limits_and_a_job(
         mclient.destroy(handle)
     after_destroy = scraper.scrape()
     assert not any(dict(labels).get("handle") == handle for _, labels in after_destroy)
+
+
+def test_a_limit_changed_after_create_is_the_one_scraped(scraper: Scraper, mclient: Client) -> None:
+    handle = mclient.create({"limits": {"mem": 64 * 1024 * 1024}})
+    try:
+        mclient.call("limit", handle, "mem", 32 * 1024 * 1024)
+        mclient.call("limit", handle, "pids", 30)
+        samples = scraper.scrape()
+        info = mclient.info(handle)
+        of = functools.partial(value, samples, handle=handle)
+        assert of("corral_container_memory_limit_bytes") == info["memory_stat"]["limit"]
+        assert info["memory_stat"]["limit"] == 32 * 1024 * 1024
+        assert of("corral_container_pids_limit") == info["pids"]["max"] == 30
+    finally:
+        mclient.destroy(handle)
+
+
+def test_the_disk_used_by_a_container_without_quota_is_scraped(
+    scraper: Scraper, mclient: Client
+) -> None:
+    handle = mclient.create()
+    try:
+        mclient.run(handle, "head -c 3000000 /dev/urandom > /tmp/filler")
+        # A layer's usage is walked again once the last walk is 2 s old.
+        wait_until(
+            lambda: (
+                value(scraper.scrape(), "corral_container_disk_used_bytes", handle=handle)
+                >= 3_000_000
+            ),
+            what="the written file to count",
+        )
+        assert mclient.info(handle)["disk_stat"]["bytes_used"] >= 3_000_000
+    finally:
+        mclient.destroy(handle)
+
+
+def _cgroup_files_open(daemon: Daemon, handle: str) -> list[str]:
+    """The files of the container's cgroups the daemon has open."""
+    found = []
+    for fd in Path(f"/proc/{daemon.pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("/sys/fs/cgroup/") and f"/{handle}/" in target:
+            found.append(target)
+    return found
+
+
+def test_the_counter_files_kept_open_are_closed_at_destroy(
+    scraper: Scraper, mclient: Client
+) -> None:
+    handle = mclient.create()
+    try:
+        watched = set(_cgroup_files_open(scraper.daemon, handle))  # the OOM watcher's
+        samples = scraper.scrape()
+        assert value(samples, "corral_container_pids", handle=handle) >= 1
+        kept = set(_cgroup_files_open(scraper.daemon, handle)) - watched
+        assert any(name.endswith("/pids.current") for name in kept), kept
+        # Read again through the same files: a job's processes count.
+        mclient.spawn(handle, "sleep 600 & sleep 600")
+        wait_until(
+            lambda: value(scraper.scrape(), "corral_container_pids", handle=handle) >= 3,
+            what="the job's processes to count",
+        )
+        assert set(_cgroup_files_open(scraper.daemon, handle)) == kept | watched
+    finally:
+        mclient.destroy(handle)
+    assert _cgroup_files_open(scraper.daemon, handle) == []
 
 
 def test_a_container_without_limits_has_no_limit_samples(scraper: Scraper, mclient: Client) -> None:
@@ -487,6 +560,19 @@ def test_the_rendering_is_prometheus_clients_own_byte_for_byte() -> None:
     assert b"process_resident_memory_bytes" in exposition(snap, [process])
 
 
+@pytest.mark.parametrize("number", [0, 7, 999_999, 1_000_000, 1_234_567, 2**62, 0.5, 1e-7, -3])
+def test_every_number_is_written_as_prometheus_client_writes_it(number: float) -> None:
+    figures = {
+        "state": "active",
+        "job_ids": [],
+        "memory_stat": {"usage": number, "max_usage": True, "limit": "12", "oom_count": number},
+        "pids": {"current": number, "max": None},
+        "cpu_stat": {"usage": number},
+    }
+    snap = Snapshot([ContainerSample("h", figures, 0)], {}, pings=0, seconds=0.0)
+    assert exposition(snap) == generate_latest(registry_of(snap))
+
+
 def test_the_rendering_parses_and_says_what_the_snapshot_holds() -> None:
     samples = parse(exposition(snapshot(["a", "b"])).decode())
     assert value(samples, "corral_requests_total", command="ping") == 7
@@ -552,3 +638,17 @@ def test_the_server_answers_one_request_per_connection() -> None:
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
     assert missing.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert calls == 2
+
+
+def test_the_process_metrics_are_prometheus_clients_with_open_files_counted_by_stat() -> None:
+    ours = {m.name: m for m in DaemonProcessCollector().collect()}
+    theirs = {m.name: m for m in ProcessCollector(registry=None).collect()}
+    assert set(ours) == set(theirs) and len(ours) == 6
+    for name, metric in theirs.items():
+        assert (ours[name].type, ours[name].documentation) == (metric.type, metric.documentation)
+        assert [s.name for s in ours[name].samples] == [s.name for s in metric.samples]
+    for name in ("process_start_time_seconds", "process_max_fds"):
+        assert ours[name].samples[0].value == theirs[name].samples[0].value
+    # The listing counts the fd it reads the directory through; stat(2) has none open.
+    listed = len(os.listdir("/proc/self/fd")) - 1
+    assert open_fds() == listed == theirs["process_open_fds"].samples[0].value - 1

@@ -196,3 +196,46 @@ def test_client_gone_with_unread_replies(daemon: Daemon) -> None:
             s.sendall(b'["ping"]\n' * 20_000)  # closed without reading a reply
     with daemon.client() as c:
         assert c.ping() == "pong"
+
+
+def strict_json(line: bytes) -> dict:
+    """A reply line as JSON proper: NaN and Infinity, which Python would read, refused."""
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"reply carries {name}, which is not JSON: {line!r}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "request_text, words",
+    [
+        ('["copy", "{h}", "in", null, "/tmp/x"]', "SRC must be a string, got null"),
+        ('["copy", "{h}", "out", "/etc/hostname", null]', "DST must be a string, got null"),
+        ("[" * 1000 + "]" * 1000, "deeper than 32 levels"),
+        ('["echo", ' + "[" * 990 + "]" * 990 + "]", "deeper than 32 levels"),
+        ('["spawn", "{h}", "true", {"env": {"\\ud800": "x"}}]', "lone surrogate"),
+        ('["spawn", "{h}", "true", {"env": ["A=\\udfff"]}]', "lone surrogate"),
+        ('["create", {"env": {"\\ud800": "x"}}]', "lone surrogate"),
+        ('["run", "{h}", "echo \\ud800"]', "lone surrogate"),
+        ('["echo", NaN]', "NaN is not JSON"),
+        ('["echo", -Infinity]', "-Infinity is not JSON"),
+        ('["echo", 1e400]', "1e400 is out of range"),
+        ('["create", {"grace_time": 1e999}]', "out of range"),
+    ],
+)
+def test_hostile_values_are_invalid_requests(
+    daemon: Daemon, container: str, request_text: str, words: str
+) -> None:
+    line = request_text.replace("{h}", container).encode()
+    replies = raw_bytes(daemon, line + b'\n["ping"]\n').splitlines()
+    code, message = error(strict_json(replies[0]))
+    assert code == "invalid_request" and words in message, message
+    assert strict_json(replies[1])["payload"] == "pong"  # the connection is still served
+
+
+def test_raw_bytes_as_surrogates_still_reach_a_job(daemon: Daemon, container: str) -> None:
+    """\\udc80-\\udcff stand for single bytes, as in output: they are not refused."""
+    line = json.dumps(["run", container, "printf %s \udcff | od -An -tx1"]).encode()
+    reply = strict_json(raw_bytes(daemon, line + b"\n"))
+    assert reply["payload"][1].split() == ["ff"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.depot import Depot
+from supervisor.errors import InvalidState
 from tests.conftest import NOTHING_LEFT, Daemon, ended, init_pid, leftovers, wait_until
 
 
@@ -140,3 +141,16 @@ def test_trash_left_by_a_killed_daemon_is_deleted_at_start(fresh_daemon: Daemon)
     d.start()
     assert leftovers(d) == NOTHING_LEFT
     assert not left.exists()
+
+
+def test_a_container_whose_init_died_cannot_be_started(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    with d.client() as c:
+        handle = c.create()
+    pid = init_pid(d, handle)
+    os.kill(pid, signal.SIGKILL)
+    with d.client() as c:
+        wait_until(lambda: c.info(handle)["state"] == "stopped", what="the container to stop")
+        with pytest.raises(InvalidState, match=f"{handle}: cannot start: its init is gone"):
+            c.call("start", handle)
+        c.destroy(handle)

@@ -68,8 +68,9 @@ def test_replies_are_ascii_lines() -> None:
 
 def test_state_table_is_consistent() -> None:
     assert TRANSITIONS[State.DESTROYED] == frozenset()
-    assert State.ACTIVE not in TRANSITIONS[State.STOPPED]  # a stopped container never runs again
+    assert TRANSITIONS[State.STOPPED] == {State.ACTIVE, State.DESTROYED}  # start, destroy
     assert ALLOWED["spawn"] == {State.ACTIVE}
+    assert ALLOWED["start"] == {State.STOPPED}
 
 
 def test_spec_sends_the_setup_then_the_plans_mounts_and_cgroups() -> None:

@@ -2,7 +2,11 @@
 
 Every container gets its own cgroup, ``PARENT/HANDLE``, in each hierarchy that
 holds a controller Corral uses (:mod:`~plugins.cgroups.layout` finds them at
-start, cgroup v1, v2 or a mix). The directories are made and configured in
+start, cgroup v1, v2 or a mix), and in every other mounted hierarchy (v1
+``blkio``, ``name=systemd``, a hybrid host's v2 tree: *bare*, nothing is set
+there), so that no process of a container stays in the daemon's cgroup of any
+hierarchy. The launcher then gives the container a cgroup namespace of its own,
+rooted at those cgroups. The directories are made and configured in
 ``corral_container_prepare``, before the container's launcher joins them through
 the launch plan's membership files (``cgroup.procs``; v1 ``tasks``, see
 :attr:`~plugins.cgroups.v1.V1.join_file`), so every process of the container is
@@ -40,7 +44,7 @@ caps on a level above, e.g. ``parent = "capped/corral"``).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -52,6 +56,7 @@ import trio
 from plugins.cgroups import layout as layout_module
 from plugins.cgroups import oom, pressure
 from plugins.cgroups.backend import CPUSET, FREEZE_TIMEOUT, MEMORY, CgroupError
+from plugins.cgroups.counters import FdBudget
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.jobs import JobCgroup
 from plugins.cgroups.layout import Layout
@@ -76,6 +81,10 @@ NAME = "cgroups"
 _PARENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 
 log = structlog.get_logger().bind(plugin=NAME)
+
+#: Containers whose counters are read between two checkpoints of the event loop (about
+#: 50 us each).
+STATS_BATCH = 20
 
 #: The cgroups of a container, while its prepare context is open.
 GROUP = StashKey[ContainerCgroups]()
@@ -124,6 +133,8 @@ class CgroupsPlugin:
         self.parent = settings.parent
         self.layout: Layout = layout_module.detect()
         self.spares = Spares(self.layout, self.parent)
+        #: The counter files the containers' cgroups may keep open for the metrics.
+        self.counter_files = FdBudget()
         memory = self.layout.placements.get(MEMORY)
         self.pressure = pressure.Support.detect(memory.version if memory else None)
         if self.layout.placements:
@@ -246,6 +257,7 @@ class CgroupsPlugin:
                 try:
                     yield
                 finally:
+                    group.close_counters()
                     container.stash.pop(GROUP, None)
                     container.stash.pop(PRESSURE, None)
                     nursery.cancel_scope.cancel()
@@ -316,6 +328,15 @@ class CgroupsPlugin:
         if watched is not None:
             info[pressure.OPTION] = dict(watched)
         return info
+
+    @hookimpl
+    def corral_containers_stats(
+        self, containers: Sequence[ContainerView]
+    ) -> Awaitable[dict[str, dict[str, Any]]]:
+        """``memory_stat``, ``cpu_stat`` and ``pids`` as ``info`` has them, read through files
+        kept open (see :mod:`plugins.cgroups.counters`), but for the memory and task
+        limits: those the plugin recorded when it set them, not read again."""
+        return _stats(containers, self.counter_files)
 
     @hookimpl
     def corral_container_freeze(
@@ -397,6 +418,20 @@ async def _out_of_memory(container: ContainerView, count: int) -> None:
 async def _memory_pressure(container: ContainerView, level: str) -> None:
     container.log.info("the kernel reported memory pressure", level=level)
     await container.publish(MemoryPressure(container.handle, level))
+
+
+async def _stats(
+    containers: Sequence[ContainerView], budget: FdBudget
+) -> dict[str, dict[str, Any]]:
+    out = {}
+    for i, container in enumerate(containers):
+        if i % STATS_BATCH == STATS_BATCH - 1:
+            await trio.lowlevel.checkpoint()  # other requests go through in between
+        group = _find(container)
+        if group is not None:
+            recorded = container.plugin_state(NAME).get("limits", {})
+            out[container.handle] = group.counters(budget, recorded)
+    return out
 
 
 async def _freeze(container: ContainerView, group: ContainerCgroups) -> None:

@@ -16,11 +16,14 @@ from __future__ import annotations
 import errno
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from supervisor.api import CorralError, InvalidRequest
+
+if TYPE_CHECKING:
+    from plugins.cgroups.counters import Counter
 
 # Names of the controllers Corral uses. ``cpuacct``, ``freezer`` and ``devices`` are
 # separate controllers on v1 only; on v2 CPU usage and freezing are in the core.
@@ -103,6 +106,14 @@ def read_keyed(path: Path) -> dict[str, int]:
     return parse_keyed(read(path))
 
 
+def read_keyed_if_present(path: Path) -> dict[str, int]:
+    """:func:`read_keyed`, or nothing when the kernel has no such file."""
+    try:
+        return read_keyed(path)
+    except FileNotFoundError:
+        return {}
+
+
 def procs(path: Path) -> list[int]:
     """The pids in the cgroup at *path* (``cgroup.procs``: processes, not threads)."""
     try:
@@ -119,12 +130,17 @@ class MemoryStat:
     max_usage: int | None
     limit: int | None
     oom_count: int | None
+    #: The kernel's ``memory.stat`` under Warden's names (``rss``, ``cache``, ``total_rss``...).
+    details: dict[str, int] = field(default_factory=dict)
 
 
 class Backend(ABC):
     """The files of one cgroup version, behind the operations Corral needs."""
 
     version: ClassVar[int]
+    #: The files of the figures a metrics scrape reads (:mod:`plugins.cgroups.counters`),
+    #: by controller.
+    counters: ClassVar[dict[str, tuple[Counter, ...]]]
     #: The file a process writes ``0`` to, to join the cgroup itself.
     join_file: ClassVar[str] = "cgroup.procs"
     #: Whether a cgroup can be renamed within its parent (see :mod:`plugins.cgroups.spares`).
@@ -191,8 +207,8 @@ class Backend(ABC):
         """CPU time used by the cgroup so far, in nanoseconds (``cpuacct`` on v1)."""
 
     @abstractmethod
-    def cpu_times_ns(self, path: Path) -> tuple[int, int]:
-        """The CPU time used so far split in (user, system), in nanoseconds."""
+    def cpu_user_system_ns(self, path: Path) -> tuple[int, int]:
+        """CPU time used so far in user and in system mode, in nanoseconds."""
 
     # -- cpuset -------------------------------------------------------------------
 

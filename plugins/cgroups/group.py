@@ -11,7 +11,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from plugins.cgroups.backend import (
     CgroupError,
     procs,
 )
+from plugins.cgroups.counters import FdBudget, OpenCounters
 from plugins.cgroups.layout import BACKENDS, Layout
 
 #: How long destroy keeps killing stragglers before it gives up on a directory.
@@ -51,6 +52,7 @@ class ContainerCgroups:
         self._dirs = {c: (BACKENDS[version], Path(path)) for c, (version, path) in dirs.items()}
         #: Serializes limit writes: two memory writes interleaved could break memsw >= mem.
         self.lock = trio.Lock()
+        self._counters: OpenCounters | None = None
 
     @classmethod
     def plan(cls, layout: Layout, parent: str, handle: str) -> ContainerCgroups:
@@ -267,6 +269,7 @@ class ContainerCgroups:
             try:
                 m = self.backend(MEMORY).memory_stat(self.path(MEMORY))
                 out["memory_stat"] = {
+                    **m.details,
                     "usage": m.usage,
                     "max_usage": m.max_usage,
                     "limit": m.limit,
@@ -275,11 +278,13 @@ class ContainerCgroups:
             except (OSError, ValueError):
                 out["memory_stat"] = dict.fromkeys(("usage", "max_usage", "limit", "oom_count"))
         if self.has(CPUACCT):
+            backend, path = self._dirs[CPUACCT]
             try:
-                usage: int | None = self.backend(CPUACCT).cpu_usage_ns(self.path(CPUACCT))
+                usage: int | None = backend.cpu_usage_ns(path)
+                user, system = backend.cpu_user_system_ns(path)
+                out["cpu_stat"] = {"usage": usage, "user": user, "system": system}
             except (OSError, ValueError, KeyError):
-                usage = None
-            out["cpu_stat"] = {"usage": usage}
+                out["cpu_stat"] = dict.fromkeys(("usage", "user", "system"))
         if self.has(PIDS):
             backend, path = self._dirs[PIDS]
             try:
@@ -287,6 +292,33 @@ class ContainerCgroups:
             except (OSError, ValueError):
                 out["pids"] = {"current": None, "max": None}
         return out
+
+    def counters(self, budget: FdBudget, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        """The figures of :meth:`stats` for a metrics scrape: the counters read through files
+        kept open (:mod:`plugins.cgroups.counters`), the memory and task limits from
+        *recorded*, the ``limits`` of the plugin's state: each was read back from the
+        kernel when Corral wrote it, and nothing else writes them (a limit never set is
+        the kernel's default, unlimited).
+        """
+        if self._counters is None:
+            files = [
+                (counter, path / counter.file)
+                for controller, (backend, path) in self._dirs.items()
+                for counter in backend.counters.get(controller, ())
+            ]
+            self._counters = OpenCounters(files, budget)
+        out: dict[str, Any] = self._counters.read()
+        if "memory_stat" in out:
+            out["memory_stat"]["limit"] = recorded.get("mem")
+        if "pids" in out:
+            out["pids"]["max"] = recorded.get("pids")
+        return out
+
+    def close_counters(self) -> None:
+        """Close the files :meth:`counters` keeps open."""
+        if self._counters is not None:
+            self._counters.close()
+            self._counters = None
 
 
 def _kill(pids: Iterable[int], keep: int | None) -> int:

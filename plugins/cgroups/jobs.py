@@ -121,7 +121,7 @@ class JobCgroup:
         if CPUACCT in self._dirs:
             backend, path = self._dirs[CPUACCT]
             try:
-                user, system = backend.cpu_times_ns(path)
+                user, system = backend.cpu_user_system_ns(path)
                 total = backend.cpu_usage_ns(path)
             except (OSError, ValueError, KeyError):
                 pass

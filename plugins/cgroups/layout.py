@@ -7,6 +7,12 @@ hierarchy only); otherwise it is used on the v2 tree if the v2 root lists it in
 wild: pure v1, hybrid (systemd's: v1 controllers plus a v2 mount with none, as on
 these machines) and pure v2.
 
+Every other mounted hierarchy (v1 ``blkio``, ``name=systemd``..., a hybrid host's v2
+tree) is placed too, as a *bare* hierarchy: a container gets its directory there
+under the parent, so that none of its processes stays in the daemon's cgroup (the
+host's root, often) of any hierarchy, where a privileged job with a user and
+cgroup namespace could make cgroups of its own.
+
 On v2, ``cpuacct`` (CPU usage in ``cpu.stat``) and ``freezer``
 (``cgroup.freeze``) are part of the core and need no controller; ``devices``
 is an eBPF program (:mod:`plugins.cgroups.devices`), placed when the kernel
@@ -76,11 +82,26 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
+#: What a hierarchy that holds no controller of Corral's is placed as (``hierarchy:blkio``,
+#: ``hierarchy:name=systemd``, ``hierarchy:cgroup2``): containers get a directory there
+#: too, joined and removed like the others, with nothing set in it.
+BARE_PREFIX = "hierarchy:"
+#: Mount options of a v1 cgroup mount that do not name its hierarchy.
+_GENERIC_OPTIONS = frozenset({"rw", "ro", "xattr", "clone_children", "noprefix", "cpuset_v2_mode"})
+
+
+def is_bare(controller: str) -> bool:
+    """Whether a placement's name is a hierarchy without Corral's controllers (see :data:`BARE_PREFIX`)."""
+    return controller.startswith(BARE_PREFIX)
+
+
 def parse_mountinfo(text: str) -> tuple[dict[str, Path], Path | None]:
-    """The v1 controllers' mount points and the v2 mount point found in mountinfo text.
+    """The v1 hierarchies' mount points and the v2 mount point found in mountinfo text.
 
     Returns:
         (controller -> mount point for v1 hierarchies, the first cgroup2 mount or None).
+        A v1 hierarchy holding none of :data:`CONTROLLERS` is keyed by its name with
+        :data:`BARE_PREFIX` (``hierarchy:blkio``).
     """
     v1: dict[str, Path] = {}
     v2: Path | None = None
@@ -96,9 +117,16 @@ def parse_mountinfo(text: str) -> tuple[dict[str, Path], Path | None]:
         if fstype == "cgroup2" and v2 is None:
             v2 = mount_point
         elif fstype == "cgroup":
-            for option in super_options:
-                if option in CONTROLLERS:
-                    v1.setdefault(option, mount_point)
+            ours = [option for option in super_options if option in CONTROLLERS]
+            for option in ours:
+                v1.setdefault(option, mount_point)
+            names = [
+                o
+                for o in super_options
+                if o not in _GENERIC_OPTIONS and "=" not in o[:-1] or o.startswith("name=")
+            ]
+            if not ours and names:
+                v1.setdefault(BARE_PREFIX + ",".join(names), mount_point)
     return v1, v2
 
 
@@ -123,6 +151,9 @@ def detect(
     v1, v2_root = parse_mountinfo(mountinfo)
     offered = v2_controllers(v2_root) if v2_root is not None else set()
     placements: dict[str, Placement] = {}
+    for controller, mount_point in v1.items():
+        if is_bare(controller):
+            placements[controller] = Placement(1, mount_point)
     for controller in CONTROLLERS:
         if controller in v1:
             placements[controller] = Placement(1, v1[controller])
@@ -133,6 +164,10 @@ def detect(
                 available = controller in V2_CORE or controller in offered
             if available:
                 placements[controller] = Placement(2, v2_root)
+    if v2_root is not None and not any(p.version == 2 for p in placements.values()):
+        # A hybrid host's v2 tree, with no controller in it: containers must not stay in
+        # the daemon's cgroup there (issue #17, hole 5).
+        placements[BARE_PREFIX + "cgroup2"] = Placement(2, v2_root)
     return Layout(placements)
 
 

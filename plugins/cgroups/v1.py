@@ -20,22 +20,30 @@ had containers when the daemon started cannot change its device list).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from plugins.cgroups.backend import (
+    CPUACCT,
     CPUSET,
     DEVICES,
     MEMORY,
+    PIDS,
     Backend,
     CgroupError,
     MemoryStat,
     read,
     read_int,
     read_keyed,
+    read_keyed_if_present,
     write,
 )
+from plugins.cgroups.counters import Counter, keyed, number
 from plugins.cgroups.devices import ALLOWED_DEVICES
 from plugins.cgroups.values import cpus_for, quota_for
+
+#: The unit of ``cpuacct.stat`` (USER_HZ).
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def devices_rules() -> list[tuple[str, str]]:
@@ -52,6 +60,15 @@ class V1(Backend):
     # here. The launcher is single-threaded: moving its one thread moves it.
     join_file = "tasks"
     renames = True
+    counters = {
+        MEMORY: (
+            Counter("memory_stat", "usage", "memory.usage_in_bytes", number),
+            Counter("memory_stat", "max_usage", "memory.max_usage_in_bytes", number),
+            Counter("memory_stat", "oom_count", "memory.oom_control", keyed("oom_kill")),
+        ),
+        CPUACCT: (Counter("cpu_stat", "usage", "cpuacct.usage", number),),
+        PIDS: (Counter("pids", "current", "pids.current", number),),
+    }
 
     def setup_parent(self, controller: str, path: Path) -> None:
         if controller == CPUSET:
@@ -110,6 +127,7 @@ class V1(Backend):
             max_usage=read_int(path / "memory.max_usage_in_bytes"),
             limit=self.memory_limit(path),
             oom_count=self.oom_kills(path),
+            details=read_keyed_if_present(path / "memory.stat"),  # Warden's names are v1's own
         )
 
     def oom_kills(self, path: Path) -> int:
@@ -137,8 +155,10 @@ class V1(Backend):
     def cpu_usage_ns(self, path: Path) -> int:
         return int(read(path / "cpuacct.usage"))
 
-    def cpu_times_ns(self, path: Path) -> tuple[int, int]:
-        return int(read(path / "cpuacct.usage_user")), int(read(path / "cpuacct.usage_sys"))
+    def cpu_user_system_ns(self, path: Path) -> tuple[int, int]:
+        ticks = read_keyed(path / "cpuacct.stat")  # in USER_HZ
+        per_tick = 1_000_000_000 // CLOCK_TICKS
+        return ticks["user"] * per_tick, ticks["system"] * per_tick
 
     # -- cpuset -------------------------------------------------------------------------
 

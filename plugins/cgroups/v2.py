@@ -23,6 +23,7 @@ from pathlib import Path
 from plugins.cgroups import devices
 from plugins.cgroups.backend import (
     CPU,
+    CPUACCT,
     CPUSET,
     DEVICES,
     MEMORY,
@@ -32,8 +33,10 @@ from plugins.cgroups.backend import (
     read,
     read_int,
     read_keyed,
+    read_keyed_if_present,
     write,
 )
+from plugins.cgroups.counters import Counter, keyed, number
 from plugins.cgroups.values import CFS_PERIOD_US, MAX_SHARES, MIN_SHARES, cpus_for, quota_for
 
 #: Controllers that must be enabled in ``cgroup.subtree_control`` (the others are core files).
@@ -87,6 +90,33 @@ def weight_to_shares(weight: int) -> int:
     return shares
 
 
+#: Warden's ``memory_stat`` names (v1's) for the v2 ``memory.stat`` fields that mean the same.
+WARDEN_MEMORY_NAMES = {
+    "rss": "anon",
+    "cache": "file",
+    "mapped_file": "file_mapped",
+    "pgfault": "pgfault",
+    "pgmajfault": "pgmajfault",
+    "inactive_anon": "inactive_anon",
+    "active_anon": "active_anon",
+    "inactive_file": "inactive_file",
+    "active_file": "active_file",
+    "unevictable": "unevictable",
+}
+
+
+def warden_memory_stat(stat: dict[str, int], swap: int | None) -> dict[str, int]:
+    """v2's ``memory.stat`` as it is, plus Warden's (v1's) names for what it has: v2
+    counts are hierarchical, so each is also its ``total_`` form."""
+    out = dict(stat)
+    named = {w: stat[v2] for w, v2 in WARDEN_MEMORY_NAMES.items() if v2 in stat}
+    if swap is not None:
+        named["swap"] = swap
+    out.update(named)
+    out.update({f"total_{name}": value for name, value in named.items()})
+    return out
+
+
 def parse_cpu_max(text: str) -> tuple[int | None, int]:
     """``cpu.max`` as (quota µs or None for ``max``, period µs)."""
     quota, _, period = text.strip().partition(" ")
@@ -102,6 +132,15 @@ class V2(Backend):
     """The v2 files."""
 
     version = 2
+    counters = {
+        MEMORY: (
+            Counter("memory_stat", "usage", "memory.current", number),
+            Counter("memory_stat", "max_usage", "memory.peak", number),  # Linux 5.19
+            Counter("memory_stat", "oom_count", "memory.events", keyed("oom_kill")),
+        ),
+        CPUACCT: (Counter("cpu_stat", "usage", "cpu.stat", keyed("usage_usec", 1000)),),
+        PIDS: (Counter("pids", "current", "pids.current", number),),
+    }
 
     def setup_parent(self, controller: str, path: Path) -> None:
         if controller in ENABLED:
@@ -135,6 +174,10 @@ class V2(Backend):
             max_usage=read_int(peak) if peak.exists() else None,
             limit=self.memory_limit(path),
             oom_count=self.oom_kills(path),
+            details=warden_memory_stat(
+                read_keyed_if_present(path / "memory.stat"),
+                read_int(swap) if (swap := path / "memory.swap.current").exists() else None,
+            ),
         )
 
     def oom_kills(self, path: Path) -> int:
@@ -162,7 +205,7 @@ class V2(Backend):
     def cpu_usage_ns(self, path: Path) -> int:
         return read_keyed(path / "cpu.stat")["usage_usec"] * 1000
 
-    def cpu_times_ns(self, path: Path) -> tuple[int, int]:
+    def cpu_user_system_ns(self, path: Path) -> tuple[int, int]:
         stat = read_keyed(path / "cpu.stat")
         return stat["user_usec"] * 1000, stat["system_usec"] * 1000
 

@@ -57,12 +57,11 @@ def parse_mem(value: Any, host: Host) -> int:
 
 
 def parse_cpu(value: Any, host: Host) -> int:
-    """Relative CPU shares, as cgroup v1 ``cpu.shares`` (default 1024)."""
-    if not _is_int(value) or not MIN_SHARES <= value <= MAX_SHARES:
-        raise InvalidRequest(
-            f"cpu {value!r} is not a number of shares from {MIN_SHARES} to {MAX_SHARES}"
-        )
-    return int(value)
+    """Relative CPU shares, as cgroup v1 ``cpu.shares`` (default 1024), clamped to
+    the kernel's range as the kernel and Warden do (``limit cpu 1`` is 2)."""
+    if not _is_int(value) or value < 0:
+        raise InvalidRequest(f"cpu {value!r} is not a number of shares (a whole number >= 0)")
+    return min(max(int(value), MIN_SHARES), MAX_SHARES)
 
 
 def parse_cpus(value: Any, host: Host) -> float:

@@ -33,7 +33,7 @@ import structlog
 import trio
 
 from plugins.isolation import spec
-from plugins.isolation.launcher import Launcher, LaunchError, Zygote
+from plugins.isolation.launcher import IN_ROOT, Launcher, LaunchError, Zygote
 from plugins.isolation.sandbox import InitSandbox, process_start_time
 from supervisor.api import (
     Config,
@@ -128,7 +128,7 @@ class IsolationPlugin:
         container.stash[LAUNCH] = _Launch(launcher, _root_plan(plan))
         plan.network_namespace = launcher.network_namespace
         try:
-            launcher.send(setup.encode())
+            launcher.send(setup.encode("utf-8", "surrogateescape"))
             yield
         finally:
             container.stash.pop(LAUNCH, None)
@@ -215,9 +215,15 @@ async def _start(container: ContainerView, plan: LaunchPlan) -> InitSandbox:
             "later plugins may only add mounts"
         )
     try:
-        pid = await launcher.finish(spec.render_rest(plan).encode())
+        pid = await launcher.finish(spec.render_rest(plan).encode("utf-8", "surrogateescape"))
     except LaunchError as exc:
-        raise LaunchFailed(f"container {container.handle}: {exc}") from None
+        message = str(exc)
+        if IN_ROOT in message:  # the client's rootfs or bind mounts, not Corral
+            detail = message.split(IN_ROOT, 1)[1]
+            raise InvalidRequest(
+                f"container {container.handle}: its root filesystem or bind mounts: {detail}"
+            ) from None
+        raise LaunchFailed(f"container {container.handle}: {message}") from None
     # Saved with the container's next record (active). A daemon that dies before
     # that kills the init at its start, found by its cmdline (corral_startup).
     state = container.plugin_state(NAME)
@@ -226,7 +232,7 @@ async def _start(container: ContainerView, plan: LaunchPlan) -> InitSandbox:
     # so its pid stays its own until we reap it.
     pidfd = os.pidfd_open(pid)
     sock = trio.socket.from_stdlib_socket(launcher.take_connection())
-    return InitSandbox(container, pid, pidfd, sock)
+    return InitSandbox(container, pid, pidfd, sock, owned=True)
 
 
 async def _reconnect(container: ContainerView) -> InitSandbox:

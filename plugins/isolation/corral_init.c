@@ -30,9 +30,11 @@
 #include <stdnoreturn.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -68,6 +70,11 @@ extern char **environ;
  * child writes to its exec-report pipe and exits 127. */
 static int err_fd = STDERR_FILENO;
 static int err_status = 1;
+/* Put before the message of a failure in the container's root (its content is the
+ * client's rootfs, its mount targets the client's bind mounts): the daemon answers
+ * those invalid_request, not internal. launcher.py knows this text. */
+#define IN_ROOT "in the container root: "
+static const char *err_blame = "";
 
 __attribute__((format(printf, 2, 3))) static noreturn void fail(int errnum, const char *fmt, ...)
 {
@@ -77,6 +84,7 @@ __attribute__((format(printf, 2, 3))) static noreturn void fail(int errnum, cons
 
 	if (err_fd == STDERR_FILENO)
 		n = (size_t)snprintf(msg, sizeof msg, "corral-init: ");
+	n += (size_t)snprintf(msg + n, sizeof msg - n, "%s", err_blame);
 	va_start(ap, fmt); /* leave room for the error text */
 	vsnprintf(msg + n, sizeof msg - 128 - n, fmt, ap);
 	va_end(ap);
@@ -484,10 +492,13 @@ static void do_mount(struct root *r, const struct directive *d)
 	char path[32], dev[32];
 	int loopfd = -1, fd;
 
-	if (d->opts & OPT_HOST) /* a host path of the daemon's: this namespace's copy of it */
+	if (d->opts & OPT_HOST) { /* a host path of the daemon's: this namespace's copy of it */
 		TRY(fd = open(target, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), "open %s", target);
-	else
+	} else {
+		err_blame = IN_ROOT;
 		fd = mount_target(r->fd, d);
+		err_blame = "";
+	}
 	if (fd < 0)
 		return;
 	bool is_root = !(d->opts & OPT_HOST) && same_file(fd, r->fd);
@@ -496,10 +507,15 @@ static void do_mount(struct root *r, const struct directive *d)
 		source = dev;
 	}
 	fd_path(fd, path);
-	if (bind && mount(source, path, NULL, MS_BIND | (d->mflags & MS_REC), NULL) < 0)
-		die("mount bind %s on %s", source ? source : "-", target);
-	if (!bind && mount(source, path, fstype, d->mflags & ~MS_REC, data) < 0)
+	if (bind ? mount(source, path, NULL, MS_BIND | (d->mflags & MS_REC), NULL)
+		 : mount(source, path, fstype, d->mflags & ~MS_REC, data)) {
+		/* A target of the wrong kind (a file for a directory...) is the root's doing. */
+		if (!(d->opts & OPT_HOST) && (errno == ENOTDIR || errno == EISDIR || errno == ENOENT))
+			err_blame = IN_ROOT;
+		if (bind)
+			die("mount bind %s on %s", source ? source : "-", target);
 		die("mount %s on %s", fstype, target);
+	}
 	if (loopfd >= 0)
 		close(loopfd); /* the mount holds the device now */
 	close(fd);
@@ -640,6 +656,8 @@ static void apply(struct setup *s, const struct directive *d)
 	if (s->r.fd < 0 && d->kind != D_CGROUP && d->kind != D_ROOT && d->kind != D_LABEL &&
 	    d->kind != D_END && !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
 		die_msg("launch spec: %s before root", kinds[d->kind].name);
+	if (d->kind == D_MKNOD || d->kind == D_SYMLINK || d->kind == D_MKDIR)
+		err_blame = IN_ROOT;
 	switch (d->kind) {
 	case D_CGROUP:
 		join_cgroup(d->f[0]);
@@ -682,6 +700,7 @@ static void apply(struct setup *s, const struct directive *d)
 	case D_END:
 		break;
 	}
+	err_blame = "";
 }
 
 /* In PID 1: the directives the launcher left, then pivot into the root. */
@@ -727,9 +746,10 @@ struct limit {
 };
 
 struct job_spec {
-	unsigned long long id;
+	unsigned long long id, output_limit;
 	const char *user, *dir;
 	bool privileged, stdin_pipe;
+	bool has_limit;     /* output through pumps, cut at output_limit */
 	struct winsize tty; /* ws_row 0: no terminal */
 	char **env, **argv;
 	size_t nenv, nargv, nlimits;
@@ -816,6 +836,8 @@ static const char *parse_job(char **strs, int n, struct job_spec *js, bool *has_
 			js->stdin_pipe = *val == '1';
 		else if (!strcmp(key, "tty") && parse_winsize(val, &js->tty))
 			;
+		else if (!strcmp(key, "limit") && parse_uint(val, ULLONG_MAX, &js->output_limit))
+			js->has_limit = true;
 		else
 			return "spawn: bad or unknown field";
 	}
@@ -1004,8 +1026,24 @@ struct job {
 	pid_t pid;
 	int status_fd;
 	int input; /* the write end of its stdin pipe, or its terminal's master; -1: none */
-	int out;   /* a terminal's: the job's stdout file, where the master's output goes */
 	bool tty;
+};
+
+/*
+ * One output stream of a job with an output limit: the job writes into a pipe,
+ * PID 1 copies it to the daemon's file, at most LEFT bytes more. Any process of
+ * the job (a background child too, after the job's first process exited) writes
+ * into the same pipe, and the file cannot grow past the limit: at the first byte
+ * beyond it PID 1 closes the pipe (writers get SIGPIPE), kills the job's process
+ * group and announces "cut ID STREAM". No polling: the cut is at the byte.
+ */
+struct pump {
+	struct pump *next;
+	unsigned long long id, left;
+	const char *stream; /* "stdout" or "stderr" */
+	pid_t pgid;         /* the job's process group (its first process's pid) */
+	int in, out;        /* the pipe's read end (a terminal's master), the output file */
+	bool tty;           /* IN is a terminal's master: EIO is its end of file */
 };
 
 struct server {
@@ -1013,6 +1051,8 @@ struct server {
 	int *clients; /* -1: closed, compacted after each poll round */
 	size_t nclients;
 	struct job *jobs;
+	struct pump *pumps;
+	size_t npumps;
 };
 
 struct msg {
@@ -1068,58 +1108,38 @@ static struct job **find_job(struct server *s, unsigned long long id, pid_t pid)
 	return j;
 }
 
-/*
- * Copy what a terminal job's master has (without blocking) to its stdout file. At
- * EIO every slave is closed (the job's processes are all gone): the master is no
- * longer watched (OUT closed), though a daemon may still hold it.
- */
-static void copy_output(struct job *j)
-{
-	char buf[65536];
-	ssize_t n;
-
-	while (j->out >= 0) {
-		if ((n = read(j->input, buf, sizeof buf)) > 0) {
-			for (ssize_t done = 0, w; done < n; done += w)
-				if ((w = write(j->out, buf + done, (size_t)(n - done))) < 0) {
-					if (errno == EINTR) {
-						w = 0;
-						continue;
-					}
-					return; /* a full disk: dropped, as a job's own write would fail */
-				}
-		} else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-			return;
-		} else {
-			close(j->out);
-			j->out = -1;
-		}
-	}
-}
-
-/*
- * At the leader's exit: copy until EIO (every slave closed). The kernel moves a
- * slave's output to the master in a work item, so the last of it may arrive after
- * the writer exited; a process left holding the terminal is waited for at most
- * DRAIN_MS, after which the terminal ends with its leader.
- */
-#define DRAIN_MS 100
-static void drain_output(struct job *j)
-{
-	struct pollfd p = { .fd = j->input, .events = POLLIN };
-
-	for (copy_output(j); j->out >= 0; copy_output(j))
-		if (poll(&p, 1, DRAIN_MS) == 0)
-			break;
-}
-
 static void close_input(struct job *j)
 {
 	if (j->input >= 0)
 		close(j->input);
-	if (j->out >= 0)
-		close(j->out);
-	j->input = j->out = -1;
+	j->input = -1;
+}
+
+static bool pump(struct server *s, struct pump *p);
+static void drop_pump(struct server *s, struct pump *p);
+
+/*
+ * At a terminal job's leader's exit: its pump copies (under the same output limit)
+ * until EIO (every slave closed). The kernel moves a slave's output to the master in
+ * a work item, so the last of it may arrive after the writer exited; a process left
+ * holding the terminal is waited for at most DRAIN_MS, after which the terminal ends
+ * with its leader.
+ */
+#define DRAIN_MS 100
+static void drain_terminal(struct server *s, struct job *j)
+{
+	struct pump *p = s->pumps;
+
+	while (p && !(p->tty && p->id == j->id))
+		p = p->next;
+	if (!p)
+		return; /* cut already, or done */
+	for (;;) {
+		struct pollfd pfd = { .fd = p->in, .events = POLLIN };
+		if (poll(&pfd, 1, DRAIN_MS) <= 0 || !pump(s, p))
+			break;
+	}
+	drop_pump(s, p);
 }
 
 /* Record a job's status in its status file, then tell every client. */
@@ -1131,7 +1151,7 @@ static void job_exited(struct server *s, pid_t pid, int wstatus)
 	if (!j) /* an orphan, or a child that failed before exec */
 		return;
 	if (j->tty) /* what the terminal printed before the leader ended comes before its exit */
-		drain_output(j);
+		drain_terminal(s, j);
 	close_input(j);
 	snprintf(id, sizeof id, "%llu", j->id);
 	snprintf(status, sizeof status, "%d",
@@ -1163,7 +1183,6 @@ static void reap(struct server *s)
 		die("waitpid");
 }
 
-/* Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set. */
 /*
  * The job's input, kept by PID 1 in *INPUT (so it outlives any daemon): the write end
  * of a pipe whose read end *IN becomes the job's stdin, or the master of a terminal
@@ -1197,31 +1216,80 @@ static bool make_input(const struct job_spec *js, int *input, int *in, char slav
 	return true;
 }
 
-/* Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set. */
+static void add_pump(struct server *s, const struct job_spec *js, const char *stream, pid_t pgid,
+		     int in, int out, bool tty)
+{
+	struct pump *p = xcalloc(1, sizeof *p);
+
+	*p = (struct pump){ s->pumps, js->id, js->has_limit ? js->output_limit : ULLONG_MAX, stream, pgid,
+			    in, out, tty };
+	s->pumps = p;
+	s->npumps++;
+}
+
+/*
+ * Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set.
+ * With an output limit, the child writes into pipes that pumps drain into FDS[0-1].
+ * A terminal job's output (its stdout and stderr alike) is its master's: one pump
+ * drains that into FDS[0], under the same limit (none: no limit).
+ */
 static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, int nfds, int *input,
 		       char err[static 1024])
 {
-	int pipefd[2], in = s->devnull;
+	int pipefd[2] = { -1, -1 }, in = s->devnull;
+	int outp[2][2] = { { -1, -1 }, { -1, -1 } }, files[2] = { -1, -1 }, master = -1;
 	char slave[64] = "";
-	pid_t pid;
+	pid_t pid = -1;
 
 	*input = -1;
 	if (!make_input(js, input, &in, slave, err))
 		return -1;
 	if (pipe2(pipefd, O_CLOEXEC) < 0) {
 		error_text(err, "pipe2");
-		pid = -1;
 		goto out;
 	}
+	if (*slave && ((master = fcntl(*input, F_DUPFD_CLOEXEC, 3)) < 0 ||
+		       (files[0] = fcntl(fds[0], F_DUPFD_CLOEXEC, 3)) < 0)) {
+		error_text(err, "terminal output");
+		goto out;
+	}
+	for (int k = 0; !*slave && js->has_limit && k < 2; k++)
+		if (pipe2(outp[k], O_CLOEXEC) < 0 || fcntl(outp[k][0], F_SETFL, O_NONBLOCK) < 0 ||
+		    (files[k] = fcntl(fds[k], F_DUPFD_CLOEXEC, 3)) < 0) {
+			error_text(err, "output pipe");
+			goto out;
+		}
 	if ((pid = fork()) == 0)
-		run_job(js, in, *slave ? slave : NULL, fds[0], fds[1], pipefd[1], fds + 3, nfds - 3);
+		run_job(js, in, *slave ? slave : NULL, outp[0][1] >= 0 ? outp[0][1] : fds[0],
+			outp[1][1] >= 0 ? outp[1][1] : fds[1], pipefd[1], fds + 3, nfds - 3);
 	if (pid < 0)
 		error_text(err, "fork");
 	close(pipefd[1]);
+	pipefd[1] = -1;
 	if (pid > 0 && read_report(pipefd[0], err, 1024)) /* EOF at once: the exec succeeded */
 		pid = -1;
-	close(pipefd[0]);
+	if (pid > 0 && master >= 0) {
+		add_pump(s, js, "stdout", pid, master, files[0], true);
+		master = files[0] = -1; /* the pump's now */
+	} else if (pid > 0 && js->has_limit) {
+		add_pump(s, js, "stdout", pid, outp[0][0], files[0], false);
+		add_pump(s, js, "stderr", pid, outp[1][0], files[1], false);
+		outp[0][0] = outp[1][0] = files[0] = files[1] = -1; /* the pumps' now */
+	}
 out:
+	for (int k = 0; k < 2; k++) {
+		for (int e = 0; e < 2; e++)
+			if (outp[k][e] >= 0)
+				close(outp[k][e]);
+		if (files[k] >= 0)
+			close(files[k]);
+	}
+	if (master >= 0)
+		close(master);
+	if (pipefd[1] >= 0)
+		close(pipefd[1]);
+	if (pipefd[0] >= 0)
+		close(pipefd[0]);
 	if (in != s->devnull)
 		close(in);
 	if (pid < 0 && *input >= 0) {
@@ -1229,6 +1297,58 @@ out:
 		*input = -1;
 	}
 	return pid;
+}
+
+/* Write all of BUF to FD; a failing disk loses the rest (PID 1 must not block). */
+static void write_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, buf, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return;
+		buf += n;
+		len -= (size_t)n;
+	}
+}
+
+/* Copy what the pipe holds (one read: no job starves the others); false once the
+ * pump is done: EOF (every writer gone), or the limit passed (cut, announced). */
+static bool pump(struct server *s, struct pump *p)
+{
+	static char buf[64 * 1024];
+	size_t want = p->left < sizeof buf ? (size_t)p->left + 1 : sizeof buf; /* +1: the excess */
+	ssize_t n = read(p->in, buf, want);
+	char id[24];
+
+	if (n < 0) /* a terminal's EIO: every slave closed */
+		return errno == EAGAIN || errno == EINTR;
+	if (n == 0)
+		return false;
+	size_t keep = (size_t)n < p->left ? (size_t)n : (size_t)p->left;
+	write_all(p->out, buf, keep);
+	p->left -= keep;
+	if ((size_t)n == keep)
+		return true;
+	kill(-p->pgid, SIGKILL); /* the job, background children included */
+	snprintf(id, sizeof id, "%llu", p->id);
+	for (size_t i = 0; i < s->nclients; i++)
+		reply(s, i, "cut", id, p->stream, NULL);
+	return false;
+}
+
+static void drop_pump(struct server *s, struct pump *p)
+{
+	struct pump **pp = &s->pumps;
+
+	while (*pp != p)
+		pp = &(*pp)->next;
+	*pp = p->next;
+	close(p->in);
+	close(p->out);
+	free(p);
+	s->npumps--;
 }
 
 static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, int nfds)
@@ -1253,11 +1373,9 @@ static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, 
 	} else {
 		struct job *j = xcalloc(1, sizeof *j);
 		bool tty = js.tty.ws_row != 0;
-		*j = (struct job){ s->jobs, js.id, pid, fds[2], input, tty ? fds[0] : -1, tty };
+		*j = (struct job){ s->jobs, js.id, pid, fds[2], input, tty };
 		s->jobs = j;
 		fds[2] = -1; /* kept by the job */
-		if (tty)
-			fds[0] = -1; /* PID 1 copies the terminal's output there */
 		snprintf(pid_text, sizeof pid_text, "%d", (int)pid);
 		reply(s, ci, "started", id, pid_text, NULL);
 	}
@@ -1536,25 +1654,24 @@ static noreturn void serve(struct server *s)
 	TRY(sigprocmask(SIG_BLOCK, &chld, NULL), "sigprocmask");
 	TRY(s->sig_fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK), "signalfd");
 	for (;;) {
-		size_t n = s->nclients, k = 0, nttys = 0;
-		for (struct job *j = s->jobs; j; j = j->next)
-			nttys += j->out >= 0;
-		pfds = xrealloc(pfds, (n + 2 + nttys) * sizeof *pfds);
+		size_t n = s->nclients, k = 0, np = s->npumps;
+		struct pump **pumps = xcalloc(np + 1, sizeof *pumps), *p = s->pumps;
+		pfds = xrealloc(pfds, (n + np + 2) * sizeof *pfds);
 		pfds[0] = (struct pollfd){ .fd = s->sig_fd, .events = POLLIN };
 		pfds[1] = (struct pollfd){ .fd = s->listen_fd, .events = POLLIN };
 		for (size_t i = 0; i < n; i++)
 			pfds[i + 2] = (struct pollfd){ .fd = s->clients[i], .events = POLLIN };
-		nttys = 0;
-		for (struct job *j = s->jobs; j; j = j->next)
-			if (j->out >= 0)
-				pfds[n + 2 + nttys++] = (struct pollfd){ .fd = j->input, .events = POLLIN };
-		if (poll(pfds, n + 2 + nttys, -1) < 0 && errno != EINTR)
+		for (size_t i = 0; i < np; i++, p = p->next) {
+			pumps[i] = p;
+			pfds[n + 2 + i] = (struct pollfd){ .fd = p->in, .events = POLLIN };
+		}
+		if (poll(pfds, n + np + 2, -1) < 0 && errno != EINTR)
 			die("poll");
-		/* Terminals first: the job list is as polled until reap changes it. */
-		nttys = 0;
-		for (struct job *j = s->jobs; j; j = j->next)
-			if (j->out >= 0 && pfds[n + 2 + nttys++].revents)
-				copy_output(j);
+		/* Output before exits: a job's last bytes are in its file when its exit is told. */
+		for (size_t i = 0; i < np; i++)
+			if (pfds[n + 2 + i].revents && !pump(s, pumps[i]))
+				drop_pump(s, pumps[i]);
+		free(pumps);
 		if (pfds[0].revents)
 			reap(s);
 		for (size_t i = 0; i < n; i++)
@@ -1687,6 +1804,10 @@ static int launch(void)
 	fclose(in); /* and its buffer: PID 1 would keep a copy */
 	if (!sp.root || !sp.socket)
 		die_msg("launch spec: no %s", sp.root ? "socket" : "root");
+	/* Its own cgroup namespace, now that every cgroup line is joined: the container's
+	 * cgroups are its root, and a job that mounts a cgroup hierarchy (in a user
+	 * namespace of its own) finds nothing above them. */
+	TRY(unshare(CLONE_NEWCGROUP), "unshare CLONE_NEWCGROUP");
 	/* The daemon started the launcher off its own CPU (see launcher.py): the init
 	 * and its jobs may run on every CPU of their cpuset again. */
 	CPU_ZERO(&cpus);
@@ -1703,7 +1824,8 @@ static int launch(void)
 	if (control) { /* PID 1 keeps the control socket: the daemon's first connection */
 		int len = snprintf(text, sizeof text, "init%c%d", '\0', (int)pid);
 		tell_daemon(text, (size_t)len + 1, NULL, 0);
-		close(CONTROL_FD);
+		/* Kept open until the launcher exits: the daemon reads the launcher's error once
+		 * the socket ends, so it must not end when a failed init closes its copy. */
 	}
 	if (read_report(ready[0], buf, sizeof buf) == 3 && !strcmp(buf, "ok\n")) {
 		snprintf(text, sizeof text, "%d\n", (int)pid);
@@ -1781,10 +1903,56 @@ static noreturn void zygote(void)
 	}
 }
 
+/* ---- sealed copy ------------------------------------------------------ */
+
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U /* linux/memfd.h, 6.3: executable even under vm.memfd_noexec=1 */
+#endif
+
+/*
+ * Run from a sealed in-memory copy of this binary, as runc does (CVE-2019-5736):
+ * every launcher, init and job process before its exec has this copy as its
+ * /proc/PID/exe, never the host's corral-init, which a privileged job could
+ * otherwise open through /proc and rewrite once nothing runs it. The copy can be
+ * neither written nor resized (F_SEAL_*). Made once per zygote, that is once per
+ * daemon start; a launcher spawned without a zygote makes its own.
+ */
+static void run_sealed_copy(char **argv)
+{
+	struct stat st;
+	int exe, mem;
+
+	TRY(exe = open("/proc/self/exe", O_RDONLY | O_CLOEXEC), "open /proc/self/exe");
+	if (fcntl(exe, F_GET_SEALS) >= 0) { /* a memfd: the copy already */
+		close(exe);
+		/* Named as before in ps and /proc/PID/comm, not "memfd:corral-in". */
+		TRY(prctl(PR_SET_NAME, "corral-init", 0, 0, 0), "prctl PR_SET_NAME");
+		return;
+	}
+	TRY(fstat(exe, &st), "fstat /proc/self/exe");
+	mem = memfd_create("corral-init", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+	if (mem < 0 && errno == EINVAL) /* a kernel before 6.3 */
+		mem = memfd_create("corral-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	TRY(mem, "memfd_create");
+	for (off_t left = st.st_size; left > 0;) {
+		ssize_t n = sendfile(mem, exe, NULL, (size_t)left);
+		if (n <= 0)
+			die_msg("copy /proc/self/exe to a memfd: %s", n < 0 ? strerror(errno) : "short file");
+		left -= n;
+	}
+	TRY(fcntl(mem, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE),
+	    "fcntl F_ADD_SEALS");
+	close(exe);
+	fexecve(mem, argv, environ);
+	die("fexecve the sealed copy");
+}
+
 /* Arguments after "launch" are ignored: PID 1 keeps them in its cmdline, as a
  * label (which a `label` directive replaces). */
 int main(int argc, char **argv)
 {
+	if (argc >= 2 && (!strcmp(argv[1], "launch") || !strcmp(argv[1], "zygote")))
+		run_sealed_copy(argv);
 	if (argc >= 2) {
 		args_start = argv[1];
 		args_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;

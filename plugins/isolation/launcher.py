@@ -48,6 +48,9 @@ import trio
 
 from supervisor.api import NetworkNamespace
 
+#: What the init puts before a failure in the container's root (corral_init.c IN_ROOT):
+#: caused by the client's rootfs or bind mounts.
+IN_ROOT = "in the container root: "
 #: Bytes of the launcher's stderr (one error message) read.
 MAX_OUTPUT = 64 * 1024
 #: Longest message on the control socket (``init PID``).

@@ -8,6 +8,7 @@ the event bus. A pidfd of the init tells when the whole container is gone.
 from __future__ import annotations
 
 import array
+import dataclasses
 import os
 import signal
 import socket
@@ -25,10 +26,18 @@ from supervisor.api import (
     InvalidState,
     JobExited,
     JobRequest,
+    OutputCut,
     SandboxExited,
 )
 
 RECEIVE_SIZE = 64 * 1024
+#: What an init from before the output pumps answers a spawn with limit= (corral_init.c).
+OLD_INIT = "spawn: bad or unknown field"
+#: Longest wait for a killed init's launcher to exit (it exits microseconds after the
+#: init is ready): a destroy must not hang on it.
+REAP_PATIENCE = 10.0
+#: Reap attempts: each after the zombie init changed parent, which it does once.
+REAP_TRIES = 8
 
 log = structlog.get_logger()
 
@@ -58,6 +67,8 @@ def spawn_message(request: JobRequest) -> bytes:
         parts.append("stdin=1")
     if request.tty is not None:
         parts.append(f"tty={request.tty[0]}:{request.tty[1]}")
+    if request.output_limit is not None:
+        parts.append(f"limit={request.output_limit}")
     parts += [f"arg={arg}" for arg in request.argv]
     return encode(*parts)
 
@@ -80,10 +91,18 @@ class InitSandbox:
         pid: int,
         pidfd: int | None,
         sock: trio.socket.SocketType | None,
+        owned: bool = False,
     ) -> None:
+        """
+        Args:
+            owned: the init is (or is about to become) the daemon's child, which must
+                reap it: one it launched, not one a previous daemon left.
+        """
         self.container = container
         self.pid = pid
         self._pidfd = pidfd
+        self._owned = owned
+        self._reaped = False
         self._sock = sock
         # The daemon's own reference to the container's mount namespace (see kill).
         self._mount_namespace: int | None = None
@@ -129,6 +148,10 @@ class InitSandbox:
                     await self.container.publish(
                         JobExited(self.container.handle, int(parts[1]), int(parts[2]))
                     )
+                elif parts[:1] == ["cut"] and len(parts) == 3:
+                    await self.container.publish(
+                        OutputCut(self.container.handle, int(parts[1]), parts[2])
+                    )
                 else:
                     await self._replies_send.send((parts, fds))
 
@@ -136,19 +159,42 @@ class InitSandbox:
         assert self._pidfd is not None
         await trio.lowlevel.wait_readable(self._pidfd)
         self._alive = False
-        self.reap()
+        await self.reap()
         if not self._terminated:
             log.warning("container init exited", handle=self.container.handle, pid=self.pid)
             await self.container.publish(SandboxExited(self.container.handle))
 
-    def reap(self) -> None:
-        """Collect the init's exit status if it is our child (it is unless a daemon restarted since)."""
-        if self._pidfd is None:
-            return
-        try:
-            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
-        except ChildProcessError:
-            pass  # adopted by the host's init after a daemon restart
+    async def reap(self) -> None:
+        """Collect the exited init's status if it is ours, so that no zombie is left.
+
+        The init is its launcher's child until the launcher exits, a moment after
+        the init is ready; only then does the daemon (a subreaper) adopt it. An
+        init killed in that moment is reaped once its launcher has gone.
+        """
+        for _ in range(REAP_TRIES):
+            if self._pidfd is None or self._reaped:
+                return
+            try:
+                self._reaped = (
+                    os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG) is not None
+                )
+                return
+            except ChildProcessError:
+                if not self._owned:
+                    return  # a previous daemon's: the host's init reaps it
+            launcher = _foster_parent(self.pid)
+            if launcher is None:
+                continue  # it is ours now, or gone (reaped by this sandbox's other waiter)
+            try:
+                with trio.move_on_after(REAP_PATIENCE) as waited:
+                    await trio.lowlevel.wait_readable(launcher)
+            finally:
+                os.close(launcher)
+            if waited.cancelled_caught:
+                log.warning(
+                    "container init left unreaped: its launcher does not exit", pid=self.pid
+                )
+                return
 
     def terminate(self) -> None:
         """SIGKILL the init: its namespaces, mounts and processes go with it."""
@@ -175,7 +221,7 @@ class InitSandbox:
         self.terminate()
         await trio.lowlevel.wait_readable(self._pidfd)
         self._alive = False
-        self.reap()
+        await self.reap()
 
     def close(self) -> None:
         """Close what the daemon holds; the mount namespace after destroy, unless detaching."""
@@ -218,6 +264,15 @@ class InitSandbox:
         self, request: JobRequest, stdout: int, stderr: int, status: int, join: tuple[int, ...] = ()
     ) -> None:
         reply = await self._request(spawn_message(request), (stdout, stderr, status, *join))
+        if reply[:1] == ["error"] and request.output_limit is not None and OLD_INIT in reply[2:3]:
+            # An init started before an upgrade (it knows no limit=): the job writes to
+            # its files directly, without a cap; said once per job.
+            self.container.log.warning(
+                "container init too old to cap output; job output not capped",
+                job_id=request.job_id,
+            )
+            request = dataclasses.replace(request, output_limit=None)
+            reply = await self._request(spawn_message(request), (stdout, stderr, status, *join))
         if reply[:1] == ["error"]:
             raise InvalidRequest(
                 f"container {self.container.handle}: job {request.job_id}: {reply[2]}"
@@ -287,6 +342,33 @@ def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
     return list(fds)
+
+
+def _foster_parent(pid: int) -> int | None:
+    """A pidfd of the parent of zombie *pid* (its launcher), or None if that is the daemon,
+    or *pid* is gone, or the parent has just exited.
+
+    The parent is read again once its pidfd is open: had the launcher exited meanwhile
+    (and its pid been reused), the init's parent would be the daemon by then.
+    """
+    parent = _parent_of(pid)
+    if parent is None or parent == os.getpid():
+        return None
+    try:
+        pidfd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        return None
+    if _parent_of(pid) == parent:
+        return pidfd
+    os.close(pidfd)
+    return None
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def signal_pidfd(pidfd: int, signum: int) -> None:

@@ -7,11 +7,11 @@ over HTTP on a loopback address (:mod:`.http`); ``[metrics] textfile =
 may be on. See README.md here for the metrics.
 
 Everything is read when asked (:mod:`.collect`): a scrape reads every live
-container's ``info`` and the request counters of the core, through the
-:class:`~supervisor.api.DaemonView` given to ``corral_startup``, and renders
-them with ``prometheus_client`` in a registry of its own. Scrapes that overlap
-share one reading. Nothing is kept between scrapes but the ids of ended jobs
-(:data:`.collect.ENDED`, in each container's stash).
+container's figures (``DaemonView.stats``: the counters and gauges of
+``info``, each plugin reading all the containers at once) and the request
+counters of the core, through the :class:`~supervisor.api.DaemonView` given to
+``corral_startup``, and renders them as ``prometheus_client`` would. Scrapes
+that overlap share one reading. This plugin keeps nothing between scrapes.
 
 Modules: :mod:`.settings` (the ``[metrics]`` table), :mod:`.collect` (the
 reading and the metric families), :mod:`.http` (the server).

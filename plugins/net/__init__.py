@@ -19,14 +19,17 @@ name pools, pure), :mod:`.rules` (the nftables JSON, pure), :mod:`.firewall`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from ipaddress import IPv4Address
 from typing import Any
 
 import trio
 
 from plugins.net import links
 from plugins.net.claim import claim
+from plugins.net.dns import resolv_conf
 from plugins.net.network import Attachment, Network
 from plugins.net.rules import parse_egress
 from plugins.net.settings import NAME, Settings
@@ -37,6 +40,8 @@ from supervisor.api import (
     Handler,
     InvalidRequest,
     LaunchPlan,
+    Limit,
+    Mount,
     NetworkNamespace,
     Request,
     StashKey,
@@ -44,8 +49,20 @@ from supervisor.api import (
     hookimpl,
 )
 
-IN_OPTIONS: dict[str, type | tuple[type, ...]] = {"host_port": int, "container_port": int}
-OUT_OPTIONS: dict[str, type | tuple[type, ...]] = {"protocol": str}
+IN_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "host_port": int,
+    "container_port": int,
+    "host_address": str,
+    "revoke": bool,
+}
+OUT_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "protocol": str,
+    "icmp_type": int,
+    "icmp_code": int,
+    "log": bool,
+    "revoke": bool,
+}
+RESOLV_CONF = "/etc/resolv.conf"
 
 
 class _EarlyVeth:
@@ -129,6 +146,8 @@ class NetworkPlugin:
     async def _early_veth(
         self, container: ContainerView, plan: LaunchPlan, restoring: bool
     ) -> AsyncIterator[None]:
+        if not restoring:
+            plan.mounts.append(self._resolv_conf_mount(container))
         namespace = plan.network_namespace
         if restoring or namespace is None:
             yield  # attach does it all
@@ -145,6 +164,14 @@ class NetworkPlugin:
             if early.att is not None:  # a later phase failed before attach took it
                 with trio.CancelScope(shield=True):
                     await self.network.abandon(container, early.att, made=early.plumbed)
+
+    def _resolv_conf_mount(self, container: ContainerView) -> Mount:
+        """The container's /etc/resolv.conf: a file of its depot directory, bound read-only
+        (a dangling symlink in the rootfs's place is left alone)."""
+        path = container.path / "resolv.conf"
+        path.write_text(resolv_conf(self.network.settings.nameservers))
+        flags = ("bind", "mkfile", "optional", "ro", "nosuid", "nodev", "noexec")
+        return Mount("none", str(path), RESOLV_CONF, flags)
 
     @hookimpl
     def corral_container_attach(
@@ -169,8 +196,28 @@ class NetworkPlugin:
                 await net.release(container)
 
     @hookimpl
-    def corral_container_info(self, container: ContainerView) -> Mapping[str, Any]:
-        return self.network.info(container)
+    def corral_container_info(
+        self, container: ContainerView
+    ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]]:
+        info = self.network.info(container)
+        if not info.get("limits", {}).get("bandwidth"):
+            return {**info, "bandwidth_stat": None} if info else info
+        return self._with_bandwidth_stat(container, info)
+
+    async def _with_bandwidth_stat(
+        self, container: ContainerView, info: dict[str, Any]
+    ) -> Mapping[str, Any]:
+        return {**info, "bandwidth_stat": await self.network.bandwidth_stat(container)}
+
+    @hookimpl
+    def corral_limit_resources(self) -> Mapping[str, Limit]:
+        return {"bandwidth": _BandwidthLimit(self.network)}
+
+    @hookimpl
+    def corral_containers_stats(
+        self, containers: Sequence[ContainerView]
+    ) -> Mapping[str, Mapping[str, Any]]:
+        return self.network.stats(containers)
 
     @hookimpl
     def corral_commands(self) -> Mapping[str, Handler]:
@@ -181,23 +228,72 @@ class NetworkPlugin:
         if len(args) >= 2 and args[1] == "in":
             a = Args("net in", list(args), ("HANDLE", "DIRECTION", "OPTS"))
             container = request.container(a.string(0))
+            container.require("net in")
             opts = a.options(2, IN_OPTIONS)
-            host_port, container_port = await self.network.forward(
-                container, _port(opts, "host_port"), _port(opts, "container_port")
+            if opts.get("revoke"):
+                if opts.get("host_port") is None:
+                    raise InvalidRequest("net in: revoke needs the host_port of the forward")
+                await self.network.unforward(container, _port(opts, "host_port"))
+                return "ok"
+            forward = await self.network.forward(
+                container,
+                _port(opts, "host_port"),
+                _port(opts, "container_port"),
+                _host_address(opts.get("host_address")),
             )
-            return {"host_port": host_port, "container_port": container_port}
+            return forward.to_json()
         if len(args) >= 2 and args[1] == "out":
             a = Args("net out", list(args), ("HANDLE", "DIRECTION", "DESTINATION", "OPTS"))
             container = request.container(a.string(0))
+            container.require("net out")
             destination = a.string(2)
             opts = a.options(3, OUT_OPTIONS)
-            await self.network.allow(
-                container, parse_egress(destination, opts.get("protocol", "all"))
+            allow = parse_egress(
+                destination,
+                opts.get("protocol", "all"),
+                opts.get("icmp_type"),
+                opts.get("icmp_code"),
+                opts.get("log", False),
             )
+            if opts.get("revoke"):
+                await self.network.revoke(container, allow)
+            else:
+                await self.network.allow(container, allow)
             return "ok"
         a = Args("net", list(args), ("HANDLE", "DIRECTION", "ARG", "OPTS"))
         a.string(0)
         raise InvalidRequest(f'net: DIRECTION must be "in" or "out", got {a.value(1, True)!r}')
+
+
+class _BandwidthLimit:
+    """``limit HANDLE bandwidth {"rate": BYTES_PER_SECOND, "burst": BYTES}`` (``{}`` lifts it)."""
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+
+    async def read(self, container: ContainerView) -> Any:
+        return self.network.bandwidth(container)
+
+    async def write(self, container: ContainerView, value: Any) -> Any:
+        return await self.network.set_bandwidth(container, value)
+
+
+def _host_address(value: str | None) -> IPv4Address | None:
+    """An IPv4 address of this host (to forward only its port), or None."""
+    if value is None:
+        return None
+    try:
+        address = IPv4Address(value)
+    except ValueError:
+        raise InvalidRequest(f"net in: host_address {value!r} is not an IPv4 address") from None
+    with socket.socket() as probe:  # binds only to an address the host has
+        try:
+            probe.bind((str(address), 0))
+        except OSError as exc:
+            raise InvalidRequest(
+                f"net in: host_address {value} is not an address of this host ({exc.strerror})"
+            ) from None
+    return address
 
 
 def _port(opts: dict[str, Any], key: str) -> int | None:

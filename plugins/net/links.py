@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from plugins.net import netlink
 from plugins.net.pool import Lease
+from plugins.net.shaping import Bandwidth, bucket
 from supervisor.api import CorralError
 
 #: Name of the container end of every veth, inside the container.
@@ -60,10 +61,27 @@ def _sysctl(path: str, value: str) -> None:
         os.close(fd)
 
 
+def harden(device: str, route_localnet: bool) -> None:
+    """Set the sysctls of a host-side device again (one made by an older daemon).
+
+    Raises:
+        LinkError: naming the device.
+    """
+    try:
+        _device_sysctls(device, route_localnet)
+    except OSError as exc:
+        raise LinkError(f"device {device}: {exc}") from exc
+
+
 def _device_sysctls(device: str, route_localnet: bool) -> None:
     # No IPv6 on Corral's host-side devices: a link-local address would let a
     # container reach the host's services around the IPv4 input rules.
     _sysctl(f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6", "1")
+    # Strict reverse-path filtering: a packet from this device whose source address
+    # is not routed back through it (another container's, the host's, anyone's) is
+    # dropped, so a job with CAP_NET_RAW cannot forge its source. The kernel takes
+    # the larger of this and conf/all: the host's own setting is left alone.
+    _sysctl(f"/proc/sys/net/ipv4/conf/{device}/rp_filter", "1")
     if route_localnet:
         # Lets `net in` DNAT host traffic sent to 127.0.0.1 out of this device
         # (the source is then masqueraded, see rules.py); this device only.
@@ -83,13 +101,13 @@ def network_namespace_of(pid: int) -> Iterator[int]:
         os.close(fd)
 
 
-async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None) -> None:
+async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None, mtu: int) -> None:
     """Create the veth pair of a container and set up its host end.
 
     The container end is made directly inside the network namespace *netns* (an fd) as ``eth0``
     (down, unconfigured: see :func:`configure_container_end`, or the container's init). The
     host end *device* gets the gateway address, or joins *bridge* (whose own address is the
-    gateway), and is up.
+    gateway), and is up. Both ends have the MTU *mtu*.
 
     Raises:
         LinkError: naming the device and the kernel's reason; nothing is left behind
@@ -99,7 +117,7 @@ async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None)
     # One request makes the pair, moves the peer, enslaves and raises the host end.
     # The host end has no carrier (nor an IPv6 address) until eth0 is raised.
     master = None if bridge is None else _index(bridge, what)
-    await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, netns, master))
+    await _request(what, netlink.new_veth(device, CONTAINER_IFNAME, netns, master, mtu))
     try:
         _device_sysctls(device, route_localnet=bridge is None)
         if bridge is None:
@@ -111,10 +129,13 @@ async def create_veth(device: str, netns: int, lease: Lease, bridge: str | None)
         raise
 
 
-async def configure_container_end(device: str, route_socket: int, lease: Lease) -> None:
-    """Give ``eth0``, the container end of veth *device*, the lease's address, raise it
-    and route by the lease's gateway, with rtnetlink requests on *route_socket* (a
-    NETLINK_ROUTE socket opened in the container's network namespace).
+async def configure_container_end(
+    device: str, route_socket: int, lease: Lease, bandwidth: Bandwidth | None = None
+) -> None:
+    """Give ``eth0``, the container end of veth *device*, the lease's address (and the
+    token bucket of *bandwidth*), raise it and route by the lease's gateway, with
+    rtnetlink requests on *route_socket* (a NETLINK_ROUTE socket opened in the
+    container's network namespace).
 
     Raises:
         LinkError: naming the device and the kernel's reason; the veth is deleted.
@@ -122,8 +143,12 @@ async def configure_container_end(device: str, route_socket: int, lease: Lease) 
     rtnl = netlink.RouteSocket(route_socket)
     try:
         index = rtnl.index_of(CONTAINER_IFNAME)
+        # The bucket before the device is up: replacing the qdisc of a running device
+        # waits for its transmissions to stop.
+        shaped = [] if bandwidth is None else [bucket(index, bandwidth)]
         await rtnl.request(
             netlink.new_address(index, str(lease.address), lease.prefixlen),
+            *shaped,
             netlink.set_up(index),
             netlink.new_default_route(str(lease.gateway)),
         )
@@ -135,6 +160,11 @@ async def configure_container_end(device: str, route_socket: int, lease: Lease) 
         raise
     finally:
         rtnl.close()
+
+
+def host_route_socket() -> netlink.RouteSocket:
+    """The daemon's route socket in the host's network namespace."""
+    return _rtnl
 
 
 async def delete_link(device: str) -> bool:
@@ -162,12 +192,12 @@ def _index(device: str, what: str) -> int:
         raise LinkError(f"{what}: no device {device}") from exc
 
 
-def ensure_bridge(device: str, gateway_cidr: str) -> None:
-    """Create bridge *device* with the gateway address, unless it exists already."""
+def ensure_bridge(device: str, gateway_cidr: str, mtu: int) -> None:
+    """Create bridge *device* with the gateway address and MTU *mtu*, unless it exists already."""
     with _netlink(f"bridge {device}") as ipr:
         if ipr.link_lookup(ifname=device):
             return
-        ipr.link("add", ifname=device, kind="bridge")
+        ipr.link("add", ifname=device, kind="bridge", mtu=mtu)
         try:
             index = ipr.link("get", ifname=device)[0]["index"]
             _device_sysctls(device, route_localnet=True)
@@ -258,6 +288,38 @@ def container_traffic(device: str) -> dict[str, int | None]:
     except (OSError, ValueError):
         return dict.fromkeys(key for key, _ in NET_STAT)
     return out
+
+
+#: Every device of the daemon's network namespace and its counters, one line each.
+PROC_NET_DEV = "/proc/net/dev"
+#: Positions of the host end's counters after ``DEV:`` in a line of it (receive: bytes,
+#: packets, errs, drop, fifo, frame, compressed, multicast; then transmit: bytes, packets...).
+_PROC_NET_DEV_FIELDS = {"rx_bytes": 0, "rx_packets": 1, "tx_bytes": 8, "tx_packets": 9}
+
+
+def all_traffic(devices: set[str]) -> dict[str, dict[str, int | None]]:
+    """:func:`container_traffic` of each of *devices*, from one read of ``/proc/net/dev``.
+
+    The same counters as sysfs (both are the kernel's ``dev_get_stats``), for
+    every device at once: one file instead of four per device. A device not
+    listed (gone) has every value None.
+    """
+    with open(PROC_NET_DEV, "rb") as f:
+        text = f.read()
+    out: dict[str, dict[str, int | None]] = {}
+    for line in text.splitlines()[2:]:  # two lines of headers
+        name, _, counters = line.partition(b":")
+        device = name.strip().decode()
+        if device not in devices:
+            continue
+        numbers = counters.split()
+        try:
+            host = {key: int(numbers[i]) for key, i in _PROC_NET_DEV_FIELDS.items()}
+        except (IndexError, ValueError):
+            continue
+        out[device] = {key: host[counter] for key, counter in NET_STAT}
+    gone = dict.fromkeys(key for key, _ in NET_STAT)
+    return {device: out.get(device, dict(gone)) for device in devices}
 
 
 def ip_forwarding() -> bool:

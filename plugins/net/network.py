@@ -10,6 +10,7 @@ is replaced in one transaction by the rules the records describe.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
@@ -17,10 +18,10 @@ from typing import Any
 import structlog
 import trio
 
-from plugins.net import links
+from plugins.net import links, netlink, shaping
 from plugins.net.firewall import Firewall
 from plugins.net.pool import AddressPool, BridgePool, Lease, PortPool, SlotPool, SubnetPool
-from plugins.net.rules import Egress, Ruleset
+from plugins.net.rules import Egress, Forward, Ruleset
 from plugins.net.settings import MAX_IDS, NAME, Settings
 from supervisor.api import (
     ContainerView,
@@ -34,7 +35,7 @@ from supervisor.api import (
 
 log = structlog.get_logger()
 
-NETWORK_KEYS = ("address", "bridge")
+NETWORK_KEYS = ("address", "bridge", "bandwidth")
 
 
 #: Seconds a released device name is not reused: the kernel removes the veth of a
@@ -55,8 +56,9 @@ class Attachment:
     #: Configured bridge name, or None for a /30 of the pool.
     bridge: str | None
     lease: Lease
-    forwards: list[tuple[int, int]] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
     egress: list[Egress] = field(default_factory=list)
+    bandwidth: shaping.Bandwidth | None = None
     #: Release has begun: no rule may be added any more.
     closed: bool = False
     #: The daemon shut down and left the container running.
@@ -69,8 +71,9 @@ class Attachment:
             "ingress": self.ingress,
             "bridge": self.bridge,
             "lease": self.lease.to_json(),
-            "forwards": [list(f) for f in self.forwards],
+            "forwards": [f.to_json() for f in self.forwards],
             "egress": [e.to_json() for e in self.egress],
+            "bandwidth": self.bandwidth.to_json() if self.bandwidth else None,
         }
 
     @classmethod
@@ -82,9 +85,32 @@ class Attachment:
             ingress=data["ingress"],
             bridge=data.get("bridge"),
             lease=Lease.from_json(data["lease"]),
-            forwards=[(int(p), int(q)) for p, q in data.get("forwards", [])],
+            forwards=[Forward.from_json(f) for f in data.get("forwards", [])],
             egress=[Egress.from_json(e) for e in data.get("egress", [])],
+            bandwidth=shaping.Bandwidth.from_json(bw) if (bw := data.get("bandwidth")) else None,
         )
+
+
+def _rule_json(allow: Egress) -> dict[str, Any]:
+    """A ``net out`` rule as a client would give it again (to revoke it)."""
+    ports = allow.ports
+    data: dict[str, Any] = {
+        "destination": allow.destination
+        + (
+            ""
+            if not ports
+            else f":{ports[0]}"
+            if ports[0] == ports[1]
+            else f":{ports[0]}-{ports[1]}"
+        ),
+        "protocol": allow.protocol,
+    }
+    for key in ("icmp_type", "icmp_code"):
+        if getattr(allow, key) is not None:
+            data[key] = getattr(allow, key)
+    if allow.log:
+        data["log"] = True
+    return data
 
 
 class Network:
@@ -105,6 +131,8 @@ class Network:
         #: Handles of the containers on each bridge (a bridge exists while it has members).
         self.members: dict[str, set[str]] = {name: set() for name in settings.bridges}
         self._bridge_lock = trio.Lock()
+        #: Route sockets in the network namespaces of containers with a bandwidth limit.
+        self.inside: dict[str, netlink.RouteSocket] = {}
         #: Held from "may this container get a rule" to "the rule is recorded".
         self._rules_lock = trio.Lock()
 
@@ -116,8 +144,16 @@ class Network:
             value = {}
         if not isinstance(value, dict) or set(value) - set(NETWORK_KEYS):
             raise InvalidRequest(
-                'network: must be an object with "address": "A.B.C.D[/NN]" and/or "bridge": NAME'
+                'network: must be an object with "address": "A.B.C.D[/NN]", "bridge": NAME '
+                'and/or "bandwidth": {"rate": BYTES_PER_SECOND, "burst": BYTES}'
             )
+        try:
+            bandwidth = shaping.parse_bandwidth(value.get("bandwidth"), self.settings.mtu)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"network: {exc.message}") from None
+        return {**self._check_address(value), "bandwidth": bandwidth and bandwidth.to_json()}
+
+    def _check_address(self, value: dict[str, Any]) -> dict[str, Any]:
         bridge = value.get("bridge")
         if bridge is not None and bridge not in self.bridges:
             known = ", ".join(sorted(self.bridges)) or "none"
@@ -182,7 +218,9 @@ class Network:
             raise
         device = self.settings.veth_name(ident)
         ingress = device if bridge is None else self.settings.bridge_device(bridge)
+        bandwidth = options.get("bandwidth")
         att = Attachment(container.handle, ident, device, ingress, bridge, lease)
+        att.bandwidth = shaping.Bandwidth.from_json(bandwidth) if bandwidth else None
         self.attachments[att.handle] = att
         # Saved with the container's next record. A daemon that dies before that
         # leaves nothing to give back: the pool lives in memory, and the veth goes
@@ -212,6 +250,13 @@ class Network:
             with trio.CancelScope(shield=True):
                 await self.abandon(container, att, made=False)
             raise
+        if att.bandwidth is not None and not plumbed:  # else plumb shaped it
+            try:
+                await self._shape(att, att.bandwidth, sandbox.pid)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.abandon(container, att, made=True)
+                raise
         container.log.info(
             "network attached",
             address=att.lease.cidr,
@@ -227,11 +272,13 @@ class Network:
                 await links.delete_link(att.device)
             except Exception:
                 container.log.exception("veth of a failed create not deleted", device=att.device)
+        self._close_inside(att)
         await self._teardown(att, quarantine=False)
         container.plugin_state(NAME).clear()
 
     async def restore(self, container: ContainerView) -> None:
-        """Re-adopt a restored container's network; re-create its veth if it vanished."""
+        """Re-adopt a restored container's network; re-create its veth if it vanished, and
+        apply its bandwidth limit again (a daemon killed while applying left it half-made)."""
         state = container.plugin_state(NAME)
         if not state:
             return  # it died before anything of the network was acquired
@@ -243,15 +290,20 @@ class Network:
         sandbox = container.sandbox
         if container.state is State.BORN or sandbox is None or not sandbox.alive:
             return
-        if await trio.to_thread.run_sync(links.exists, att.device):
-            return
-        container.log.warning(
-            "network device missing after restart; re-creating", device=att.device
-        )
-        try:
-            await self._plumb_running(att, sandbox)
-        except Exception:
-            container.log.exception("network device could not be re-created", device=att.device)
+        if not await trio.to_thread.run_sync(links.exists, att.device):
+            container.log.warning(
+                "network device missing after restart; re-creating", device=att.device
+            )
+            try:
+                await self._plumb_running(att, sandbox)
+            except Exception:
+                container.log.exception("network device could not be re-created", device=att.device)
+                return
+        if att.bandwidth is not None:
+            try:
+                await self._shape(att, att.bandwidth, sandbox.pid)
+            except Exception:
+                container.log.exception("bandwidth limit could not be applied again")
 
     def _reserve_restored(self, att: Attachment, container: ContainerView) -> None:
         steps: list[tuple[str, Any]] = [
@@ -259,8 +311,8 @@ class Network:
             ("device id", lambda: self.ids.reserve(att.ident, f"device {att.device}", force=True)),
         ]
         steps += [
-            (f"host port {p}", lambda p=p: self.ports.reserve(p, force=True))
-            for p, _ in att.forwards
+            (f"host port {f.host_port}", lambda p=f.host_port: self.ports.reserve(p, force=True))
+            for f in att.forwards
         ]
         for what, step in steps:
             try:
@@ -287,6 +339,7 @@ class Network:
                     await self.firewall.remove_tagged(att.handle)
                 except Exception:
                     container.log.exception("firewall rules of the container not removed")
+        self._close_inside(att)
         # The veth pair is not deleted here: it goes with the container's network
         # namespace when the init is killed, right after. Deleting it ourselves
         # waits ~16 ms for the kernel (an RCU grace period); the namespace's
@@ -297,7 +350,8 @@ class Network:
     async def plumb(self, att: Attachment, netns: int, route_socket: int | None = None) -> None:
         """Make the container's veth, ``eth0`` in the network namespace *netns* (an fd);
         with *route_socket* (a NETLINK_ROUTE socket opened in that namespace) configure
-        ``eth0`` too, else :meth:`attach` has the init do it.
+        ``eth0`` and shape both ends too, else :meth:`attach` has the init configure it
+        and shapes them.
 
         Needs no sandbox: it may run while the container's init sets up. On
         failure it removes what it made (a device of that name it did not make stays).
@@ -311,11 +365,21 @@ class Network:
             async with self._bridge_lock:
                 self.members.setdefault(att.bridge, set()).add(att.handle)
                 await trio.to_thread.run_sync(
-                    links.ensure_bridge, bridge_device, att.lease.gateway_cidr
+                    links.ensure_bridge, bridge_device, att.lease.gateway_cidr, self.settings.mtu
                 )
-        await links.create_veth(att.device, netns, att.lease, bridge_device)
-        if route_socket is not None:
-            await links.configure_container_end(att.device, route_socket, att.lease)
+        await links.create_veth(att.device, netns, att.lease, bridge_device, self.settings.mtu)
+        if route_socket is None:
+            return
+        await links.configure_container_end(att.device, route_socket, att.lease, att.bandwidth)
+        if att.bandwidth is not None:
+            try:
+                await shaping.shape(links.host_route_socket(), att.device, att.bandwidth)
+            except OSError as exc:
+                with trio.CancelScope(shield=True):
+                    await links.delete_link(att.device)
+                raise links.LinkError(f"bandwidth of veth {att.device}: {exc.strerror}") from exc
+            # Kept for the limit's stats and changes.
+            self.inside[att.handle] = netlink.RouteSocket(route_socket)
 
     async def _plumb_running(self, att: Attachment, sandbox: Sandbox) -> None:
         """:meth:`plumb` into a running sandbox's namespace; its init configures ``eth0``."""
@@ -359,10 +423,89 @@ class Network:
             pass  # the pool or bridge changed in the config; nothing to give back
         # A device name waits too: its veth may still be on its way out (see release).
         self.ids.release(att.ident, quarantine=quarantine)
-        for host_port, _ in att.forwards:
-            self.ports.release(host_port)
+        for forward in att.forwards:
+            self.ports.release(forward.host_port)
         if self.attachments.get(att.handle) is att:
             del self.attachments[att.handle]
+
+    # -- bandwidth -------------------------------------------------------------------
+
+    async def _inside(self, att: Attachment, pid: int) -> netlink.RouteSocket:
+        """A route socket in the container's network namespace, kept while it has a limit."""
+        rtnl = self.inside.get(att.handle)
+        if rtnl is None:
+            sock = await trio.to_thread.run_sync(shaping.route_socket_in, pid)
+            with sock:
+                rtnl = self.inside[att.handle] = netlink.RouteSocket(sock.fileno())
+        return rtnl
+
+    def _close_inside(self, att: Attachment) -> None:
+        rtnl = self.inside.pop(att.handle, None)
+        if rtnl is not None:
+            rtnl.close()
+
+    async def _shape(self, att: Attachment, bandwidth: shaping.Bandwidth | None, pid: int) -> None:
+        """Shape both ends of the container's veth (None: stop) (process *pid* is in its
+        network namespace).
+
+        Raises:
+            LinkError: naming the device and the kernel's reason.
+        """
+        try:
+            await shaping.shape(links.host_route_socket(), att.device, bandwidth)
+            await shaping.shape(await self._inside(att, pid), links.CONTAINER_IFNAME, bandwidth)
+        except OSError as exc:
+            raise links.LinkError(f"bandwidth of veth {att.device}: {exc.strerror}") from exc
+        if bandwidth is None:
+            self._close_inside(att)
+
+    async def set_bandwidth(self, container: ContainerView, value: Any) -> Any:
+        """``limit HANDLE bandwidth VALUE``: shape both directions, or (``{}``) stop.
+
+        Raises:
+            InvalidRequest: a bad value; nothing changed.
+            InvalidState: the container's processes are gone.
+        """
+        bandwidth = shaping.parse_bandwidth(value, self.settings.mtu)
+        async with self._rules_lock:
+            att = self.attachment(container)
+            sandbox = container.sandbox
+            if sandbox is None or not sandbox.alive:
+                raise InvalidState(f"container {container.handle}: its init is gone")
+            await self._shape(att, bandwidth, sandbox.pid)
+            att.bandwidth = bandwidth
+            self._save(container, att)
+        container.log.info("bandwidth set", bandwidth=value)
+        return bandwidth and bandwidth.to_json()
+
+    async def bandwidth_stat(self, container: ContainerView) -> dict[str, Any] | None:
+        """``bandwidth_stat`` as Warden had it, with the bytes and drops of each bucket
+        (``in``: to the container); None without a limit."""
+        att = self.attachment(container)
+        sandbox = container.sandbox
+        if att.bandwidth is None:
+            return None
+        in_bytes, in_dropped = await shaping.sent_and_dropped(links.host_route_socket(), att.device)
+        out_bytes = out_dropped = None
+        if sandbox is not None and sandbox.alive:
+            inside = await self._inside(att, sandbox.pid)
+            out_bytes, out_dropped = await shaping.sent_and_dropped(inside, links.CONTAINER_IFNAME)
+        rate, burst = att.bandwidth.rate, att.bandwidth.burst
+        return {
+            "in_rate": rate,
+            "in_burst": burst,
+            "out_rate": rate,
+            "out_burst": burst,
+            "in_bytes": in_bytes,
+            "in_dropped": in_dropped,
+            "out_bytes": out_bytes,
+            "out_dropped": out_dropped,
+        }
+
+    def bandwidth(self, container: ContainerView) -> Any:
+        """The bandwidth limit in force (None: none)."""
+        att = self.attachment(container)
+        return att.bandwidth and att.bandwidth.to_json()
 
     def _record(self, container: ContainerView, att: Attachment) -> None:
         state = container.plugin_state(NAME)
@@ -383,9 +526,14 @@ class Network:
         return att
 
     async def forward(
-        self, container: ContainerView, host_port: int | None, container_port: int | None
-    ) -> tuple[int, int]:
-        """Forward a host TCP port to the container (``net in``); return (host, container) port.
+        self,
+        container: ContainerView,
+        host_port: int | None,
+        container_port: int | None,
+        host_address: IPv4Address | None = None,
+    ) -> Forward:
+        """Forward a host TCP port, of *host_address* or of every local address, to the
+        container (``net in``).
 
         Raises:
             NoCapacity: no port of the range is free.
@@ -402,24 +550,20 @@ class Network:
                 raise NoCapacity(f"net in: container {container.handle}: {exc.message}") from None
             except InvalidRequest as exc:
                 raise InvalidRequest(f"net in: {exc.message}") from None
-            container_port = container_port or host_port
+            forward = Forward(host_port, container_port or host_port, host_address)
             try:
                 await self.firewall.apply(
-                    self.ruleset.forward(att.handle, host_port, att.lease.address, container_port),
+                    self.ruleset.forward(att.handle, forward, att.lease.address),
                     f"forward port {host_port} to container {att.handle}",
                 )
             except BaseException:
                 self.ports.release(host_port)
                 raise
-            att.forwards.append((host_port, container_port))
+            att.forwards.append(forward)
             self._save(container, att)
-        container.log.info("port forwarded", host_port=host_port, container_port=container_port)
-        await container.publish(
-            NetRuleChanged(
-                container.handle, "in", {"host_port": host_port, "container_port": container_port}
-            )
-        )
-        return host_port, container_port
+        container.log.info("port forwarded", **forward.to_json())
+        await container.publish(NetRuleChanged(container.handle, "in", forward.to_json()))
+        return forward
 
     async def allow(self, container: ContainerView, allow: Egress) -> None:
         """Let the container reach one destination (``net out``); asking twice is harmless."""
@@ -436,9 +580,68 @@ class Network:
         container.log.info("egress allowed", **allow.to_json())
         await container.publish(NetRuleChanged(container.handle, "out", allow.to_json()))
 
+    async def unforward(self, container: ContainerView, host_port: int | None) -> None:
+        """Remove the container's forward of *host_port* (``net in`` with ``revoke``).
+
+        Raises:
+            InvalidRequest: the container forwards no such port.
+        """
+        async with self._rules_lock:
+            att = self.attachment(container)
+            kept = [f for f in att.forwards if f.host_port != host_port]
+            if len(kept) == len(att.forwards):
+                raise InvalidRequest(
+                    f"net in: container {container.handle} forwards no host port {host_port}"
+                )
+            await self._replace_rules(att, kept, att.egress, f"unforward port {host_port}")
+            att.forwards = kept
+            self.ports.release(host_port)  # type: ignore[arg-type]
+            self._save(container, att)
+        container.log.info("port forward removed", host_port=host_port)
+        await container.publish(
+            NetRuleChanged(container.handle, "in", {"host_port": host_port, "revoked": True})
+        )
+
+    async def revoke(self, container: ContainerView, allow: Egress) -> None:
+        """Remove a ``net out`` rule the container has, given as it was added.
+
+        Raises:
+            InvalidRequest: the container has no such rule.
+        """
+        async with self._rules_lock:
+            att = self.attachment(container)
+            if allow not in att.egress:
+                raise InvalidRequest(
+                    f"net out: container {container.handle} has no rule {allow.to_json()}"
+                )
+            kept = [e for e in att.egress if e != allow]
+            await self._replace_rules(att, att.forwards, kept, "revoke egress")
+            att.egress = kept
+            self._save(container, att)
+        container.log.info("egress revoked", **allow.to_json())
+        await container.publish(
+            NetRuleChanged(container.handle, "out", {**allow.to_json(), "revoked": True})
+        )
+
+    async def _replace_rules(
+        self,
+        att: Attachment,
+        forwards: list[Forward],
+        egress: list[Egress],
+        what: str,
+    ) -> None:
+        """Make the container's rules exactly *forwards* and *egress*, in one transaction."""
+        listing = await self.firewall.apply(self.ruleset.list_table(), "list its rules")
+        await self.firewall.apply(
+            self.ruleset.delete_tagged(listing, att.handle)
+            + self.ruleset.container(att.handle, att.ingress, att.lease.address, forwards, egress),
+            f"{what} of container {att.handle}",
+        )
+
     def info(self, container: ContainerView) -> dict[str, Any]:
-        """``host_ip``, ``container_ip`` and ``net_stat`` (the traffic of its veth, as the
-        container sees it) of the container (nothing when it has no network)."""
+        """``host_ip``, ``container_ip``, ``net_stat`` (the traffic of its veth, as the
+        container sees it), and its rules ``net_in`` and ``net_out`` (nothing when it has
+        no network)."""
         att = self.attachments.get(container.handle)
         if att is None:
             return {}
@@ -447,7 +650,23 @@ class Network:
             "host_ip": host_ip,
             "container_ip": container_ip,
             "net_stat": links.container_traffic(att.device),
+            "net_in": [f.to_json() for f in att.forwards],
+            "net_out": [_rule_json(e) for e in att.egress],
+            "limits": {"bandwidth": att.bandwidth and att.bandwidth.to_json()},
         }
+
+    def stats(self, containers: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
+        """``net_stat`` of each of *containers* that has a network, from one read of
+        ``/proc/net/dev`` for them all (see :func:`links.all_traffic`)."""
+        devices = {
+            c.handle: att.device
+            for c in containers
+            if (att := self.attachments.get(c.handle)) is not None
+        }
+        if not devices:
+            return {}
+        traffic = links.all_traffic(set(devices.values()))
+        return {handle: {"net_stat": traffic[device]} for handle, device in devices.items()}
 
     # -- daemon lifetime --------------------------------------------------------------
 
@@ -461,10 +680,13 @@ class Network:
             self.settings.bridge_device(name) for name, m in self.members.items() if m
         }
         prefix = self.settings.interface_prefix
+        bridged = {a.device for a in live if a.bridge is not None}
         for device in await trio.to_thread.run_sync(links.devices, prefix):
             if device not in wanted:
                 await links.delete_link(device)
                 log.warning("leftover network device removed", device=device)
+            else:  # made by an older daemon, maybe without today's settings (rp_filter)
+                links.harden(device, route_localnet=device not in bridged)
         commands = self.ruleset.base()
         for att in live:
             commands += self.ruleset.container(

@@ -10,8 +10,8 @@ One table (family ``inet``) holds everything::
                               then `egress` for traffic from containers; the rest of
                               Corral's traffic is dropped. Other traffic is never matched
                               (policy accept), so the host's own forwarding is untouched.
-    input       filter 0      containers may not reach the host's own services
-                              (unless allow_host_access)
+    input       filter 0      nothing from a container to 127/8 but replies; containers
+                              may not reach the host's own services (unless allow_host_access)
     egress      regular       allow_networks, and one rule per `net out`
 
 Static rules carry the comment :data:`BASE_TAG`; a container's rules carry its
@@ -35,6 +35,8 @@ FAMILY = "inet"
 BASE_TAG = "corral:base"
 PROTOCOLS = ("tcp", "udp", "icmp", "all")
 LOOPBACK = IPv4Network("127.0.0.0/8")
+#: Start of the kernel log line of a logged ``net out`` rule, before the handle.
+LOG_PREFIX = "corral-out "
 
 #: Base chains: name -> (type, hook, priority).
 BASE_CHAINS: dict[str, tuple[str, str, int]] = {
@@ -49,23 +51,54 @@ EGRESS_CHAIN = "egress"
 
 @dataclass(frozen=True)
 class Egress:
-    """One ``net out`` permission: destination network, optional port range, protocol."""
+    """One ``net out`` permission: destination, optional port range, protocol, ICMP type
+    and code, and whether new connections are logged."""
 
+    #: The destination network; with :attr:`last`, the /32 of the range's first address.
     network: IPv4Network
     ports: tuple[int, int] | None
     protocol: str
+    #: The last address of a range ``FIRST-LAST``.
+    last: IPv4Address | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    log: bool = False
+
+    @property
+    def destination(self) -> str:
+        """The destination as ``net out`` takes it (without ports)."""
+        if self.last is not None:
+            return f"{self.network.network_address}-{self.last}"
+        return str(self.network)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "network": str(self.network),
             "ports": list(self.ports) if self.ports else None,
             "protocol": self.protocol,
         }
+        if self.last is not None:
+            data["last"] = str(self.last)
+        if self.icmp_type is not None:
+            data["icmp_type"] = self.icmp_type
+        if self.icmp_code is not None:
+            data["icmp_code"] = self.icmp_code
+        if self.log:
+            data["log"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Egress:
-        ports = data.get("ports")
-        return cls(IPv4Network(data["network"]), tuple(ports) if ports else None, data["protocol"])  # type: ignore[arg-type]
+        ports, last = data.get("ports"), data.get("last")
+        return cls(
+            IPv4Network(data["network"]),
+            (int(ports[0]), int(ports[1])) if ports else None,
+            data["protocol"],
+            IPv4Address(last) if last else None,
+            data.get("icmp_type"),
+            data.get("icmp_code"),
+            bool(data.get("log", False)),
+        )
 
 
 def _port(text: str, spec: str) -> int:
@@ -74,8 +107,66 @@ def _port(text: str, spec: str) -> int:
     return int(text)
 
 
-def parse_egress(spec: Any, protocol: Any = "all") -> Egress:
-    """Parse ``ADDR[/MASK][:PORT[-PORT]]`` and a protocol into an :class:`Egress`.
+@dataclass(frozen=True)
+class Forward:
+    """One ``net in``: a host TCP port (on one host address, or on every local one)
+    forwarded to a container port."""
+
+    host_port: int
+    container_port: int
+    host_address: IPv4Address | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"host_port": self.host_port, "container_port": self.container_port}
+        if self.host_address is not None:
+            data["host_address"] = str(self.host_address)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Forward:
+        if isinstance(data, list):  # records written before host addresses: [host, container]
+            return cls(int(data[0]), int(data[1]))
+        address = data.get("host_address")
+        return cls(
+            int(data["host_port"]),
+            int(data["container_port"]),
+            IPv4Address(address) if address else None,
+        )
+
+
+def _icmp_field(name: str, value: Any) -> int | None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255
+    ):
+        raise InvalidRequest(f"net out: {name} {value!r} is not a number from 0 to 255")
+    return value
+
+
+def _destination(spec: str, address: str) -> tuple[IPv4Network, IPv4Address | None]:
+    """``ADDR[/MASK]`` as a network, or ``FIRST-LAST`` as the /32 of FIRST and LAST."""
+    first, dash, last = address.partition("-")
+    try:
+        if not dash:
+            return IPv4Network(address, strict=False), None
+        low, high = IPv4Address(first), IPv4Address(last)
+    except ValueError:
+        raise InvalidRequest(
+            f"net out: {spec!r}: {address!r} is not an IPv4 address, network or range FIRST-LAST"
+        ) from None
+    if low > high:
+        raise InvalidRequest(f"net out: {spec!r}: the range {address} is empty")
+    return IPv4Network(low), high
+
+
+def parse_egress(
+    spec: Any,
+    protocol: Any = "all",
+    icmp_type: Any = None,
+    icmp_code: Any = None,
+    log: bool = False,
+) -> Egress:
+    """Parse ``ADDR[/MASK][:PORT[-PORT]]`` or ``FIRST-LAST[:PORT[-PORT]]``, a protocol,
+    an ICMP type and code, and the log flag into an :class:`Egress`.
 
     Host bits under the mask are ignored (``10.1.2.3/24`` is ``10.1.2.0/24``). With
     protocol ``all`` a port range applies to TCP and UDP.
@@ -85,28 +176,29 @@ def parse_egress(spec: Any, protocol: Any = "all") -> Egress:
     """
     if not isinstance(spec, str) or not spec:
         raise InvalidRequest(
-            f"net out: destination must be a string ADDR[/MASK][:PORT[-PORT]], got {spec!r}"
+            "net out: destination must be a string ADDR[/MASK][:PORT[-PORT]] "
+            f"or FIRST-LAST[:PORT[-PORT]], got {spec!r}"
         )
     if protocol not in PROTOCOLS:
         raise InvalidRequest(f"net out: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    icmp_type, icmp_code = _icmp_field("icmp_type", icmp_type), _icmp_field("icmp_code", icmp_code)
+    if (icmp_type is not None or icmp_code is not None) and protocol != "icmp":
+        raise InvalidRequest(f"net out: {spec!r}: icmp_type and icmp_code need protocol icmp")
+    if icmp_code is not None and icmp_type is None:
+        raise InvalidRequest(f"net out: {spec!r}: icmp_code needs an icmp_type")
     address, _, ports_text = spec.partition(":")
-    try:
-        network = IPv4Network(address, strict=False)
-    except ValueError:
-        raise InvalidRequest(
-            f"net out: {spec!r}: {address!r} is not an IPv4 address or network"
-        ) from None
+    network, last = _destination(spec, address)
     ports: tuple[int, int] | None = None
     if ports_text:
-        first, _, last = ports_text.partition("-")
-        ports = (_port(first, spec), _port(last or first, spec))
+        low, _, high = ports_text.partition("-")
+        ports = (_port(low, spec), _port(high or low, spec))
         if ports[0] > ports[1]:
             raise InvalidRequest(f"net out: {spec!r}: port range {ports_text} is empty")
         if protocol == "icmp":
             raise InvalidRequest(
                 f"net out: {spec!r}: ICMP has no ports; use protocol tcp, udp or all"
             )
-    return Egress(network, ports, protocol)
+    return Egress(network, ports, protocol, last, icmp_type, icmp_code, log)
 
 
 # -- expression helpers ----------------------------------------------------------
@@ -216,6 +308,19 @@ class Ruleset:
             rule("forward", BASE_TAG, _match(iif, any_dev), DROP),
             rule("forward", BASE_TAG, _match(oif, any_dev), DROP),
         ]
+        # route_localnet on Corral's devices (for `net in` to 127.0.0.1, below) would let
+        # a container's packet addressed to 127.0.0.1 reach services bound to the host's
+        # loopback: only replies (of those forwards) may come in for 127/8.
+        cmds.append(
+            rule(
+                "input",
+                BASE_TAG,
+                _match(iif, any_dev),
+                _match(_ip("daddr"), _net(LOOPBACK)),
+                _match({"ct": {"key": "direction"}}, "original"),
+                DROP,
+            )
+        )
         if not s.allow_host_access:
             cmds += [
                 rule("input", BASE_TAG, _match(iif, any_dev), _established(), ACCEPT),
@@ -249,14 +354,17 @@ class Ruleset:
         )
         return cmds
 
-    def forward(
-        self, handle: str, host_port: int, address: IPv4Address, container_port: int
-    ) -> list[Command]:
-        """DNAT of TCP to a local address's *host_port* to the container's *container_port*."""
+    def forward(self, handle: str, forward: Forward, address: IPv4Address) -> list[Command]:
+        """DNAT of TCP to the host port (of one host address, or of any local one) to the
+        container's port at *address*."""
+        if forward.host_address is None:
+            to_host = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+        else:
+            to_host = _match(_ip("daddr"), str(forward.host_address))
         expr = (
-            _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
-            _match({"payload": {"protocol": "tcp", "field": "dport"}}, host_port),
-            {"dnat": {"family": "ip", "addr": str(address), "port": container_port}},
+            to_host,
+            _match({"payload": {"protocol": "tcp", "field": "dport"}}, forward.host_port),
+            {"dnat": {"family": "ip", "addr": str(address), "port": forward.container_port}},
         )
         return [self._rule("prerouting", handle, *expr), self._rule("output", handle, *expr)]
 
@@ -265,7 +373,10 @@ class Ruleset:
     ) -> list[Command]:
         """Accept traffic from the container (by device and source address) to one destination."""
         expr: list[Expr] = [_match(_meta("iifname"), device), _match(_ip("saddr"), str(address))]
-        if allow.network.prefixlen:
+        if allow.last is not None:
+            first = str(allow.network.network_address)
+            expr.append(_match(_ip("daddr"), {"range": [first, str(allow.last)]}))
+        elif allow.network.prefixlen:
             expr.append(_match(_ip("daddr"), _net(allow.network)))
         l4 = _meta("l4proto")
         if allow.protocol in ("tcp", "udp", "icmp"):
@@ -276,6 +387,13 @@ class Ruleset:
             expr.append(
                 _match({"payload": {"protocol": "th", "field": "dport"}}, _ports(allow.ports))
             )
+        for field in ("type", "code"):
+            value = getattr(allow, f"icmp_{field}")
+            if value is not None:
+                expr.append(_match({"payload": {"protocol": "icmp", "field": field}}, value))
+        if allow.log:
+            # Only what no established flow accepted reaches this chain: new connections.
+            expr.append({"log": {"prefix": f"{LOG_PREFIX}{handle} "}})
         return [self._rule(EGRESS_CHAIN, handle, *expr, ACCEPT)]
 
     def container(
@@ -283,13 +401,13 @@ class Ruleset:
         handle: str,
         device: str,
         address: IPv4Address,
-        forwards: Iterable[tuple[int, int]],
+        forwards: Iterable[Forward],
         egress: Iterable[Egress],
     ) -> list[Command]:
         """Every rule of one container."""
         cmds: list[Command] = []
-        for host_port, container_port in forwards:
-            cmds += self.forward(handle, host_port, address, container_port)
+        for forward in forwards:
+            cmds += self.forward(handle, forward, address)
         for allow in egress:
             cmds += self.egress(handle, device, address, allow)
         return cmds

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from plugins.net.pool import SUBNET_PREFIXLEN
@@ -19,6 +19,10 @@ MAX_IDS = 1 << 20
 ID_DIGITS = 5
 PREFIX_MAX = IFNAME_MAX - 1 - ID_DIGITS
 WORD_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+#: IPv4's minimum MTU; a veth's maximum.
+MIN_MTU, MAX_MTU = 68, 65535
+#: The resolver reads at most three (glibc's MAXNS).
+MAX_NAMESERVERS = 3
 
 
 def _network(value: Any) -> IPv4Network:
@@ -66,6 +70,21 @@ def _port_range(value: Any) -> tuple[int, int]:
             f'must be [FIRST, LAST] or "FIRST-LAST" with 1 <= FIRST <= LAST <= 65535, got {value!r}'
         )
     return parts[0], parts[1]
+
+
+def _mtu(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_MTU <= value <= MAX_MTU:
+        raise ValueError(f"must be bytes from {MIN_MTU} to {MAX_MTU}, got {value!r}")
+    return value
+
+
+def _nameservers(value: Any) -> tuple[IPv4Address, ...]:
+    if not isinstance(value, list) or len(value) > MAX_NAMESERVERS:
+        raise ValueError(f"must be a list of at most {MAX_NAMESERVERS} IPv4 addresses")
+    try:
+        return tuple(IPv4Address(v) for v in value)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _quarantine(value: Any) -> float:
@@ -129,6 +148,12 @@ class Settings:
         (), "destinations every container may reach without net out", check=_networks
     )
     allow_host_access: bool = setting(False, "whether containers may reach the host's own services")
+    mtu: int = setting(1500, "MTU of every container's veth (both ends) and bridge", check=_mtu)
+    nameservers: tuple[IPv4Address, ...] | None = setting(
+        None,
+        "nameservers of each container's /etc/resolv.conf; absent: the host's, without loopback ones",
+        check=_nameservers,
+    )
 
     def __post_init__(self) -> None:
         for name in self.bridges:

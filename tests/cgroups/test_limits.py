@@ -275,6 +275,7 @@ def test_cpu_shares_read_back(daemon: Daemon, client: Client) -> None:
         assert client.call("limit", handle, "cpu") == 512
         assert client.call("limit", handle, "cpu", 2048) == 2048
         assert client.info(handle)["limits"]["cpu"] == 2048
+        assert client.call("limit", handle, "cpu", 1) == 2  # Warden's clamp
     finally:
         client.destroy(handle)
 
@@ -519,7 +520,7 @@ BAD_VALUES = [
     ("mem", -5),
     ("mem", "lots"),
     ("mem", 1.5),
-    ("cpu", 0),
+    ("cpu", -1),
     ("cpu", "x"),
     ("cpus", 0),
     ("cpus", -1),
@@ -580,10 +581,19 @@ def test_info_reports_limits_and_stats(daemon: Daemon, client: Client) -> None:
         assert info["limits"]["cpus"] == 1.5
         assert info["limits"]["cpu"] == 1024  # the default, read from the cgroup
         memory = info["memory_stat"]
-        assert set(memory) == {"usage", "max_usage", "limit", "oom_count"}
+        assert {"usage", "max_usage", "limit", "oom_count"} <= set(memory)
         assert 0 < memory["usage"] <= memory["max_usage"] <= 64 * MB
         assert memory["oom_count"] == 0
-        assert info["cpu_stat"]["usage"] > 1_000_000  # the loop took at least a millisecond
+        # memory.stat under Warden's names, on v1 and v2 alike
+        warden = ("rss", "cache", "mapped_file", "pgfault", "pgmajfault", "active_anon")
+        for name in warden + tuple(f"total_{n}" for n in warden):
+            assert isinstance(memory[name], int), name
+        assert memory["total_pgfault"] > 0  # the job's shell faulted pages in
+        cpu = info["cpu_stat"]
+        assert cpu["usage"] > 1_000_000  # the loop took at least a millisecond
+        # user and system time in ns (from ticks of 10 ms on v1): they add up to about the usage
+        assert cpu["user"] + cpu["system"] > 0
+        assert cpu["user"] + cpu["system"] <= cpu["usage"] + 50_000_000
         assert info["pids"] == {"current": 1, "max": 40}  # the init alone
     finally:
         client.destroy(handle)

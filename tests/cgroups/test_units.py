@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import trio
 import plugins.cgroups as plugin
 from plugins.cgroups import backend, devices, oom, pressure, v1, v2, values
 from plugins.cgroups.backend import CgroupError, parse_keyed, read_int
+from plugins.cgroups.counters import FdBudget
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.layout import Placement, detect, parse_mountinfo
 from plugins.cgroups.values import Host, cpuset_cores, format_cpuset
@@ -72,6 +74,9 @@ def test_cpuset_huge_range_is_refused_before_it_is_built() -> None:
     [
         ("mem", 64 << 20, 64 << 20),
         ("cpu", 512, 512),
+        ("cpu", 1, 2),  # clamped to the kernel's range, as Warden does
+        ("cpu", 0, 2),
+        ("cpu", 300000, 262144),
         ("cpus", 0.5, 0.5),
         ("cpus", 2, 2.0),
         ("cpuset", "3,1-2", "1-3"),
@@ -91,8 +96,8 @@ def test_good_values_are_normalized(name: str, value: object, expected: object) 
         ("mem", 1.5e6, "mem 1500000.0 is not"),
         ("mem", True, "mem True is not"),
         ("mem", 4096, "less than the 1048576 bytes"),
-        ("cpu", 0, "cpu 0 is not a number of shares from 2 to 262144"),
-        ("cpu", 300000, "cpu 300000"),
+        ("cpu", -1, "cpu -1 is not a number of shares (a whole number >= 0)"),
+        ("cpu", 1.5, "cpu 1.5 is not"),
         ("cpu", "1024", "cpu '1024'"),
         ("cpus", 0, "cpus 0 is not a number of cores >= 0.01"),
         ("cpus", -0.5, "cpus -0.5"),
@@ -410,11 +415,15 @@ COMOUNTED = """\
 
 def test_hybrid_layout_puts_everything_on_v1() -> None:
     layout = detect(HYBRID, lambda root: {"hugetlb"})
-    assert {c: p.version for c, p in layout.placements.items()} == dict.fromkeys(
-        ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices"), 1
-    )
+    assert {c: p.version for c, p in layout.placements.items()} == {
+        **dict.fromkeys(("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices"), 1),
+        # the hierarchies without Corral's controllers: bare, the containers are put there too
+        "hierarchy:name=systemd": 1,
+        "hierarchy:cgroup2": 2,
+    }
     assert layout.placements["memory"].root == Path("/sys/fs/cgroup/memory")
-    assert len(layout.hierarchies()) == 7
+    assert layout.placements["hierarchy:cgroup2"].root == Path("/sys/fs/cgroup/unified")
+    assert len(layout.hierarchies()) == 9
 
 
 def test_pure_v2_layout_uses_the_core_for_cpuacct_and_freezer_and_ebpf_for_devices() -> None:
@@ -772,8 +781,11 @@ def test_real_v2_freeze_kill_and_cpu_usage(scratch_cgroup: Path) -> None:
         for _ in range(3)
     ]
     try:
-        trio.run(trio.sleep, 0.2)
-        assert set(backend.procs(scratch_cgroup)) == {p.pid for p in sleepers}
+        wanted = {p.pid for p in sleepers}
+        deadline = time.monotonic() + 10  # each shell moves itself; slow under emulation
+        while set(backend.procs(scratch_cgroup)) != wanted and time.monotonic() < deadline:
+            trio.run(trio.sleep, 0.02)
+        assert set(backend.procs(scratch_cgroup)) == wanted
         keep = sleepers[0].pid
         assert trio.run(group.kill_all_but, keep) == 2
         assert [p.wait(timeout=5) for p in sleepers[1:]] == [-9, -9]
@@ -968,3 +980,71 @@ def test_real_v1_containers_get_cpus_and_mems_from_the_parent(scratch_cgroup: Pa
             assert expected.strip() and (child / name).read_text() == expected
     finally:
         child.rmdir()
+
+
+# -- counters kept open for the metrics ----------------------------------------------------
+
+
+def test_counters_read_what_stats_reads_and_keep_their_files_open(v1_memory: Path) -> None:
+    group = ContainerCgroups("unit", {"memory": (1, v1_memory)})
+    budget = FdBudget(limit=10)
+    counters = group.counters(budget, {"mem": 1 << 20})
+    assert counters == {
+        "memory_stat": {"usage": 4096, "max_usage": 8192, "oom_count": 2, "limit": 1 << 20}
+    }
+    assert counters["memory_stat"]["usage"] == group.stats()["memory_stat"]["usage"]
+    assert budget.take() and budget.take()  # 3 of 10 are open: 7 were left
+    (v1_memory / "memory.usage_in_bytes").write_text("8192\n")  # read again, from offset 0
+    assert group.counters(budget, {})["memory_stat"]["usage"] == 8192
+    group.close_counters()
+    assert [budget.take() for _ in range(9)] == [True] * 8 + [False]  # all 3 given back
+
+
+def test_counters_past_the_budget_are_read_all_the_same(v1_memory: Path) -> None:
+    group = ContainerCgroups("unit", {"memory": (1, v1_memory)})
+    budget = FdBudget(limit=1)
+    for _ in range(2):
+        assert group.counters(budget, {})["memory_stat"]["oom_count"] == 2
+    assert not budget.take()  # the one allowed is kept, the others were closed after reading
+    group.close_counters()
+    assert budget.take()
+
+
+def test_counters_of_a_missing_file_are_none(v1_memory: Path) -> None:
+    (v1_memory / "memory.max_usage_in_bytes").unlink()
+    group = ContainerCgroups("unit", {"memory": (1, v1_memory)})
+    assert group.counters(FdBudget(), {})["memory_stat"]["max_usage"] is None
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V1_MEMORY], indirect=True)
+def test_real_counters_are_read_anew_through_an_open_file_and_none_once_removed(
+    scratch_cgroup: Path,
+) -> None:
+    child = scratch_cgroup / "c"
+    child.mkdir()
+    group = ContainerCgroups("unit", {"memory": (1, child)})
+    budget = FdBudget(limit=100)
+    assert group.counters(budget, {})["memory_stat"]["usage"] == 0
+    # A shell that joins and allocates a few MB: its pages are charged to the cgroup.
+    script = f"echo $$ > {child}/cgroup.procs; x=$(head -c 4000000 /dev/zero | tr '\\0' a); exec sleep 60"
+    sleeper = subprocess.Popen(["sh", "-c", script])
+    try:
+        for _ in range(250):
+            if (group.counters(budget, {})["memory_stat"]["max_usage"] or 0) > 4_000_000:
+                break
+            trio.run(trio.sleep, 0.02)
+        counters = group.counters(budget, {})["memory_stat"]
+        assert counters["max_usage"] > 4_000_000 and counters["usage"] > 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    for _ in range(100):  # the sleeper leaves the cgroup a moment after its exit
+        try:
+            child.rmdir()  # the open files do not keep it
+            break
+        except OSError:
+            trio.run(trio.sleep, 0.02)
+    assert not child.exists()
+    assert group.counters(budget, {})["memory_stat"]["usage"] is None
+    group.close_counters()

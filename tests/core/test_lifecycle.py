@@ -258,6 +258,14 @@ def test_the_state_table(tmp_path: Path) -> None:
             for operation in ("link", "stream", "stop", "destroy", "info", "limit", "copy"):
                 container.require(operation)
             await container.stop()  # stopping a stopped container does nothing
+            await container.start()
+            assert container.state is State.ACTIVE
+            with pytest.raises(
+                InvalidState, match=f"container {container.handle}: cannot start while active"
+            ):
+                await container.start()
+            await spawn(container)
+            await container.stop()
             await supervisor.destroy(container)
             assert container.state is State.DESTROYED
             with pytest.raises(UnknownHandle):

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from supervisor.api import hookimpl, setting
 from supervisor.commands import CORE_COMMANDS
@@ -206,3 +208,77 @@ def test_a_plugin_that_fails_to_start_is_named_with_the_way_to_block_it() -> Non
     )
     with pytest.raises(PluginError, match=message):
         load([("broken", f"{HERE}:Broken")], {})
+
+
+class Figures:
+    """A plugin giving the figures it is given, one of them awaitable."""
+
+    def __init__(self, figures: dict[str, dict[str, Any]], later: bool = False) -> None:
+        self.figures = figures
+        self.later = later
+
+    @hookimpl
+    def corral_containers_stats(self, containers: list[Any]) -> Any:
+        if not self.later:
+            return self.figures
+
+        async def figures() -> dict[str, dict[str, Any]]:
+            return self.figures
+
+        return figures()
+
+
+@dataclass
+class Named:
+    """Enough of a container for the hook: its handle."""
+
+    handle: str
+
+
+def test_stats_are_merged_per_container_in_registration_order() -> None:
+    h = hooks(
+        ("launch", FakeLaunch([])),
+        ("one", Figures({"a": {"memory_stat": {"usage": 1}, "pids": {"current": 2}}})),
+        ("two", Figures({"a": {"pids": {"current": 3}}, "gone": {"pids": {}}}, later=True)),
+    )
+    asked: list[Any] = [Named("a"), Named("b")]
+    merged = trio.run(h.stats, asked)
+    # A later plugin's table replaces an earlier one's; a handle not asked about is dropped.
+    assert merged == {"a": {"memory_stat": {"usage": 1}, "pids": {"current": 3}}, "b": {}}
+
+
+class Waits:
+    """A plugin whose figures come once *ready* is set, by the plugin after it."""
+
+    def __init__(self, ready: trio.Event, sets: bool) -> None:
+        self.ready = ready
+        self.sets = sets
+
+    @hookimpl
+    def corral_containers_stats(self, containers: list[Any]) -> Any:
+        async def figures() -> dict[str, dict[str, Any]]:
+            if self.sets:
+                self.ready.set()
+            else:
+                await self.ready.wait()
+            return {
+                c.handle: {"seen": {"by": "setter" if self.sets else "waiter"}} for c in containers
+            }
+
+        return figures()
+
+
+def test_stats_of_the_plugins_are_read_concurrently_and_merged_in_order() -> None:
+    async def main() -> dict[str, dict[str, Any]]:
+        ready = trio.Event()
+        h = hooks(
+            ("launch", FakeLaunch([])),
+            ("waiter", Waits(ready, sets=False)),
+            ("setter", Waits(ready, sets=True)),
+        )
+        asked: list[Any] = [Named("a")]
+        with trio.fail_after(5):  # one after the other, the first would wait forever
+            return await h.stats(asked)
+
+    merged = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert merged == {"a": {"seen": {"by": "setter"}}}  # the later plugin's table wins

@@ -151,3 +151,39 @@ def test_a_host_mount_made_while_the_next_launcher_waits_is_seen(
             client.destroy(handle)
     finally:
         subprocess.run(["umount", str(later)], check=True)
+
+
+@pytest.fixture
+def hostile_rootfs(artifacts: tuple[Path, Path], tmp_path: Path) -> Iterator[Path]:
+    """A copy of the base rootfs whose /dev is a file: no mount point for the container's /dev."""
+    root = tmp_path / "hostileroot"
+    subprocess.run(["cp", "-a", str(artifacts[1]), str(root)], check=True)
+    (root / "dev").rmdir()
+    (root / "dev").write_text("not a directory\n")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_hostile_rootfs_is_an_invalid_request_naming_the_reason(
+    client: Client, hostile_rootfs: Path
+) -> None:
+    with pytest.raises(errors.InvalidRequest) as info:
+        client.create({"rootfs": str(hostile_rootfs)})
+    assert "root filesystem" in info.value.message and "/dev: Not a directory" in info.value.message
+    assert client.ping() == "pong"
+
+
+@pytest.mark.parametrize(
+    "target, reason",
+    [
+        ("/bin/busybox/x", "mkdir /bin/busybox/x: Not a directory"),  # through a file
+        ("/dev/null", "on /dev/null: Not a directory"),  # a directory onto a device
+    ],
+)
+def test_impossible_bind_target_is_an_invalid_request_naming_the_reason(
+    client: Client, shared: Path, target: str, reason: str
+) -> None:
+    with pytest.raises(errors.InvalidRequest) as info:
+        client.create({"bind_mounts": [[str(shared), target]]})
+    assert reason in info.value.message, info.value.message
+    assert client.ping() == "pong"

@@ -144,3 +144,40 @@ def test_loop_devices_are_matched_by_their_file_not_its_path(tmp_path: Path) -> 
     finally:
         subprocess.run(["losetup", "-d", device], check=True)
     assert quota.loops_of(moved) == []
+
+
+def test_tree_usage_counts_each_inode_once_and_an_empty_layer_is_seen_empty(
+    tmp_path: Path,
+) -> None:
+    layer = tmp_path / "upper"
+    layer.mkdir()
+    assert quota.is_empty(layer) and quota.tree_usage(layer) == quota.EMPTY
+    (layer / "a" / "b").mkdir(parents=True)
+    (layer / "a" / "b" / "f").write_bytes(b"x" * 100_000)
+    os.link(layer / "a" / "b" / "f", layer / "hard")
+    os.symlink("/etc", layer / "link")  # not followed
+    assert not quota.is_empty(layer)
+    expected = sum(
+        os.lstat(p).st_blocks * 512
+        for p in (layer / "a", layer / "a" / "b", layer / "a" / "b" / "f", layer / "link")
+    )
+    # a, a/b, the file (twice linked), the symlink
+    assert quota.tree_usage(layer) == (expected, 4) and expected >= 100_000
+    missing = tmp_path / "missing"
+    assert not quota.is_empty(missing) and quota.tree_usage(missing) == quota.EMPTY
+
+
+@pytest.mark.parametrize("disk_size_mb", [None, 32], ids=["layer", "quota"])
+def test_disk_stat_is_current_with_inodes(client: Client, disk_size_mb: int | None) -> None:
+    handle = client.create({"disk_size_mb": disk_size_mb} if disk_size_mb else None)
+    try:
+        before = client.info(handle)["disk_stat"]
+        assert (
+            client.run(handle, "dd if=/dev/zero of=/tmp/one bs=1M count=1; touch /tmp/a /tmp/b")[0]
+            == 0
+        )
+        after = client.info(handle)["disk_stat"]  # at once: no cache between a write and info
+        assert after["bytes_used"] - before["bytes_used"] >= MB
+        assert after["inodes_used"] - before["inodes_used"] >= 3
+    finally:
+        client.destroy(handle)

@@ -390,6 +390,15 @@ def cgroup_line(placement: Placement, cgroup: pathlib.Path) -> tuple[str, str]:
     return "^0::", f"0::/{relative}"
 
 
+def host_cgroup_line(pid: int, pattern: str) -> str:
+    """The line of the host's /proc/PID/cgroup that ``grep -e PATTERN`` would find."""
+    import re
+
+    text = pathlib.Path(f"/proc/{pid}/cgroup").read_text()
+    (line,) = [x for x in text.splitlines() if re.search(pattern, x)]
+    return line
+
+
 @pytest.mark.parametrize("join_file", ["tasks", "cgroup.procs"])
 def test_cgroup_directive_moves_the_container(new_container, join_file: str) -> None:
     pids = pids_hierarchy()
@@ -401,8 +410,10 @@ def test_cgroup_directive_moves_the_container(new_container, join_file: str) -> 
         c = new_container()
         c.launch(cgroups=(cgroup / join_file,))
         pattern, line = cgroup_line(pids, cgroup)
+        assert host_cgroup_line(c.pid, pattern).endswith(line)
+        # Its own cgroup namespace: inside, that cgroup is the root.
         job = c.run(f"grep -e {pattern} /proc/self/cgroup")
-        assert job.out.strip().endswith(line)
+        assert job.out.strip().endswith(":/")
         assert str(c.pid) in (cgroup / "cgroup.procs").read_text().split()
         c.destroy()
         assert (cgroup / "cgroup.procs").read_text() == ""
@@ -438,9 +449,10 @@ def test_launcher_sets_up_while_the_cgroups_are_still_to_come(new_container) -> 
         c.pid = int(out)
         c.sock = c.connect()
         pattern, line = cgroup_line(pids, cgroup)
+        assert host_cgroup_line(c.pid, pattern).endswith(line)  # PID 1 was forked into it
         job = c.run(f"grep -e {pattern} /proc/self/cgroup; cat /proc/1/comm; hostname; ls /dev/pts")
         lines = job.out.split("\n")
-        assert lines[0].endswith(line)  # PID 1 was forked into it
+        assert lines[0].endswith(":/")  # and is the root of its own cgroup namespace
         assert lines[1:3] == ["corral-init", c.hostname]  # its own /proc, made by PID 1
         assert "ptmx" in lines[3:]
         c.destroy()

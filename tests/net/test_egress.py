@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
+
 from supervisor.client import Client
+from supervisor.errors import InvalidRequest
 from tests.conftest import Daemon
 from tests.net.conftest import HostListener, Outside
 
@@ -109,3 +114,57 @@ def test_egress_of_a_bridge_container_is_its_own(client: Client, outside: Outsid
     finally:
         client.destroy(opened)
         client.destroy(closed)
+
+
+def _kernel_log() -> str:
+    return subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
+
+
+def test_net_out_takes_ranges_icmp_types_and_logs_new_connections(
+    client: Client, outside: Outside
+) -> None:
+    outside.serve(tcp=(7001,))
+    ip = IPv4Address(outside.ip)
+    handle = client.create()
+    try:
+        client.call("net", handle, "out", f"{ip + 1}-{ip + 3}:7001", {"protocol": "tcp"})
+        assert not _tcp(client, handle, outside.ip, 7001)
+        client.call(
+            "net", handle, "out", f"{ip - 1}-{ip + 1}:7001", {"protocol": "tcp", "log": True}
+        )
+        assert _tcp(client, handle, outside.ip, 7001)
+        assert f"corral-out {handle} " in _kernel_log()
+
+        client.call("net", handle, "out", outside.ip, {"protocol": "icmp", "icmp_type": 13})
+        assert not _ping(client, handle, outside.ip)  # a timestamp request is not an echo
+        client.call(
+            "net", handle, "out", outside.ip, {"protocol": "icmp", "icmp_type": 8, "icmp_code": 0}
+        )
+        assert _ping(client, handle, outside.ip)
+    finally:
+        client.destroy(handle)
+
+
+def test_net_out_rules_are_listed_and_revoked(client: Client, outside: Outside) -> None:
+    outside.serve(tcp=(7001,))
+    handle = client.create()
+    try:
+        client.call("net", handle, "out", f"{outside.ip}:7001", {"protocol": "tcp"})
+        client.call("net", handle, "out", outside.ip, {"protocol": "icmp", "icmp_type": 8})
+        assert client.info(handle)["net_out"] == [
+            {"destination": f"{outside.ip}/32:7001", "protocol": "tcp"},
+            {"destination": f"{outside.ip}/32", "protocol": "icmp", "icmp_type": 8},
+        ]
+        assert _tcp(client, handle, outside.ip, 7001)
+        client.call("net", handle, "out", f"{outside.ip}:7001", {"protocol": "tcp", "revoke": True})
+        assert not _tcp(client, handle, outside.ip, 7001)
+        assert _ping(client, handle, outside.ip)  # the other rule stays
+        assert client.info(handle)["net_out"] == [
+            {"destination": f"{outside.ip}/32", "protocol": "icmp", "icmp_type": 8}
+        ]
+        with pytest.raises(InvalidRequest, match=f"container {handle} has no rule"):
+            client.call(
+                "net", handle, "out", f"{outside.ip}:7001", {"protocol": "tcp", "revoke": True}
+            )
+    finally:
+        client.destroy(handle)

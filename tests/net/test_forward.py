@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from supervisor.client import Client
-from supervisor.errors import InvalidRequest, NoCapacity, UnknownHandle
+from supervisor.errors import InvalidRequest, InvalidState, NoCapacity, UnknownHandle
 from tests.conftest import Daemon
 from tests.net.conftest import (
     HTTP_PAGE,
@@ -113,3 +113,76 @@ def test_bad_net_requests_are_invalid(
 def test_net_on_an_unknown_handle(client: Client) -> None:
     with pytest.raises(UnknownHandle):
         client.call("net", "nope", "in", {})
+
+
+def test_net_rules_are_refused_on_a_stopped_container_and_none_is_added(
+    daemon: Daemon, client: Client
+) -> None:
+    handle = client.create()
+    try:
+        client.call("stop", handle)
+        rules = net_leftovers(daemon, handle)["rules"]
+        for direction, arg in (("in", {"container_port": 8080}), ("out", "10.9.9.9/32")):
+            refusal = f"container {handle}: cannot net {direction} while stopped"
+            with pytest.raises(InvalidState, match=refusal):
+                client.call("net", handle, direction, arg)
+        assert net_leftovers(daemon, handle)["rules"] == rules
+    finally:
+        client.destroy(handle)
+
+
+def test_a_forward_is_listed_and_revoked_and_its_port_freed(daemon: Daemon, client: Client) -> None:
+    handle = client.create()
+    try:
+        start_httpd(client, handle, 8080)
+        port = client.call("net", handle, "in", {"container_port": 8080})["host_port"]
+        assert client.info(handle)["net_in"] == [{"host_port": port, "container_port": 8080}]
+        assert HTTP_PAGE in http_get("127.0.0.1", port)
+        assert client.call("net", handle, "in", {"host_port": port, "revoke": True}) == "ok"
+        assert client.info(handle)["net_in"] == []
+        with pytest.raises(OSError):
+            http_get("127.0.0.1", port)
+        with pytest.raises(
+            InvalidRequest, match=f"container {handle} forwards no host port {port}"
+        ):
+            client.call("net", handle, "in", {"host_port": port, "revoke": True})
+        with pytest.raises(InvalidRequest, match="revoke needs the host_port"):
+            client.call("net", handle, "in", {"revoke": True})
+        # the port is free again
+        assert client.call("net", handle, "in", {"host_port": port, "container_port": 8080}) == {
+            "host_port": port,
+            "container_port": 8080,
+        }
+        assert HTTP_PAGE in http_get("127.0.0.1", port)
+    finally:
+        client.destroy(handle)
+    assert net_leftovers(daemon, handle) == {"devices": [], "rules": [], "addresses": []}
+
+
+def test_a_forward_bound_to_one_host_address_answers_only_there(
+    client: Client, outside: Outside
+) -> None:
+    handle = client.create()
+    try:
+        start_httpd(client, handle, 8080)
+        reply = client.call(
+            "net", handle, "in", {"container_port": 8080, "host_address": "127.0.0.1"}
+        )
+        port = reply["host_port"]
+        assert reply == {"host_port": port, "container_port": 8080, "host_address": "127.0.0.1"}
+        assert HTTP_PAGE in http_get("127.0.0.1", port)
+        # not on the host's address on the outside link, from outside or from the host
+        done = outside.python(GET.format(ip=outside.host_ip, port=port))
+        assert HTTP_PAGE not in done.stdout
+        with pytest.raises(OSError):
+            http_get(outside.host_ip, port)
+        assert client.info(handle)["net_in"] == [reply]
+        for address, words in [
+            ("192.0.2.1", "host_address 192.0.2.1 is not an address of this host"),
+            ("localhost", "host_address 'localhost' is not an IPv4 address"),
+        ]:
+            with pytest.raises(InvalidRequest, match=words):
+                client.call("net", handle, "in", {"host_address": address})
+        assert client.info(handle)["net_in"] == [reply]
+    finally:
+        client.destroy(handle)

@@ -45,7 +45,7 @@ def test_eth0_is_configured_and_a_failure_deletes_the_veth(
             with trio.fail_after(10):
                 namespace = await launcher.network_namespace()
             assert namespace is not None and launcher.pid is not None
-            await links.create_veth(device, namespace.fd, LEASE, bridge=None)
+            await links.create_veth(device, namespace.fd, LEASE, bridge=None, mtu=1500)
             await links.configure_container_end(device, namespace.route_socket, LEASE)
             addresses = _in_namespace(launcher.pid, "ip", "-4", "-o", "addr", "show", "dev", "eth0")
             assert f"inet {LEASE.cidr}" in addresses

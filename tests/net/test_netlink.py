@@ -24,7 +24,9 @@ def _decode(parser: type, message: tuple[int, int, bytes]) -> tuple[int, int, An
 
 
 def test_new_veth() -> None:
-    kind, flags, msg = _decode(ifinfmsg, netlink.new_veth("crlv7", "eth0", 4242, master=12))
+    kind, flags, msg = _decode(
+        ifinfmsg, netlink.new_veth("crlv7", "eth0", 4242, master=12, mtu=1400)
+    )
     assert (kind, flags) == (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
     assert msg["flags"] & IFF_UP and msg["change"] & IFF_UP
     assert msg.get_attr("IFLA_IFNAME") == "crlv7"
@@ -36,10 +38,11 @@ def test_new_veth() -> None:
     assert peer.get_attr("IFLA_NET_NS_FD") == 4242
     for end in (msg, peer):  # one queue each: no shrinking, which waits for RCU
         assert (end.get_attr("IFLA_NUM_TX_QUEUES"), end.get_attr("IFLA_NUM_RX_QUEUES")) == (1, 1)
+        assert end.get_attr("IFLA_MTU") == 1400
 
 
 def test_new_veth_without_bridge_names_no_master() -> None:
-    _, _, msg = _decode(ifinfmsg, netlink.new_veth("crlv8", "eth0", 7, master=None))
+    _, _, msg = _decode(ifinfmsg, netlink.new_veth("crlv8", "eth0", 7, master=None, mtu=1500))
     assert msg.get_attr("IFLA_MASTER") is None
 
 

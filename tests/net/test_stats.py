@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from plugins.net import links
 from supervisor.client import Client
 from supervisor.depot import read_record
 from tests.conftest import Daemon
@@ -41,5 +42,24 @@ def test_net_stat_counts_the_containers_traffic_from_its_side(
         swapped |= {"rx_packets": "tx_packets", "tx_packets": "rx_packets"}
         for key, counter in swapped.items():
             assert host_before[counter] <= after[key] <= host_after[counter], key
+    finally:
+        client.destroy(handle)
+
+
+def test_one_read_of_proc_net_dev_gives_what_sysfs_gives(daemon: Daemon, client: Client) -> None:
+    handle = client.create()
+    try:
+        record = read_record(daemon.depot / handle)
+        assert record is not None
+        device = record["plugins"]["net"]["device"]
+        client.run(handle, f"ping -c 2 -W 1 {client.info(handle)['host_ip']}", privileged=True)
+        before = links.container_traffic(device)
+        both = links.all_traffic({device, "nosuchdevice0"})
+        after = links.container_traffic(device)
+        for key in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"):
+            low, read, high = before[key], both[device][key], after[key]
+            assert low is not None and read is not None and high is not None, key
+            assert 0 < low <= read <= high, key
+        assert both["nosuchdevice0"] == dict.fromkeys(before)  # gone: every value None
     finally:
         client.destroy(handle)

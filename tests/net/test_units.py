@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from plugins.net.pool import BridgePool, PortPool, SlotPool, SubnetPool
-from plugins.net.rules import BASE_TAG, Egress, Ruleset, parse_egress
+from plugins.net.rules import BASE_TAG, Egress, Forward, Ruleset, parse_egress
 from plugins.net.settings import Settings
 from supervisor.errors import InvalidRequest, NoCapacity
 from supervisor.settings import ConfigError, parse_table
@@ -247,6 +247,11 @@ def test_settings_errors_name_the_setting(table: dict[str, object], words: str) 
             Egress(IPv4Network("198.18.0.0/24"), (1000, 2000), "udp"),
         ),
         ("0.0.0.0/0", "icmp", Egress(IPv4Network("0.0.0.0/0"), None, "icmp")),
+        (
+            "198.18.0.5-198.18.0.9:53",
+            "udp",
+            Egress(IPv4Network("198.18.0.5/32"), (53, 53), "udp", IPv4Address("198.18.0.9")),
+        ),
     ],
 )
 def test_parse_egress(spec: str, protocol: str, expected: Egress) -> None:
@@ -263,11 +268,32 @@ def test_parse_egress(spec: str, protocol: str, expected: Egress) -> None:
         ("1.2.3.4:80", "icmp", "ICMP has no ports"),
         ("1.2.3.4", "sctp", "protocol 'sctp'"),
         (42, "tcp", "must be a string"),
+        ("1.2.3.9-1.2.3.4", "tcp", "the range 1.2.3.9-1.2.3.4 is empty"),
+        ("1.2.3.4-x", "tcp", "is not an IPv4 address, network or range FIRST-LAST"),
     ],
 )
 def test_parse_egress_errors(spec: object, protocol: str, words: str) -> None:
     with pytest.raises(InvalidRequest, match=words):
         parse_egress(spec, protocol)
+
+
+def test_icmp_type_and_code_and_log() -> None:
+    allow = parse_egress("1.2.3.4", "icmp", icmp_type=8, icmp_code=0, log=True)
+    assert (allow.icmp_type, allow.icmp_code, allow.log) == (8, 0, True)
+    assert Egress.from_json(allow.to_json()) == allow
+    expr = repr(_rules(Ruleset(parse({})).egress("h1", "crlv0", IPv4Address("10.254.0.2"), allow)))
+    assert "'field': 'type'}}, 'right': 8" in expr and "'field': 'code'}}, 'right': 0" in expr
+    assert "'log': {'prefix': 'corral-out h1 '}" in expr
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({"icmp_type": 8}, "icmp_type and icmp_code need protocol icmp"),
+        ({"icmp_type": 256}, "icmp_type 256 is not a number from 0 to 255"),
+        ({"icmp_code": 0}, "need protocol icmp"),
+    ]
+    for kwargs, words in refusals:
+        with pytest.raises(InvalidRequest, match=words):
+            parse_egress("1.2.3.4", "tcp", **kwargs)
+    with pytest.raises(InvalidRequest, match="icmp_code needs an icmp_type"):
+        parse_egress("1.2.3.4", "icmp", icmp_code=0)
 
 
 # -- ruleset -------------------------------------------------------------------------------
@@ -296,17 +322,22 @@ def test_base_ruleset_is_scoped_to_corral_devices_and_subnets() -> None:
     assert all(c.get("policy", "accept") == "accept" for c in chains.values())
 
 
-def test_allow_host_access_drops_the_input_rules() -> None:
+def test_allow_host_access_drops_the_input_rules_but_the_loopback_one() -> None:
     closed = _rules(Ruleset(parse({})).base())
     open_ = _rules(Ruleset(parse({"allow_host_access": True})).base())
-    assert [r for r in closed if r["chain"] == "input"]
-    assert not [r for r in open_ if r["chain"] == "input"]
+    assert len([r for r in closed if r["chain"] == "input"]) == 3
+    (loopback,) = [r for r in open_ if r["chain"] == "input"]
+    assert "127.0.0.0" in repr(loopback["expr"]) and "drop" in loopback["expr"][-1]
 
 
 def test_container_rules_are_tagged_with_the_handle() -> None:
     r = Ruleset(parse({}))
     cmds = r.container(
-        "h1", "crlv0", IPv4Address("10.254.0.2"), [(61001, 80)], [parse_egress("1.2.3.4:53", "all")]
+        "h1",
+        "crlv0",
+        IPv4Address("10.254.0.2"),
+        [Forward(61001, 80)],
+        [parse_egress("1.2.3.4:53", "all")],
     )
     rules = _rules(cmds)
     assert [x["chain"] for x in rules] == ["prerouting", "output", "egress"]
@@ -316,3 +347,11 @@ def test_container_rules_are_tagged_with_the_handle() -> None:
     ]
     deletes = r.delete_tagged(listing, "h1")
     assert [d["delete"]["rule"]["handle"] for d in deletes] == [0, 1, 2]
+
+
+def test_a_forward_record_of_before_host_addresses_still_reads() -> None:
+    assert Forward.from_json([61001, 80]) == Forward(61001, 80)
+    bound = Forward(61002, 80, IPv4Address("127.0.0.1"))
+    assert Forward.from_json(bound.to_json()) == bound
+    expr = repr(_rules(Ruleset(parse({})).forward("h1", bound, IPv4Address("10.254.0.2"))))
+    assert "'daddr'}}, 'right': '127.0.0.1'" in expr and "fib" not in expr
