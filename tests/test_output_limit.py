@@ -90,7 +90,7 @@ def test_killed_by_output_limit_beside_the_containers_info(capped: Daemon) -> No
             ).encode()
             + b"\n"
         )
-        lines = []
+        lines: list[object] = []
         while not (lines and isinstance(lines[-1], dict)):
             lines.append(json.loads(c.file.readline()))
         assert lines[-2] == ["cut", "stdout"]
