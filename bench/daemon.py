@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from bench.host import BASE_ROOTFS, INIT, NET_POOL, NET_PREFIX, NET_TABLE, Proc, processes
+from plugins.isolation.build import build_init, is_current, source_digest
 from supervisor.client import Client
 from supervisor.testing import PrivateDaemon
 
@@ -34,8 +35,13 @@ class BenchDaemon(PrivateDaemon):
             prefix: the run's prefix, which the daemon's cgroup parent starts with.
             output_limit: ``[containers] output_limit``, large enough for the stream phase.
         """
+        # The installed init only if built from this tree's source (a branch that changes
+        # the init measures its own build).
+        self.init_binary = (
+            INIT if is_current(INIT, source_digest()) else build_init(workdir / "corral-init")
+        )
         super().__init__(
-            INIT,
+            self.init_binary,
             BASE_ROOTFS,
             tables={
                 "daemon": {"log_level": "info"},  # the cold-run timeline reads info lines
@@ -101,7 +107,7 @@ class BenchDaemon(PrivateDaemon):
             p
             for p in processes()
             if len(p.argv) >= 3
-            and p.argv[0] == str(INIT).encode()
+            and p.argv[0] == str(self.init_binary).encode()
             and p.argv[1] == b"launch"
             and p.argv[2].startswith(depot + b"/")
         ]

@@ -24,6 +24,8 @@ TARGETS = {
     "scrape_rss": "daemon RSS flat over 1,000 scrapes (grows <= 1 MiB)",
     "stream": ">= 200 MB/s (MB = 10^6 bytes)",
     "events": "a job's exit reaches 100 subscribers with p99 < 2 ms",
+    "keystroke": "keystroke to echo through a terminal job: p99 < 2 ms, within 3x of a host pty",
+    "signal": "`signal` to a running job: p50 < 1 ms",
     "ci_job": "< 50 ms per CI job (config + prepare + cleanup, median)",
     "ci_stage": "< 10 ms per CI stage beyond `sh` (median)",
     "shaping": "a bandwidth limit adds < 0.3 ms to a cold run (median)",
@@ -165,6 +167,7 @@ def summary(r: Results) -> list[str]:
         scrape_rows,
         control_rows,
         stream_rows,
+        jobs_rows,
         events_rows,
         ci_rows,
         shaping_rows,
@@ -357,6 +360,40 @@ def stream_rows(r: Results) -> list[str]:
                     lower_better=False,
                 )
             )
+    return rows
+
+
+def jobs_rows(r: Results) -> list[str]:
+    """Keystroke round trip (p99, against a host pty's) and signal delivery (p50)."""
+    j = r.get("jobs", {})
+    rows = []
+    key, floor = j.get("keystroke_ms", {}), j.get("host_pty_ms", {})
+    if key.get("n"):
+        ok = key["p99"] < 2 and bool(floor.get("n")) and key["p99"] <= 3 * floor["p99"]
+        rows.append(
+            ratio_row(
+                "keystroke to echo, terminal job, p99",
+                key["p99"],
+                "the same through a pty on the host",
+                floor.get("p99"),
+                TARGETS["keystroke"],
+                ok,
+                "ms",
+            )
+        )
+    sig = j.get("signal_ms", {})
+    if sig.get("n"):
+        rows.append(
+            ratio_row(
+                "signal to a running job, p50",
+                sig["median"],
+                "–",
+                None,
+                TARGETS["signal"],
+                sig["median"] < 1,
+                "ms",
+            )
+        )
     return rows
 
 
@@ -806,6 +843,25 @@ def stream(r: Results) -> list[str]:
     return lines
 
 
+def jobs(r: Results) -> list[str]:
+    """Keystroke round trips and signal requests, in ms."""
+    j = r.get("jobs")
+    if not j:
+        return []
+    stats = {
+        "keystroke to echo, terminal job through corrald": j.get("keystroke_ms", {}),
+        "keystroke to echo, pty on the host (floor)": j.get("host_pty_ms", {}),
+        "`signal` request to reply": j.get("signal_ms", {}),
+    }
+    note = (
+        f"{j['keystrokes']} one-byte `stdin` writes to a terminal job running `cat` (raw, "
+        "echo off), each until `stream` on another connection brings the byte back; the "
+        f"floor is the same through Python's `pty` on the host. {j['signals']} `signal` "
+        "requests to a job trapping USR1. ms (lower is better)."
+    )
+    return stats_table("Jobs: keystroke to echo, signal delivery", stats, note)
+
+
 def profile(r: Results) -> list[str]:
     """The profile files, and where the CPU and wall samples went."""
     prof = r.get("profile", {})
@@ -984,6 +1040,7 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     scrape,
     control,
     stream,
+    jobs,
     events,
     ci,
     shaping,

@@ -41,7 +41,18 @@ from bench import report  # noqa: E402
 from bench.daemon import BenchDaemon  # noqa: E402
 from bench.host import Janitor, V1Controllers, leftovers, loadavg, log, machine, versions  # noqa: E402
 from bench.peers import Peers  # noqa: E402
-from bench.phases import ci, cold, control, density, events, images, profile, shaping, stream  # noqa: E402
+from bench.phases import (  # noqa: E402
+    ci,
+    cold,
+    control,
+    density,
+    events,
+    images,
+    jobs,
+    profile,
+    shaping,
+    stream,
+)
 from bench.phases import exec as exec_  # noqa: E402
 from bench.phases.common import Bench  # noqa: E402
 
@@ -51,6 +62,7 @@ PHASES = (
     "density",
     "control",
     "stream",
+    "jobs",
     "events",
     "ci",
     "shaping",
@@ -95,6 +107,7 @@ def plan(bench: Bench, args: argparse.Namespace) -> list[tuple[str, Callable[[],
             lambda: control.measure(bench, 50 if q else 200, [1, 10, 100], 1.5 if q else 5.0),
         ),
         ("stream", lambda: stream.measure(bench, 100_000_000 if q else 500_000_000, 1 if q else 3)),
+        ("jobs", lambda: jobs.measure(bench, 2000, 200 if q else 2000)),
         ("events", lambda: events.measure(bench, 100, 50 if q else 300, 1000, 1.5 if q else 5.0)),
         ("ci", lambda: ci.measure(bench, 10 if q else 30, 5 if q else 10)),
         ("shaping", lambda: shaping.measure(bench, args.runs)),

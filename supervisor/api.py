@@ -56,6 +56,7 @@ from supervisor.protocol import Args
 from supervisor.requests import BUCKETS, CommandStats, RequestStats
 from supervisor.sandbox import (
     JobDefaults,
+    JobGroup,
     JobRequest,
     LaunchPlan,
     Limit,
@@ -90,7 +91,7 @@ __all__ = [
     "InvalidState",
     "JobDefaults",
     "JobExited",
-    "OutputCut",
+    "JobGroup",
     "JobRequest",
     "JobStarted",
     "LaunchPlan",
@@ -103,6 +104,7 @@ __all__ = [
     "NetworkNamespace",
     "NoCapacity",
     "OutOfMemory",
+    "OutputCut",
     "Request",
     "RequestStats",
     "Sandbox",

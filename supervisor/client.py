@@ -6,10 +6,14 @@ Both speak the line protocol of docs/protocol.md and raise
     with Client() as c:
         handle = c.create()
         status, out, err = c.run(handle, "echo hello")
+        job = c.popen(handle, "cat", stdin=True)  # like subprocess.Popen
+        job.write(b"hi"); job.close_stdin()
+        assert job.wait() == 0 and job.stdout == b"hi"
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -81,10 +85,90 @@ class _Commands:
         return ("create", config) if config else ("create",)
 
 
+def _stdin_request(handle: str, job_id: int, data: bytes | str | None) -> tuple[Any, ...]:
+    if data is None:
+        return ("stdin", handle, job_id, None)
+    raw = data.encode() if isinstance(data, str) else data
+    return ("stdin", handle, job_id, base64.b64encode(raw).decode(), {"encoding": "base64"})
+
+
+class JobProcess:
+    """A job as :class:`subprocess.Popen` is a process: write its stdin, read its output as
+    it comes, wait for it, signal it, resize its terminal (:meth:`Client.popen` makes one).
+
+    Requests go on the client that spawned it; output is read on a connection of the
+    job's own, so a reader and a writer do not wait for each other.
+    """
+
+    def __init__(self, client: Client, handle: str, job_id: int) -> None:
+        self.client = client
+        self.handle = handle
+        self.id = job_id
+        #: The exit status once :meth:`wait` returned (128+N when killed by signal N).
+        self.returncode: int | None = None
+        #: ``{"exit_code", "signal", "killed_by"}`` and ``{"cpu_user", ...}`` after wait().
+        self.ended: dict[str, Any] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.stdout: bytes | None = None
+        self.stderr: bytes | None = None
+        self._reader: Client | None = None
+
+    def write(self, data: bytes | str) -> None:
+        """Write to the job's stdin; returns once the job has taken it all."""
+        self.client.call(*_stdin_request(self.handle, self.id, data))
+
+    def close_stdin(self) -> None:
+        """EOF on the job's stdin (^D on a terminal)."""
+        self.client.call(*_stdin_request(self.handle, self.id, None))
+
+    def output(self) -> Iterator[tuple[str, bytes]]:
+        """Yield ``(stream, bytes)`` as the job writes, from the first byte, until it ended."""
+        if self._reader is None:
+            self._reader = Client(self.client.path, self.client.timeout)
+        for name, chunk in self._reader.stream(self.handle, self.id, encoding="base64"):
+            if name != "cut":  # ["cut", STREAM]: the output limit (ended.killed_by tells)
+                yield name, base64.b64decode(chunk)
+
+    def wait(self) -> int | None:
+        """Wait for the job's end; its status. Its output is then in :attr:`stdout`/:attr:`stderr`
+        (the daemon forgets the job)."""
+        if self.ended is None:
+            status, out, err, report = self.client.link(
+                self.handle, self.id, encoding="base64", ended=True, usage=True
+            )
+            self.returncode, self.ended, self.usage = status, report["ended"], report["usage"]
+            self.stdout = None if out is None else base64.b64decode(out)
+            self.stderr = None if err is None else base64.b64decode(err)
+            self.close()
+        return self.returncode
+
+    def send_signal(self, signal: int | str, pid: int | None = None) -> None:
+        """Signal the job's process group (or its process *pid*)."""
+        self.client.signal(self.handle, self.id, signal, pid)
+
+    def terminate(self) -> None:
+        self.send_signal("TERM")
+
+    def kill(self) -> None:
+        self.send_signal("KILL")
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the size of the job's terminal."""
+        self.client.call("resize", self.handle, self.id, rows, cols)
+
+    def close(self) -> None:
+        """Close the output connection (the job runs on)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
 class Client(_Commands):
     """Blocking client; one connection, requests answered in order."""
 
     def __init__(self, path: Path | str = DEFAULT_SOCKET, timeout: float | None = None) -> None:
+        self.path = path
+        self.timeout = timeout
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(str(path))
@@ -136,8 +220,29 @@ class Client(_Commands):
     def link(self, handle: str, job_id: int, **opts: Any) -> list[Any]:
         return self.call("link", handle, job_id, _clean(opts))
 
-    def run(self, handle: str, script: str, **opts: Any) -> list[Any]:
-        return self.call("run", handle, script, _clean(opts))
+    def run(
+        self,
+        handle: str,
+        script: str,
+        output: Callable[[str, bytes], None] | None = None,
+        **opts: Any,
+    ) -> list[Any]:
+        """Run SCRIPT to its end: ``[status, stdout, stderr]`` (a fourth item with
+        ``info``/``ended``/``usage``). With *output*, it is called with ``(stream, bytes)`` as the job
+        writes, instead of the output being held back to the end."""
+        if output is None:
+            return self.call("run", handle, script, _clean(opts))
+        link_opts = {k: opts.pop(k) for k in ("encoding", "ended", "usage", "info") if k in opts}
+        job_id = self.spawn(handle, script, **opts)
+        for name, chunk in self.stream(handle, job_id, encoding="base64"):
+            if name != "cut":  # ["cut", STREAM]: link's status 137 tells
+                output(name, base64.b64decode(chunk))
+        return self.link(handle, job_id, **link_opts)
+
+    def popen(self, handle: str, script: str, **opts: Any) -> JobProcess:
+        """Spawn SCRIPT (OPTS as ``spawn``'s: ``stdin=True``, ``tty={"rows": R, "cols": C}``...)
+        and return it as a :class:`JobProcess`."""
+        return JobProcess(self, handle, self.spawn(handle, script, **opts))
 
     def stream(self, handle: str, job_id: int, **opts: Any) -> Iterator[tuple[str, str]]:
         """Yield ``(name, chunk)`` until the job has ended and its output is drained."""
@@ -150,6 +255,11 @@ class Client(_Commands):
             else:
                 _payload(line)
                 return
+
+    def signal(self, handle: str, job_id: int, signal: int | str, pid: int | None = None) -> str:
+        """Send *signal* (a number or a name such as ``"INT"``) to the job's process group,
+        or to its process *pid*."""
+        return self.call("signal", handle, job_id, signal, _clean({"pid": pid}))
 
     def stop(self, handle: str, kill: bool = False, background: bool = False) -> str:
         return self.call(
@@ -189,18 +299,68 @@ class Client(_Commands):
                 return
 
 
+class TrioJobProcess:
+    """:class:`JobProcess` for trio: the same methods, awaited."""
+
+    def __init__(self, client: TrioClient, handle: str, job_id: int) -> None:
+        self.client = client
+        self.handle = handle
+        self.id = job_id
+        self.returncode: int | None = None
+        self.ended: dict[str, Any] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.stdout: bytes | None = None
+        self.stderr: bytes | None = None
+
+    async def write(self, data: bytes | str) -> None:
+        await self.client.call(*_stdin_request(self.handle, self.id, data))
+
+    async def close_stdin(self) -> None:
+        await self.client.call(*_stdin_request(self.handle, self.id, None))
+
+    async def output(self) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield ``(stream, bytes)`` as the job writes, on a connection of its own."""
+        async with await TrioClient.connect(self.client.path) as reader:
+            async for name, chunk in reader.stream(self.handle, self.id, encoding="base64"):
+                if name != "cut":  # the output limit: ended.killed_by tells
+                    yield name, base64.b64decode(chunk)
+
+    async def wait(self) -> int | None:
+        if self.ended is None:
+            status, out, err, report = await self.client.link(
+                self.handle, self.id, encoding="base64", ended=True, usage=True
+            )
+            self.returncode, self.ended, self.usage = status, report["ended"], report["usage"]
+            self.stdout = None if out is None else base64.b64decode(out)
+            self.stderr = None if err is None else base64.b64decode(err)
+        return self.returncode
+
+    async def send_signal(self, signal: int | str, pid: int | None = None) -> None:
+        await self.client.signal(self.handle, self.id, signal, pid)
+
+    async def terminate(self) -> None:
+        await self.send_signal("TERM")
+
+    async def kill(self) -> None:
+        await self.send_signal("KILL")
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self.client.call("resize", self.handle, self.id, rows, cols)
+
+
 class TrioClient(_Commands):
     """trio client; open with ``async with await TrioClient.connect(path) as c``."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, path: Path | str = DEFAULT_SOCKET) -> None:
         self._stream = stream
         self._buffer = bytearray()
+        self.path = path
 
     @classmethod
     async def connect(cls, path: Path | str = DEFAULT_SOCKET) -> TrioClient:
         import trio
 
-        return cls(await trio.open_unix_socket(str(path)))
+        return cls(await trio.open_unix_socket(str(path)), path)
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -259,6 +419,17 @@ class TrioClient(_Commands):
             else:
                 _payload(line)
                 return
+
+    async def signal(
+        self, handle: str, job_id: int, signal: int | str, pid: int | None = None
+    ) -> str:
+        """Send *signal* (a number or a name such as ``"INT"``) to the job's process group,
+        or to its process *pid*."""
+        return await self.call("signal", handle, job_id, signal, _clean({"pid": pid}))
+
+    async def popen(self, handle: str, script: str, **opts: Any) -> TrioJobProcess:
+        """Spawn SCRIPT (OPTS as ``spawn``'s) and return it as a :class:`TrioJobProcess`."""
+        return TrioJobProcess(self, handle, await self.spawn(handle, script, **opts))
 
     async def stop(self, handle: str, kill: bool = False, background: bool = False) -> str:
         return await self.call(

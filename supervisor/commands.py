@@ -7,6 +7,9 @@ handlers through the ``corral_commands`` hook.
 
 from __future__ import annotations
 
+import json
+import signal
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -15,8 +18,10 @@ import trio
 from supervisor.api import Handler
 from supervisor.errors import InvalidRequest
 from supervisor.events import KINDS, LimitChanged
+from supervisor.jobs import KILLED_FOR_OUTPUT, Job, JobLimits
 from supervisor.protocol import (
     Args,
+    decode_input,
     encode_line,
     encode_output,
     encode_stream_chunk,
@@ -29,6 +34,9 @@ if TYPE_CHECKING:
     from supervisor.container import Container
     from supervisor.registry import Supervisor
 
+
+#: The longest ``timeout`` or ``cpu_time`` (a year): a bound that keeps the arithmetic finite.
+MAX_JOB_SECONDS = 365 * 24 * 3600
 
 #: ``execve`` refuses a single argument longer than this (MAX_ARG_STRLEN).
 MAX_SCRIPT_BYTES = 128 * 1024 - 1
@@ -129,6 +137,8 @@ def _job_request(
         dir=directory,
         user=user,
         privileged=bool(opts.get("privileged", False)),
+        stdin=bool(opts.get("stdin", False)),
+        tty=_tty(command, opts.get("tty")),
         rlimits=tuple(rlimits),
     )
 
@@ -140,8 +150,17 @@ SPAWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "user": (str, int),
     "rlimits": dict,
     "discard_output": bool,
+    "timeout": (int, float),
+    "cpu_time": (int, float),
+    "stdin": bool,
+    "tty": dict,
 }
-LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {"encoding": str, "info": bool}
+LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "encoding": str,
+    "info": bool,
+    "ended": bool,
+    "usage": bool,
+}
 
 
 async def _spawn(
@@ -155,9 +174,40 @@ async def _spawn(
     container.require("spawn")
     job_request = _job_request(command, container, script, opts)
     structlog.contextvars.bind_contextvars(job_id=job_request.job_id)
-    job = await container.spawn(job_request, bool(opts.get("discard_output", False)))
+    job = await container.spawn(
+        job_request, bool(opts.get("discard_output", False)), _limits(command, opts)
+    )
     container.log.info("job spawned", job_id=job.id)
     return container, job.id
+
+
+def _terminal_size(command: str, rows: Any, cols: Any) -> tuple[int, int]:
+    for name, value in (("rows", rows), ("cols", cols)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise InvalidRequest(
+                f"{command}: {name} must be an integer from 1 to 65535, got {json.dumps(value)}"
+            )
+    return rows, cols
+
+
+def _tty(command: str, value: dict[str, Any] | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if set(value) != {"rows", "cols"}:
+        raise InvalidRequest(
+            f'{command}: tty must be {{"rows": R, "cols": C}}, got {json.dumps(value)}'
+        )
+    return _terminal_size(command, value["rows"], value["cols"])
+
+
+def _limits(command: str, opts: dict[str, Any]) -> JobLimits:
+    for name in ("timeout", "cpu_time"):
+        value = opts.get(name)
+        if value is not None and not (0 < value <= MAX_JOB_SECONDS):
+            raise InvalidRequest(
+                f"{command}: {name} must be seconds above 0 and at most {MAX_JOB_SECONDS}, got {value}"
+            )
+    return JobLimits(opts.get("timeout"), opts.get("cpu_time"))
 
 
 def _encoding(command: str, opts: dict[str, Any]) -> str:
@@ -174,20 +224,45 @@ async def spawn(request: Request, *args: Any) -> int:
     return job_id
 
 
+def _report(job: Job, opts: dict[str, Any]) -> dict[str, Any]:
+    """What link/run/stream add on request: ``ended`` (how the job ended), ``usage``."""
+    report: dict[str, Any] = {}
+    if opts.get("ended"):
+        report["ended"] = job.ending()
+    if opts.get("usage"):
+        report["usage"] = job.usage()
+    return report
+
+
+def _wants_report(opts: dict[str, Any]) -> bool:
+    return bool(opts.get("ended") or opts.get("usage"))
+
+
 async def _link(
     command: str, request: Request, container: Container, job_id: int, opts: dict[str, Any]
 ) -> list[Any]:
-    """The job's ``[exit_status, stdout, stderr]``, with the container's ``info`` after
-    them when *opts* ask for it (Warden's link carried it)."""
+    """The job's ``[exit_status, stdout, stderr]``, and a fourth item on request: the
+    container's ``info`` alone when only *opts* ``info`` is asked (Warden's link carried
+    it so), else ``{"ended": ..., "usage": ...}`` as asked, with ``"info"`` in it too
+    when that is asked as well."""
     encoding = _encoding(command, opts)
-    status, out, err = await container.link(container.job(job_id))
+    job = container.job(job_id)
+    wanted = _wants_report(opts)
+    (status, out, err), report = await container.link(
+        job, partial(_report, opts=opts) if wanted else None
+    )
     reply: list[Any] = [
         status,
         None if out is None else encode_output(out, encoding),
         None if err is None else encode_output(err, encoding),
     ]
-    if opts.get("info"):
-        reply.append(await request.supervisor.info(container))
+    info = await request.supervisor.info(container) if opts.get("info") else None
+    if wanted:
+        assert report is not None
+        reply.append(report if info is None else {"info": info, **report})
+    elif info is not None:
+        reply.append(info)
+    # Nothing asked: a Warden-style client reads exactly three items.
     return reply
 
 
@@ -223,9 +298,71 @@ async def stream(request: Request, *args: Any) -> list[Any] | dict[str, Any]:
         await request.send(encode_stream_chunk(name, chunk, encoding))
     for name in sorted(job.cut):  # the output ended at the limit: the job was killed
         await request.send(encode_line(["cut", name]))
+    final: dict[str, Any] = {}
     if opts.get("info"):
-        return {"info": await request.supervisor.info(container)}
-    return []
+        final["info"] = await request.supervisor.info(container)
+    if _wants_report(opts):
+        final["status"] = KILLED_FOR_OUTPUT if job.cut else job.status
+        final.update(_report(job, opts))
+    # Nothing asked: as before, Warden-style clients look for an empty final payload.
+    return final or []
+
+
+def parse_signal(command: str, value: Any) -> int:
+    """A signal number from a number or a name (``"INT"`` or ``"SIGINT"``)."""
+    if isinstance(value, str) and not value.isdigit():
+        name = value if value.startswith("SIG") else "SIG" + value
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            raise InvalidRequest(f"{command}: unknown signal name {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidRequest(
+            f"{command}: SIGNAL must be a name or a number, got {json.dumps(value)}"
+        )
+    number = int(value)
+    if number not in signal.valid_signals():
+        raise InvalidRequest(f"{command}: no signal number {number}")
+    return number
+
+
+async def signal_(request: Request, *args: Any) -> str:
+    a = Args("signal", list(args), ("HANDLE", "JOB_ID", "SIGNAL", "OPTS"))
+    container = request.container(a.string(0))
+    job_id = a.integer(1)
+    signum = parse_signal("signal", a.value(2))
+    opts = a.options(3, {"pid": int})
+    pid = opts.get("pid")
+    if pid is not None and (isinstance(pid, bool) or pid < 2):
+        raise InvalidRequest(f"signal: pid must be a process of the job, got {json.dumps(pid)}")
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    await container.signal(container.job(job_id), signum, pid)
+    return "ok"
+
+
+async def stdin(request: Request, *args: Any) -> str:
+    """Write DATA to the job's stdin (null: EOF); replies once the job has taken it all."""
+    a = Args("stdin", list(args), ("HANDLE", "JOB_ID", "DATA", "OPTS"))
+    container = request.container(a.string(0))
+    job_id = a.integer(1)
+    text = a.value(2)
+    if text is not None and not isinstance(text, str):
+        raise InvalidRequest(f"stdin: DATA must be a string or null, got {json.dumps(text)}")
+    encoding = _encoding("stdin", a.options(3, {"encoding": str}))
+    data = None if text is None else decode_input(text, encoding, "stdin")
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    await container.write_stdin(container.job(job_id), data)
+    return "ok"
+
+
+async def resize(request: Request, *args: Any) -> str:
+    a = Args("resize", list(args), ("HANDLE", "JOB_ID", "ROWS", "COLS"))
+    container = request.container(a.string(0))
+    job_id = a.integer(1)
+    rows, cols = _terminal_size("resize", a.value(2), a.value(3))
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    await container.resize(container.job(job_id), rows, cols)
+    return "ok"
 
 
 async def stop(request: Request, *args: Any) -> str:
@@ -351,6 +488,9 @@ CORE_COMMANDS: dict[str, Handler] = {
     "link": link,
     "run": run,
     "stream": stream,
+    "signal": signal_,
+    "stdin": stdin,
+    "resize": resize,
     "stop": stop,
     "destroy": destroy,
     "limit": limit,

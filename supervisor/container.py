@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import fcntl
+import math
 import os
 import signal
+import struct
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import trio
@@ -34,12 +38,15 @@ from supervisor.events import (
     SandboxExited,
     StateChanged,
 )
-from supervisor.jobs import Job
+from supervisor.jobs import Job, JobLimits
 from supervisor.sandbox import JobDefaults, JobRequest, LaunchPlan, Sandbox
 from supervisor.stash import Stash
 
 if TYPE_CHECKING:
     from supervisor.registry import Supervisor
+
+
+T = TypeVar("T")
 
 
 class State(enum.StrEnum):
@@ -67,6 +74,9 @@ LIVE = frozenset({State.ACTIVE, State.PAUSED, State.STOPPED})
 #: The states in which each container operation is allowed.
 ALLOWED: dict[str, frozenset[State]] = {
     "spawn": frozenset({State.ACTIVE}),
+    "signal": frozenset({State.ACTIVE}),  # a paused init answers nothing
+    "stdin": frozenset({State.ACTIVE}),
+    "resize": frozenset({State.ACTIVE}),
     "pause": frozenset({State.ACTIVE}),
     "resume": frozenset({State.PAUSED}),
     "start": frozenset({State.STOPPED}),
@@ -85,6 +95,12 @@ ALLOWED: dict[str, frozenset[State]] = {
 STOP_POLL = 0.02
 #: Job ids recorded ahead at a time (a restart skips at most this many).
 JOB_ID_BLOCK = 64
+#: How often a job whose leader ended is checked for processes left (for its timeout).
+JOB_EMPTY_POLL = 0.1
+#: The shortest wait between two looks at a job's CPU time (for its cpu_time).
+CPU_POLL_MIN = 0.005
+#: How long a job's processes are killed again and again (forks racing the kill).
+JOB_KILL_TIMEOUT = 10.0
 
 
 class Container:
@@ -249,6 +265,9 @@ class Container:
     ) -> None:
         """Run the container's background tasks until destroy is requested."""
         self._start_task(self._consume, events)
+        for job in self.jobs.values():
+            if job.limits and job.group is not None and not job.group.empty():
+                self._start_task(self._enforce_limits, job)
         if restoring and self.sandbox is not None and not self.sandbox.alive:
             await self._sandbox_gone()
         self.ready = True
@@ -298,6 +317,12 @@ class Container:
                 job = self.jobs.get(event.job_id)
                 if job is not None:
                     job.cut.add(event.stream)
+                    # The init killed the job's process group at the cut (a background
+                    # child's write may come after the leader's exit); the rest of the
+                    # job (other groups, a terminal's shell jobs) goes with its cgroup.
+                    job.mark_killed("output_limit", after_exit=True)
+                    if job.group is not None and not job.group.empty():
+                        self._start_task(self._kill_job, job)
                 limit = self.supervisor.config.containers.output_limit
                 self.log.warning(
                     "job output over limit", job_id=event.job_id, stream=event.stream, limit=limit
@@ -306,6 +331,7 @@ class Container:
             elif isinstance(event, OutOfMemory):
                 await self._record_event("out of memory")
                 if self.state is State.ACTIVE:
+                    self._mark_running("oom")
                     self._start_task(self.stop, True)
             elif isinstance(event, SandboxExited):
                 await self._sandbox_gone()
@@ -359,19 +385,37 @@ class Container:
     def _job_dir(self, job_id: int) -> Path:
         return self.path / "jobs" / str(job_id)
 
-    async def spawn(self, request: JobRequest, discard_output: bool) -> Job:
+    async def spawn(
+        self, request: JobRequest, discard_output: bool, limits: JobLimits | None = None
+    ) -> Job:
         """Start a job; it is recorded before it can exit so no exit is missed."""
         self.require("spawn")
         assert self.sandbox is not None and self._nursery is not None
-        job = Job(request.job_id, self._job_dir(request.job_id), discard_output)
-        # The sandbox keeps each stream to the cap, whichever process of the job writes.
+        limits = limits or JobLimits()
+        job = Job(
+            request.job_id,
+            self._job_dir(request.job_id),
+            discard_output,
+            limits=limits,
+            stdin=request.stdin or request.tty is not None,
+            tty=request.tty,
+        )
+        # The sandbox keeps each stream to the cap, whichever process of the job writes
+        # (a terminal job's output too).
         limit = None if discard_output else self.supervisor.config.containers.output_limit
         request = dataclasses.replace(request, output_limit=limit)
-        job.dir.mkdir(mode=0o700)
-        if discard_output:
-            (job.dir / "discard").touch()
+        job.group = self.supervisor.hooks.job_group(self, job.id, True)
+        if job.group is None and limits:
+            raise InvalidRequest(
+                f"container {self.handle}: timeout and cpu_time need a cgroup per job, "
+                "which no plugin here makes"
+            )
         fds: list[int] = []
         try:
+            job.dir.mkdir(mode=0o700)
+            if discard_output:
+                (job.dir / "discard").touch()
+            job.save_facts()
             for name in ("stdout", "stderr"):
                 target = os.devnull if discard_output else job.file(name)
                 fds.append(
@@ -379,14 +423,22 @@ class Container:
                 )
             fds.append(os.open(job.dir / "status", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             self.jobs[job.id] = job
-            await self.sandbox.spawn(request, *fds)
+            join = job.group.join_fds if job.group is not None else ()
+            await self.sandbox.spawn(request, fds[0], fds[1], fds[2], join)
         except BaseException:
             self.jobs.pop(job.id, None)
             job.remove_files()
+            if job.group is not None:
+                job.group.close()
+                job.group.remove()  # the job never ran: nothing is in it
             raise
         finally:
             for fd in fds:
                 os.close(fd)
+        if job.group is not None:
+            job.group.close()
+        if limits:
+            self._start_task(self._enforce_limits, job)
         await self.publish(JobStarted(self.handle, job.id))
         return job
 
@@ -405,17 +457,151 @@ class Container:
         except KeyError:
             raise UnknownJob(f"container {self.handle}: no job {job_id}") from None
 
-    async def link(self, job: Job) -> tuple[int | None, bytes | None, bytes | None]:
-        """Wait for the job to end and return its result; the job is then forgotten."""
+    async def link(
+        self, job: Job, report: Callable[[Job], T] | None = None
+    ) -> tuple[tuple[int | None, bytes | None, bytes | None], T | None]:
+        """Wait for the job to end and return its result; the job is then forgotten.
+
+        *report* is called with the job before its files and cgroup go (for what
+        link reports on request: how it ended, its usage); its result comes second.
+        """
         result = await job.collect(self.supervisor.config.containers.output_limit)
+        extra = report(job) if report is not None else None
         if self.jobs.get(job.id) is job:
             del self.jobs[job.id]
             # Not awaited: the reply need not wait for the disk. Nor does destroy,
             # whose removal of the container's directory covers these files.
-            self._start_task(
-                partial(trio.to_thread.run_sync, job.remove_files, abandon_on_cancel=True)
+            self._start_task(partial(trio.to_thread.run_sync, job.forget, abandon_on_cancel=True))
+        return result, extra
+
+    async def _enforce_limits(self, job: Job) -> None:
+        """Kill every process of the job once it passes its ``timeout`` or ``cpu_time``.
+
+        The timeout counts from the spawn (also across a daemon restart) and holds
+        for what the job started too: processes left after the leader ended are
+        killed at the deadline. CPU time is read from the job's cgroup, no more often
+        than it could grow to the limit with every core busy.
+        """
+        group = job.group
+        assert group is not None
+        timeout, cpu_time = job.limits.timeout, job.limits.cpu_time
+        deadline = (
+            trio.current_time() + job.started + timeout - time.time()
+            if timeout is not None
+            else math.inf
+        )
+        cores = os.cpu_count() or 1
+        while True:
+            wait = deadline - trio.current_time()
+            if wait <= 0:
+                reason = "timeout"
+                break
+            if cpu_time is not None:
+                used = group.cpu_seconds()
+                if used is not None and used >= cpu_time:
+                    reason = "cpu_limit"
+                    break
+                wait = min(wait, max(CPU_POLL_MIN, (cpu_time - (used or 0.0)) / cores))
+            if job.exited.is_set():
+                if group.empty():
+                    return
+                await trio.sleep(min(wait, JOB_EMPTY_POLL))
+            else:
+                with trio.move_on_after(wait):
+                    await job.exited.wait()
+        self.log.info("job limit reached", job_id=job.id, reason=reason)
+        job.mark_killed(reason)
+        await self._kill_job(job)
+
+    async def _kill_job(self, job: Job) -> None:
+        """SIGKILL every process in the job's cgroup until none is left."""
+        assert job.group is not None
+        with trio.move_on_after(JOB_KILL_TIMEOUT):
+            while not job.group.empty():
+                job.group.kill()
+                await trio.sleep(STOP_POLL)
+            return
+        self.log.error("job processes outlived their kill", job_id=job.id)
+
+    async def _input(self, job: Job) -> int:
+        """The daemon's fd of the job's input, asked of the sandbox once (again after a restart)."""
+        if not job.stdin:
+            raise InvalidRequest(
+                f"container {self.handle}: job {job.id} has no stdin (spawn it with stdin or tty)"
             )
-        return result
+        if job.exited.is_set() or self.sandbox is None:
+            raise InvalidState(f"container {self.handle}: job {job.id} has ended")
+        if job.stdin_closed:
+            raise InvalidState(f"container {self.handle}: job {job.id}: its stdin is closed")
+        if job.input_fd is None:
+            fd = await self.sandbox.job_input(job.id)
+            if job.exited.is_set():  # it ended while the sandbox answered
+                os.close(fd)
+                raise InvalidState(f"container {self.handle}: job {job.id} has ended")
+            os.set_blocking(fd, False)
+            job.input_fd = fd
+        return job.input_fd
+
+    async def write_stdin(self, job: Job, data: bytes | None) -> None:
+        """Write *data* to the job's stdin as it reads it (None: EOF).
+
+        The writer waits while the job does not read (its pipe or terminal is full);
+        the daemon holds nothing but the request's own bytes. On a terminal, EOF is
+        the terminal's EOF character (^D), as a user types it.
+
+        Raises:
+            InvalidRequest: the job has no stdin.
+            InvalidState: it has ended, or its stdin is closed.
+        """
+        self.require("stdin")
+        async with job.writing:
+            fd = await self._input(job)
+            if data is None and job.tty is None:
+                job.stdin_closed = True
+                job.close_input()
+                assert self.sandbox is not None
+                await self.sandbox.close_input(job.id)
+                return
+            view = memoryview(b"\x04" if data is None else data)
+            while view:
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    try:
+                        await trio.lowlevel.wait_writable(fd)
+                    except trio.ClosedResourceError:
+                        pass  # it ended: closed by finish, told below
+                except OSError:  # EPIPE: no reader left; EIO: the terminal is gone
+                    raise InvalidState(
+                        f"container {self.handle}: job {job.id} no longer reads its stdin"
+                    ) from None
+                if job.input_fd is None:  # it ended meanwhile
+                    raise InvalidState(f"container {self.handle}: job {job.id} has ended")
+
+    async def resize(self, job: Job, rows: int, cols: int) -> None:
+        """Set the size of the job's terminal (its foreground processes get SIGWINCH)."""
+        self.require("resize")
+        if job.tty is None:
+            raise InvalidRequest(f"container {self.handle}: job {job.id} has no terminal")
+        fd = await self._input(job)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def _mark_running(self, reason: str) -> None:
+        for job in self.jobs.values():
+            job.mark_killed(reason)
+
+    async def signal(self, job: Job, signum: int, pid: int | None = None) -> None:
+        """Send *signum* to the job's process group, or to its process *pid*.
+
+        Raises:
+            InvalidState: the job has ended (or the container is not running).
+            InvalidRequest: *pid* is no process of the job.
+        """
+        self.require("signal")
+        if job.exited.is_set() or self.sandbox is None:
+            raise InvalidState(f"container {self.handle}: job {job.id} has ended")
+        if not await self.sandbox.signal_job(job.id, signum, pid):
+            raise InvalidState(f"container {self.handle}: job {job.id} has ended")
 
     async def _restore_jobs(self) -> None:
         """Rebuild the job table from the depot after a restart."""
@@ -427,6 +613,9 @@ class Container:
             if not entry.name.isdigit():
                 continue
             job = Job(int(entry.name), entry, (entry / "discard").exists())
+            job.read_killed_by()
+            job.read_facts()
+            job.group = self.supervisor.hooks.job_group(self, job.id, False)
             self.jobs[job.id] = job
             status = job.read_status_file()
             if (job.id not in running) if running is not None else status is not None:
@@ -477,6 +666,7 @@ class Container:
         if self.state is State.BORN:
             return
         async with self._stopping:
+            self._mark_running("stop")
             if self.state is State.PAUSED:
                 await self.supervisor.hooks.freeze(self, False)  # frozen, none would hear TERM
             sandbox = self.sandbox

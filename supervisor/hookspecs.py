@@ -75,7 +75,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from supervisor.api import ContainerView, DaemonView, Handler
-    from supervisor.sandbox import LaunchPlan, Limit, Sandbox
+    from supervisor.sandbox import JobGroup, LaunchPlan, Limit, Sandbox
 
 PROJECT = "corral"
 
@@ -288,6 +288,22 @@ def corral_container_freeze(container: ContainerView, frozen: bool) -> Awaitable
 
     :param container: the container paused or resumed.
     :param frozen: True to freeze, False to thaw.
+    """
+
+
+@hookspec(firstresult=True)
+def corral_job_group(container: ContainerView, job_id: int, create: bool) -> JobGroup | None:
+    """Give a job a group of its own (a cgroup), for its limits and its accounting.
+
+    Called at each spawn (*create*), before the job starts, and for each job found
+    again after a daemon restart; stops at the first non-None result. Without
+    one, spawn OPTS ``timeout`` and ``cpu_time`` are refused (``invalid_request``)
+    and the ``usage`` report has only the wall time. An exception fails the spawn.
+
+    :param container: the container of the job.
+    :param job_id: the job's id (unique in the container, never reused).
+    :param create: make the group (a spawn), else find the existing one (a restore).
+    :return: the :class:`~supervisor.api.JobGroup`, or None (none made, or none found).
     """
 
 

@@ -30,7 +30,7 @@ from supervisor.settings import ConfigError, parse_table
 
 if TYPE_CHECKING:
     from supervisor.api import ContainerView, DaemonView, Handler
-    from supervisor.sandbox import LaunchPlan, Limit, Sandbox
+    from supervisor.sandbox import JobGroup, LaunchPlan, Limit, Sandbox
 
 log = structlog.get_logger()
 
@@ -358,6 +358,14 @@ class Hooks:
             await _resolve(result)
             done = True
         return done
+
+    def job_group(self, container: ContainerView, job_id: int, create: bool) -> JobGroup | None:
+        """The job's own group from the first plugin that gives one, or None."""
+        for _, group in self._each(
+            "corral_job_group", container=container, job_id=job_id, create=create
+        ):
+            return group  # type: ignore[no-any-return]
+        return None
 
     async def kill(self, container: ContainerView) -> None:
         for _, result in self._each("corral_container_kill", container=container):

@@ -133,6 +133,16 @@ def encode_output(data: bytes, encoding: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+def decode_input(text: str, encoding: str, command: str) -> bytes:
+    """A client's bytes from a JSON string: UTF-8 (lone surrogates back to their bytes) or base64."""
+    if encoding == "base64":
+        try:
+            return base64.b64decode(text, validate=True)
+        except ValueError:
+            raise InvalidRequest(f"{command}: DATA is not base64") from None
+    return text.encode("utf-8", "surrogateescape")
+
+
 #: Most bytes of one intermediate ``stream`` line: what a reader that stopped reading
 #: keeps in the daemon's memory (the socket's own buffer aside).
 STREAM_LINE_BUDGET = 128 * 1024

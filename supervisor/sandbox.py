@@ -99,10 +99,44 @@ class JobRequest:
     user: str | None = None
     privileged: bool = False
     rlimits: tuple[tuple[str, int | None, int | None], ...] = ()
+    #: A pipe for stdin, which the sandbox keeps (see :meth:`Sandbox.job_input`).
+    stdin: bool = False
+    #: A terminal of (rows, cols) for stdin, stdout and stderr, which the sandbox keeps.
+    tty: tuple[int, int] | None = None
     #: Bytes kept per output stream, None for no limit. The sandbox enforces it itself,
     #: whoever of the job writes (a background child after its first process exited),
     #: and publishes :class:`supervisor.events.OutputCut` when it cuts.
     output_limit: int | None = None
+
+
+@runtime_checkable
+class JobGroup(Protocol):
+    """A job's own group of processes (a cgroup per job), as a plugin provides it: what
+    makes per-job limits and accounting exact while other jobs run in the container."""
+
+    #: Open files the job's first process writes ``0`` to before it runs anything
+    #: (``cgroup.procs``), so it and everything it starts are in the group. The
+    #: caller passes them with the spawn, then calls :meth:`close`.
+    join_fds: tuple[int, ...]
+
+    def close(self) -> None:
+        """Close :attr:`join_fds` (once the job was started, or failed to)."""
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time used so far by every process of the job (None if unknown)."""
+
+    def usage(self) -> dict[str, float | int | None]:
+        """``cpu_user``, ``cpu_system``, ``cpu_total`` (seconds) and ``memory_peak``
+        (bytes) of the job and everything it started; None where not measured."""
+
+    def empty(self) -> bool:
+        """Whether no process of the job is left."""
+
+    def kill(self) -> None:
+        """SIGKILL every process of the job (some may be left to a next call if they forked)."""
+
+    def remove(self) -> None:
+        """Remove the group, once empty (blocking; for a worker thread)."""
 
 
 @runtime_checkable
@@ -119,16 +153,41 @@ class Sandbox(Protocol):
     def alive(self) -> bool:
         """Whether the init still runs."""
 
-    async def spawn(self, request: JobRequest, stdout: int, stderr: int, status: int) -> None:
+    async def spawn(
+        self, request: JobRequest, stdout: int, stderr: int, status: int, join: tuple[int, ...] = ()
+    ) -> None:
         """Start a job whose output goes to the given fds; *status* receives its exit status.
+
+        The job's first process joins the groups of *join* (:attr:`JobGroup.join_fds`)
+        before it runs anything.
 
         Raises:
             InvalidRequest: the job could not be set up (unknown user, bad dir...).
             InvalidState: the init is gone.
         """
 
-    async def signal_job(self, job_id: int, signum: int) -> None:
-        """Send *signum* to the job's process group (nothing if it already ended)."""
+    async def signal_job(self, job_id: int, signum: int, pid: int | None = None) -> bool:
+        """Send *signum* to the job's process group, or to its process *pid* (a pid
+        inside the sandbox, which must belong to the job).
+
+        Returns:
+            False if the job's leader has ended (nothing was sent), else True.
+
+        Raises:
+            InvalidRequest: *pid* is no process of the job.
+        """
+
+    async def job_input(self, job_id: int) -> int:
+        """A new fd of the job's input (its stdin pipe's write end, or its terminal's
+        master), which the sandbox keeps for the job's life; the caller closes its fd.
+
+        Raises:
+            InvalidState: the job's leader has ended, or its stdin was closed.
+            InvalidRequest: the job has no stdin.
+        """
+
+    async def close_input(self, job_id: int) -> None:
+        """Close the sandbox's end of the job's stdin pipe (EOF once every copy is closed)."""
 
     async def signal_all(self, signum: int) -> bool:
         """Send *signum* to every process but the init; False when none is left."""

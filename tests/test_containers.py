@@ -192,9 +192,10 @@ def test_output_cap_kills_the_job(artifacts: tuple[Path, Path]) -> None:
     try:
         with d.client() as c:
             handle = c.create()
-            status, out, _ = c.run(handle, "yes")
+            status, out, _, report = c.run(handle, "yes", ended=True)
             assert status == 128 + 9
             assert len(out) == 100000
+            assert report["ended"] == {"exit_code": None, "signal": 9, "killed_by": "output_limit"}
             assert "command exceeded maximum output" in c.info(handle)["events"]
     finally:
         d.close()

@@ -9,6 +9,8 @@ line of ``stream``.
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +45,10 @@ def test_a_background_child_cannot_write_past_the_cap(capped: Daemon) -> None:
             what="the cut of the background child's output",
         )
         assert _output_file(capped, handle, job).stat().st_size == LIMIT
-        status, out, _ = c.link(handle, job)
+        status, out, _, report = c.link(handle, job, ended=True)
         assert status == 137 and len(out) == LIMIT  # killed for its output, as a shell says
+        # The first process had exited by itself; the daemon's kill is still told.
+        assert report["ended"] == {"exit_code": 0, "signal": None, "killed_by": "output_limit"}
         c.destroy(handle)
 
 
@@ -66,6 +70,70 @@ def test_output_up_to_the_cap_is_whole_and_not_cut(capped: Daemon) -> None:
         handle = c.create()
         status, out, err = c.run(handle, f"yes x | head -c {LIMIT}; echo e >&2")
         assert (status, out, err) == (0, "x\n" * (LIMIT // 2), "e\n")
+        c.destroy(handle)
+
+
+def test_killed_by_output_limit_beside_the_containers_info(capped: Daemon) -> None:
+    """``info`` with ``ended``: one fourth item (link/run), one final payload (stream)."""
+    with capped.client() as c:
+        handle = c.create()
+        script = f"head -c {2 * LIMIT} /dev/zero"
+        status, out, err, extra = c.run(handle, script, encoding="base64", ended=True, info=True)
+        assert status == 137 and len(base64.b64decode(out)) == LIMIT and err == ""
+        assert set(extra) == {"info", "ended"} and extra["info"]["state"] == "active"
+        assert extra["ended"] == {"exit_code": None, "signal": 9, "killed_by": "output_limit"}
+        assert "command exceeded maximum output" in extra["info"]["events"]
+        job = c.spawn(handle, script)
+        c.sock.sendall(
+            json.dumps(
+                ["stream", handle, job, {"encoding": "base64", "ended": True, "info": True}]
+            ).encode()
+            + b"\n"
+        )
+        lines: list[object] = []
+        while not (lines and isinstance(lines[-1], dict)):
+            lines.append(json.loads(c.file.readline()))
+        assert lines[-2] == ["cut", "stdout"]
+        final = lines[-1]["payload"]
+        assert set(final) == {"info", "status", "ended"} and final["status"] == 137
+        assert final["ended"]["killed_by"] == "output_limit"
+        assert final["info"]["state"] == "active"
+        c.destroy(handle)
+
+
+def test_a_terminal_jobs_output_is_cut_at_the_cap(capped: Daemon) -> None:
+    """A terminal's output goes through the same capped copy: cut at the byte, told alike."""
+    with capped.client() as c:
+        handle = c.create()
+        job = c.spawn(handle, "yes x", tty={"rows": 24, "cols": 80})
+        lines = list(c.stream(handle, job, encoding="base64"))
+        assert lines[-1] == ("cut", "stdout")
+        assert all(name == "stdout" for name, _ in lines[:-1])
+        assert _output_file(capped, handle, job).stat().st_size == LIMIT
+        status, out, err, report = c.link(handle, job, encoding="base64", ended=True)
+        data = base64.b64decode(out)
+        assert status == 137 and len(data) == LIMIT and err == ""
+        assert data.startswith(b"x\r\nx\r\n")  # the terminal's own line ends
+        assert report["ended"]["killed_by"] == "output_limit"
+        assert "command exceeded maximum output" in c.info(handle)["events"]
+        c.destroy(handle)
+
+
+def test_a_terminal_jobs_other_process_groups_go_at_the_cut(capped: Daemon) -> None:
+    """A shell with job control (``set -m``) may give a background job a group of its
+    own, which the init's kill of the job's group misses: the job's cgroup takes it."""
+    with capped.client() as c:
+        handle = c.create()
+        job = c.spawn(
+            handle, "set -m; (exec yes x) & sleep 100; wait", tty={"rows": 24, "cols": 80}
+        )
+        status, _, _, report = c.link(handle, job, ended=True)
+        assert status == 137 and report["ended"]["killed_by"] == "output_limit"
+        wait_until(
+            lambda: c.run(handle, "pidof yes sleep")[0] != 0,
+            timeout=30,
+            what="the job's other process groups to be killed",
+        )
         c.destroy(handle)
 
 

@@ -58,6 +58,7 @@ from plugins.cgroups import oom, pressure
 from plugins.cgroups.backend import CPUSET, FREEZE_TIMEOUT, MEMORY, CgroupError
 from plugins.cgroups.counters import FdBudget
 from plugins.cgroups.group import ContainerCgroups
+from plugins.cgroups.jobs import JobCgroup
 from plugins.cgroups.layout import Layout
 from plugins.cgroups.limits import RESOURCES, CgroupLimit, apply_all, host_cores, read_all
 from plugins.cgroups.spares import Spares
@@ -346,6 +347,21 @@ class CgroupsPlugin:
         if group is None or not group.can_freeze:
             return None
         return _freeze(container, group) if frozen else _thaw(group)
+
+    @hookimpl
+    def corral_job_group(
+        self, container: ContainerView, job_id: int, create: bool
+    ) -> JobCgroup | None:
+        """The job's own cgroups (:mod:`~plugins.cgroups.jobs`), for its limits and usage."""
+        group = _find(container)
+        if group is None:
+            return None
+        try:
+            return JobCgroup.make(group, job_id, create)
+        except CgroupError as exc:
+            raise InvalidState(
+                f"container {container.handle}: job {job_id}: {exc.message}"
+            ) from None
 
     @hookimpl
     def corral_container_kill(self, container: ContainerView) -> Awaitable[None] | None:

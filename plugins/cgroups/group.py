@@ -194,15 +194,15 @@ class ContainerCgroups:
                 pass
         for path, (backend, _) in self.directories().items():
             if path.exists() and not backend.kill_all(path):
-                _kill(procs(path), keep=None)
+                _kill(_procs_tree(path), keep=None)
 
     # -- stop --------------------------------------------------------------------------
 
     def pids(self) -> set[int]:
-        """Every process of the container, in any of its cgroups."""
+        """Every process of the container, in any of its cgroups and their jobs' (children)."""
         found: set[int] = set()
         for path in self.directories():
-            found.update(procs(path))
+            found.update(_procs_tree(path))
         return found
 
     @property
@@ -332,6 +332,18 @@ def _kill(pids: Iterable[int], keep: int | None) -> int:
         except ProcessLookupError:
             pass
     return count
+
+
+def _procs_tree(path: Path) -> list[int]:
+    """The pids in the cgroup at *path* and in its child cgroups (its jobs', one level)."""
+    found = procs(path)
+    try:
+        children = [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return found
+    for child in children:
+        found += procs(Path(child))
+    return found
 
 
 def _rmdir_tree(path: Path) -> bool:

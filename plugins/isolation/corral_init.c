@@ -43,6 +43,7 @@
 #include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 /* linux/openat2.h: glibc has neither the wrapper nor the struct. */
@@ -747,7 +748,9 @@ struct limit {
 struct job_spec {
 	unsigned long long id, output_limit;
 	const char *user, *dir;
-	bool privileged, has_limit; /* has_limit: output through pumps, cut at output_limit */
+	bool privileged, stdin_pipe;
+	bool has_limit;     /* output through pumps, cut at output_limit */
+	struct winsize tty; /* ws_row 0: no terminal */
 	char **env, **argv;
 	size_t nenv, nargv, nlimits;
 	struct limit *limits;
@@ -786,6 +789,24 @@ static bool parse_limit(char *s, struct limit *l)
 	return false;
 }
 
+/* "ROWS:COLS", each 1-65535. */
+static bool parse_winsize(const char *s, struct winsize *ws)
+{
+	unsigned long long rows, cols;
+	char buf[32], *colon;
+
+	if (strlen(s) >= sizeof buf)
+		return false;
+	strcpy(buf, s);
+	if (!(colon = strchr(buf, ':')))
+		return false;
+	*colon = '\0';
+	if (!parse_uint(buf, 65535, &rows) || !parse_uint(colon + 1, 65535, &cols) || !rows || !cols)
+		return false;
+	*ws = (struct winsize){ .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
+	return true;
+}
+
 /* Parse the key=value strings of a spawn request; NULL or an error message. */
 static const char *parse_job(char **strs, int n, struct job_spec *js, bool *has_id)
 {
@@ -811,6 +832,10 @@ static const char *parse_job(char **strs, int n, struct job_spec *js, bool *has_
 			js->nlimits++;
 		else if (!strcmp(key, "arg"))
 			js->argv[js->nargv++] = val;
+		else if (!strcmp(key, "stdin") && (!strcmp(val, "0") || !strcmp(val, "1")))
+			js->stdin_pipe = *val == '1';
+		else if (!strcmp(key, "tty") && parse_winsize(val, &js->tty))
+			;
 		else if (!strcmp(key, "limit") && parse_uint(val, ULLONG_MAX, &js->output_limit))
 			js->has_limit = true;
 		else
@@ -941,23 +966,39 @@ static char **make_env(const struct job_spec *js, const struct user *u)
 	return env;
 }
 
-/* The job's child: set up and exec, or report "step: error" on REPORT and exit 127. */
-static noreturn void run_job(const struct job_spec *js, int devnull, int out, int errfd, int report)
+/*
+ * The job's child: set up and exec, or report "step: error" on REPORT and exit 127.
+ * First it joins the job's own cgroups (JOIN: open cgroup.procs files), before any
+ * of the job's code runs, so everything it starts is counted and can be killed there.
+ */
+static noreturn void run_job(const struct job_spec *js, int in, const char *slave, int out, int errfd,
+			     int report, const int *join, int njoin)
 {
 	struct user u;
+	int tty = -1;
 
 	err_fd = report;
 	err_status = 127;
+	for (int i = 0; i < njoin; i++)
+		if (write(join[i], "0", 1) != 1)
+			die("join the job's cgroup");
 	TRY(setsid(), "setsid");
 	reset_signals();
-	/* fds 0-2 of PID 1 are /dev/null, so OUT, ERRFD and REPORT are all above 2 */
-	if (dup2(devnull, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
+	if (slave) { /* the terminal becomes the new session's controlling one, and fds 0-2 */
+		TRY(tty = open(slave, O_RDWR | O_CLOEXEC), "open %s", slave);
+		TRY(ioctl(tty, TIOCSCTTY, 0), "ioctl TIOCSCTTY");
+		in = out = errfd = tty;
+	}
+	/* fds 0-2 of PID 1 are /dev/null, so IN, OUT, ERRFD and REPORT are all above 2 */
+	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
 		die("dup2");
 	if (report != 3 && dup3(report, 3, O_CLOEXEC) < 0)
 		die("dup3");
 	err_fd = 3;
 	TRY(close_range(4, ~0U, 0), "close_range");
 	lookup_user(js->user ? js->user : js->privileged ? "root" : "corral", &u);
+	if (slave && fchown(0, u.uid, (gid_t)-1) < 0) /* its own terminal, as login gives one */
+		die("fchown %s", slave);
 	for (size_t i = 0; i < js->nlimits; i++)
 		TRY(setrlimit(js->limits[i].resource, &js->limits[i].rl), "setrlimit %s", js->limits[i].name);
 	if (js->dir && chdir(js->dir) < 0)
@@ -984,6 +1025,8 @@ struct job {
 	unsigned long long id;
 	pid_t pid;
 	int status_fd;
+	int input; /* the write end of its stdin pipe, or its terminal's master; -1: none */
+	bool tty;
 };
 
 /*
@@ -999,7 +1042,8 @@ struct pump {
 	unsigned long long id, left;
 	const char *stream; /* "stdout" or "stderr" */
 	pid_t pgid;         /* the job's process group (its first process's pid) */
-	int in, out;        /* the pipe's read end, the output file */
+	int in, out;        /* the pipe's read end (a terminal's master), the output file */
+	bool tty;           /* IN is a terminal's master: EIO is its end of file */
 };
 
 struct server {
@@ -1064,22 +1108,61 @@ static struct job **find_job(struct server *s, unsigned long long id, pid_t pid)
 	return j;
 }
 
+static void close_input(struct job *j)
+{
+	if (j->input >= 0)
+		close(j->input);
+	j->input = -1;
+}
+
+static bool pump(struct server *s, struct pump *p);
+static void drop_pump(struct server *s, struct pump *p);
+
+/*
+ * At a terminal job's leader's exit: its pump copies (under the same output limit)
+ * until EIO (every slave closed). The kernel moves a slave's output to the master in
+ * a work item, so the last of it may arrive after the writer exited; a process left
+ * holding the terminal is waited for at most DRAIN_MS, after which the terminal ends
+ * with its leader.
+ */
+#define DRAIN_MS 100
+static void drain_terminal(struct server *s, struct job *j)
+{
+	struct pump *p = s->pumps;
+
+	while (p && !(p->tty && p->id == j->id))
+		p = p->next;
+	if (!p)
+		return; /* cut already, or done */
+	for (;;) {
+		struct pollfd pfd = { .fd = p->in, .events = POLLIN };
+		if (poll(&pfd, 1, DRAIN_MS) <= 0 || !pump(s, p))
+			break;
+	}
+	drop_pump(s, p);
+}
+
 /* Record a job's status in its status file, then tell every client. */
 static void job_exited(struct server *s, pid_t pid, int wstatus)
 {
 	struct job **jp = find_job(s, 0, pid), *j = *jp;
-	char id[24], status[16];
+	char id[24], status[16], file[48];
 
 	if (!j) /* an orphan, or a child that failed before exec */
 		return;
+	if (j->tty) /* what the terminal printed before the leader ended comes before its exit */
+		drain_terminal(s, j);
+	close_input(j);
 	snprintf(id, sizeof id, "%llu", j->id);
-	snprintf(status, sizeof status, "%d\n",
+	snprintf(status, sizeof status, "%d",
 		 WIFSIGNALED(wstatus) ? 128 + WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
-	if (write(j->status_fd, status, strlen(status)) < 0) {
+	/* The second line tells "killed by signal N" from "exit 128+N", which the status cannot. */
+	snprintf(file, sizeof file, "%s\n%s %d\n", status, WIFSIGNALED(wstatus) ? "signal" : "exit",
+		 WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
+	if (write(j->status_fd, file, strlen(file)) < 0) {
 		/* the exit message still tells the daemon */
 	}
 	close(j->status_fd);
-	status[strlen(status) - 1] = '\0';
 	for (size_t i = 0; i < s->nclients; i++)
 		reply(s, i, "exit", id, status, NULL);
 	*jp = j->next;
@@ -1100,45 +1183,97 @@ static void reap(struct server *s)
 		die("waitpid");
 }
 
+/*
+ * The job's input, kept by PID 1 in *INPUT (so it outlives any daemon): the write end
+ * of a pipe whose read end *IN becomes the job's stdin, or the master of a terminal
+ * made in the container's devpts whose slave's path is put in SLAVE. False with ERR set.
+ */
+static bool make_input(const struct job_spec *js, int *input, int *in, char slave[static 64],
+		       char err[static 1024])
+{
+	int p[2];
+
+	if (js->tty.ws_row) {
+		if ((*input = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK)) < 0) {
+			error_text(err, "open /dev/ptmx");
+			return false;
+		}
+		if (unlockpt(*input) < 0 || ptsname_r(*input, slave, 64) != 0 ||
+		    ioctl(*input, TIOCSWINSZ, &js->tty) < 0) {
+			error_text(err, "set up the terminal");
+			close(*input);
+			*input = -1;
+			return false;
+		}
+	} else if (js->stdin_pipe) {
+		if (pipe2(p, O_CLOEXEC) < 0) {
+			error_text(err, "pipe2");
+			return false;
+		}
+		*in = p[0];
+		*input = p[1];
+	}
+	return true;
+}
+
 static void add_pump(struct server *s, const struct job_spec *js, const char *stream, pid_t pgid,
-		     int in, int out)
+		     int in, int out, bool tty)
 {
 	struct pump *p = xcalloc(1, sizeof *p);
 
-	*p = (struct pump){ s->pumps, js->id, js->output_limit, stream, pgid, in, out };
+	*p = (struct pump){ s->pumps, js->id, js->has_limit ? js->output_limit : ULLONG_MAX, stream, pgid,
+			    in, out, tty };
 	s->pumps = p;
 	s->npumps++;
 }
 
-/* Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set.
- * With an output limit, the child writes into pipes that pumps drain into FDS[0-1]. */
-static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, char err[static 1024])
+/*
+ * Fork the job's child and wait until it has exec'd: its pid, or -1 with ERR set.
+ * With an output limit, the child writes into pipes that pumps drain into FDS[0-1].
+ * A terminal job's output (its stdout and stderr alike) is its master's: one pump
+ * drains that into FDS[0], under the same limit (none: no limit).
+ */
+static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, int nfds, int *input,
+		       char err[static 1024])
 {
-	int pipefd[2], outp[2][2] = { { -1, -1 }, { -1, -1 } }, files[2] = { -1, -1 };
+	int pipefd[2] = { -1, -1 }, in = s->devnull;
+	int outp[2][2] = { { -1, -1 }, { -1, -1 } }, files[2] = { -1, -1 }, master = -1;
+	char slave[64] = "";
 	pid_t pid = -1;
 
+	*input = -1;
+	if (!make_input(js, input, &in, slave, err))
+		return -1;
 	if (pipe2(pipefd, O_CLOEXEC) < 0) {
 		error_text(err, "pipe2");
-		return -1;
+		goto out;
 	}
-	for (int k = 0; js->has_limit && k < 2; k++)
+	if (*slave && ((master = fcntl(*input, F_DUPFD_CLOEXEC, 3)) < 0 ||
+		       (files[0] = fcntl(fds[0], F_DUPFD_CLOEXEC, 3)) < 0)) {
+		error_text(err, "terminal output");
+		goto out;
+	}
+	for (int k = 0; !*slave && js->has_limit && k < 2; k++)
 		if (pipe2(outp[k], O_CLOEXEC) < 0 || fcntl(outp[k][0], F_SETFL, O_NONBLOCK) < 0 ||
 		    (files[k] = fcntl(fds[k], F_DUPFD_CLOEXEC, 3)) < 0) {
 			error_text(err, "output pipe");
 			goto out;
 		}
 	if ((pid = fork()) == 0)
-		run_job(js, s->devnull, js->has_limit ? outp[0][1] : fds[0],
-			js->has_limit ? outp[1][1] : fds[1], pipefd[1]);
+		run_job(js, in, *slave ? slave : NULL, outp[0][1] >= 0 ? outp[0][1] : fds[0],
+			outp[1][1] >= 0 ? outp[1][1] : fds[1], pipefd[1], fds + 3, nfds - 3);
 	if (pid < 0)
 		error_text(err, "fork");
 	close(pipefd[1]);
 	pipefd[1] = -1;
 	if (pid > 0 && read_report(pipefd[0], err, 1024)) /* EOF at once: the exec succeeded */
 		pid = -1;
-	if (pid > 0 && js->has_limit) {
-		add_pump(s, js, "stdout", pid, outp[0][0], files[0]);
-		add_pump(s, js, "stderr", pid, outp[1][0], files[1]);
+	if (pid > 0 && master >= 0) {
+		add_pump(s, js, "stdout", pid, master, files[0], true);
+		master = files[0] = -1; /* the pump's now */
+	} else if (pid > 0 && js->has_limit) {
+		add_pump(s, js, "stdout", pid, outp[0][0], files[0], false);
+		add_pump(s, js, "stderr", pid, outp[1][0], files[1], false);
 		outp[0][0] = outp[1][0] = files[0] = files[1] = -1; /* the pumps' now */
 	}
 out:
@@ -1149,9 +1284,18 @@ out:
 		if (files[k] >= 0)
 			close(files[k]);
 	}
+	if (master >= 0)
+		close(master);
 	if (pipefd[1] >= 0)
 		close(pipefd[1]);
-	close(pipefd[0]);
+	if (pipefd[0] >= 0)
+		close(pipefd[0]);
+	if (in != s->devnull)
+		close(in);
+	if (pid < 0 && *input >= 0) {
+		close(*input);
+		*input = -1;
+	}
 	return pid;
 }
 
@@ -1178,7 +1322,7 @@ static bool pump(struct server *s, struct pump *p)
 	ssize_t n = read(p->in, buf, want);
 	char id[24];
 
-	if (n < 0)
+	if (n < 0) /* a terminal's EIO: every slave closed */
 		return errno == EAGAIN || errno == EINTR;
 	if (n == 0)
 		return false;
@@ -1214,20 +1358,22 @@ static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, 
 	const char *error = parse_job(strs, n, &js, &has_id);
 	char id[24] = "", err[1024], pid_text[16];
 	pid_t pid = -1;
+	int input = -1;
 
 	if (has_id)
 		snprintf(id, sizeof id, "%llu", js.id);
-	if (!error && nfds != 3)
-		error = "spawn: needs exactly 3 fds";
+	if (!error && nfds < 3)
+		error = "spawn: needs 3 fds and the cgroups to join";
 	if (!error && *find_job(s, js.id, 0))
 		error = "spawn: job id already running";
-	if (!error && (pid = start_job(s, &js, fds, err)) < 0)
+	if (!error && (pid = start_job(s, &js, fds, nfds, &input, err)) < 0)
 		error = err;
 	if (error) {
 		reply(s, ci, "error", id, error, NULL);
 	} else {
 		struct job *j = xcalloc(1, sizeof *j);
-		*j = (struct job){ s->jobs, js.id, pid, fds[2] };
+		bool tty = js.tty.ws_row != 0;
+		*j = (struct job){ s->jobs, js.id, pid, fds[2], input, tty };
 		s->jobs = j;
 		fds[2] = -1; /* kept by the job */
 		snprintf(pid_text, sizeof pid_text, "%d", (int)pid);
@@ -1238,23 +1384,74 @@ static void do_spawn(struct server *s, size_t ci, char **strs, int n, int *fds, 
 	free(js.limits);
 }
 
+/*
+ * "signal ID SIG [PID]": SIG to the job's process group, or to its process PID.
+ * A PID must be in the job's session (the leader's setsid made it), so a job's
+ * client cannot reach PID 1 or another job's processes by guessing pids.
+ */
 static void do_signal(struct server *s, size_t ci, char **strs, int n)
 {
-	unsigned long long id, sig;
+	unsigned long long id, sig, pid = 0;
 	const char *error = NULL;
 	struct job *j;
 	char err[256];
 
-	if (n != 3 || !parse_uint(strs[1], ULLONG_MAX, &id) || !parse_uint(strs[2], NSIG - 1, &sig))
+	if ((n != 3 && n != 4) || !parse_uint(strs[1], ULLONG_MAX, &id) ||
+	    !parse_uint(strs[2], NSIG - 1, &sig) || (n == 4 && !parse_uint(strs[3], INT_MAX, &pid)))
 		error = "signal: bad request";
 	else if (!(j = *find_job(s, id, 0)))
 		error = "signal: no such job";
-	else if (kill(-j->pid, (int)sig) < 0)
-		error = error_text(err, "kill");
+	else if (pid && (pid == 1 || getsid((pid_t)pid) != j->pid))
+		error = "signal: no such process in the job";
+	else if (kill(pid ? (pid_t)pid : -j->pid, (int)sig) < 0)
+		error = errno == ESRCH && pid ? "signal: no such process in the job" : error_text(err, "kill");
 	if (error)
 		reply(s, ci, "error", n > 1 ? strs[1] : "", error, NULL);
 	else
 		reply(s, ci, "ok", NULL);
+}
+
+/*
+ * "input ID": reply "ok" with the job's input (pipe write end or terminal master) as
+ * an fd, which the daemon writes to itself, so a job that does not read makes the
+ * daemon's writer wait and never PID 1. "eof ID": close PID 1's copy of a pipe.
+ */
+static void do_input(struct server *s, size_t ci, char **strs, int n)
+{
+	unsigned long long id;
+	struct job *j = NULL;
+	const char *error = NULL;
+	bool eof = !strcmp(strs[0], "eof");
+
+	if (n != 2 || !parse_uint(strs[1], ULLONG_MAX, &id))
+		error = "input: bad request";
+	else if (!(j = *find_job(s, id, 0)))
+		error = "input: no such job";
+	else if (j->input < 0 || (eof && j->tty))
+		error = eof || j->tty ? "input: closed" : "input: the job has no stdin";
+	if (error) {
+		reply(s, ci, "error", n > 1 ? strs[1] : "", error, NULL);
+		return;
+	}
+	if (eof) {
+		close_input(j);
+		reply(s, ci, "ok", NULL);
+		return;
+	}
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control = { 0 };
+	struct iovec iov = { "ok", 3 };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			     .msg_controllen = sizeof control.buf };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &j->input, sizeof(int));
+	if (sendmsg(s->clients[ci], &mh, MSG_NOSIGNAL) < 0)
+		close_client(s, ci);
 }
 
 static void do_killall(struct server *s, size_t ci, char **strs, int n)
@@ -1366,6 +1563,8 @@ static void dispatch(struct server *s, size_t ci, char **strs, int n, int *fds, 
 		do_spawn(s, ci, strs, n, fds, nfds);
 	else if (!strcmp(strs[0], "signal"))
 		do_signal(s, ci, strs, n);
+	else if (!strcmp(strs[0], "input") || !strcmp(strs[0], "eof"))
+		do_input(s, ci, strs, n);
 	else if (!strcmp(strs[0], "killall"))
 		do_killall(s, ci, strs, n);
 	else if (!strcmp(strs[0], "ifconfig"))

@@ -14,6 +14,7 @@ import signal
 import socket
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 import trio
@@ -62,6 +63,10 @@ def spawn_message(request: JobRequest) -> bytes:
         parts.append(
             f"rlimit={name}:{'unlimited' if soft is None else soft}:{'unlimited' if hard is None else hard}"
         )
+    if request.stdin:
+        parts.append("stdin=1")
+    if request.tty is not None:
+        parts.append(f"tty={request.tty[0]}:{request.tty[1]}")
     if request.output_limit is not None:
         parts.append(f"limit={request.output_limit}")
     parts += [f"arg={arg}" for arg in request.argv]
@@ -107,7 +112,8 @@ class InitSandbox:
             except OSError:
                 pass  # the init is gone already
         self._lock = trio.Lock()
-        self._replies_send, self._replies = trio.open_memory_channel[list[str]](1)
+        # Each reply with the fds that came with it (only ``input`` sends one).
+        self._replies_send, self._replies = trio.open_memory_channel[tuple[list[str], list[int]]](1)
         self._alive = pidfd is not None and sock is not None
         self._terminated = False  # killed on purpose: its exit is no news
 
@@ -129,9 +135,12 @@ class InitSandbox:
         with self._replies_send:
             while True:
                 try:
-                    packet = await self._sock.recv(RECEIVE_SIZE)
+                    packet, ancillary, _, _ = await self._sock.recvmsg(
+                        RECEIVE_SIZE, socket.CMSG_SPACE(array.array("i").itemsize)
+                    )
                 except OSError:
-                    packet = b""
+                    packet, ancillary = b"", []
+                fds = received_fds(ancillary)
                 if not packet:
                     return  # the init is gone; _wait_exit reports it
                 parts = decode(packet)
@@ -144,7 +153,7 @@ class InitSandbox:
                         OutputCut(self.container.handle, int(parts[1]), parts[2])
                     )
                 else:
-                    await self._replies_send.send(parts)
+                    await self._replies_send.send((parts, fds))
 
     async def _wait_exit(self) -> None:
         assert self._pidfd is not None
@@ -229,6 +238,14 @@ class InitSandbox:
             self._mount_namespace = None
 
     async def _request(self, message: bytes, fds: tuple[int, ...] = ()) -> list[str]:
+        parts, received = await self._request_fds(message, fds)
+        for fd in received:
+            os.close(fd)
+        return parts
+
+    async def _request_fds(
+        self, message: bytes, fds: tuple[int, ...] = ()
+    ) -> tuple[list[str], list[int]]:
         if not self._alive or self._sock is None:
             raise InvalidState(f"container {self.container.handle}: its init is not running")
         async with self._lock:
@@ -243,8 +260,10 @@ class InitSandbox:
                     f"container {self.container.handle}: its init is not running"
                 ) from None
 
-    async def spawn(self, request: JobRequest, stdout: int, stderr: int, status: int) -> None:
-        reply = await self._request(spawn_message(request), (stdout, stderr, status))
+    async def spawn(
+        self, request: JobRequest, stdout: int, stderr: int, status: int, join: tuple[int, ...] = ()
+    ) -> None:
+        reply = await self._request(spawn_message(request), (stdout, stderr, status, *join))
         if reply[:1] == ["error"] and request.output_limit is not None and OLD_INIT in reply[2:3]:
             # An init started before an upgrade (it knows no limit=): the job writes to
             # its files directly, without a cap; said once per job.
@@ -253,15 +272,45 @@ class InitSandbox:
                 job_id=request.job_id,
             )
             request = dataclasses.replace(request, output_limit=None)
-            reply = await self._request(spawn_message(request), (stdout, stderr, status))
+            reply = await self._request(spawn_message(request), (stdout, stderr, status, *join))
         if reply[:1] == ["error"]:
             raise InvalidRequest(
                 f"container {self.container.handle}: job {request.job_id}: {reply[2]}"
             )
 
-    async def signal_job(self, job_id: int, signum: int) -> None:
-        if self._alive:
-            await self._request(encode("signal", str(job_id), str(signum)))
+    async def signal_job(self, job_id: int, signum: int, pid: int | None = None) -> bool:
+        if not self._alive:
+            return False
+        target = () if pid is None else (str(pid),)
+        reply = await self._request(encode("signal", str(job_id), str(signum), *target))
+        if reply[:1] == ["ok"]:
+            return True
+        if reply[-1:] == ["signal: no such job"]:  # its leader was reaped meanwhile
+            return False
+        raise InvalidRequest(
+            f"container {self.container.handle}: job {job_id}: {reply[-1].removeprefix('signal: ')}"
+        )
+
+    async def job_input(self, job_id: int) -> int:
+        reply, fds = await self._request_fds(encode("input", str(job_id)))
+        if reply[:1] == ["ok"] and len(fds) == 1:
+            return fds[0]
+        for fd in fds:
+            os.close(fd)
+        self._input_error(job_id, reply)
+
+    async def close_input(self, job_id: int) -> None:
+        reply = await self._request(encode("eof", str(job_id)))
+        if reply[:1] != ["ok"]:
+            self._input_error(job_id, reply)
+
+    def _input_error(self, job_id: int, reply: list[str]) -> NoReturn:
+        what = f"container {self.container.handle}: job {job_id}"
+        if reply[-1:] == ["input: the job has no stdin"]:
+            raise InvalidRequest(f"{what} has no stdin")
+        if reply[-1:] == ["input: closed"]:
+            raise InvalidState(f"{what}: its stdin is closed")
+        raise InvalidState(f"{what} has ended")
 
     async def signal_all(self, signum: int) -> bool:
         if not self._alive:
@@ -284,6 +333,15 @@ class InitSandbox:
 
 class InterfaceError(CorralError):
     """The container's init could not configure a network device."""
+
+
+def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds of an SCM_RIGHTS message."""
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
 
 
 def _foster_parent(pid: int) -> int | None:

@@ -14,7 +14,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
 
-from supervisor.api import ContainerView, JobExited, JobRequest, LaunchPlan, hookimpl
+from supervisor.api import (
+    ContainerView,
+    InvalidRequest,
+    JobExited,
+    JobRequest,
+    LaunchPlan,
+    hookimpl,
+)
 
 
 class FakeSandbox:
@@ -34,7 +41,9 @@ class FakeSandbox:
         #: plugins' kill hook (``kill hook``), in order.
         self.signals: list[tuple[float, str]] = []
 
-    async def spawn(self, request: JobRequest, stdout: int, stderr: int, status: int) -> None:
+    async def spawn(
+        self, request: JobRequest, stdout: int, stderr: int, status: int, join: tuple[int, ...] = ()
+    ) -> None:
         self.jobs[request.job_id] = True
 
     async def end(self, job_id: int, status: int) -> None:
@@ -43,8 +52,16 @@ class FakeSandbox:
             self.jobs[job_id] = False
             await self.container.publish(JobExited(self.container.handle, job_id, status))
 
-    async def signal_job(self, job_id: int, signum: int) -> None:
+    async def signal_job(self, job_id: int, signum: int, pid: int | None = None) -> bool:
+        running = bool(self.jobs.get(job_id))
         await self.end(job_id, 128 + signum)
+        return running
+
+    async def job_input(self, job_id: int) -> int:
+        raise InvalidRequest(f"job {job_id} has no stdin")
+
+    async def close_input(self, job_id: int) -> None:
+        raise InvalidRequest(f"job {job_id} has no stdin")
 
     async def signal_all(self, signum: int) -> bool:
         name = signal.Signals(signum).name.removeprefix("SIG") if signum else "0"

@@ -568,13 +568,17 @@ def test_bad_requests_are_errors(container: Container) -> None:
 def test_exit_status_is_announced_and_written(container: Container) -> None:
     job = container.run("exit 3")
     assert job.status == 3
-    assert job.status_file == "3\n"
+    assert job.status_file == "3\nexit 3\n"
 
 
 def test_killed_job_reports_128_plus_signal(container: Container) -> None:
     job = container.run("kill -9 $$")
     assert job.status == 137
-    assert job.status_file == "137\n"
+    assert job.status_file == "137\nsignal 9\n"
+
+
+def test_an_exit_code_is_told_from_a_signal(container: Container) -> None:
+    assert container.run("exit 137").status_file == "137\nexit 137\n"
 
 
 def test_signal_and_jobs(container: Container) -> None:
@@ -587,6 +591,25 @@ def test_signal_and_jobs(container: Container) -> None:
     assert container.request("jobs") == ["jobs", str(other.id)]
     assert container.request("signal", str(other.id), "9") == ["ok"]
     assert container.wait_exit(other.id) == 137
+
+
+def test_signal_to_one_process_of_the_job(container: Container) -> None:
+    job = container.spawn("sleep 100 & echo $! > /tmp/child; wait $!; exit $?")
+    other = container.spawn("exec sleep 100")
+    child = container.run("while [ ! -s /tmp/child ]; do sleep 0.01; done; cat /tmp/child")
+    pid = child.out.strip()
+    nosuch = "signal: no such process in the job"
+    # PID 1, another job's leader, no process at all: refused, nothing sent.
+    for wrong in ("1", other.reply[2], "99999"):
+        assert container.request("signal", str(job.id), "9", wrong) == [
+            "error",
+            str(job.id),
+            nosuch,
+        ]
+    assert container.request("signal", str(job.id), "9", pid) == ["ok"]
+    assert container.wait_exit(job.id) == 137  # the shell exits with its child's status
+    assert container.request("signal", str(other.id), "9", "x")[2] == "signal: bad request"
+    assert container.request("signal", str(other.id), "9") == ["ok"]
 
 
 def test_killall_then_none(container: Container) -> None:
@@ -641,7 +664,7 @@ def test_large_request_and_small_memory(container: Container) -> None:
         )
     assert reply[0] == "started", reply[:2]
     assert container.wait_exit(1) == 0
-    assert out.read_text() == "3\n0\n"  # $0 is the first chunk; then the status
+    assert out.read_text() == "3\n0\nexit 0\n"  # $0 is the first chunk; then the status
     assert container.rss_kib() < 1024
     long_name = "/" + "y" * 2000
     reply = container.request("spawn", "id=2", f"arg={long_name}", fds=(1, 2, 2))
@@ -732,3 +755,32 @@ def test_rootfs_layout(rootfs: pathlib.Path) -> None:
         check=True,
     )
     assert "exists" in again.stdout
+
+
+def test_job_joins_its_cgroups_before_it_runs(container: Container, tmp_path: pathlib.Path) -> None:
+    """Fds past the three are membership files: the child writes ``0`` to each before exec
+    (pipes stand in for ``cgroup.procs`` here: what matters is the write, and its order)."""
+    pipes = [os.pipe() for _ in range(2)]
+    out = tmp_path / "out"
+    with open(out, "wb") as f:
+        reply = container.request(
+            "spawn",
+            "id=1",
+            *("arg=/bin/sh", "arg=-c", "arg=echo ran"),
+            fds=(f.fileno(), f.fileno(), f.fileno(), pipes[0][1], pipes[1][1]),
+        )
+    for _, w in pipes:
+        os.close(w)
+    assert reply[0] == "started", reply
+    assert container.wait_exit(1) == 0
+    assert [os.read(r, 16) for r, _ in pipes] == [b"0", b"0"]
+    for r, _ in pipes:
+        os.close(r)
+    # A membership file the child cannot write fails the job before it runs anything.
+    ro = os.open("/dev/null", os.O_RDONLY)
+    with open(out, "wb") as f:
+        reply = container.request(
+            "spawn", "id=2", "arg=/bin/true", fds=(f.fileno(), f.fileno(), f.fileno(), ro)
+        )
+    os.close(ro)
+    assert reply[:2] == ["error", "2"] and reply[2].startswith("join the job's cgroup")

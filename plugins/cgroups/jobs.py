@@ -1,0 +1,169 @@
+"""A cgroup per job: exact accounting and a kill that reaches everything a job started.
+
+Each job gets ``CONTAINER/job-N`` in the hierarchy that counts CPU (v1:
+``cpuacct``; v2: the unified tree, where ``cpu.stat`` is a core file).
+The daemon opens their membership files and passes them with the spawn request;
+the job's first process writes ``0`` to each before it runs anything of the job
+(see the init's README), so every process the job starts is in them from its
+first instruction, with no window to escape through and no polling to catch it.
+
+Why a cgroup and not the pids of a process group or session: a job's process may
+``setsid``, and a finished process's CPU time is only folded into its parent's when
+it is waited for (``RUSAGE_CHILDREN``), never for a daemon or an orphan. A cgroup
+counts every process that ever ran in it, ended or not, and other jobs of the
+same container are in cgroups of their own.
+
+Only that cgroup is made: in the other hierarchies (cpu, cpuset, pids, freezer,
+devices, memory) the job stays in its container's cgroup, so the container's
+limits, freezer and device list hold for it unchanged, and the kernel counts a
+child's CPU in its parent's, so the container's figures still include its jobs'.
+On v2 a container's cgroup holds its init and so may enable no controller for
+its children (the no-internal-processes rule): a job's cgroup has the core files
+only, ``cgroup.procs``, ``cgroup.kill`` and ``cpu.stat``.
+
+Peak memory per job is not measured (``None``): a job's own v1 memory cgroup
+would have it, but the kernel then counts an OOM kill and memory pressure in the
+job's cgroup, not the container's, where the OOM and pressure watchers read them
+(:mod:`~plugins.cgroups.oom`); on v2 the job's cgroup has no memory controller.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from pathlib import Path
+
+from plugins.cgroups.backend import CPUACCT, MEMORY, Backend, CgroupError, procs, read_int
+from plugins.cgroups.group import ContainerCgroups
+
+#: The controllers a job's own cgroups are made for.
+JOB_CONTROLLERS = (CPUACCT,)
+
+
+def job_dir_name(job_id: int) -> str:
+    """A job's cgroup directory under its container's."""
+    return f"job-{job_id}"
+
+
+class JobCgroup:
+    """One job's cgroups (see the module docstring): a :class:`~supervisor.api.JobGroup`."""
+
+    def __init__(self, dirs: dict[str, tuple[Backend, Path]]) -> None:
+        #: controller -> (backend, the job's directory for it).
+        self._dirs = dirs
+        self.join_fds: tuple[int, ...] = ()
+
+    @classmethod
+    def make(cls, container: ContainerCgroups, job_id: int, create: bool) -> JobCgroup | None:
+        """Make the job's directories and open their membership files (*create*), or find
+        them again after a restart; None when the container has none of the controllers,
+        or its directories are gone (an administrator removed them).
+
+        Raises:
+            CgroupError: the kernel refused a directory.
+        """
+        dirs = {
+            c: (container.backend(c), container.path(c) / job_dir_name(job_id))
+            for c in JOB_CONTROLLERS
+            if container.has(c)
+        }
+        group = cls(dirs)
+        if not dirs:
+            return None
+        if not create:
+            return group if any(path.is_dir() for path in group._paths()) else None
+        fds: list[int] = []
+        try:
+            for path, backend in group._paths().items():
+                if not path.parent.is_dir():
+                    group.close_all(fds)
+                    return None
+                try:
+                    path.mkdir()
+                except FileExistsError:
+                    pass  # a job id is never reused: a leftover of a failed spawn
+                fds.append(os.open(path / backend.join_file, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            group.close_all(fds)
+            group.remove()
+            raise CgroupError(f"cannot make the job's cgroup: {exc.strerror}") from None
+        group.join_fds = tuple(fds)
+        return group
+
+    def _paths(self) -> dict[Path, Backend]:
+        """Each distinct directory (v2 has one for both controllers)."""
+        return {path: backend for backend, path in self._dirs.values()}
+
+    @staticmethod
+    def close_all(fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self.join_fds:
+            os.close(fd)
+        self.join_fds = ()
+
+    def cpu_seconds(self) -> float | None:
+        if CPUACCT not in self._dirs:
+            return None
+        backend, path = self._dirs[CPUACCT]
+        try:
+            return backend.cpu_usage_ns(path) / 1e9
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def usage(self) -> dict[str, float | int | None]:
+        usage: dict[str, float | int | None] = dict.fromkeys(
+            ("cpu_user", "cpu_system", "cpu_total", "memory_peak")
+        )
+        if CPUACCT in self._dirs:
+            backend, path = self._dirs[CPUACCT]
+            try:
+                user, system = backend.cpu_user_system_ns(path)
+                total = backend.cpu_usage_ns(path)
+            except (OSError, ValueError, KeyError):
+                pass
+            else:
+                # The total is exact (the scheduler's own sum); the split is sampled at
+                # ticks, and on v1 does not even add up to it: scaled to the total, as
+                # the kernel's cputime_adjust does for /proc/PID/stat.
+                share = user / (user + system) if user + system else 1.0
+                usage.update(
+                    cpu_user=total * share / 1e9,
+                    cpu_system=total * (1 - share) / 1e9,
+                    cpu_total=total / 1e9,
+                )
+        if MEMORY in self._dirs:
+            backend, path = self._dirs[MEMORY]
+            peak = path / ("memory.max_usage_in_bytes" if backend.version == 1 else "memory.peak")
+            try:
+                usage["memory_peak"] = read_int(peak) if peak.exists() else None
+            except (OSError, ValueError):
+                pass
+        return usage
+
+    def empty(self) -> bool:
+        return not any(procs(path) for path in self._paths())
+
+    def kill(self) -> None:
+        for path, backend in self._paths().items():
+            try:
+                if backend.kill_all(path):  # v2: the kernel kills all, forks included
+                    continue
+            except (CgroupError, OSError):
+                pass
+            for pid in procs(path):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def remove(self) -> None:
+        for path in self._paths():
+            try:
+                path.rmdir()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EBUSY):
+                    raise CgroupError(f"cannot remove cgroup {path}: {exc.strerror}") from None
