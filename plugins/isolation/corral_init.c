@@ -13,6 +13,8 @@
 #include <limits.h>
 #include <linux/capability.h>
 #include <linux/loop.h>
+#include <linux/magic.h>
+#include <linux/sched.h>
 #include <linux/netlink.h>
 #include <malloc.h>
 #include <arpa/inet.h>
@@ -42,6 +44,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -634,15 +637,52 @@ static void set_label(const char *label)
 	memcpy(args_start + sizeof "launch", label, strlen(label) + 1);
 }
 
+/* The container's cgroup of the v2 tree, which PID 1 is cloned into (-1: none). */
+static int v2_cgroup = -1;
+
 static void join_cgroup(const char *file)
 {
+	struct statfs fs;
 	int fd;
 
+	/* A v2 cgroup.procs write takes the kernel's global threadgroup lock for writing,
+	 * an RCU grace period (~7 ms here). PID 1 is cloned straight into that cgroup
+	 * instead (CLONE_INTO_CGROUP takes the lock for reading): keep its directory. */
+	if (v2_cgroup < 0 && statfs(file, &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC) {
+		char *dir = xstrdup(file), *slash = strrchr(dir, '/');
+		if (slash && !strcmp(slash, "/cgroup.procs")) {
+			*slash = '\0';
+			TRY(v2_cgroup = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), "open %s", dir);
+			free(dir);
+			return;
+		}
+		free(dir);
+	}
 	/* "0" is the writer itself: to a v1 tasks file, a move of the one thread that
 	 * skips the kernel's global threadgroup lock (and its RCU grace period). */
 	TRY(fd = open(file, O_WRONLY | O_CLOEXEC), "open %s", file);
 	TRY(write(fd, "0\n", 2), "write %s", file);
 	close(fd);
+}
+
+/* Fork PID 1 into the v2 cgroup kept by join_cgroup, if any (a kernel before 5.7
+ * has no CLONE_INTO_CGROUP: then the launcher joins it first, as before). */
+static pid_t fork_into_cgroup(void)
+{
+	struct clone_args args = { .flags = CLONE_INTO_CGROUP, .exit_signal = SIGCHLD };
+	long pid;
+	int fd;
+
+	if (v2_cgroup < 0)
+		return fork();
+	args.cgroup = (uint64_t)v2_cgroup;
+	pid = syscall(SYS_clone3, &args, sizeof args);
+	if (pid >= 0 || (errno != ENOSYS && errno != E2BIG && errno != EINVAL))
+		return (pid_t)pid;
+	TRY(fd = openat(v2_cgroup, "cgroup.procs", O_WRONLY | O_CLOEXEC), "open cgroup.procs");
+	TRY(write(fd, "0\n", 2), "write cgroup.procs");
+	close(fd);
+	return fork();
 }
 
 /* Apply one directive (umask 0: the spec's modes are exact). */
@@ -1692,6 +1732,10 @@ static noreturn void init_main(struct setup *setup, struct spec *sp, int ready_f
 	struct sigaction ign = { .sa_handler = SIG_IGN };
 
 	err_fd = ready_fd;
+	/* Its own cgroup namespace, now that it is in every cgroup of the container (the
+	 * v2 one by its clone): they are its root, and a job that mounts a cgroup
+	 * hierarchy (in a user namespace of its own) finds nothing above them. */
+	TRY(unshare(CLONE_NEWCGROUP), "unshare CLONE_NEWCGROUP");
 	for (size_t i = 0; i < ARRAY_LEN(init_ignored); i++)
 		TRY(sigaction(init_ignored[i], &ign, NULL), "sigaction %d", init_ignored[i]);
 	TRY(s.devnull = open("/dev/null", O_RDWR | O_CLOEXEC), "open /dev/null");
@@ -1804,10 +1848,6 @@ static int launch(void)
 	fclose(in); /* and its buffer: PID 1 would keep a copy */
 	if (!sp.root || !sp.socket)
 		die_msg("launch spec: no %s", sp.root ? "socket" : "root");
-	/* Its own cgroup namespace, now that every cgroup line is joined: the container's
-	 * cgroups are its root, and a job that mounts a cgroup hierarchy (in a user
-	 * namespace of its own) finds nothing above them. */
-	TRY(unshare(CLONE_NEWCGROUP), "unshare CLONE_NEWCGROUP");
 	/* The daemon started the launcher off its own CPU (see launcher.py): the init
 	 * and its jobs may run on every CPU of their cpuset again. */
 	CPU_ZERO(&cpus);
@@ -1815,7 +1855,7 @@ static int launch(void)
 		CPU_SET(cpu, &cpus);
 	TRY(sched_setaffinity(0, sizeof cpus, &cpus), "sched_setaffinity");
 	TRY(pipe2(ready, O_CLOEXEC), "pipe2");
-	TRY(pid = fork(), "fork");
+	TRY(pid = fork_into_cgroup(), "fork");
 	if (pid == 0) {
 		close(ready[0]);
 		init_main(&setup, &sp, ready[1], control);
