@@ -29,6 +29,7 @@ from typing import Any
 from bench.host import BASE_ROOTFS, INIT, log, timed
 from bench.phases.common import Bench, interleave
 from bench.stats import summarize
+from plugins.fs.quota import tree_usage
 from supervisor.client import Client
 from supervisor.testing import PrivateDaemon
 from tests.images.oci import ImageSpec, Layer, LayerBuilder, tar_of_tree, write_layout
@@ -48,19 +49,8 @@ def _big_layer(tag: int) -> Layer:
 
 
 def _tree_bytes(paths: list[Path]) -> int:
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for base in paths:
-        for dirpath, dirs, files in os.walk(base):
-            for name in files + dirs:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
-    return total
+    """Bytes allocated under *paths*, each inode counted once per path."""
+    return sum(tree_usage(path).bytes for path in paths)
 
 
 def measure(bench: Bench, pulls: int, creates: int, containers: int) -> dict[str, Any]:
