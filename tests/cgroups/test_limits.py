@@ -472,11 +472,14 @@ def test_failed_creates_leave_no_cgroup(daemon: Daemon, client: Client) -> None:
     before = cgroup_dirs(daemon)
     with pytest.raises(InvalidRequest, match="cpuset '99': core 99 does not exist"):
         client.create({"handle": "cg-bad-cpuset", "limits": {"cpuset": "99"}})
-    # pids 1 lets the launcher join but not fork the init: create fails after the
-    # cgroups were made, and must take them down again.
-    with pytest.raises(CorralError, match="cg-no-fork"):
-        client.create({"handle": "cg-no-fork", "limits": {"pids": 1}})
-    assert "cg-bad-cpuset" not in client.list() and "cg-no-fork" not in client.list()
+    # A bind target through a file fails in the container's init, once it is in its
+    # cgroups (v1 and v2 alike): create fails after they were made, and must take
+    # them down again.
+    with pytest.raises(CorralError, match="Not a directory"):
+        client.create(
+            {"handle": "cg-half-made", "bind_mounts": [[str(daemon.dir), "/bin/busybox/x"]]}
+        )
+    assert "cg-bad-cpuset" not in client.list() and "cg-half-made" not in client.list()
     assert cgroup_dirs(daemon) == before
 
 

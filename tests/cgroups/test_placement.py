@@ -38,4 +38,5 @@ def test_every_hierarchy_puts_the_container_under_the_parent(
     # Inside, its own cgroup namespace: each hierarchy's root is the container's cgroup,
     # where the job is at the root or in its own job cgroup right under it (issue #14).
     paths = set(_hierarchies(out).values())
-    assert "/" in paths and all(re.fullmatch(r"/(job-\d+)?", path) for path in paths), out
+    # (On a v2-only host the one hierarchy is the job's: "/job-N".)
+    assert paths and all(re.fullmatch(r"/(job-\d+)?", path) for path in paths), out
