@@ -275,7 +275,7 @@ class Job:
                     continue
                 if finished:
                     return
-                if watch is None or "status" in await watch.wait(STREAM_WATCH_MAX):
+                if watch is None or "status" in await self._written_or_exited(watch):
                     # Polling; or the init wrote the status: its exit message is on its way.
                     with trio.move_on_after(STREAM_POLL):
                         await self.exited.wait()
@@ -284,6 +284,25 @@ class Job:
                 os.close(fd)
             if watch is not None:
                 watch.close()
+
+    async def _written_or_exited(self, watch: DirectoryWatch) -> set[str]:
+        """The names of the job's files written since the last call, once one is written,
+        the job's exit is known (its status may have been written before the watch was
+        made, or read already: no write would come), or :data:`STREAM_WATCH_MAX` passed."""
+        written: set[str] = set()
+        async with trio.open_nursery() as nursery:
+
+            async def until_written() -> None:
+                written.update(await watch.wait(STREAM_WATCH_MAX))
+                nursery.cancel_scope.cancel()
+
+            async def until_exited() -> None:
+                await self.exited.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_written)
+            nursery.start_soon(until_exited)
+        return written
 
     def remove_files(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

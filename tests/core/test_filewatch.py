@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from supervisor.filewatch import DirectoryWatch
+from supervisor.jobs import STREAM_WATCH_MAX, Job
 
 
 def test_a_write_wakes_the_watch_with_the_files_name(tmp_path: Path) -> None:
@@ -26,3 +28,29 @@ def test_a_write_wakes_the_watch_with_the_files_name(tmp_path: Path) -> None:
             watch.close()
 
     assert trio.run(main) == [set(), {"stdout", "status"}, set()]
+
+
+def test_a_stream_ends_at_the_exit_when_no_write_is_coming(tmp_path: Path) -> None:
+    """The status was written before the reader watched (no write will wake it): the exit
+    itself ends the stream, not the watch's timeout."""
+    (tmp_path / "stdout").write_bytes(b"out")
+    (tmp_path / "status").write_text("0\n")
+    job = Job(1, tmp_path)
+
+    async def main() -> tuple[list[bytes], float]:
+        chunks: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+
+            async def exit_later() -> None:
+                await trio.sleep(0.05)
+                job.finish(0)
+
+            nursery.start_soon(exit_later)
+            async for _, chunk in job.stream(1 << 20):
+                chunks.append(chunk)
+        return chunks, trio.current_time()
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    chunks, ended = trio.run(main, clock=clock)
+    assert chunks == [b"out"]
+    assert ended < STREAM_WATCH_MAX  # 0.05 s of virtual time, not the watch's 0.25 s
