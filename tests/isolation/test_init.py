@@ -405,9 +405,9 @@ def test_cgroup_directive_moves_the_container(new_container, join_file: str) -> 
     if pids.version == 2 and join_file == "tasks":
         pytest.skip("cgroup v2 has no tasks file")
     cgroup = pids.root / f"corral-test-{os.getpid()}"
+    c = new_container()
     cgroup.mkdir()
     try:
-        c = new_container()
         c.launch(cgroups=(cgroup / join_file,))
         pattern, line = cgroup_line(pids, cgroup)
         assert host_cgroup_line(c.pid, pattern).endswith(line)
@@ -418,6 +418,7 @@ def test_cgroup_directive_moves_the_container(new_container, join_file: str) -> 
         c.destroy()
         assert (cgroup / "cgroup.procs").read_text() == ""
     finally:
+        c.destroy()  # (again, if a check failed first): a cgroup with a task cannot go
         cgroup.rmdir()
 
 
@@ -459,6 +460,7 @@ def test_launcher_sets_up_while_the_cgroups_are_still_to_come(new_container) -> 
     finally:
         launcher.kill()
         launcher.wait()
+        c.destroy()  # (again, if a check failed first): a cgroup with a task cannot go
         cgroup.rmdir()
 
 
