@@ -16,6 +16,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 
 SOURCE = pathlib.Path(__file__).with_name("corral_init.c")
 DEFAULT_DEST = pathlib.Path("/usr/local/lib/corral/corral-init")
@@ -53,8 +54,11 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
         raise
 
 
-def build_init(dest: pathlib.Path) -> pathlib.Path:
-    """Compile ``corral_init.c`` into *dest* unless it is already built from this source.
+def build_static(
+    source: pathlib.Path, dest: pathlib.Path, cflags: Sequence[str] = CFLAGS
+) -> pathlib.Path:
+    """Compile the C program *source* into the static binary *dest* unless it is already
+    built from this source (its sha256 is kept in ``DEST.sha256``).
 
     The compiler writes to a temporary name in *dest*'s directory, which is then
     renamed over *dest*, so a half-written binary is never run.
@@ -67,7 +71,7 @@ def build_init(dest: pathlib.Path) -> pathlib.Path:
         FileNotFoundError: gcc is not installed.
     """
     dest = pathlib.Path(dest)
-    digest = source_digest()
+    digest = source_digest(source)
     if is_current(dest, digest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,7 @@ def build_init(dest: pathlib.Path) -> pathlib.Path:
     tmp = pathlib.Path(tmp_name)
     try:
         result = subprocess.run(
-            ["gcc", *CFLAGS, "-o", str(tmp), str(SOURCE)],
+            ["gcc", *cflags, "-o", str(tmp), str(source)],
             capture_output=True,
             text=True,
             check=False,
@@ -89,6 +93,12 @@ def build_init(dest: pathlib.Path) -> pathlib.Path:
         tmp.unlink(missing_ok=True)
     _write_atomically(dest.with_suffix(".sha256"), digest + "\n")
     return dest
+
+
+def build_init(dest: pathlib.Path) -> pathlib.Path:
+    """Compile ``corral_init.c`` into *dest* unless it is already built from this source
+    (see :func:`build_static`)."""
+    return build_static(SOURCE, dest)
 
 
 def main(argv: list[str]) -> int:
