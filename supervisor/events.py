@@ -106,7 +106,8 @@ class LimitChanged(Event):
 
 @dataclass(frozen=True)
 class NetRuleChanged(Event):
-    """A network rule was added: *direction* ``in`` (a forward) or ``out`` (egress)."""
+    """A network rule was added, or revoked (*rule* then holds ``"revoked": true``):
+    *direction* ``in`` (a forward) or ``out`` (egress)."""
 
     kind: ClassVar[str] = "net"
     direction: str
