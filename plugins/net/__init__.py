@@ -200,9 +200,9 @@ class NetworkPlugin:
         self, container: ContainerView
     ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]]:
         info = self.network.info(container)
-        if not info.get("limits", {}).get("bandwidth"):
-            return {**info, "bandwidth_stat": None} if info else info
-        return self._with_bandwidth_stat(container, info)
+        if info.get("limits", {}).get("bandwidth"):
+            return self._with_bandwidth_stat(container, info)
+        return info
 
     async def _with_bandwidth_stat(
         self, container: ContainerView, info: dict[str, Any]

@@ -653,6 +653,7 @@ class Network:
             "net_in": [f.to_json() for f in att.forwards],
             "net_out": [_rule_json(e) for e in att.egress],
             "limits": {"bandwidth": att.bandwidth and att.bandwidth.to_json()},
+            "bandwidth_stat": None,  # with a limit, the plugin's info reads it (async)
         }
 
     def stats(self, containers: Sequence[ContainerView]) -> dict[str, dict[str, Any]]:
