@@ -1,0 +1,150 @@
+"""``corral``: the command-line client (docs/cli.md).
+
+Human output on stdout; a user's mistake is one line ``corral: MESSAGE`` on stderr
+and exit status 1, never a traceback. Commands that run a job exit with its status.
+
+Start-up is most of a short command's cost, so nothing is imported before the
+command is known: :data:`BUILTIN` says which module defines it, and only that module
+is imported (plugins' commands are found through the ``corral.cli`` entry points,
+read only for a command that is not built in). A command without arguments runs
+without building a parser at all.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+from supervisor.cli.command import Command, Fail
+
+if TYPE_CHECKING:
+    import argparse
+
+#: Every built-in command and the module that defines it.
+BUILTIN: dict[str, str] = {
+    name: "supervisor.cli.protocol"
+    for name in (
+        "ping",
+        "create",
+        "spawn",
+        "run",
+        "link",
+        "stream",
+        "signal",
+        "stop",
+        "destroy",
+        "info",
+        "list",
+        "pause",
+        "resume",
+        "start",
+        "events",
+        "raw",
+    )
+}
+
+#: The entry-point group where a plugin names, per command, the module that defines it.
+PLUGIN_GROUP = "corral.cli"
+
+
+def plugin_commands() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def _commands_of(module_name: str) -> list[Command]:
+    from importlib import import_module
+
+    return list(import_module(module_name).COMMANDS)
+
+
+def _all_commands() -> list[Command]:
+    modules = dict.fromkeys([*BUILTIN.values(), *plugin_commands().values()])
+    commands = [c for module in modules for c in _commands_of(module)]
+    return sorted(commands, key=lambda c: c.name)
+
+
+def _find(name: str) -> Command | None:
+    module = BUILTIN.get(name) or plugin_commands().get(name)
+    if module is None:
+        return None
+    return next((c for c in _commands_of(module) if name in (c.name, *c.aliases)), None)
+
+
+def parser(commands: list[Command]) -> argparse.ArgumentParser:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="corral",
+        description="Run and manage containers of the Corral daemon.",
+        epilog="`corral COMMAND --help` tells more; docs/cli.md lists every command.",
+    )
+    p.add_argument(
+        "-s",
+        "--socket",
+        help="the daemon's socket (default $CORRAL_SOCKET or /run/corral/corral.sock)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in commands:
+        s = sub.add_parser(
+            command.name, aliases=list(command.aliases), help=command.help, description=command.help
+        )
+        if command.arguments is not None:
+            command.arguments(s)
+        s.set_defaults(run=command.run)
+    return p
+
+
+def _split(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """(socket, command, the rest): the global options come before the command."""
+    socket = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-s", "--socket") and i + 1 < len(argv):
+            socket, i = argv[i + 1], i + 2
+        elif arg.startswith("--socket="):
+            socket, i = arg.partition("=")[2], i + 1
+        elif arg.startswith("-"):
+            return socket, None, argv[i:]  # --help, or a mistake argparse will name
+        else:
+            return socket, arg, argv[i + 1 :]
+    return socket, None, []
+
+
+def _run(argv: list[str]) -> int:
+    socket, name, rest = _split(argv)
+    command = _find(name) if name else None
+    if command is not None and command.arguments is None and not rest:
+        return command.run(SimpleNamespace(socket=socket, command=name))  # type: ignore[arg-type]
+    args = parser([command] if command else _all_commands()).parse_args(argv)
+    return int(args.run(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except Fail as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Our reader went away (`corral ps | head -1`): say nothing, as a killed `ls` would.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:
+        from supervisor import errors
+        from supervisor.client import ConnectionClosed
+
+        if isinstance(exc, errors.CorralError):
+            print(f"corral: {exc.code}: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, ConnectionClosed):
+            print("corral: the daemon closed the connection (did it stop?)", file=sys.stderr)
+            return 1
+        raise
