@@ -51,6 +51,7 @@ from supervisor.events import (
     SandboxExited,
     StateChanged,
 )
+from supervisor.fds import close_soon
 from supervisor.hookspecs import hookimpl
 from supervisor.protocol import Args
 from supervisor.requests import BUCKETS, CommandStats, RequestStats
@@ -81,6 +82,7 @@ __all__ = [
     "CommandStats",
     "Config",
     "ConfigError",
+    "close_soon",
     "ContainerView",
     "CorralError",
     "DaemonView",

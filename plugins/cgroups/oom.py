@@ -29,6 +29,7 @@ from typing import NamedTuple
 import trio
 
 from plugins.cgroups.backend import Backend, write
+from supervisor.api import close_soon
 
 #: ``on_oom(count)``: called with the new value of the counter each time it rises.
 OomCallback = Callable[[int], Awaitable[None]]
@@ -54,7 +55,7 @@ class Registration(NamedTuple):
 
     def close(self) -> None:
         trio.lowlevel.notify_closing(self.fd)
-        os.close(self.fd)
+        close_soon(self.fd)  # an inotify instance's close may wait ~15 ms in the kernel
         if self.control >= 0:
             os.close(self.control)
 
