@@ -1,4 +1,4 @@
-"""What both CI drivers share: settings, images as root filesystems, running a job with its
+"""What both CI drivers share: settings, where a job's image comes from, running a job with its
 output streamed, and giving up cleanly when the runner cancels.
 
 A runner starts a driver process per stage, so its start is part of every stage's
@@ -55,7 +55,7 @@ class Settings:
         disk_size_mb: int | None = None,
     ) -> None:
         self.socket = socket
-        #: Where image names are looked up as root filesystem directories.
+        #: Where image names are looked up as root filesystem directories first.
         self.images = images
         self.grace_time = grace_time
         #: The create option ``limits`` (``{"mem": BYTES, "cpus": 1.5, "pids": 512}``).
@@ -86,9 +86,7 @@ class Settings:
     def create_config(self, handle: str, image: str | None) -> dict[str, Any]:
         """The ``create`` CONFIG of a job's container named *handle*, running *image*."""
         config: dict[str, Any] = {"handle": handle, "grace_time": self.grace_time}
-        rootfs = rootfs_for_image(image, self.images)
-        if rootfs is not None:
-            config["rootfs"] = str(rootfs)
+        config.update(image_config(image, self.images))
         if self.limits:
             config["limits"] = self.limits
         if self.disk_size_mb:
@@ -124,35 +122,31 @@ def _json_object(env: Mapping[str, str], name: str) -> dict[str, Any]:
     return value
 
 
-def rootfs_for_image(image: str | None, images: Path) -> Path | None:
-    """The root filesystem to run *image* in: None (the daemon's default) for no image,
-    else the directory ``IMAGES/NAME/TAG``, the tag ``latest`` when none is given
-    (``debian:12`` -> ``IMAGES/debian/12``, ``ghcr.io/team/app`` ->
-    ``IMAGES/ghcr.io/team/app/latest``).
-
-    Corral has no image support yet: an image with no such directory is refused rather
-    than run in some other root filesystem.
-
-    Raises:
-        DriverError: the name is not a plain image reference (a digest, a registry port),
-            or has no directory.
-    """
+def image_config(image: str | None, images: Path) -> dict[str, Any]:
+    """Where a job's *image* comes from, as ``create`` CONFIG: nothing for no image (the
+    daemon's default root filesystem); ``rootfs`` when :func:`image_directory` has one for
+    it; else the image itself, which the daemon's images plugin pulls from its registry
+    when its store lacks it (a name it cannot pull is refused by the daemon, naming it)."""
     if not image:
-        return None
+        return {}
+    rootfs = image_directory(image, images)
+    if rootfs is not None:
+        return {"rootfs": str(rootfs)}
+    return {"image": image, "image_pull": "missing"}
+
+
+def image_directory(image: str, images: Path) -> Path | None:
+    """The root filesystem directory ``IMAGES/NAME/TAG`` of *image* if there is one, the
+    tag ``latest`` when none is given (``debian:12`` -> ``IMAGES/debian/12``,
+    ``ghcr.io/team/app`` -> ``IMAGES/ghcr.io/team/app/latest``): an image unpacked there
+    by hand runs with no registry. None for a name that is no plain ``NAME[:TAG]`` (a
+    digest, a registry port), which only a registry can give."""
     name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
     parts = [*name.split("/"), tag or "latest"]
     if not all(p[:1].isalnum() and _IMAGE_CHARS.issuperset(p) for p in parts):
-        raise DriverError(
-            f"image {image!r}: not a name this driver maps to a directory "
-            "(NAME[:TAG] of letters, digits, '_', '.', '-' and '/'; no digest, no registry port)"
-        )
+        return None
     rootfs = images.joinpath(*parts)
-    if not (rootfs / "bin").is_dir():
-        raise DriverError(
-            f"image {image!r}: no root filesystem at {rootfs} (Corral runs images only as "
-            f"directories under {images}; leave the image out for the default one)"
-        )
-    return rootfs
+    return rootfs if (rootfs / "bin").is_dir() else None
 
 
 @contextmanager

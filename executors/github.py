@@ -31,7 +31,6 @@ from executors.common import (
     fail,
     kill_processes,
     quote,
-    rootfs_for_image,
     run_streamed,
 )
 from supervisor import errors
@@ -131,12 +130,13 @@ def prepare_job(settings: Settings, hook: Mapping[str, Any]) -> int:
     create["properties"] = {"executor": "github"}
     with settings.connect() as client:
         client.create(create)
-    rootfs = rootfs_for_image(image, settings.images)
+        # The runner's question is about the job's image, a directory or a registry's.
+        is_alpine = client.run(handle, "test -f /etc/alpine-release")[0] == 0
     response = {
         "state": {"handle": handle},
         # No network or ports: the runner reads the ports of services only, and has none here.
         "context": {"container": {"id": handle}, "services": []},
-        "isAlpine": rootfs is not None and (rootfs / "etc" / "alpine-release").exists(),
+        "isAlpine": is_alpine,
     }
     respond(hook, response)
     return 0

@@ -12,7 +12,8 @@
  *   prepare [--builds-dir DIR] [--cache-dir DIR]: destroys a container of
  *     that name left by an earlier attempt, creates it (grace time, limits,
  *     disk size from CORRAL_*, the image's root filesystem directory under
- *     $CORRAL_IMAGES), makes DIR and DIR owned by the container's user;
+ *     $CORRAL_IMAGES; an image with none is the Python driver's, which has the
+ *     daemon pull it), makes DIR and DIR owned by the container's user;
  *   run SCRIPT STAGE: SCRIPT's contents run as the job's SCRIPT (`spawn`
  *     with no options: the container's `corral` user), the output is copied
  *     to this process's stdout and stderr as it comes (`stream` in base64,
@@ -1229,9 +1230,10 @@ static const char *limits(void)
 	return text;
 }
 
-/* The image's root filesystem, as rootfs_for_image: "" for no image (the
+/* The image's root filesystem, as image_directory: "" for no image (the
  * daemon's default), else CORRAL_IMAGES/NAME/TAG (TAG "latest" when none is
- * given) with a bin directory; a refusal fails the stage with Python's message. */
+ * given) with a bin directory. An image with none is pulled from its registry
+ * by the daemon: the Python driver asks for that. */
 static void image_rootfs(char *rootfs, size_t size)
 {
 	const char *image = getenv("CUSTOM_ENV_CI_JOB_IMAGE"), *images = getenv("CORRAL_IMAGES");
@@ -1272,16 +1274,12 @@ static void image_rootfs(char *rootfs, size_t size)
 			break;
 	}
 	if (!ok)
-		system_fail("image '%s': not a name this driver maps to a directory "
-			    "(NAME[:TAG] of letters, digits, '_', '.', '-' and '/'; no digest, no registry port)",
-			    image);
+		fallback(); /* a digest, a registry port: a registry's image */
 	if ((size_t)snprintf(rootfs, size, "%s/%s", images, name) >= size ||
 	    (size_t)snprintf(bin, sizeof bin, "%s/bin", rootfs) >= sizeof bin)
 		fallback();
 	if (stat(bin, &st) < 0 || !S_ISDIR(st.st_mode))
-		system_fail("image '%s': no root filesystem at %s (Corral runs images only as "
-			    "directories under %s; leave the image out for the default one)",
-			    image, rootfs, images);
+		fallback(); /* no directory: a registry's image */
 }
 
 /* Python's str.isspace() of the UTF-8 character ending (or starting) at P. */

@@ -1,4 +1,4 @@
-"""The drivers' shared rules, without a daemon: image names as directories, settings, and
+"""The drivers' shared rules, without a daemon: where images come from, settings, and
 what the installation provides for the runners."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from executors.common import DriverError, Settings, rootfs_for_image
+from executors.common import DriverError, Settings, image_config
 from tests.conftest import REPO
 
 
@@ -26,21 +26,23 @@ def test_an_image_is_the_directory_of_its_name_and_tag(
     tmp_path: Path, image: str, directory: str
 ) -> None:
     (tmp_path / directory / "bin").mkdir(parents=True)
-    assert rootfs_for_image(image, tmp_path) == tmp_path / directory
+    assert image_config(image, tmp_path) == {"rootfs": str(tmp_path / directory)}
 
 
 def test_no_image_is_the_daemons_default_rootfs(tmp_path: Path) -> None:
-    assert rootfs_for_image(None, tmp_path) is None
-    assert rootfs_for_image("", tmp_path) is None
-    assert "rootfs" not in Settings().create_config("h", None)
+    assert image_config(None, tmp_path) == image_config("", tmp_path) == {}
+    config = Settings().create_config("h", None)
+    assert "rootfs" not in config and "image" not in config
 
 
 @pytest.mark.parametrize(
-    "image", ["localhost:5000/app:1", "app@sha256:abcd", "../x", "a/../b", "/abs", "a//b"]
+    "image",
+    ["debian:12", "localhost:5000/app:1", "app@sha256:abcd", "../x", "a/../b", "/abs", "a//b"],
 )
-def test_names_that_are_not_plain_references_are_refused(tmp_path: Path, image: str) -> None:
-    with pytest.raises(DriverError, match="not a name this driver maps"):
-        rootfs_for_image(image, tmp_path)
+def test_an_image_with_no_directory_is_the_daemons_to_pull(tmp_path: Path, image: str) -> None:
+    """The daemon's images plugin pulls it, or refuses a name that is no reference."""
+    (tmp_path / "x" / "latest" / "bin").mkdir(parents=True)  # never reached through "../x"
+    assert image_config(image, tmp_path) == {"image": image, "image_pull": "missing"}
 
 
 def test_settings_come_from_the_environment_and_bad_ones_are_named() -> None:

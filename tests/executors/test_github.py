@@ -254,8 +254,8 @@ def test_bad_input_is_named(runner: Runner, stdin: str, message: str) -> None:
 
 def test_an_unknown_image_or_services_create_nothing(runner: Runner, client: Client) -> None:
     before = set(client.list())
-    done = runner.prepare(image="node:22")
-    assert done.returncode == 1 and "image 'node:22': no root filesystem" in done.stderr
+    done = runner.prepare(image="127.0.0.1:9/node:22")  # no registry listens there
+    assert done.returncode == 1 and "127.0.0.1:9" in done.stderr
     payload, _ = runner.hook("prepare_job", {"services": [{"image": "redis", "contextName": "r"}]})
     done = subprocess.run(
         ["sh", str(HOOKS_SCRIPT)],

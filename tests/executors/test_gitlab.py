@@ -316,15 +316,12 @@ def test_a_mapped_image_is_the_root_filesystem(
 @pytest.mark.parametrize(
     ("image", "reason"),
     [
-        ("node:22", "no root filesystem at"),
-        ("ghcr.io/x/y@sha256:abcd", "not a name this driver maps"),
-        ("../../etc", "not a name this driver maps"),
-        ("busybox:", "no root filesystem at"),  # busybox/latest
-        ("reg.io:5000/busybox", "not a name this driver maps"),
-        ("a//b", "not a name this driver maps"),
+        ("127.0.0.1:9/corral/none:1", "127.0.0.1:9"),  # nothing listens on loopback's port 9
+        ("../../etc", "../../etc"),
+        ("a//b", "a//b"),
     ],
 )
-def test_an_image_it_cannot_map_is_a_system_failure_naming_it(
+def test_an_image_it_cannot_get_is_a_system_failure_naming_it(
     daemon: Daemon,
     client: Client,
     tmp_path: Path,
@@ -338,16 +335,9 @@ def test_an_image_it_cannot_map_is_a_system_failure_naming_it(
     )
     done = runner.call("prepare")
     assert done.returncode == SYSTEM_FAILURE
-    assert f"image {image!r}" in done.stderr and reason in done.stderr
-    assert "Traceback" not in done.stderr
+    assert reason in done.stderr and "Traceback" not in done.stderr
     assert runner.handle not in client.list()
-    assert runner.fallbacks() == []
-    python = runner.call("prepare", python=True)
-    assert (python.returncode, python.stdout, python.stderr) == (
-        done.returncode,
-        done.stdout,
-        done.stderr,
-    )
+    assert runner.fallbacks() == ["prepare"]  # the Python driver asks the daemon for it
 
 
 def test_run_without_a_container_is_a_system_failure(
