@@ -62,7 +62,7 @@ def images(args: argparse.Namespace) -> int:
 
 def rmi(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        result = client.call("image-remove", args.ref)
+        result = client.call("image-remove", args.ref, {"force": True} if args.force else {})
     for name in result["untagged"]:
         print(f"untagged {name}")
     if result["deleted"]:
@@ -113,6 +113,16 @@ def image_run(args: argparse.Namespace) -> int:
     return 255 if status is None else status
 
 
+def _rmi_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ref")
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="also an image containers use (they keep its layers until destroyed)",
+    )
+
+
 _IMAGE_COMMANDS = {
     "import": image_import,
     "inspect": image_inspect,
@@ -142,7 +152,7 @@ COMMANDS = [
         images,
         lambda p: p.add_argument("--json", action="store_true"),
     ),
-    Command("rmi", "remove an image (or one of its names)", rmi, lambda p: p.add_argument("ref")),
+    Command("rmi", "remove an image (or one of its names)", rmi, _rmi_arguments),
     Command(
         "image",
         "import, inspect, prune or run images",

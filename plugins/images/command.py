@@ -95,8 +95,9 @@ def handlers(service: ImageService) -> dict[str, Handler]:
         }
 
     async def image_remove(request: Request, *args: Any) -> dict[str, Any]:
-        ref = Args("image-remove", list(args), ("REF",)).string(0)
-        return await service.remove(ref)
+        a = Args("image-remove", list(args), ("REF", "OPTS"))
+        opts = a.options(1, {"force": bool})
+        return await service.remove(a.string(0), force=bool(opts.get("force")))
 
     async def image_prune(request: Request, *args: Any) -> dict[str, Any]:
         Args("image-prune", list(args), ())

@@ -189,11 +189,13 @@ class ImageService:
             del self._pulls[key]
             done.set()
 
-    async def remove(self, ref: str) -> dict[str, Any]:
-        """Forget *ref*: a name alone when the image has others, else the image.
+    async def remove(self, ref: str, force: bool = False) -> dict[str, Any]:
+        """Forget *ref*: a name alone when the image has others, else the image. Forced,
+        also an image containers use: they keep its layers (see :attr:`users`) until they
+        are destroyed, and ``image-prune`` deletes them after that.
 
         Raises:
-            InvalidState: containers use the image (named in the message).
+            InvalidState: containers use the image (named in the message), not forced.
         """
         image = self.get(ref)
         try:
@@ -205,9 +207,10 @@ class ImageService:
             self.store.save_index()
             return {"untagged": [name], "deleted": None}
         users = self.containers_of(image)
-        if users:
+        if users and not force:
             raise InvalidState(
-                f"image {ref}: used by container(s) {', '.join(users)}; destroy them first"
+                f"image {ref}: used by container(s) {', '.join(users)}; destroy them first, "
+                'or force it ({"force": true}): they keep its layers until they are destroyed'
             )
         del self.store.images[image.id]
         self.store.save_index()

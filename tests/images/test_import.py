@@ -83,6 +83,31 @@ def test_containers_share_the_layers(
     assert images_client.call("image-inspect", multi_layer)["containers"] == []
 
 
+def test_a_forced_remove_leaves_the_layers_to_the_containers_until_destroyed(
+    image_daemon: Daemon, images_client: Client, busybox_tar: bytes, tmp_path: Path
+) -> None:
+    extra = LayerBuilder().file("forced", b"still here\n").bytes()
+    archive = write_docker_save(
+        tmp_path / "forced.tar",
+        "corral.test/forced:1",
+        ImageSpec([Layer(busybox_tar, "none"), Layer(extra, "none")]),
+    )
+    (image,) = _import(images_client, archive)
+    diff_id = images_client.call("image-inspect", image["id"])["layers"][1]["diff_id"]
+    layer = image_daemon.depot / ".images" / "layers" / diff_id.split(":")[1]
+    handle = images_client.create({"image": "corral.test/forced:1"})
+    try:
+        removed = images_client.call("image-remove", "corral.test/forced:1", {"force": True})
+        assert removed == {"untagged": ["corral.test/forced:1"], "deleted": image["id"]}
+        images_client.call("image-prune")
+        assert layer.is_dir()  # the container still stacks it
+        assert images_client.run(handle, "cat /forced")[1] == "still here\n"
+    finally:
+        images_client.destroy(handle)
+    assert images_client.call("image-prune")["layers"] >= 1
+    assert not layer.exists()
+
+
 def test_docker_save_archive_then_remove_and_prune(
     image_daemon: Daemon, images_client: Client, busybox_tar: bytes, tmp_path: Path
 ) -> None:
