@@ -125,9 +125,9 @@ class JobProcess:
         """Yield ``(stream, bytes)`` as the job writes, from the first byte, until it ended."""
         if self._reader is None:
             self._reader = Client(self.client.path, self.client.timeout)
-        for name, chunk in self._reader.stream(self.handle, self.id, encoding="base64"):
+        for name, chunk in self._reader.stream_bytes(self.handle, self.id):
             if name != "cut":  # ["cut", STREAM]: the output limit (ended.killed_by tells)
-                yield name, base64.b64decode(chunk)
+                yield name, chunk
 
     def wait(self) -> int | None:
         """Wait for the job's end; its status. Its output is then in :attr:`stdout`/:attr:`stderr`
@@ -234,9 +234,9 @@ class Client(_Commands):
             return self.call("run", handle, script, _clean(opts))
         link_opts = {k: opts.pop(k) for k in ("encoding", "ended", "usage", "info") if k in opts}
         job_id = self.spawn(handle, script, **opts)
-        for name, chunk in self.stream(handle, job_id, encoding="base64"):
+        for name, chunk in self.stream_bytes(handle, job_id):
             if name != "cut":  # ["cut", STREAM]: link's status 137 tells
-                output(name, base64.b64decode(chunk))
+                output(name, chunk)
         return self.link(handle, job_id, **link_opts)
 
     def popen(self, handle: str, script: str, **opts: Any) -> JobProcess:
@@ -255,6 +255,24 @@ class Client(_Commands):
             else:
                 _payload(line)
                 return
+
+    def stream_bytes(self, handle: str, job_id: int, **opts: Any) -> Iterator[tuple[str, bytes]]:
+        """:meth:`stream` in the ``raw`` encoding: ``(name, bytes)`` as the job wrote them
+        (``("cut", b"stdout")`` at the output limit)."""
+        self.sock.sendall(_encode(("stream", handle, job_id, {**_clean(opts), "encoding": "raw"})))
+        while True:
+            line = self._line()
+            item = json.loads(line)
+            if not (isinstance(item, list) and item):
+                _payload(line)
+                return
+            if isinstance(item[1], int):
+                data = self.file.read(item[1])
+                if len(data) < item[1]:
+                    raise ConnectionClosed("the daemon closed the connection mid-chunk")
+                yield item[0], data
+            else:
+                yield item[0], str(item[1]).encode()
 
     def signal(self, handle: str, job_id: int, signal: int | str, pid: int | None = None) -> str:
         """Send *signal* (a number or a name such as ``"INT"``) to the job's process group,
@@ -321,9 +339,9 @@ class TrioJobProcess:
     async def output(self) -> AsyncIterator[tuple[str, bytes]]:
         """Yield ``(stream, bytes)`` as the job writes, on a connection of its own."""
         async with await TrioClient.connect(self.client.path) as reader:
-            async for name, chunk in reader.stream(self.handle, self.id, encoding="base64"):
+            async for name, chunk in reader.stream_bytes(self.handle, self.id):
                 if name != "cut":  # the output limit: ended.killed_by tells
-                    yield name, base64.b64decode(chunk)
+                    yield name, chunk
 
     async def wait(self) -> int | None:
         if self.ended is None:
@@ -419,6 +437,33 @@ class TrioClient(_Commands):
             else:
                 _payload(line)
                 return
+
+    async def stream_bytes(
+        self, handle: str, job_id: int, **opts: Any
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """:meth:`stream` in the ``raw`` encoding: ``(name, bytes)`` as the job wrote them."""
+        request = ("stream", handle, job_id, {**_clean(opts), "encoding": "raw"})
+        await self._stream.send_all(_encode(request))
+        while True:
+            line = await self._line()
+            item = json.loads(line)
+            if not (isinstance(item, list) and item):
+                _payload(line)
+                return
+            if isinstance(item[1], int):
+                yield item[0], await self._exactly(item[1])
+            else:
+                yield item[0], str(item[1]).encode()
+
+    async def _exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            data = await self._stream.receive_some(max(65536, size - len(self._buffer)))
+            if not data:
+                raise ConnectionClosed("the daemon closed the connection mid-chunk")
+            self._buffer += data
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
 
     async def signal(
         self, handle: str, job_id: int, signal: int | str, pid: int | None = None

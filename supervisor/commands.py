@@ -210,12 +210,10 @@ def _limits(command: str, opts: dict[str, Any]) -> JobLimits:
     return JobLimits(opts.get("timeout"), opts.get("cpu_time"))
 
 
-def _encoding(command: str, opts: dict[str, Any]) -> str:
+def _encoding(command: str, opts: dict[str, Any], allowed: tuple[str, ...] = ENCODINGS) -> str:
     encoding = opts.get("encoding", "utf-8")
-    if encoding not in ENCODINGS:
-        raise InvalidRequest(
-            f"{command}: encoding {encoding!r} is not one of {', '.join(ENCODINGS)}"
-        )
+    if encoding not in allowed:
+        raise InvalidRequest(f"{command}: encoding {encoding!r} is not one of {', '.join(allowed)}")
     return str(encoding)
 
 
@@ -289,7 +287,7 @@ async def stream(request: Request, *args: Any) -> list[Any] | dict[str, Any]:
     container = request.container(a.string(0))
     job_id = a.integer(1)
     opts = a.options(2, LINK_OPTIONS)
-    encoding = _encoding("stream", opts)
+    encoding = _encoding("stream", opts, (*ENCODINGS, "raw"))
     container.require("stream")
     job = container.job(job_id)
     structlog.contextvars.bind_contextvars(job_id=job_id)

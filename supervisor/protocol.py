@@ -153,15 +153,20 @@ def stream_chunk_size(encoding: str) -> int:
 
     Base64 makes 4 bytes of 3; as JSON text a byte takes up to 6 (``\\u0000``, ``\\udcff``).
     """
+    if encoding == "raw":
+        return STREAM_LINE_BUDGET
     return STREAM_LINE_BUDGET * 3 // 4 if encoding == "base64" else STREAM_LINE_BUDGET // 6
 
 
 def encode_stream_chunk(stream: str, chunk: bytes, encoding: str) -> bytes:
     """One intermediate ``stream`` line: ``["stdout", CHUNK]``.
 
-    Base64 needs no JSON escaping, so that line is put together directly: the
-    fast path for clients that stream a lot.
+    Base64 needs no JSON escaping, so that line is put together directly. ``raw``:
+    ``["stdout",N]`` and the N bytes themselves after the line, as the job wrote them
+    (nothing to encode or decode: the fast path for clients that stream a lot).
     """
+    if encoding == "raw":
+        return b'["%s",%d]\n' % (stream.encode(), len(chunk)) + chunk
     if encoding == "base64":
         return b'["' + stream.encode() + b'","' + base64.b64encode(chunk) + b'"]\n'
     return encode_line([stream, encode_output(chunk, encoding)])

@@ -121,6 +121,35 @@ def test_stream_ends_with_the_status_when_asked(client: Client, container: str) 
     assert client.link(container, job) == [3, "out\n", ""]
 
 
+def test_a_raw_stream_brings_each_chunk_as_its_bytes_after_a_line(
+    client: Client, container: str
+) -> None:
+    """Every byte value, and more than one chunk of 128 KiB, exactly as the job wrote them."""
+    script = "printf 'a\\000\\377\\n'; head -c 300000 /dev/urandom | tee /tmp/x; echo e >&2"
+    job = client.spawn(container, script, user="root")
+    client.sock.sendall(
+        json.dumps(["stream", container, job, {"encoding": "raw"}]).encode() + b"\n"
+    )
+    got: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+    sizes = []
+    while isinstance(header := json.loads(client.file.readline()), list):
+        name, size = header
+        sizes.append(size)
+        got[name] += client.file.read(size)
+    assert header == {"type": "object", "payload": []}
+    assert max(sizes) <= 128 * 1024 and len(sizes) >= 3
+    _, written, _ = client.run(container, "cat /tmp/x", encoding="base64", user="root")
+    assert got == {"stdout": b"a\0\377\n" + base64.b64decode(written), "stderr": b"e\n"}
+    again = client.stream_bytes(container, job)  # the client's reading of the same
+    assert b"".join(data for name, data in again if name == "stdout") == got["stdout"]
+
+
+def test_raw_is_for_stream_only(client: Client, container: str) -> None:
+    job = client.spawn(container, "true")
+    with pytest.raises(errors.InvalidRequest, match="link: encoding 'raw' is not one of"):
+        client.link(container, job, encoding="raw")
+
+
 def test_stop_is_the_reason(daemon: Daemon, client: Client) -> None:
     handle = client.create()
     job = client.spawn(handle, "echo ready; exec sleep 1000")

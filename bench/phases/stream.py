@@ -14,21 +14,22 @@ from bench.daemon import BenchDaemon
 from bench.host import cpu_ticks, log
 from bench.phases.common import Bench
 from bench.stats import summarize
+from supervisor.client import Client
 
 
 def measure(bench: Bench, size: int, runs: int) -> dict[str, Any]:
     """Stream a job's *size* bytes of stdout; also time the same job writing to a file alone."""
     daemon = bench.daemon
     out: dict[str, Any] = {"bytes": size, "runs": runs, "variants": {}}
+    # A producer faster than any stream: this one shows Corral's own ceiling.
+    dd = f"dd if=/dev/zero bs=1000000 count={size // 1_000_000} 2>/dev/null"
     variants = {
         "yes | head, utf-8": (f"yes | head -c {size}", "utf-8"),
+        "yes | head, raw": (f"yes | head -c {size}", "raw"),
         # Zero bytes as UTF-8 JSON would be "\u0000", six bytes each: base64.
         "head /dev/zero, base64": (f"head -c {size} /dev/zero", "base64"),
-        # A producer faster than any stream: this one shows Corral's own ceiling.
-        "dd bs=1MB /dev/zero, base64": (
-            f"dd if=/dev/zero bs=1000000 count={size // 1_000_000} 2>/dev/null",
-            "base64",
-        ),
+        "dd bs=1MB /dev/zero, base64": (dd, "base64"),
+        "dd bs=1MB /dev/zero, raw": (dd, "raw"),
     }
     for label, (script, encoding) in variants.items():
         rates: list[float] = []
@@ -88,20 +89,7 @@ def stream_once(
             client0 = time.process_time()
             t0 = time.perf_counter()
             job = c.spawn(handle, script)
-            got = 0
-            opts = {"encoding": "base64"} if encoding == "base64" else {}
-            for name, chunk in c.stream(handle, job, **opts):
-                if name != "stdout":
-                    continue
-                # Count decoded bytes without decoding: the client's CPU is measured too.
-                if encoding == "base64":
-                    got += len(chunk) // 4 * 3 - chunk[-2:].count("=")
-                else:
-                    got += (
-                        len(chunk)
-                        if chunk.isascii()
-                        else len(chunk.encode("utf-8", "surrogateescape"))
-                    )
+            got = streamed_bytes(c, handle, job, encoding)
             elapsed = time.perf_counter() - t0
             cpu1, _ = cpu_ticks(daemon.pid)
             usage = {
@@ -114,3 +102,20 @@ def stream_once(
             return got / 1e6 / elapsed, usage
         finally:
             c.destroy(handle)
+
+
+def streamed_bytes(c: Client, handle: str, job: int, encoding: str) -> int:
+    """The bytes of stdout *job* wrote, as ``stream`` brings them in *encoding*."""
+    if encoding == "raw":  # the bytes themselves after each line: nothing to decode
+        return sum(len(data) for name, data in c.stream_bytes(handle, job) if name == "stdout")
+    got = 0
+    opts = {"encoding": "base64"} if encoding == "base64" else {}
+    for name, chunk in c.stream(handle, job, **opts):
+        if name != "stdout":
+            continue
+        # Count decoded bytes without decoding: the client's CPU is measured too.
+        if encoding == "base64":
+            got += len(chunk) // 4 * 3 - chunk[-2:].count("=")
+        else:
+            got += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8", "surrogateescape"))
+    return got
