@@ -87,7 +87,12 @@ def keystroke_host(n: int) -> list[float]:
 
 
 def signal_delivery(c: Any, handle: str, n: int) -> list[float]:
-    job = c.spawn(handle, "trap : USR1; while :; do sleep 1; done")
+    process = c.popen(handle, "trap : USR1; echo ready; while :; do sleep 1; done")
+    for _, data in process.output():  # a signal before the trap would end the job
+        if b"ready" in data:
+            break
+    process.close()
+    job = process.id
     samples: list[float] = []
     for _ in range(n):
         t0 = time.perf_counter()
