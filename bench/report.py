@@ -30,6 +30,8 @@ TARGETS = {
     "ci_job": "< 50 ms per CI job (config + prepare + cleanup, median)",
     "ci_stage": "< 10 ms per CI stage beyond `sh` (median)",
     "shaping": "a bandwidth limit adds < 0.3 ms to a cold run (median)",
+    "seccomp_cold": "the jobs' seccomp filter adds < 0.5 ms to a cold run (median)",
+    "seccomp_exec": "the jobs' seccomp filter adds nothing measurable to an exec (< 0.05 ms, median)",
     "image_pull": "<= 1.0x `skopeo copy` + `umoci unpack` (median)",
     "image_create": "<= 1.1x create from a rootfs directory (median)",
     "image_disk": "layers' disk does not grow with the number of containers",
@@ -172,6 +174,7 @@ def summary(r: Results) -> list[str]:
         events_rows,
         ci_rows,
         shaping_rows,
+        seccomp_rows,
         images_rows,
     ):
         lines += rows(r)
@@ -694,6 +697,44 @@ def shaping(r: Results) -> list[str]:
     return lines
 
 
+def seccomp_rows(r: Results) -> list[str]:
+    """What the seccomp filter adds to a cold run and to an exec (the targets)."""
+    sc = r.get("seccomp")
+    if not sc:
+        return []
+    rows = []
+    for what, limit in (("cold", 0.5), ("exec", 0.05)):
+        on, off = sc["stats"][f"{what}, seccomp on"], sc["stats"][f"{what}, seccomp off"]
+        rows.append(
+            ratio_row(
+                f"{what} with seccomp, median",
+                on.get("median"),
+                "seccomp false",
+                off.get("median"),
+                TARGETS[f"seccomp_{what}"],
+                sc["added_ms"][what] < limit,
+                "ms",
+            )
+        )
+    return rows
+
+
+def seccomp(r: Results) -> list[str]:
+    """Cold runs and execs with the default seccomp filter and without."""
+    sc = r.get("seccomp")
+    if not sc:
+        return []
+    lines = stats_table(
+        "Seccomp",
+        sc["stats"],
+        "Round-robin in the same run: containers created with the default filter and with "
+        "`seccomp: false` (ms). Added (median): "
+        f"cold {fmt(sc['added_ms']['cold'], 3)} ms ({fmt(sc['ratio']['cold'], 3)}x), "
+        f"exec {fmt(sc['added_ms']['exec'], 3)} ms ({fmt(sc['ratio']['exec'], 3)}x).",
+    )
+    return lines
+
+
 def events(r: Results) -> list[str]:
     """Event delivery latency, and ping with and without idle subscribers."""
     e = r.get("events")
@@ -1046,6 +1087,7 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     events,
     ci,
     shaping,
+    seccomp,
     images,
     profile,
     setup,

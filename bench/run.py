@@ -50,6 +50,7 @@ from bench.phases import (  # noqa: E402
     images,
     jobs,
     profile,
+    seccomp,
     shaping,
     stream,
 )
@@ -66,6 +67,7 @@ PHASES = (
     "events",
     "ci",
     "shaping",
+    "seccomp",
     "images",
     "profile",
 )
@@ -111,6 +113,7 @@ def plan(bench: Bench, args: argparse.Namespace) -> list[tuple[str, Callable[[],
         ("events", lambda: events.measure(bench, 100, 50 if q else 300, 1000, 1.5 if q else 5.0)),
         ("ci", lambda: ci.measure(bench, 10 if q else 30, 5 if q else 10)),
         ("shaping", lambda: shaping.measure(bench, args.runs)),
+        ("seccomp", lambda: seccomp.measure(bench, args.runs)),
         ("images", lambda: images.measure(bench, 3 if q else 10, 30 if q else 200, 100)),
         ("profile", lambda: profile.measure(bench, 40 if q else 150)),
     ]

@@ -19,8 +19,11 @@ UNIT=/etc/systemd/system/corrald.service
 # System packages: a C compiler and static libc for the container init and corral-gitlab-fast,
 # busybox-static for the base rootfs, python3 with venv, mke2fs and losetup
 # for disk quotas, nftables and iproute2 for container networking, jq to read the
-# daemon's JSON log (README.md; tests/test_service.py runs its commands).
-packages=(gcc libc6-dev busybox-static python3 python3-venv e2fsprogs util-linux nftables iproute2 jq)
+# daemon's JSON log (README.md; tests/test_service.py runs its commands),
+# golang-github-containers-common for the jobs' default seccomp profile
+# (/usr/share/containers/seccomp.json) and libseccomp2, which compiles it.
+packages=(gcc libc6-dev busybox-static python3 python3-venv e2fsprogs util-linux nftables iproute2 jq
+          golang-github-containers-common libseccomp2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

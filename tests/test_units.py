@@ -8,6 +8,7 @@ import pytest
 
 from plugins.isolation import spec
 from plugins.isolation.sandbox import decode, encode, spawn_message
+from plugins.isolation.seccomp import Filters
 from supervisor import config
 from supervisor.container import ALLOWED, TRANSITIONS, State
 from supervisor.errors import InvalidRequest, ProtocolViolation
@@ -100,6 +101,10 @@ def test_spec_sends_the_setup_then_the_plans_mounts_and_cgroups() -> None:
     ]
     with pytest.raises(spec.SpecError):
         spec.render_setup(LaunchPlan(root_dir=Path("/a\tb")), "h", Path("/s"), label=Path("/a"))
+    # The jobs' filters come right after the label, in hex: unprivileged, then privileged.
+    filters = Filters(bytes(range(8)), bytes(16))
+    setup = spec.render_setup(plan, "h", Path("/d/init.sock"), Path("/d"), filters).splitlines()
+    assert setup[:3] == ["label\t/d", "seccomp\t0001020304050607\t" + "0" * 32, "root\t/d/rootfs"]
 
 
 def test_spawn_message_format() -> None:

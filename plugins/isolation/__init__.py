@@ -14,7 +14,13 @@ So plugins prepared after this one (cgroups, net, third-party ones) may add
 mounts to the plan but not change its root, root mount or host
 mounts: the launch fails with an error saying so.
 
-Config (``[isolation]``): ``init`` is the path of the built ``corral-init``.
+Every job runs under a seccomp filter (:mod:`.seccomp`): the default profile,
+compiled when the daemon starts, or the one the ``create`` option ``seccomp``
+names, or none (``false``). The launch spec carries the container's filters; its
+init keeps them and loads the job's just before each exec.
+
+Config (``[isolation]``): ``init`` is the path of the built ``corral-init``,
+``seccomp_profile`` the default profile.
 """
 
 from __future__ import annotations
@@ -27,14 +33,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import structlog
 import trio
 
-from plugins.isolation import spec
+from plugins.isolation import seccomp, spec
 from plugins.isolation.launcher import IN_ROOT, Launcher, LaunchError, Zygote
 from plugins.isolation.sandbox import InitSandbox, process_start_time
+from plugins.isolation.seccomp import Filters, ProfileCache, ProfileError
 from supervisor.api import (
     Config,
     ConfigError,
@@ -65,6 +72,10 @@ class Settings:
     """``[isolation]``."""
 
     init: Path = setting(Path("/usr/local/lib/corral/corral-init"), "the container init binary")
+    seccomp_profile: Path = setting(
+        seccomp.DEFAULT_PROFILE,
+        "the jobs' default seccomp profile (Corral's rules go on top, see the plugin's README)",
+    )
 
 
 RootPlan = tuple[Path, Mount | None, tuple[Mount, ...]]
@@ -83,6 +94,17 @@ LAUNCH = StashKey[_Launch]()
 def _root_plan(plan: LaunchPlan) -> RootPlan:
     """The parts of the plan the set-up sent at prepare holds: root, root mount, host mounts."""
     return plan.root_dir, plan.root_mount, tuple(m for m in plan.mounts if "host" in m.flags)
+
+
+def _seccomp_option(value: Any) -> bool | str:
+    """``seccomp``: true (the default profile), false (none), or a profile file's absolute path."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.startswith("/") and "\0" not in value:
+        return value
+    raise InvalidRequest(
+        f"seccomp: {value!r} is not true, false or the absolute path of a profile file"
+    )
 
 
 def _socket_path(container: ContainerView) -> Path:
@@ -104,9 +126,37 @@ class IsolationPlugin:
                 f"`python -m plugins.isolation.build {settings.init}`"
             )
         self.init = settings.init
+        # Compiled at each start: a restarted daemon uses the profile as it is now, while
+        # the containers made before keep the filters their inits hold.
+        try:
+            self.filters, skipped = seccomp.compile_default(settings.seccomp_profile)
+        except ProfileError as exc:
+            raise ConfigError(f"[{NAME}] seccomp_profile: {exc}") from None
+        if skipped:
+            log.warning(
+                "seccomp profile names syscalls libseccomp does not know; skipped",
+                profile=str(settings.seccomp_profile),
+                syscalls=skipped,
+            )
+        self.profiles = ProfileCache()
         self.depot = config.daemon.depot
         #: Forks every launcher (started on first use, stopped at shutdown).
         self.zygote: Zygote | None = Zygote(settings.init)
+
+    @hookimpl
+    def corral_create_options(self) -> dict[str, Any]:
+        return {"seccomp": _seccomp_option}
+
+    async def _filters(self, option: bool | str) -> Filters | None:
+        """The container's filters; a client's profile compiled once per version of its file."""
+        if option is True:
+            return self.filters
+        if option is False:
+            return None
+        try:
+            return await trio.to_thread.run_sync(self.profiles.get, Path(option))
+        except ProfileError as exc:
+            raise InvalidRequest(f"create: {exc}") from None
 
     @hookimpl  # right after fs (see BUILTIN_PLUGINS): the launcher works while the others prepare
     def corral_container_prepare(
@@ -122,8 +172,9 @@ class IsolationPlugin:
             yield
             return
         socket_path = _socket_path(container)
+        filters = await self._filters(container.options.get("seccomp", True))
         plan.root_dir.mkdir(exist_ok=True)
-        setup = spec.render_setup(plan, container.handle, socket_path, label=container.path)
+        setup = spec.render_setup(plan, container.handle, socket_path, container.path, filters)
         launcher = self.zygote.launcher() if self.zygote is not None else Launcher(self.init)
         container.stash[LAUNCH] = _Launch(launcher, _root_plan(plan))
         plan.network_namespace = launcher.network_namespace

@@ -12,9 +12,11 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/loop.h>
 #include <linux/magic.h>
 #include <linux/sched.h>
+#include <linux/seccomp.h>
 #include <linux/netlink.h>
 #include <malloc.h>
 #include <arpa/inet.h>
@@ -203,7 +205,41 @@ static size_t read_report(int fd, char *buf, size_t cap)
 
 /* ---- launch spec ------------------------------------------------------ */
 
-enum kind { D_CGROUP, D_ROOT, D_MOUNT, D_MKNOD, D_SYMLINK, D_MKDIR, D_HOSTNAME, D_LOOPBACK, D_SOCKET, D_LABEL, D_END };
+/* The jobs' seccomp filters, from the spec's `seccomp` line: [0] for unprivileged
+ * jobs, [1] for privileged ones; none (len 0) without the line. Kept by PID 1 for
+ * its whole life, so a container keeps its filters whatever daemon runs later. */
+static struct sock_fprog job_filters[2];
+
+static int hex_digit(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* A BPF program in lowercase hex (struct sock_filter in the machine's byte order). */
+static bool parse_filter(const char *hex, struct sock_fprog *prog)
+{
+	size_t len = strlen(hex), size = len / 2, insn = sizeof(struct sock_filter);
+	unsigned char *bytes;
+
+	if (!len || len % (2 * insn) || size / insn > BPF_MAXINSNS)
+		return false;
+	bytes = xrealloc(NULL, size);
+	for (size_t i = 0; i < size; i++) {
+		int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0) {
+			free(bytes);
+			return false;
+		}
+		bytes[i] = (unsigned char)(hi << 4 | lo);
+	}
+	*prog = (struct sock_fprog){ .len = (unsigned short)(size / insn), .filter = (struct sock_filter *)bytes };
+	return true;
+}
+
+enum kind {
+	D_CGROUP, D_ROOT, D_MOUNT, D_MKNOD, D_SYMLINK, D_MKDIR, D_HOSTNAME, D_LOOPBACK, D_SOCKET, D_LABEL,
+	D_SECCOMP, D_END
+};
 
 static const struct {
 	const char *name;
@@ -212,7 +248,7 @@ static const struct {
 	[D_CGROUP] = { "cgroup", 1 },     [D_ROOT] = { "root", 1 },         [D_MOUNT] = { "mount", 5 },
 	[D_MKNOD] = { "mknod", 5 },       [D_SYMLINK] = { "symlink", 2 },   [D_MKDIR] = { "mkdir", 2 },
 	[D_HOSTNAME] = { "hostname", 1 }, [D_LOOPBACK] = { "loopback", 0 }, [D_SOCKET] = { "socket", 1 },
-	[D_LABEL] = { "label", 1 },       [D_END] = { "end", 0 },
+	[D_LABEL] = { "label", 1 },       [D_SECCOMP] = { "seccomp", 2 }, [D_END] = { "end", 0 },
 };
 
 enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4, OPT_LOOP = 8, OPT_HOST = 16 };
@@ -302,6 +338,11 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
 		d->dev = makedev(major, minor);
 	} else if (d->kind == D_MKDIR && !parse_mode(d->f[1], &d->mode)) {
 		die_msg("launch spec line %d: bad mode %s", lineno, d->f[1]);
+	} else if (d->kind == D_SECCOMP) { /* decoded now: PID 1 frees the spec's lines */
+		if (job_filters[0].len)
+			die_msg("launch spec line %d: a second seccomp", lineno);
+		if (!parse_filter(d->f[0], &job_filters[0]) || !parse_filter(d->f[1], &job_filters[1]))
+			die_msg("launch spec line %d: bad seccomp filter", lineno);
 	}
 }
 
@@ -694,7 +735,7 @@ static void apply(struct setup *s, const struct directive *d)
 
 	/* All but cgroups and host mounts are made in the container root. */
 	if (s->r.fd < 0 && d->kind != D_CGROUP && d->kind != D_ROOT && d->kind != D_LABEL &&
-	    d->kind != D_END && !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
+	    d->kind != D_SECCOMP && d->kind != D_END && !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
 		die_msg("launch spec: %s before root", kinds[d->kind].name);
 	if (d->kind == D_MKNOD || d->kind == D_SYMLINK || d->kind == D_MKDIR)
 		err_blame = IN_ROOT;
@@ -737,6 +778,7 @@ static void apply(struct setup *s, const struct directive *d)
 	case D_LABEL:
 		set_label(d->f[0]);
 		break;
+	case D_SECCOMP: /* parsed: the jobs load it */
 	case D_END:
 		break;
 	}
@@ -986,6 +1028,13 @@ static void drop_privileges(const struct user *u, bool privileged)
 		die("prctl PR_SET_NO_NEW_PRIVS");
 }
 
+/* Load the job's seccomp filter (if the spec gave one): inherited by all it starts. */
+static void load_filter(const struct sock_fprog *prog)
+{
+	if (prog->len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog, 0, 0) < 0)
+		die("load the seccomp filter");
+}
+
 /* The defaults, then the request's env= entries in order (each replaces a default of its name). */
 static char **make_env(const struct job_spec *js, const struct user *u)
 {
@@ -1045,8 +1094,15 @@ static noreturn void run_job(const struct job_spec *js, int in, const char *slav
 		die("chdir %s", js->dir);
 	if (!js->dir && chdir(u.home) < 0 && chdir("/") < 0)
 		die("chdir /");
+	/* runc's order: without no_new_privs (a privileged job) loading a filter takes
+	 * CAP_SYS_ADMIN, so it comes before the capabilities go; with it, right before the
+	 * exec, so the set-up's own calls need not be allowed by the profile. */
+	if (js->privileged)
+		load_filter(&job_filters[1]);
 	drop_privileges(&u, js->privileged);
 	environ = make_env(js, &u); /* execvpe searches the job's PATH */
+	if (!js->privileged)
+		load_filter(&job_filters[0]);
 	execvpe(js->argv[0], js->argv, environ);
 	die("exec %s", js->argv[0]);
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from plugins.isolation.seccomp import Filters
 from supervisor.api import LaunchPlan, Mount
 
 #: /dev of every container: (name, major, minor, mode).
@@ -68,16 +69,26 @@ def _mount(m: Mount) -> str:
     return _line("mount", m.fstype, m.source, m.target, ",".join(m.flags) or "-", m.data or "-")
 
 
-def render_setup(plan: LaunchPlan, hostname: str, socket_path: Path, label: Path) -> str:
-    """The container's set-up: label, root, root mount, system mounts, devices, identity,
-    socket, /proc. The label (*label*, the container's directory) is what the
-    launcher's and its init's cmdline will read (see ``corral_startup``).
+def render_setup(
+    plan: LaunchPlan,
+    hostname: str,
+    socket_path: Path,
+    label: Path,
+    filters: Filters | None = None,
+) -> str:
+    """The container's set-up: label, jobs' seccomp filters, root, root mount, system
+    mounts, devices, identity, socket, /proc. The label (*label*, the container's
+    directory) is what the launcher's and its init's cmdline will read (see
+    ``corral_startup``). *filters* None: the jobs run unfiltered.
 
     Sent as soon as the root is planned: the launcher applies the lines as they
     arrive, up to the proc mount, while the daemon still makes the cgroups; PID 1
     applies the proc mount and what lies in /proc.
     """
-    lines = [_line("label", str(label)), _line("root", str(plan.root_dir))]
+    lines = [_line("label", str(label))]
+    if filters is not None:
+        lines.append(_line("seccomp", filters.unprivileged.hex(), filters.privileged.hex()))
+    lines.append(_line("root", str(plan.root_dir)))
     # Mounts on host paths (e.g. the disk-quota filesystem holding the overlay's
     # upper layer) come first: the root mount may need them.
     lines += [_mount(m) for m in plan.mounts if "host" in m.flags]

@@ -698,6 +698,25 @@ def test_launch_failure_names_the_step(new_container) -> None:
         ("mknod\t/dev/x\tb\t1\t3\t666\n", "launch spec line 1: bad mknod fields"),
         ("mkdir\t/x\t999\n", "launch spec line 1: bad mode 999"),
         (f"socket\t/{'s' * 110}\n", "launch spec line 1: socket path longer than 107 bytes"),
+        ("seccomp\t0600\t0600\n", "launch spec line 1: bad seccomp filter"),  # not whole insns
+        ("seccomp\t" + "zz" * 8 + "\t" + "00" * 8 + "\n", "launch spec line 1: bad seccomp filter"),
+        (
+            "seccomp\t" + "00" * 8 * 4097 + "\t" + "00" * 8 + "\n",
+            "launch spec line 1: bad seccomp filter",
+        ),
+        (
+            "seccomp\t"
+            + "00" * 8
+            + "\t"
+            + "00" * 8
+            + "\n"
+            + "seccomp\t"
+            + "00" * 8
+            + "\t"
+            + "00" * 8
+            + "\n",
+            "launch spec line 2: a second seccomp",
+        ),
         ("hostname\th\nend\n", "launch spec: hostname before root"),
         ("end\n", "launch spec: no root"),
         (

@@ -1,0 +1,69 @@
+"""Seccomp: what the jobs' default filter costs a cold run (create, /bin/true, destroy)
+and an exec (/bin/true in a running container), against the same with ``seccomp:
+false``, round-robin in the same run."""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from functools import partial
+from typing import Any
+
+from bench.phases.common import Bench, Tool, interleave
+from bench.stats import ratio, summarize
+
+#: create CONFIG of each kind.
+KINDS: dict[str, dict[str, Any]] = {"on": {}, "off": {"seccomp": False}}
+
+
+def measure(bench: Bench, n: int) -> dict[str, Any]:
+    """*n* recorded rounds of cold runs and of execs, each with the filter and without."""
+    daemon = bench.daemon
+
+    def cold(config: dict[str, Any]) -> float:
+        t0 = time.perf_counter()
+        with daemon.client() as c:
+            handle = c.create(config)
+            status, _, err = c.run(handle, "/bin/true")
+            c.destroy(handle)
+        ms = (time.perf_counter() - t0) * 1000
+        if status != 0:
+            raise RuntimeError(f"/bin/true exited {status}: {err}")
+        return ms
+
+    cold_tools: dict[str, Tool] = {f"cold, seccomp {k}": partial(cold, c) for k, c in KINDS.items()}
+    cold_samples = interleave(bench, cold_tools, n)
+    with ExitStack() as stack:
+        client = stack.enter_context(daemon.client())
+        handles = {k: client.create(config) for k, config in KINDS.items()}
+        for handle in handles.values():
+            stack.callback(client.destroy, handle)
+
+        def run(handle: str) -> float:
+            t0 = time.perf_counter()
+            status, _, err = client.run(handle, "/bin/true")
+            ms = (time.perf_counter() - t0) * 1000
+            if status != 0:
+                raise RuntimeError(f"/bin/true exited {status}: {err}")
+            return ms
+
+        exec_tools: dict[str, Tool] = {
+            f"exec, seccomp {k}": partial(run, h) for k, h in handles.items()
+        }
+        exec_samples = interleave(bench, exec_tools, n)
+    samples = cold_samples | exec_samples
+    stats = {k: summarize(v) for k, v in samples.items()}
+    return {
+        "samples_ms": samples,
+        "stats": stats,
+        "added_ms": {
+            what: stats[f"{what}, seccomp on"]["median"] - stats[f"{what}, seccomp off"]["median"]
+            for what in ("cold", "exec")
+        },
+        "ratio": {
+            what: ratio(
+                stats[f"{what}, seccomp on"]["median"], stats[f"{what}, seccomp off"]["median"]
+            )
+            for what in ("cold", "exec")
+        },
+    }
