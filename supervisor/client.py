@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -244,8 +244,11 @@ class Client(_Commands):
         and return it as a :class:`JobProcess`."""
         return JobProcess(self, handle, self.spawn(handle, script, **opts))
 
-    def stream(self, handle: str, job_id: int, **opts: Any) -> Iterator[tuple[str, str]]:
-        """Yield ``(name, chunk)`` until the job has ended and its output is drained."""
+    def stream(
+        self, handle: str, job_id: int, **opts: Any
+    ) -> Generator[tuple[str, str], None, Any]:
+        """Yield ``(name, chunk)`` until the job has ended and its output is drained; the
+        generator's value is the final payload (``{"status": ..., "ended": ...}`` when asked)."""
         self.sock.sendall(_encode(("stream", handle, job_id, _clean(opts))))
         while True:
             line = self._line()
@@ -253,8 +256,7 @@ class Client(_Commands):
             if isinstance(item, list) and item:
                 yield item[0], item[1]
             else:
-                _payload(line)
-                return
+                return _payload(line)
 
     def signal(self, handle: str, job_id: int, signal: int | str, pid: int | None = None) -> str:
         """Send *signal* (a number or a name such as ``"INT"``) to the job's process group,
