@@ -21,27 +21,46 @@ from supervisor.cli.command import Command, Fail
 if TYPE_CHECKING:
     import argparse
 
-#: Every built-in command and the module that defines it.
+#: Every built-in command (and alias) and the module that defines it.
 BUILTIN: dict[str, str] = {
-    name: "supervisor.cli.protocol"
-    for name in (
-        "ping",
-        "create",
-        "spawn",
-        "run",
-        "link",
-        "stream",
-        "signal",
-        "stop",
-        "destroy",
-        "info",
-        "list",
-        "pause",
-        "resume",
-        "start",
-        "events",
-        "raw",
-    )
+    **dict.fromkeys(
+        (
+            "ping",
+            "spawn",
+            "link",
+            "stream",
+            "signal",
+            "destroy",
+            "info",
+            "list",
+            "start",
+            "events",
+            "raw",
+        ),
+        "supervisor.cli.protocol",
+    ),
+    **dict.fromkeys(("run", "create", "exec"), "supervisor.cli.run"),
+    **dict.fromkeys(
+        (
+            "ps",
+            "ls",
+            "top",
+            "logs",
+            "inspect",
+            "stats",
+            "cp",
+            "limit",
+            "port",
+            "net",
+            "stop",
+            "kill",
+            "rm",
+            "pause",
+            "unpause",
+            "resume",
+        ),
+        "supervisor.cli.manage",
+    ),
 }
 
 #: The entry-point group where a plugin names, per command, the module that defines it.
