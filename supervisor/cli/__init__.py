@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from supervisor.cli.command import Command, Fail
 
@@ -95,7 +95,12 @@ def _find(name: str) -> Command | None:
 def parser(commands: list[Command]) -> argparse.ArgumentParser:
     import argparse
 
-    p = argparse.ArgumentParser(
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            # One line, as every other mistake (argparse would print the usage first).
+            raise Fail(f"{message} (`{self.prog} --help` tells more)", status=2)
+
+    p = Parser(
         prog="corral",
         description="Run and manage containers of the Corral daemon.",
         epilog="`corral COMMAND --help` tells more; docs/cli.md lists every command.",
@@ -161,9 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         from supervisor.client import ConnectionClosed
 
         if isinstance(exc, errors.CorralError):
-            print(f"corral: {exc.code}: {exc}", file=sys.stderr)
+            hint = HINTS.get(exc.code, "")
+            print(f"corral: {exc.code}: {exc}{hint}", file=sys.stderr)
             return 1
-        if isinstance(exc, ConnectionClosed):
+        if isinstance(exc, ConnectionClosed | ConnectionError):
             print("corral: the daemon closed the connection (did it stop?)", file=sys.stderr)
             return 1
         raise
+
+
+#: What to do about an error reply, after its message.
+HINTS = {
+    "unknown_handle": " (`corral ps -a` lists the containers)",
+    "unknown_job": " (it was never started, or its result was taken by link)",
+    "internal": " (a bug of Corral: its log, /var/log/corral/corrald.log, tells more)",
+}
