@@ -5,13 +5,17 @@ in, payloads out (``corral raw`` sends any request). Docker's ``run``, ``create`
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
-from typing import Any
 
 from supervisor.cli.command import Command, Fail, connect, pairs, write_out
+
+# Annotations only: argparse and typing (with re and enum under them) would cost ``ping``,
+# which runs without a parser, most of its start-up (docs/cli.md).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import Any
 
 
 def _job_opts(args: argparse.Namespace) -> dict[str, Any]:
@@ -33,6 +37,9 @@ def _text(data: str | None) -> bytes:
 
 def event_line(event: dict[str, Any]) -> str:
     """``12:00:01.234 h1 job_exited job_id=3 status=0``."""
+    import json
+    import time
+
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
     millis = int(event["time"] * 1000) % 1000
     fields = " ".join(
@@ -102,8 +109,10 @@ def _handle_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("handle")
 
 
-def _on_handle(request: str) -> Any:
+def _on_handle(request: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
+        import json
+
         with connect(args) as client:
             reply = client.call(request, args.handle)
         print(json.dumps(reply, indent=2) if request == "info" else reply)
@@ -120,6 +129,8 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def events(args: argparse.Namespace) -> int:
+    import json
+
     with connect(args) as client:
         for event in client.events(args.handle or None, args.kind or None):
             if args.json:
@@ -138,6 +149,8 @@ def _events_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def raw(args: argparse.Namespace) -> int:
+    import json
+
     try:
         request = json.loads(args.request)
     except json.JSONDecodeError as exc:

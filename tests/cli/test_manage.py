@@ -5,6 +5,7 @@ daemon and the kernel then say."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_stats_refreshes_live(daemon: Daemon, name: str) -> None:
         assert live.stdout is not None
         seen = b""
         while seen.count(b"\033[H\033[J") < 3:  # three screens drawn
-            seen += live.stdout.read1(4096)
+            seen += os.read(live.stdout.fileno(), 4096)
         assert live.poll() is None
     finally:
         live.kill()
