@@ -35,6 +35,8 @@ TARGETS = {
     "image_pull": "<= 1.0x `skopeo copy` + `umoci unpack` (median)",
     "image_create": "<= 1.1x create from a rootfs directory (median)",
     "image_disk": "layers' disk does not grow with the number of containers",
+    "cli_ping": "`corral ping` <= 1.5x `python3 -I -c pass` (median)",
+    "cli_run": "`corral run --rm -- /bin/true` <= 1.5x `crun run` (median)",
 }
 
 
@@ -1072,6 +1074,31 @@ def images(r: Results) -> list[str]:
 
 
 #: The sections of RESULTS.md, in order.
+def cli(r: Results) -> list[str]:
+    """The CLI's start-up and its cold run, against a bare interpreter, crun and bwrap."""
+    c = r.get("cli")
+    if not c:
+        return []
+    ratios = c["ratios"]
+
+    def verdict(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}x ({'met' if value <= 1.5 else 'missed'})"
+
+    return [
+        *stats_table(
+            "CLI",
+            c["stats"],
+            "`corral` as installed (`python -I`, compiled), round-robin: start-up against "
+            "a bare interpreter, then `corral run --rm --rootfs ROOTFS -- /bin/true` against "
+            "the cold phase's crun bundle and bwrap on the same rootfs (ms).",
+        ),
+        "",
+        f"- {TARGETS['cli_ping']}: {verdict(ratios['ping_vs_python'])}",
+        f"- {TARGETS['cli_run']}: {verdict(ratios['run_vs_crun'])}; "
+        f"against bwrap {fmt(ratios['run_vs_bwrap'])}x",
+    ]
+
+
 SECTIONS: list[Callable[[Results], list[str]]] = [
     header,
     machine,
@@ -1089,6 +1116,7 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     shaping,
     seccomp,
     images,
+    cli,
     profile,
     setup,
     errors,

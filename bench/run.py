@@ -43,6 +43,7 @@ from bench.host import Janitor, V1Controllers, leftovers, loadavg, log, machine,
 from bench.peers import Peers  # noqa: E402
 from bench.phases import (  # noqa: E402
     ci,
+    cli,
     cold,
     control,
     density,
@@ -69,6 +70,7 @@ PHASES = (
     "shaping",
     "seccomp",
     "images",
+    "cli",
     "profile",
 )
 
@@ -115,6 +117,7 @@ def plan(bench: Bench, args: argparse.Namespace) -> list[tuple[str, Callable[[],
         ("shaping", lambda: shaping.measure(bench, args.runs)),
         ("seccomp", lambda: seccomp.measure(bench, args.runs)),
         ("images", lambda: images.measure(bench, 3 if q else 10, 30 if q else 200, 100)),
+        ("cli", lambda: cli.measure(bench, 30 if q else 100)),
         ("profile", lambda: profile.measure(bench, 40 if q else 150)),
     ]
 

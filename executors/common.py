@@ -48,7 +48,7 @@ class Settings:
 
     def __init__(
         self,
-        socket: Path = DEFAULT_SOCKET,
+        socket: Path = Path(DEFAULT_SOCKET),
         images: Path = DEFAULT_IMAGES,
         grace_time: float = DEFAULT_GRACE_TIME,
         limits: dict[str, Any] | None = None,

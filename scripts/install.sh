@@ -64,7 +64,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check "$REPO[test]"
 rm -rf "$REPO/build"  # pip's in-tree build
-ln -sf "$VENV/bin/corral" /usr/local/bin/corral
+# `corral` without pip's console-script wrapper, which imports `re` (7 ms of a 15 ms
+# command); -I: nothing from the caller's environment or directory is imported.
+rm -f /usr/local/bin/corral
+printf '#!%s -I\nimport sys\nfrom supervisor.cli import main\nsys.exit(main())\n' \
+    "$VENV/bin/python3" >/usr/local/bin/corral
+chmod 0755 /usr/local/bin/corral
 ln -sf "$VENV/bin/corrald" /usr/local/bin/corrald
 # The CI drivers (docs/ci-executors.md): GitLab's custom executor, GitHub's container hooks.
 ln -sf "$VENV/bin/corral-gitlab" /usr/local/bin/corral-gitlab

@@ -13,22 +13,21 @@ Both speak the line protocol of docs/protocol.md and raise
 
 from __future__ import annotations
 
-import base64
-import json
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from supervisor import errors, wire
 
-from supervisor import errors
-
+# The typing names only for mypy: a short-lived ``corral`` pays for every import (wire.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+    from pathlib import Path
+    from types import TracebackType
+    from typing import Any
+
     # Imported when a TrioClient connects: trio takes ~90 ms to import, which every
     # short-lived blocking client (a CI driver runs one per stage) would pay for nothing.
     import trio
 
-DEFAULT_SOCKET = Path("/run/corral/corral.sock")
+DEFAULT_SOCKET = "/run/corral/corral.sock"
 
 _ERRORS: dict[str, type[errors.CorralError]] = {
     cls.code: cls
@@ -57,7 +56,7 @@ class ConnectionClosed(ConnectionError):
 
 
 def _encode(request: tuple[Any, ...]) -> bytes:
-    return json.dumps(list(request), separators=(",", ":")).encode() + b"\n"
+    return wire.encode(list(request))
 
 
 #: How a progress line of ``image-pull`` and ``image-import`` starts (the daemon writes it so).
@@ -65,12 +64,18 @@ PROGRESS_PREFIX = b'["progress",'
 
 
 def _payload(line: bytes) -> Any:
-    reply = json.loads(line)
+    reply = wire.decode(line)
     if reply.get("type") == "error":
         code, message = reply["payload"]["code"], reply["payload"]["message"]
         cls = _ERRORS.get(code)
         raise cls(message) if cls else CorralError(code, message)
     return reply["payload"]
+
+
+def _b64decode(data: str) -> bytes:
+    import base64  # only for the requests that use it
+
+    return base64.b64decode(data)
 
 
 def _clean(opts: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +93,8 @@ class _Commands:
 def _stdin_request(handle: str, job_id: int, data: bytes | str | None) -> tuple[Any, ...]:
     if data is None:
         return ("stdin", handle, job_id, None)
+    import base64
+
     raw = data.encode() if isinstance(data, str) else data
     return ("stdin", handle, job_id, base64.b64encode(raw).decode(), {"encoding": "base64"})
 
@@ -137,8 +144,8 @@ class JobProcess:
                 self.handle, self.id, encoding="base64", ended=True, usage=True
             )
             self.returncode, self.ended, self.usage = status, report["ended"], report["usage"]
-            self.stdout = None if out is None else base64.b64decode(out)
-            self.stderr = None if err is None else base64.b64decode(err)
+            self.stdout = None if out is None else _b64decode(out)
+            self.stderr = None if err is None else _b64decode(err)
             self.close()
         return self.returncode
 
@@ -169,14 +176,12 @@ class Client(_Commands):
     def __init__(self, path: Path | str = DEFAULT_SOCKET, timeout: float | None = None) -> None:
         self.path = path
         self.timeout = timeout
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self.file = self.sock.makefile("rb")
+        #: The connection (``readline()``) and its socket (``sendall``...).
+        self.file = wire.Connection(str(path), timeout)
+        self.sock = self.file.sock
 
     def close(self) -> None:
         self.file.close()
-        self.sock.close()
 
     def __enter__(self) -> Client:
         return self
@@ -186,7 +191,7 @@ class Client(_Commands):
 
     def _line(self) -> bytes:
         line = self.file.readline()
-        if not line:
+        if not line.endswith(b"\n"):
             raise ConnectionClosed("the daemon closed the connection")
         return line
 
@@ -204,7 +209,7 @@ class Client(_Commands):
             line = self._line()
             if line.startswith(PROGRESS_PREFIX):
                 if progress is not None:
-                    progress(str(json.loads(line)[1]))
+                    progress(str(wire.decode(line)[1]))
                 continue
             return _payload(line)
 
@@ -244,17 +249,19 @@ class Client(_Commands):
         and return it as a :class:`JobProcess`."""
         return JobProcess(self, handle, self.spawn(handle, script, **opts))
 
-    def stream(self, handle: str, job_id: int, **opts: Any) -> Iterator[tuple[str, str]]:
-        """Yield ``(name, chunk)`` until the job has ended and its output is drained."""
+    def stream(
+        self, handle: str, job_id: int, **opts: Any
+    ) -> Generator[tuple[str, str], None, Any]:
+        """Yield ``(name, chunk)`` until the job has ended and its output is drained; the
+        generator's value is the final payload (``{"status": ..., "ended": ...}`` when asked)."""
         self.sock.sendall(_encode(("stream", handle, job_id, _clean(opts))))
         while True:
             line = self._line()
-            item = json.loads(line)
+            item = wire.decode(line)
             if isinstance(item, list) and item:
                 yield item[0], item[1]
             else:
-                _payload(line)
-                return
+                return _payload(line)
 
     def stream_bytes(self, handle: str, job_id: int, **opts: Any) -> Iterator[tuple[str, bytes]]:
         """:meth:`stream` in the ``raw`` encoding: ``(name, bytes)`` as the job wrote them
@@ -262,7 +269,7 @@ class Client(_Commands):
         self.sock.sendall(_encode(("stream", handle, job_id, {**_clean(opts), "encoding": "raw"})))
         while True:
             line = self._line()
-            item = json.loads(line)
+            item = wire.decode(line)
             if not (isinstance(item, list) and item):
                 _payload(line)
                 return
@@ -308,7 +315,7 @@ class Client(_Commands):
         self.sock.sendall(_encode(("events", _clean(wanted))))
         while True:
             line = self._line()
-            item = json.loads(line)
+            item = wire.decode(line)
             if isinstance(item, list) and item:
                 if item[0] != "watching":  # the first line: watched from here on
                     yield item[1]
@@ -349,8 +356,8 @@ class TrioJobProcess:
                 self.handle, self.id, encoding="base64", ended=True, usage=True
             )
             self.returncode, self.ended, self.usage = status, report["ended"], report["usage"]
-            self.stdout = None if out is None else base64.b64decode(out)
-            self.stderr = None if err is None else base64.b64decode(err)
+            self.stdout = None if out is None else _b64decode(out)
+            self.stderr = None if err is None else _b64decode(err)
         return self.returncode
 
     async def send_signal(self, signal: int | str, pid: int | None = None) -> None:
@@ -431,7 +438,7 @@ class TrioClient(_Commands):
         await self._stream.send_all(_encode(("stream", handle, job_id, _clean(opts))))
         while True:
             line = await self._line()
-            item = json.loads(line)
+            item = wire.decode(line)
             if isinstance(item, list) and item:
                 yield item[0], item[1]
             else:
@@ -446,7 +453,7 @@ class TrioClient(_Commands):
         await self._stream.send_all(_encode(request))
         while True:
             line = await self._line()
-            item = json.loads(line)
+            item = wire.decode(line)
             if not (isinstance(item, list) and item):
                 _payload(line)
                 return

@@ -286,13 +286,14 @@ async def stream(request: Request, *args: Any) -> list[Any] | dict[str, Any]:
     a = Args("stream", list(args), ("HANDLE", "JOB_ID", "OPTS"))
     container = request.container(a.string(0))
     job_id = a.integer(1)
-    opts = a.options(2, LINK_OPTIONS)
+    opts = a.options(2, LINK_OPTIONS | {"follow": bool})
     encoding = _encoding("stream", opts, (*ENCODINGS, "raw"))
     container.require("stream")
     job = container.job(job_id)
     structlog.contextvars.bind_contextvars(job_id=job_id)
     limit = request.supervisor.config.containers.output_limit
-    async for name, chunk in job.stream(limit, stream_chunk_size(encoding)):
+    follow = opts.get("follow", True)
+    async for name, chunk in job.stream(limit, stream_chunk_size(encoding), follow):
         await request.send(encode_stream_chunk(name, chunk, encoding))
     for name in sorted(job.cut):  # the output ended at the limit: the job was killed
         await request.send(encode_line(["cut", name]))
@@ -366,12 +367,16 @@ async def resize(request: Request, *args: Any) -> str:
 async def stop(request: Request, *args: Any) -> str:
     a = Args("stop", list(args), ("HANDLE", "OPTS"))
     container = request.container(a.string(0))
-    opts = a.options(1, {"kill": bool, "background": bool})
+    opts = a.options(1, {"kill": bool, "background": bool, "timeout": (int, float)})
+    timeout = opts.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not 0 <= timeout <= MAX_JOB_SECONDS):
+        raise InvalidRequest(f"stop: timeout must be seconds from 0 to {MAX_JOB_SECONDS}")
     container.require("stop")
+    kill = bool(opts.get("kill"))
     if opts.get("background"):
-        container.stop_soon(kill=bool(opts.get("kill")))
+        container.stop_soon(kill=kill, timeout=timeout)
     else:
-        await container.stop(kill=bool(opts.get("kill")))
+        await container.stop(kill=kill, timeout=timeout)
     return "ok"
 
 

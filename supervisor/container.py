@@ -623,9 +623,9 @@ class Container:
 
     # -- stop ------------------------------------------------------------------
 
-    def stop_soon(self, kill: bool = False) -> None:
+    def stop_soon(self, kill: bool = False, timeout: float | None = None) -> None:
         """Stop in the background (``stop`` with ``background``)."""
-        self._start_task(self.stop, kill)
+        self._start_task(self.stop, kill, timeout)
 
     async def pause(self) -> None:
         """Freeze every process of the container (see ``corral_container_freeze``)."""
@@ -661,8 +661,9 @@ class Container:
                 )
             await self._move(State.ACTIVE)
 
-    async def stop(self, kill: bool = False) -> None:
-        """End every process of the container: TERM, then KILL after the stop timeout."""
+    async def stop(self, kill: bool = False, timeout: float | None = None) -> None:
+        """End every process of the container: TERM, then KILL after *timeout* seconds
+        (default ``[containers] stop_timeout``)."""
         if self.state is State.BORN:
             return
         async with self._stopping:
@@ -671,7 +672,10 @@ class Container:
                 await self.supervisor.hooks.freeze(self, False)  # frozen, none would hear TERM
             sandbox = self.sandbox
             if sandbox is not None and sandbox.alive:
-                timeout = 0.0 if kill else self.supervisor.config.containers.stop_timeout
+                if timeout is None:
+                    timeout = self.supervisor.config.containers.stop_timeout
+                if kill:
+                    timeout = 0.0
                 if not kill and await sandbox.signal_all(signal.SIGTERM):
                     with trio.move_on_after(timeout):
                         while await sandbox.signal_all(0):

@@ -235,20 +235,22 @@ class Job:
         return read("stdout"), read("stderr")
 
     async def stream(
-        self, limit: int, chunk_size: int = STREAM_CHUNK
+        self, limit: int, chunk_size: int = STREAM_CHUNK, follow: bool = True
     ) -> AsyncIterator[tuple[str, bytes]]:
-        """Yield ``(stream, chunk)`` from the first byte, as produced, until exit and drained.
+        """Yield ``(stream, chunk)`` from the first byte, as produced, until exit and drained
+        (not *follow*: until what is written so far is drained).
 
         Each chunk holds at most *chunk_size* bytes; the next is read only when the
         consumer asks for it (once it has sent the last).
         """
         if self.discard_output:
-            await self.exited.wait()
+            if follow:
+                await self.exited.wait()
             return
         offsets = dict.fromkeys(STREAMS, 0)
         files: dict[str, int] = {}
         watch: DirectoryWatch | None = None
-        if not self.exited.is_set():
+        if follow and not self.exited.is_set():
             try:
                 watch = DirectoryWatch(self.dir)  # made before the first read: no write missed
             except OSError:
@@ -273,7 +275,7 @@ class Job:
                         yield stream, chunk
                 if progressed:
                     continue
-                if finished:
+                if finished or not follow:
                     return
                 if watch is None or "status" in await self._written_or_exited(watch):
                     # Polling; or the init wrote the status: its exit message is on its way.

@@ -14,34 +14,54 @@ from __future__ import annotations
 
 import sys
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 from supervisor.cli.command import Command, Fail
 
+TYPE_CHECKING = False  # typing costs a short command 5 ms: see supervisor/wire.py
 if TYPE_CHECKING:
     import argparse
+    from typing import NoReturn
 
-#: Every built-in command and the module that defines it.
+#: Every built-in command (and alias) and the module that defines it.
 BUILTIN: dict[str, str] = {
-    name: "supervisor.cli.protocol"
-    for name in (
-        "ping",
-        "create",
-        "spawn",
-        "run",
-        "link",
-        "stream",
-        "signal",
-        "stop",
-        "destroy",
-        "info",
-        "list",
-        "pause",
-        "resume",
-        "start",
-        "events",
-        "raw",
-    )
+    **dict.fromkeys(
+        (
+            "ping",
+            "spawn",
+            "link",
+            "stream",
+            "signal",
+            "destroy",
+            "info",
+            "list",
+            "start",
+            "events",
+            "raw",
+        ),
+        "supervisor.cli.protocol",
+    ),
+    **dict.fromkeys(("run", "create", "exec"), "supervisor.cli.run"),
+    **dict.fromkeys(
+        (
+            "ps",
+            "ls",
+            "top",
+            "logs",
+            "inspect",
+            "stats",
+            "cp",
+            "limit",
+            "port",
+            "net",
+            "stop",
+            "kill",
+            "rm",
+            "pause",
+            "unpause",
+            "resume",
+        ),
+        "supervisor.cli.manage",
+    ),
 }
 
 #: The entry-point group where a plugin names, per command, the module that defines it.
@@ -76,7 +96,12 @@ def _find(name: str) -> Command | None:
 def parser(commands: list[Command]) -> argparse.ArgumentParser:
     import argparse
 
-    p = argparse.ArgumentParser(
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            # One line, as every other mistake (argparse would print the usage first).
+            raise Fail(f"{message} (`{self.prog} --help` tells more)", status=2)
+
+    p = Parser(
         prog="corral",
         description="Run and manage containers of the Corral daemon.",
         epilog="`corral COMMAND --help` tells more; docs/cli.md lists every command.",
@@ -142,9 +167,18 @@ def main(argv: list[str] | None = None) -> int:
         from supervisor.client import ConnectionClosed
 
         if isinstance(exc, errors.CorralError):
-            print(f"corral: {exc.code}: {exc}", file=sys.stderr)
+            hint = HINTS.get(exc.code, "")
+            print(f"corral: {exc.code}: {exc}{hint}", file=sys.stderr)
             return 1
-        if isinstance(exc, ConnectionClosed):
+        if isinstance(exc, ConnectionClosed | ConnectionError):
             print("corral: the daemon closed the connection (did it stop?)", file=sys.stderr)
             return 1
         raise
+
+
+#: What to do about an error reply, after its message.
+HINTS = {
+    "unknown_handle": " (`corral ps -a` lists the containers)",
+    "unknown_job": " (it was never started, or its result was taken by link)",
+    "internal": " (a bug of Corral: its log, /var/log/corral/corrald.log, tells more)",
+}

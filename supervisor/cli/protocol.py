@@ -1,15 +1,21 @@
 """The protocol's own requests, one command each, as Warden's CLI had them: handles
-in, payloads out (``corral raw`` sends any request)."""
+in, payloads out (``corral raw`` sends any request). Docker's ``run``, ``create``,
+``stop``, ``pause`` are in :mod:`supervisor.cli.run` and :mod:`supervisor.cli.manage`
+(Warden's ``run HANDLE SCRIPT`` is ``exec HANDLE sh -c SCRIPT``)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
-from typing import Any
 
 from supervisor.cli.command import Command, Fail, connect, pairs, write_out
+
+# Annotations only: argparse and typing (with re and enum under them) would cost ``ping``,
+# which runs without a parser, most of its start-up (docs/cli.md).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import Any
 
 
 def _job_opts(args: argparse.Namespace) -> dict[str, Any]:
@@ -31,6 +37,9 @@ def _text(data: str | None) -> bytes:
 
 def event_line(event: dict[str, Any]) -> str:
     """``12:00:01.234 h1 job_exited job_id=3 status=0``."""
+    import json
+    import time
+
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
     millis = int(event["time"] * 1000) % 1000
     fields = " ".join(
@@ -47,46 +56,10 @@ def ping(args: argparse.Namespace) -> int:
     return 0
 
 
-def create(args: argparse.Namespace) -> int:
-    try:
-        config: dict[str, Any] = json.loads(args.config) if args.config else {}
-    except json.JSONDecodeError as exc:
-        raise Fail(f"--config is not JSON: {exc}") from None
-    if args.handle:
-        config["handle"] = args.handle
-    if args.grace_time is not None:
-        config["grace_time"] = None if args.grace_time < 0 else args.grace_time
-    if args.property:
-        config["properties"] = pairs(args.property, "--property")
-    if args.env:
-        config["env"] = pairs(args.env, "--env")
-    with connect(args) as client:
-        print(client.create(config or None))
-    return 0
-
-
-def _create_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--handle")
-    p.add_argument(
-        "--grace-time", type=float, help="seconds unreferenced before destroy (<0: never)"
-    )
-    p.add_argument("--property", action="append", default=[], metavar="K=V")
-    p.add_argument("--env", action="append", default=[], metavar="K=V")
-    p.add_argument("--config", help="the whole create CONFIG as JSON")
-
-
 def spawn(args: argparse.Namespace) -> int:
     with connect(args) as client:
         print(client.spawn(args.handle, args.script, **_job_opts(args)))
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        status, out, err = client.run(args.handle, args.script, **_job_opts(args))
-    write_out("stdout", _text(out))
-    write_out("stderr", _text(err))
-    return _status(status)
 
 
 def _job_arguments(p: argparse.ArgumentParser) -> None:
@@ -132,24 +105,14 @@ def _signal_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("signal", help="a name (INT, SIGTERM) or a number")
 
 
-def stop(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        print(client.stop(args.handle, kill=args.kill, background=args.background))
-    return 0
-
-
-def _stop_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("handle")
-    p.add_argument("--kill", action="store_true")
-    p.add_argument("--background", action="store_true")
-
-
 def _handle_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("handle")
 
 
-def _on_handle(request: str) -> Any:
+def _on_handle(request: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
+        import json
+
         with connect(args) as client:
             reply = client.call(request, args.handle)
         print(json.dumps(reply, indent=2) if request == "info" else reply)
@@ -166,6 +129,8 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def events(args: argparse.Namespace) -> int:
+    import json
+
     with connect(args) as client:
         for event in client.events(args.handle or None, args.kind or None):
             if args.json:
@@ -184,6 +149,8 @@ def _events_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def raw(args: argparse.Namespace) -> int:
+    import json
+
     try:
         request = json.loads(args.request)
     except json.JSONDecodeError as exc:
@@ -197,17 +164,12 @@ def raw(args: argparse.Namespace) -> int:
 
 COMMANDS = [
     Command("ping", "check the daemon answers", ping),
-    Command("create", "create a container, print its handle", create, _create_arguments),
     Command("spawn", "start a job, print its id", spawn, _job_arguments),
-    Command("run", "run a job, print its output", run, _job_arguments),
     Command("link", "wait for a job, print its output", link, _job_id_arguments),
     Command("stream", "print a job's output as it comes", stream, _job_id_arguments),
     Command("signal", "send a job a signal", signal, _signal_arguments),
-    Command("stop", "stop every process of a container", stop, _stop_arguments),
     Command("destroy", "destroy a container", _on_handle("destroy"), _handle_argument),
     Command("info", "a container's info, as JSON", _on_handle("info"), _handle_argument),
-    Command("pause", "freeze every process of a container", _on_handle("pause"), _handle_argument),
-    Command("resume", "let a paused container run again", _on_handle("resume"), _handle_argument),
     Command(
         "start", "make a stopped container active again", _on_handle("start"), _handle_argument
     ),

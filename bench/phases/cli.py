@@ -1,0 +1,71 @@
+"""The ``corral`` command's own cost: ``corral ping`` against a bare interpreter, and
+``corral run --rm -- /bin/true`` against ``crun run`` and ``bwrap`` on the same rootfs.
+
+The CLI runs as installed: a launcher like scripts/install.sh's ``/usr/local/bin/corral``
+(``python -I``, no pip wrapper), on this checkout's code with its bytecode compiled (an
+install compiles it; without, every run would compile its modules again).
+"""
+
+from __future__ import annotations
+
+import compileall
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.host import timed
+from bench.phases.common import Bench, Tool, interleave, timer
+from bench.stats import ratio, summarize
+
+REPO = Path(__file__).resolve().parents[2]
+BARE = ["/usr/bin/python3", "-I", "-c", "pass"]
+
+
+def launcher(workdir: Path) -> Path:
+    """``corral`` as install.sh writes it, importing this checkout."""
+    path = workdir / "corral-cli"
+    path.write_text(
+        f"#!{sys.executable} -I\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+        "from supervisor.cli import main\nsys.exit(main())\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def measure(bench: Bench, n: int) -> dict[str, Any]:
+    """*n* rounds of each round-robin: start-up (ping, bare python), then cold runs."""
+    compileall.compile_dir(REPO / "supervisor", quiet=1)
+    peers = bench.peers
+    corral = str(launcher(peers.rootfs.parent))
+    socket = str(bench.daemon.socket)
+    startup = interleave(
+        bench,
+        {
+            "python3 -I -c pass": timer(lambda: BARE),
+            "corral ping": timer(lambda: [corral, "-s", socket, "ping"]),
+        },
+        n,
+    )
+    run = [corral, "-s", socket, "run", "--rm", "--rootfs", str(peers.rootfs), "--", "/bin/true"]
+    timed(run)  # it runs at all (raises with its stderr otherwise)
+    tools: dict[str, Tool] = {"corral run --rm": timer(lambda: run)}
+    for peer in (peers.crun, peers.bwrap):
+        if peer.available and peers.check(peer.cold_label, peer.cold_cmd()):
+            tools[peer.cold_label] = timer(peer.cold_cmd)
+        else:
+            bench.errors[f"cli/{peer.cold_label}"] = peers.errors.get(peer.cold_label, "absent")
+    runs = interleave(bench, tools, n)
+    stats = {k: summarize(v) for k, v in {**startup, **runs}.items()}
+
+    def median(name: str) -> float | None:
+        return stats.get(name, {}).get("median")
+
+    return {
+        "samples_ms": {**startup, **runs},
+        "stats": stats,
+        "ratios": {
+            "ping_vs_python": ratio(median("corral ping"), median("python3 -I -c pass")),
+            "run_vs_crun": ratio(median("corral run --rm"), median(peers.crun.cold_label)),
+            "run_vs_bwrap": ratio(median("corral run --rm"), median(peers.bwrap.cold_label)),
+        },
+    }
