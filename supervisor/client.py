@@ -263,16 +263,18 @@ class Client(_Commands):
             else:
                 return _payload(line)
 
-    def stream_bytes(self, handle: str, job_id: int, **opts: Any) -> Iterator[tuple[str, bytes]]:
+    def stream_bytes(
+        self, handle: str, job_id: int, **opts: Any
+    ) -> Generator[tuple[str, bytes], None, Any]:
         """:meth:`stream` in the ``raw`` encoding: ``(name, bytes)`` as the job wrote them
-        (``("cut", b"stdout")`` at the output limit)."""
+        (``("cut", b"stdout")`` at the output limit); the generator's value is the final
+        payload, as :meth:`stream`'s."""
         self.sock.sendall(_encode(("stream", handle, job_id, {**_clean(opts), "encoding": "raw"})))
         while True:
             line = self._line()
             item = wire.decode(line)
             if not (isinstance(item, list) and item):
-                _payload(line)
-                return
+                return _payload(line)
             if isinstance(item[1], int):
                 data = self.file.read(item[1])
                 if len(data) < item[1]:

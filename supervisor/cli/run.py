@@ -323,24 +323,23 @@ def socket_path_of(client: Client) -> str:
 
 def _follow(path: str, timeout: float | None, handle: str, job_id: int) -> dict[str, Any]:
     """Copy the job's output to ours until it ends; the stream's final payload."""
-    import base64
-
     from supervisor.client import Client
 
     out, err = sys.stdout.buffer, sys.stderr.buffer
     sys.stdout.flush()
     with Client(path, timeout) as reader:
-        chunks = reader.stream(handle, job_id, encoding="base64", ended=True)
+        chunks = reader.stream_bytes(handle, job_id, ended=True)
         while True:
             try:
                 name, chunk = next(chunks)
             except StopIteration as end:
                 return end.value if isinstance(end.value, dict) else {}
             if name == "cut":
-                print(f"corral: the job's {chunk} was cut at the output limit", file=sys.stderr)
+                what = chunk.decode()
+                print(f"corral: the job's {what} was cut at the output limit", file=sys.stderr)
                 continue
             target = out if name == "stdout" else err
-            target.write(base64.b64decode(chunk))
+            target.write(chunk)
             target.flush()
 
 
