@@ -296,6 +296,7 @@ def attach(
     saved = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     forwarder = threading.Thread(target=forward, daemon=True)
     forwarder.start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)  # held since the spawn (run_job)
     try:
         with RawMode(0) if terminal and stdin else _Nothing():
             if stdin:
@@ -349,8 +350,17 @@ def run_job(
     """Spawn the job and follow it, or collect it for ``--json``: (job id, exit status)."""
     import json
 
-    job_id: int = client.spawn(handle, script, **opts)
+    # From the spawn on, a signal we get is the job's: held back until attach passes it on
+    # (delivered before, SIGUSR1 would end us, SIGINT raise here).
+    held = {getattr(signal, name) for name in FORWARDED}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        job_id: int = client.spawn(handle, script, **opts)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        raise
     if args.json:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         status, out, err, report = client.link(handle, job_id, ended=True)
         print(
             json.dumps(
