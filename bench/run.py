@@ -158,6 +158,25 @@ def crun_check(peers: Peers, label: str) -> str:
     return "runs" if ok else f"fails: {peers.errors.get(label, '')}"
 
 
+#: Held for a whole run: two runs at once would share the hugetlb hierarchy the cgroup
+#: quirk mounts (one unmounting it under the other's crun, which then makes its cgroups
+#: in the bare mount point on the host's /sys/fs/cgroup) and measure each other.
+LOCK = Path("/run/lock/corral-bench.lock")
+
+
+def one_run_at_a_time() -> None:
+    """Wait for a run under way on this machine to end (the lock goes with our process)."""
+    import fcntl
+
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"another bench run holds {LOCK}: waiting for it to end")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 def main() -> int:
     """One run: set up, the phases, clean up, RESULTS.md and results.json; the exit status."""
     args = parse_args()
@@ -170,6 +189,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    one_run_at_a_time()
 
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
