@@ -12,6 +12,7 @@ without building a parser at all.
 
 from __future__ import annotations
 
+import os
 import sys
 from types import SimpleNamespace
 
@@ -101,8 +102,18 @@ def parser(commands: list[Command]) -> argparse.ArgumentParser:
             # One line, as every other mistake (argparse would print the usage first).
             raise Fail(f"{message} (`{self.prog} --help` tells more)", status=2)
 
+    def formatter(prog: str) -> argparse.HelpFormatter:
+        # argparse makes formatters as it builds the parser and asks shutil for the width
+        # (an import of 2 ms on every command); the terminal's width is os's to tell.
+        try:
+            width = os.get_terminal_size(sys.stdout.fileno()).columns
+        except (OSError, ValueError):
+            width = 80
+        return argparse.HelpFormatter(prog, width=max(width - 2, 20))
+
     p = Parser(
         prog="corral",
+        formatter_class=formatter,
         description="Run and manage containers of the Corral daemon.",
         epilog="`corral COMMAND --help` tells more; docs/cli.md lists every command.",
     )
@@ -114,7 +125,11 @@ def parser(commands: list[Command]) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands:
         s = sub.add_parser(
-            command.name, aliases=list(command.aliases), help=command.help, description=command.help
+            command.name,
+            aliases=list(command.aliases),
+            help=command.help,
+            description=command.help,
+            formatter_class=formatter,
         )
         if command.arguments is not None:
             command.arguments(s)
@@ -158,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # Our reader went away (`corral ps | head -1`): say nothing, as a killed `ls` would.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
