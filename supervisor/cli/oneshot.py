@@ -113,8 +113,7 @@ def _run_in(
             import termios
 
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
-    ended = job.ended or {}
-    if ended.get("killed_by") == "oom":
+    if _out_of_memory(client, handle, job.ended or {}, status):
         mem = (config_limits or {}).get("mem")
         limit = f" of {mem} bytes" if mem else ""
         print(
@@ -123,6 +122,23 @@ def _run_in(
         )
         return 137
     return 255 if status is None else status
+
+
+def _out_of_memory(client: Client, handle: str, ended: dict[str, Any], status: int | None) -> bool:
+    """Whether the job died of the container's memory limit. ``killed_by`` says so once
+    the daemon has seen the OOM event, which may come just after the job's end: a
+    SIGKILL is then told by the kernel's count of OOM kills in the container."""
+    from supervisor import errors
+
+    if ended.get("killed_by") == "oom":
+        return True
+    if ended.get("signal") != 9 and status != 137:
+        return False
+    try:
+        stat = client.info(handle).get("memory_stat") or {}
+    except errors.CorralError:
+        return False
+    return bool(stat.get("oom_count"))
 
 
 def _daemon_thread(target: Any, *targs: Any) -> None:
