@@ -252,6 +252,8 @@ class Network:
                 + f", and its subnet {subnet} is not inside bridge_networks "
                 f"({_networks(allowed)}), where bridges are made on demand"
             )
+        if subnet.num_addresses < 4:
+            raise InvalidRequest(f"network: subnet {subnet} has no room for containers")
         name = bridge or self.settings.on_demand_name(subnet)
         device = self.settings.bridge_device(name)
         if not WORD_RE.match(name) or len(device) > IFNAME_MAX:
@@ -261,8 +263,6 @@ class Network:
                 + ("" if bridge else ': name the bridge with a shorter "bridge"')
             )
         self._check_subnet(subnet, name)
-        if subnet.num_addresses < 4:
-            raise InvalidRequest(f"network: subnet {subnet} has no room for containers")
         gateway = gateway or IPv4Address(int(subnet.network_address) + 1)
         for what, address in (("address", ip), ("gateway", gateway)):
             if address not in subnet or address in (
@@ -312,7 +312,9 @@ class Network:
         bridge, address = options.get("bridge"), options.get("address")
         ident = self.ids.allocate()
         try:
-            on_demand = "subnet" in options and self._bridge_on_demand(options)
+            if "subnet" in options:
+                self._bridge_on_demand(options)
+            on_demand = bridge in self.made  # made for it, or joined
             pool = self._pool(bridge)
             try:
                 lease = pool.reserve(IPv4Address(address)) if address else pool.allocate()
@@ -339,9 +341,9 @@ class Network:
         self._record(container, att)
         return att
 
-    def _bridge_on_demand(self, options: dict[str, Any]) -> bool:
-        """The pool of the bridge made on demand that *options* name, made now if it is not
-        (its device when its first container is plumbed); True.
+    def _bridge_on_demand(self, options: dict[str, Any]) -> None:
+        """Make the pool of the bridge made on demand that *options* name, unless it is
+        there (its device comes when its first container is plumbed).
 
         Raises:
             InvalidRequest: the bridge exists with another subnet or gateway, or another
@@ -363,7 +365,6 @@ class Network:
                 f"network: gateway {gateway} refused: bridge {name} ({subnet}) has the "
                 f"gateway {pool.gateway}"
             )
-        return True
 
     def _forget_bridge(self, name: str) -> None:
         """Drop the pool of a bridge made on demand (its device and rules are removed apart)."""
