@@ -92,10 +92,12 @@ def _run_in(
 
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     opts: dict[str, Any] = {**spawn, "argv": argv}
+    # Our stdin, unless it is /dev/null (or closed): the job's is /dev/null then too.
+    feed = terminal or not _null_stdin()
     if terminal:
         size = os.get_terminal_size(sys.stdout.fileno())
         opts["tty"] = {"rows": max(size.lines, 1), "cols": max(size.columns, 1)}
-    else:
+    elif feed:
         opts["stdin"] = True
     try:
         job = client.popen(handle, "", **opts)
@@ -104,7 +106,8 @@ def _run_in(
     saved = _raw(sys.stdin.fileno()) if terminal else None
     try:
         _daemon_thread(_forward_signals, args, job, watched)
-        _daemon_thread(_copy_stdin, args, job)
+        if feed:
+            _daemon_thread(_copy_stdin, args, job)
         for name, chunk in job.output():
             write_out(name, chunk)
         status = job.wait()
@@ -141,6 +144,15 @@ def _out_of_memory(client: Client, handle: str, ended: dict[str, Any], status: i
     return bool(stat.get("oom_count"))
 
 
+def _null_stdin() -> bool:
+    """Whether our stdin is /dev/null or closed: nothing to pass on."""
+    try:
+        ours, null = os.fstat(0), os.stat(os.devnull)
+    except OSError:
+        return True
+    return (ours.st_rdev, ours.st_ino, ours.st_dev) == (null.st_rdev, null.st_ino, null.st_dev)
+
+
 def _daemon_thread(target: Any, *targs: Any) -> None:
     threading.Thread(target=target, args=targs, daemon=True).start()
 
@@ -155,9 +167,9 @@ def _forward_signals(args: argparse.Namespace, job: JobProcess, watched: set[int
     """Pass each signal we get to the job (SIGWINCH: our window's size to its terminal)."""
     from supervisor import errors
 
+    number = signal.sigwait(watched)  # connected at the first: most runs get none
     with _client(args) as client:
         while True:
-            number = signal.sigwait(watched)
             try:
                 if number == signal.SIGWINCH:
                     if sys.stdout.isatty():
@@ -167,6 +179,7 @@ def _forward_signals(args: argparse.Namespace, job: JobProcess, watched: set[int
                     client.signal(job.handle, job.id, int(number))
             except errors.CorralError:
                 pass  # the job has ended: its status comes with the output's end
+            number = signal.sigwait(watched)
 
 
 def _copy_stdin(args: argparse.Namespace, job: JobProcess) -> None:
