@@ -126,7 +126,7 @@ class FilesystemPlugin:
             self.depot,
             self.rootfs,
             config.daemon.socket.parent,
-            Path(init).parent,
+            Path(init),  # the binary: a root holding it could replace it
         )
 
     @hookimpl
