@@ -725,6 +725,10 @@ class Network:
     def attachment(self, container: ContainerView) -> Attachment:
         """The container's attachment, or InvalidState when it has no network."""
         att = self.attachments.get(container.handle)
+        if att is None and not self.wanted(container):
+            raise InvalidState(
+                f'container {container.handle}: has no network (created with "network": "none")'
+            )
         if att is None or att.closed:
             raise InvalidState(f"container {container.handle}: has no network (being destroyed?)")
         return att

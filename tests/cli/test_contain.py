@@ -3,14 +3,17 @@ as a subprocess)."""
 
 from __future__ import annotations
 
+import os
+import select
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cli.oneshot import daemon_subnet, make_chroot, readline, run, start, wait_gone
-from tests.conftest import NOTHING_LEFT, Daemon, leftovers
+from tests.cli.oneshot import corral, daemon_subnet, make_chroot, readline, run, start, wait_gone
+from tests.conftest import NOTHING_LEFT, REPO, Daemon, leftovers
 from tests.net.conftest import devices, net_leftovers
 
 MB = 1 << 20
@@ -234,3 +237,45 @@ def test_two_contains_on_one_subnet_ping_each_other(
     assert devices(bridges) == []  # gone after the last
     assert net_leftovers(daemon)["rules"] == []
     assert leftovers(daemon) == NOTHING_LEFT
+
+
+def test_a_terminal_gets_a_terminal(daemon: Daemon, chroot: Path) -> None:
+    master, slave = os.openpty()
+    contain = subprocess.Popen(
+        corral(
+            daemon,
+            "contain",
+            "-chroot",
+            str(chroot),
+            "--",
+            "/bin/sh",
+            "-c",
+            "tty; read x; echo got $x; exit 5",
+        ),
+        cwd=REPO,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"/dev/pts/" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 1024)
+        os.write(master, b"hello\r")
+        while contain.poll() is None and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 1024)
+                except OSError:
+                    break
+        assert contain.wait(20) == 5
+    finally:
+        if contain.poll() is None:
+            contain.kill()
+        os.close(master)
+    assert b"/dev/pts/0" in seen and b"got hello" in seen
+    assert wait_gone(daemon) == []

@@ -10,7 +10,7 @@ from ipaddress import IPv4Network
 import pytest
 
 from supervisor.client import Client
-from supervisor.errors import InvalidRequest
+from supervisor.errors import InvalidRequest, InvalidState
 from tests.cli.oneshot import daemon_subnet
 from tests.conftest import NOTHING_LEFT, Daemon, init_pid, leftovers
 from tests.net.conftest import Outside, devices, net_leftovers, table_rules
@@ -173,6 +173,10 @@ def test_no_network_is_loopback_only(daemon: Daemon, client: Client) -> None:
         assert status == 0
         assert out.split()[0] == "lo" and "1 packets received" in out
         assert not (daemon.depot / handle / "resolv.conf").exists()
+        with pytest.raises(
+            InvalidState, match='has no network \\(created with "network": "none"\\)'
+        ):
+            client.call("net", handle, "out", "10.0.0.0/8")
     finally:
         client.destroy(handle)
     assert leftovers(daemon) == NOTHING_LEFT
