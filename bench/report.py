@@ -697,18 +697,16 @@ def contain_rows(r: Results) -> list[str]:
 
 
 def contain(r: Results) -> list[str]:
-    """``corral contain`` against crun and bwrap, and the CLI's start-up."""
+    """``corral contain`` against crun and bwrap."""
     c = r.get("contain")
     if not c:
         return []
     note = (
-        "`corral contain -chroot ROOTFS [--overlay] -- /bin/true` as a user runs it (the CLI "
-        "started from the checkout, create, the job, the container gone), round-robin with "
+        "`corral contain -chroot ROOTFS [--overlay] -- /bin/true` as a user runs it (the "
+        "installed CLI's start, create, the job, the container gone), round-robin with "
         "`crun run` and bwrap on the same rootfs (the direct root on a copy), ms:"
     )
-    lines = stats_table("contain", c["stats"], note)
-    lines += stats_table("contain: the CLI's start-up", c["startup_stats"], "Back to back, ms:")
-    return lines
+    return stats_table("contain", c["stats"], note)
 
 
 def shaping(r: Results) -> list[str]:
