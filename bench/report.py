@@ -32,6 +32,7 @@ TARGETS = {
     "shaping": "a bandwidth limit adds < 0.3 ms to a cold run (median)",
     "seccomp_cold": "the jobs' seccomp filter adds < 0.5 ms to a cold run (median)",
     "seccomp_exec": "the jobs' seccomp filter adds nothing measurable to an exec (< 0.05 ms, median)",
+    "contain": "`corral contain -- /bin/true` <= 1.5x `crun run` (median)",
     "image_pull": "<= 1.0x `skopeo copy` + `umoci unpack` (median)",
     "image_create": "<= 1.1x create from a rootfs directory (median)",
     "image_disk": "layers' disk does not grow with the number of containers",
@@ -177,6 +178,7 @@ def summary(r: Results) -> list[str]:
         ci_rows,
         shaping_rows,
         seccomp_rows,
+        contain_rows,
         images_rows,
     ):
         lines += rows(r)
@@ -675,6 +677,38 @@ def shaping_rows(r: Results) -> list[str]:
     ]
 
 
+def contain_rows(r: Results) -> list[str]:
+    """``corral contain`` against ``crun run`` (the target)."""
+    s = r.get("contain", {}).get("stats", {})
+    mine, crun = s.get("corral contain --overlay", {}), s.get("crun run", {})
+    if not mine.get("n") or not crun.get("n"):
+        return []
+    return [
+        ratio_row(
+            "`corral contain --overlay -- /bin/true`, median",
+            mine["median"],
+            "crun run",
+            crun["median"],
+            TARGETS["contain"],
+            mine["median"] <= 1.5 * crun["median"],
+            "ms",
+        )
+    ]
+
+
+def contain(r: Results) -> list[str]:
+    """``corral contain`` against crun and bwrap."""
+    c = r.get("contain")
+    if not c:
+        return []
+    note = (
+        "`corral contain -chroot ROOTFS [--overlay] -- /bin/true` as a user runs it (the "
+        "installed CLI's start, create, the job, the container gone), round-robin with "
+        "`crun run` and bwrap on the same rootfs (the direct root on a copy), ms:"
+    )
+    return stats_table("contain", c["stats"], note)
+
+
 def shaping(r: Results) -> list[str]:
     """Cold runs with and without a bandwidth limit, and their creates."""
     sh = r.get("shaping")
@@ -1115,6 +1149,7 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     ci,
     shaping,
     seccomp,
+    contain,
     images,
     cli,
     profile,

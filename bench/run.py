@@ -45,6 +45,7 @@ from bench.phases import (  # noqa: E402
     ci,
     cli,
     cold,
+    contain,
     control,
     density,
     events,
@@ -60,6 +61,7 @@ from bench.phases.common import Bench  # noqa: E402
 
 PHASES = (
     "cold",
+    "contain",
     "exec",
     "density",
     "control",
@@ -104,6 +106,7 @@ def plan(bench: Bench, args: argparse.Namespace) -> list[tuple[str, Callable[[],
     q = args.quick
     return [
         ("cold", lambda: cold.measure(bench, args.runs)),
+        ("contain", lambda: contain.measure(bench, 30 if q else 100)),
         ("exec", lambda: exec_.measure(bench, args.runs)),
         ("density", lambda: density.measure(bench, args.density)),
         (

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +72,24 @@ class Request:
         """Wait until the client sends another request, or closes the connection."""
         await self.connection.input()
 
+    @asynccontextmanager
+    async def until_hangup(self) -> AsyncIterator[None]:
+        """Run the body (a wait for a job) unless the client closes the connection
+        entirely meanwhile: then the request ends there, the connection closes, and its
+        references go (a ``grace_time`` 0 container is destroyed at once)."""
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                await self.connection.hung_up()
+                self.connection.broken = True  # no one left to answer
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            yield
+            nursery.cancel_scope.cancel()
+        if self.connection.broken:
+            raise trio.BrokenResourceError("client went away")
+
 
 # -- handlers --------------------------------------------------------------------
 
@@ -125,14 +145,18 @@ def _job_request(
     user = opts.get("user", defaults.user)
     if user is not None:
         user = str(user)
-        if not user or any(c in user for c in ":\0\n"):
-            raise InvalidRequest(f"{command}: user {user!r} is not a user name or uid")
+        uid, colon, gid = user.partition(":")
+        numbers = colon and uid.isdigit() and gid.isdigit()  # "UID:GID", no lookup
+        if not user or any(c in user for c in "\0\n") or (colon and not numbers):
+            raise InvalidRequest(
+                f"{command}: user {user!r} is not a user name, a uid, or UID:GID (numbers)"
+            )
     directory = opts.get("dir", defaults.dir)
     if directory is not None and (not directory.startswith("/") or "\0" in directory):
         raise InvalidRequest(f"{command}: dir {directory!r} must be an absolute path")
     return JobRequest(
         job_id=container.allocate_job_id(),
-        argv=("/bin/sh", "-c", script),
+        argv=_argv(command, script, opts.get("argv")),
         env=tuple(env),  # type: ignore[arg-type]
         dir=directory,
         user=user,
@@ -143,7 +167,23 @@ def _job_request(
     )
 
 
+def _argv(command: str, script: str, argv: list[Any] | None) -> tuple[str, ...]:
+    """``/bin/sh -c SCRIPT``, or the program and arguments of OPTS ``argv`` (SCRIPT empty)."""
+    if argv is None:
+        return ("/bin/sh", "-c", script)
+    if script:
+        raise InvalidRequest(f'{command}: SCRIPT must be "" with argv (it runs instead)')
+    if not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
+        raise InvalidRequest(f"{command}: argv must be a list of strings, [PROGRAM, ARG...]")
+    if any("\0" in a for a in argv):
+        raise InvalidRequest(f"{command}: argv contains a NUL byte")
+    if sum(len(a.encode("utf-8", "surrogateescape")) + 1 for a in argv) > MAX_SCRIPT_BYTES:
+        raise InvalidRequest(f"{command}: argv is longer than {MAX_SCRIPT_BYTES} bytes")
+    return tuple(argv)
+
+
 SPAWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "argv": list,
     "privileged": bool,
     "env": (dict, list),
     "dir": str,
@@ -246,9 +286,10 @@ async def _link(
     encoding = _encoding(command, opts)
     job = container.job(job_id)
     wanted = _wants_report(opts)
-    (status, out, err), report = await container.link(
-        job, partial(_report, opts=opts) if wanted else None
-    )
+    async with request.until_hangup():
+        (status, out, err), report = await container.link(
+            job, partial(_report, opts=opts) if wanted else None
+        )
     reply: list[Any] = [
         status,
         None if out is None else encode_output(out, encoding),
@@ -293,8 +334,9 @@ async def stream(request: Request, *args: Any) -> list[Any] | dict[str, Any]:
     structlog.contextvars.bind_contextvars(job_id=job_id)
     limit = request.supervisor.config.containers.output_limit
     follow = opts.get("follow", True)
-    async for name, chunk in job.stream(limit, stream_chunk_size(encoding), follow):
-        await request.send(encode_stream_chunk(name, chunk, encoding))
+    async with request.until_hangup():
+        async for name, chunk in job.stream(limit, stream_chunk_size(encoding), follow):
+            await request.send(encode_stream_chunk(name, chunk, encoding))
     for name in sorted(job.cut):  # the output ended at the limit: the job was killed
         await request.send(encode_line(["cut", name]))
     final: dict[str, Any] = {}

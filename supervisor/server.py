@@ -31,6 +31,9 @@ from supervisor.registry import Supervisor
 log = structlog.get_logger()
 
 RECEIVE_SIZE = 64 * 1024
+#: Seconds between checks for a client that closed while its request runs, when the
+#: socket cannot tell by readability (see :meth:`Connection.hung_up`).
+HANGUP_POLL = 0.5
 #: What a request is counted as before its command is known to exist.
 INVALID, UNKNOWN = "(invalid)", "(unknown)"
 
@@ -191,6 +194,33 @@ class Connection:
         """Wait until the client sends more, or closes (what came stays in the buffer)."""
         if not self.buffer and not self.eof:
             await trio.lowlevel.wait_readable(self.sock)
+
+    async def hung_up(self) -> None:
+        """Return once the client has closed the connection entirely (a long handler's
+        client killed, say): a half-close (it shut down its writing side) is not one, as
+        it may still read the reply. What it sends meanwhile is kept for after the handler.
+
+        On readability (the common case, no input pending: no cost until then); with
+        input pending or after a half-close, the socket stays readable: then every
+        :data:`HANGUP_POLL` seconds.
+        """
+        poller = select.poll()
+        poller.register(self.sock, select.POLLRDHUP)
+        while True:
+            if self.buffer or self.eof:
+                await trio.sleep(HANGUP_POLL)
+            else:
+                await trio.lowlevel.wait_readable(self.sock)
+                try:
+                    data = self.sock.recv(RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                self.buffer.extend(data)
+                self.eof = not data
+            if any(events & select.POLLHUP for _, events in poller.poll(0)):
+                return
 
     async def receive(self) -> None:
         """Add the client's next bytes to the buffer, or set eof."""

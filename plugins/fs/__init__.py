@@ -18,6 +18,7 @@ its own.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -28,7 +29,7 @@ from typing import Any
 import structlog
 import trio
 
-from plugins.fs import command, quota
+from plugins.fs import command, direct, quota
 from supervisor.api import (
     Config,
     ContainerView,
@@ -53,6 +54,9 @@ TREE_USAGE_TTL = 2.0
 #: Layers checked for emptiness between two checkpoints of the event loop (~8 us each).
 EMPTY_CHECK_BATCH = 50
 
+#: A direct root's real path and (st_dev, st_ino), checked at prepare, until attach sees
+#: the container's root is that directory.
+DIRECT_ROOT = StashKey[tuple[str, tuple[int, int]]]()
 #: When the usage of a container's writable layer was walked, and what it was.
 TREE_USAGE = StashKey[tuple[float, quota.Usage]]()
 
@@ -116,6 +120,14 @@ class FilesystemPlugin:
     def __init__(self, config: Config) -> None:
         self.rootfs = config.containers.rootfs
         self.depot = config.daemon.depot
+        init = (config.tables.get("isolation") or {}).get("init", direct.DEFAULT_INIT)
+        #: Never a container's writable root (``rootfs_mode`` direct), nor near one.
+        self.own_dirs = (
+            self.depot,
+            self.rootfs,
+            config.daemon.socket.parent,
+            Path(init),  # the binary: a root holding it could replace it
+        )
 
     @hookimpl
     def corral_startup(self, live_handles: frozenset[str]) -> None:
@@ -127,7 +139,12 @@ class FilesystemPlugin:
 
     @hookimpl
     def corral_create_options(self) -> dict[str, Any]:
-        return {"rootfs": _rootfs, "bind_mounts": _bind_mounts, "disk_size_mb": _disk_size_mb}
+        return {
+            "rootfs": _rootfs,
+            "rootfs_mode": direct.check_mode,
+            "bind_mounts": _bind_mounts,
+            "disk_size_mb": _disk_size_mb,
+        }
 
     @hookimpl
     def corral_spare_directories(self) -> dict[str, int]:
@@ -149,6 +166,10 @@ class FilesystemPlugin:
         self, container: ContainerView, plan: LaunchPlan, restoring: bool
     ) -> AsyncIterator[None]:
         size_mb: int | None = container.options.get("disk_size_mb")
+        if container.options.get("rootfs_mode") == "direct":
+            async with self._direct_root(container, plan, restoring):
+                yield
+            return
         image = container.path / quota.IMAGE_NAME
         if size_mb is None:
             upper, work = container.path / "upper", container.path / "work"
@@ -174,14 +195,7 @@ class FilesystemPlugin:
                 "overlay", "overlay", "/", (), f"lowerdir={base},upperdir={upper},workdir={work}"
             )
             for host, target, options in container.options.get("bind_mounts", []):
-                flags: tuple[str, ...] = (
-                    "bind",
-                    "rec",
-                    "mkdir" if Path(host).is_dir() else "mkfile",
-                )
-                if options["mode"] == "ro":
-                    flags += ("ro", "nosuid", "nodev")
-                plan.mounts.append(Mount("none", host, target, flags))
+                plan.mounts.append(_bind_mount(host, target, options))
             yield
         finally:
             await command.abandon_copies(container)
@@ -191,6 +205,62 @@ class FilesystemPlugin:
                 container.after_destroy(partial(_release_loops, container, image))
             # The layers, the image and the mount points are in the container's
             # directory, which the core removes next.
+
+    @asynccontextmanager
+    async def _direct_root(
+        self, container: ContainerView, plan: LaunchPlan, restoring: bool
+    ) -> AsyncIterator[None]:
+        """The ``rootfs`` directory itself as the root (see :mod:`plugins.fs.direct`)."""
+        options = container.options
+        for key, why in (
+            ("disk_size_mb", "the disk quota is a layer over the root, and there is none"),
+            ("image", "an image's layers are read-only and shared"),
+        ):
+            if options.get(key) is not None:
+                raise InvalidRequest(f'create: "rootfs_mode": "direct" cannot go with {key}: {why}')
+        if "rootfs" not in options:
+            raise InvalidRequest(
+                f'create: "rootfs_mode": "direct" needs a rootfs of the client\'s: the default '
+                f"{self.rootfs} is every container's shared base"
+            )
+        fd = -1
+        try:
+            if not restoring:
+                fd, real = direct.open_root(options["rootfs"], self.own_dirs)
+                container.stash[DIRECT_ROOT] = (real, direct.identity(fd))
+                plan.root_dir.mkdir(exist_ok=True)
+                plan.root_mount = direct.root_mount(real)
+            for host, target, bind_options in options.get("bind_mounts", []):
+                plan.mounts.append(_bind_mount(host, target, bind_options))
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            await command.abandon_copies(container)
+
+    @hookimpl
+    def corral_container_attach(
+        self, container: ContainerView, restoring: bool
+    ) -> AbstractAsyncContextManager[None] | None:
+        checked = container.stash.pop(DIRECT_ROOT, None)
+        if checked is None or restoring:
+            return None
+        return self._same_root(container, *checked)
+
+    @asynccontextmanager
+    async def _same_root(
+        self, container: ContainerView, path: str, checked: tuple[int, int]
+    ) -> AsyncIterator[None]:
+        """Fail the create if the root the init mounted is not the directory checked (a
+        path swapped meanwhile), before any job runs in it."""
+        sandbox = container.sandbox
+        assert sandbox is not None
+        if direct.identity_of(f"/proc/{sandbox.pid}/root") != checked:
+            raise InvalidRequest(
+                f"rootfs {path}: it changed while the container was made (a path component "
+                "replaced?); nothing ran in it"
+            )
+        yield
 
     @hookimpl
     def corral_container_info(self, container: ContainerView) -> Any:
@@ -204,6 +274,13 @@ class FilesystemPlugin:
     @hookimpl
     def corral_limit_resources(self) -> dict[str, Limit]:
         return {"disk": DiskLimit()}
+
+
+def _bind_mount(host: str, target: str, options: dict[str, Any]) -> Mount:
+    flags: tuple[str, ...] = ("bind", "rec", "mkdir" if Path(host).is_dir() else "mkfile")
+    if options["mode"] == "ro":
+        flags += ("ro", "nosuid", "nodev")
+    return Mount("none", host, target, flags)
 
 
 async def _make_image(container: ContainerView, size_mb: int) -> None:

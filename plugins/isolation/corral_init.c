@@ -931,7 +931,22 @@ static const char *parse_job(char **strs, int n, struct job_spec *js, bool *has_
 /* Find the user (a name, or a uid) in the container's /etc/passwd. */
 static void lookup_user(const char *want, struct user *u)
 {
-	unsigned long long uid = 0, gid, id;
+	static char uid_text[24];
+	unsigned long long uid = 0, gid, id, group = 0;
+	const char *colon = strchr(want, ':');
+	bool has_group = false;
+
+	if (colon) { /* "UID:GID": numbers, the group given (neither needs /etc/passwd) */
+		size_t n = (size_t)(colon - want);
+		if (n >= sizeof uid_text)
+			die_msg("user %s: not UID:GID", want);
+		memcpy(uid_text, want, n);
+		uid_text[n] = '\0';
+		if (!parse_uint(uid_text, UINT32_MAX - 1, &uid) || !parse_uint(colon + 1, UINT32_MAX - 1, &group))
+			die_msg("user %s: not UID:GID", want);
+		want = uid_text;
+		has_group = true;
+	}
 	bool numeric = parse_uint(want, UINT32_MAX - 1, &uid);
 	char *text = NULL, *line, *next;
 	struct stat st;
@@ -958,13 +973,13 @@ static void lookup_user(const char *want, struct user *u)
 		}
 		if (n == 7 && parse_uint(f[2], UINT32_MAX - 1, &id) && parse_uint(f[3], UINT32_MAX - 1, &gid) &&
 		    (numeric ? id == uid : !strcmp(f[0], want))) {
-			*u = (struct user){ (uid_t)id, (gid_t)gid, f[0], *f[5] ? f[5] : "/" };
+			*u = (struct user){ (uid_t)id, (gid_t)(has_group ? group : gid), f[0], *f[5] ? f[5] : "/" };
 			return;
 		}
 	}
 	if (!numeric)
 		die_msg("unknown user %s", want);
-	*u = (struct user){ (uid_t)uid, (gid_t)uid, want, "/" };
+	*u = (struct user){ (uid_t)uid, (gid_t)(has_group ? group : uid), want, "/" };
 }
 
 /* PID 1 ignores these (and blocks SIGCHLD); every other signal it got at their

@@ -33,6 +33,7 @@ from plugins.net.dns import resolv_conf
 from plugins.net.network import Attachment, Network
 from plugins.net.rules import parse_egress
 from plugins.net.settings import NAME, Settings
+from plugins.net.sysctl import PING_GROUP_RANGE, start_in_namespace
 from supervisor.api import (
     Args,
     ConfigError,
@@ -66,9 +67,10 @@ RESOLV_CONF = "/etc/resolv.conf"
 
 
 class _EarlyVeth:
-    """A new container's veth, made at prepare once its network namespace exists."""
+    """A new container's network, set up at prepare once its network namespace exists:
+    its sysctls, and its veth (none with ``"network": "none"``)."""
 
-    def __init__(self, network: Network, att: Attachment) -> None:
+    def __init__(self, network: Network, att: Attachment | None) -> None:
         self.network = network
         #: Held here until attach takes it; given back at prepare's exit if never taken.
         self.att: Attachment | None = att
@@ -79,20 +81,27 @@ class _EarlyVeth:
     async def make(self, namespace: Callable[[], Awaitable[NetworkNamespace | None]]) -> None:
         try:
             netns = await namespace()
-            if netns is not None and self.att is not None:
-                await self.network.plumb(self.att, netns.fd, netns.route_socket)
-                self.plumbed = True
+            if netns is not None:
+                # `ping` for every user, as under Docker (unprivileged ICMP echo sockets).
+                sysctls = start_in_namespace(netns.fd, PING_GROUP_RANGE)
+                try:
+                    if self.att is not None:
+                        await self.network.plumb(self.att, netns.fd, netns.route_socket)
+                        self.plumbed = True
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await sysctls()
         except Exception as exc:  # attach reports it
             self.error = exc
         finally:
             self.done.set()
 
-    async def take(self) -> tuple[Attachment, bool]:
-        """The attachment, and whether its veth is made and configured (no namespace came: not yet)."""
+    async def take(self) -> tuple[Attachment | None, bool]:
+        """The attachment (None: no network), and whether its veth is made and configured
+        (no namespace came: not yet)."""
         await self.done.wait()
         if self.error is not None:
             raise self.error
-        assert self.att is not None
         att, self.att = self.att, None
         return att, self.plumbed
 
@@ -146,13 +155,14 @@ class NetworkPlugin:
     async def _early_veth(
         self, container: ContainerView, plan: LaunchPlan, restoring: bool
     ) -> AsyncIterator[None]:
-        if not restoring:
+        wanted = self.network.wanted(container)
+        if not restoring and wanted:
             plan.mounts.append(self._resolv_conf_mount(container))
         namespace = plan.network_namespace
         if restoring or namespace is None:
             yield  # attach does it all
             return
-        early = _EarlyVeth(self.network, self.network.reserve(container))
+        early = _EarlyVeth(self.network, self.network.reserve(container) if wanted else None)
         container.stash[EARLY] = early
         try:
             async with context_nursery() as nursery:
@@ -186,8 +196,10 @@ class NetworkPlugin:
         if restoring:
             await net.restore(container)
         elif early is not None:
-            await net.attach(container, *await early.take())
-        else:
+            att, plumbed = await early.take()
+            if att is not None:
+                await net.attach(container, att, plumbed)
+        elif net.wanted(container):
             await net.attach(container)
         try:
             yield

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 import structlog
@@ -21,8 +21,8 @@ import trio
 from plugins.net import links, netlink, shaping
 from plugins.net.firewall import Firewall
 from plugins.net.pool import AddressPool, BridgePool, Lease, PortPool, SlotPool, SubnetPool
-from plugins.net.rules import Egress, Forward, Ruleset
-from plugins.net.settings import MAX_IDS, NAME, Settings
+from plugins.net.rules import BRIDGE_TAG, Egress, Forward, Ruleset
+from plugins.net.settings import IFNAME_MAX, MAX_IDS, NAME, WORD_RE, Settings
 from supervisor.api import (
     ContainerView,
     InvalidRequest,
@@ -35,7 +35,10 @@ from supervisor.api import (
 
 log = structlog.get_logger()
 
-NETWORK_KEYS = ("address", "bridge", "bandwidth")
+NETWORK_KEYS = ("address", "bridge", "gateway", "bandwidth")
+#: ``create`` CONFIG ``"network": "none"``: no veth, no address; the container's own
+#: network namespace has only its loopback.
+NO_NETWORK = "none"
 
 
 #: Seconds a released device name is not reused: the kernel removes the veth of a
@@ -53,9 +56,11 @@ class Attachment:
     device: str
     #: Device the container's traffic enters the host by: the veth, or its bridge.
     ingress: str
-    #: Configured bridge name, or None for a /30 of the pool.
+    #: Bridge name (configured or made on demand), or None for a /30 of the pool.
     bridge: str | None
     lease: Lease
+    #: The bridge was made on demand for the lease's subnet (not configured).
+    on_demand: bool = False
     forwards: list[Forward] = field(default_factory=list)
     egress: list[Egress] = field(default_factory=list)
     bandwidth: shaping.Bandwidth | None = None
@@ -71,6 +76,7 @@ class Attachment:
             "ingress": self.ingress,
             "bridge": self.bridge,
             "lease": self.lease.to_json(),
+            "bridge_on_demand": self.on_demand,
             "forwards": [f.to_json() for f in self.forwards],
             "egress": [e.to_json() for e in self.egress],
             "bandwidth": self.bandwidth.to_json() if self.bandwidth else None,
@@ -85,10 +91,24 @@ class Attachment:
             ingress=data["ingress"],
             bridge=data.get("bridge"),
             lease=Lease.from_json(data["lease"]),
+            on_demand=data.get("bridge_on_demand", False),
             forwards=[Forward.from_json(f) for f in data.get("forwards", [])],
             egress=[Egress.from_json(e) for e in data.get("egress", [])],
             bandwidth=shaping.Bandwidth.from_json(bw) if (bw := data.get("bandwidth")) else None,
         )
+
+
+def _interface(value: Any, what: str) -> IPv4Interface:
+    if isinstance(value, str):
+        try:
+            return IPv4Interface(value)
+        except ValueError:
+            pass
+    raise InvalidRequest(f"network: {what} {value!r} is not an IPv4 address A.B.C.D[/NN]")
+
+
+def _networks(networks: Sequence[IPv4Network]) -> str:
+    return ", ".join(map(str, networks)) or "none configured"
 
 
 def _rule_json(allow: Egress) -> dict[str, Any]:
@@ -128,7 +148,10 @@ class Network:
         self.ports = PortPool(*settings.port_range)
         self.ids = SlotPool("device names", MAX_IDS, DEVICE_QUARANTINE)
         self.attachments: dict[str, Attachment] = {}
-        #: Handles of the containers on each bridge (a bridge exists while it has members).
+        #: Names of the bridges of :attr:`bridges` made on demand (``bridge_networks``).
+        self.made: set[str] = set()
+        #: Handles of the containers on each bridge, from the reservation of their address
+        #: (a bridge exists while it has members; one made on demand goes with its last).
         self.members: dict[str, set[str]] = {name: set() for name in settings.bridges}
         self._bridge_lock = trio.Lock()
         #: Route sockets in the network namespaces of containers with a bandwidth limit.
@@ -142,10 +165,13 @@ class Network:
         """Validate the ``network`` key of ``create`` (see README.md); return it normalized."""
         if value is None:
             value = {}
+        if value == NO_NETWORK:
+            return NO_NETWORK  # type: ignore[return-value]
         if not isinstance(value, dict) or set(value) - set(NETWORK_KEYS):
             raise InvalidRequest(
-                'network: must be an object with "address": "A.B.C.D[/NN]", "bridge": NAME '
-                'and/or "bandwidth": {"rate": BYTES_PER_SECOND, "burst": BYTES}'
+                'network: must be "none" or an object with "address": "A.B.C.D[/NN]", '
+                '"bridge": NAME, "gateway": "A.B.C.D" and/or '
+                '"bandwidth": {"rate": BYTES_PER_SECOND, "burst": BYTES}'
             )
         try:
             bandwidth = shaping.parse_bandwidth(value.get("bandwidth"), self.settings.mtu)
@@ -154,30 +180,40 @@ class Network:
         return {**self._check_address(value), "bandwidth": bandwidth and bandwidth.to_json()}
 
     def _check_address(self, value: dict[str, Any]) -> dict[str, Any]:
-        bridge = value.get("bridge")
-        if bridge is not None and bridge not in self.bridges:
-            known = ", ".join(sorted(self.bridges)) or "none"
-            raise InvalidRequest(f"network: unknown bridge {bridge!r} (configured: {known})")
-        address = value.get("address")
+        bridge, address, gateway = value.get("bridge"), value.get("address"), value.get("gateway")
+        if bridge is not None and not isinstance(bridge, str):
+            raise InvalidRequest(f"network: bridge {bridge!r} is not a name")
+        if gateway is not None and address is None:
+            raise InvalidRequest("network: gateway goes with an address (A.B.C.D/NN)")
         if address is None:
+            if bridge is not None and bridge not in self.bridges:
+                raise InvalidRequest(
+                    f"network: unknown bridge {bridge!r} ({self._known_bridges()}); to make it, "
+                    f"give an address A.B.C.D/NN of a subnet in bridge_networks "
+                    f"({_networks(self.settings.bridge_networks)})"
+                )
             return {"address": None, "bridge": bridge}
-        try:
-            interface = IPv4Interface(address) if isinstance(address, str) else None
-        except ValueError:
-            interface = None
-        if interface is None:
-            raise InvalidRequest(
-                f"network: address {address!r} is not an IPv4 address A.B.C.D[/NN]"
-            )
+        interface = _interface(address, "address")
         ip = interface.ip
+        gateway_ip = None if gateway is None else _interface(gateway, "gateway").ip
         if bridge is None:
-            # An address of a bridge subnet puts the container on that bridge.
+            # An address of a bridge's subnet puts the container on that bridge.
             bridge = next((n for n, p in self.bridges.items() if ip in p.network), None)
+        if bridge is None and ip not in self.subnets.network and "/" in address:
+            return self._check_on_demand(interface, None, gateway_ip)
+        if bridge is not None and bridge not in self.bridges:
+            return self._check_on_demand(interface, bridge, gateway_ip)
         pool = self._pool(bridge)
         if ip not in pool.network:
             raise InvalidRequest(
                 f"network: address {ip} is not in the address pool {self.subnets.network}"
                 + "".join(f" nor in bridge {n} ({p.network})" for n, p in self.bridges.items())
+                + (
+                    f" nor in bridge_networks ({_networks(self.settings.bridge_networks)}: "
+                    "give the prefix length, A.B.C.D/NN, to make a bridge for its subnet)"
+                    if self.settings.bridge_networks and bridge is None
+                    else ""
+                )
             )
         expected = pool.lease(0).prefixlen
         if "/" in address and interface.network.prefixlen != expected:
@@ -185,10 +221,80 @@ class Network:
                 f"network: address {address}: the prefix length here is /{expected}"
             )
         try:
-            pool.slot_of(ip)
+            slot = pool.slot_of(ip)
         except InvalidRequest as exc:
             raise InvalidRequest(f"network: {exc.message}") from None
+        if gateway_ip is not None and gateway_ip != pool.lease(slot).gateway:
+            where = "a /30 of the pool" if bridge is None else f"bridge {bridge} ({pool.network})"
+            raise InvalidRequest(
+                f"network: gateway {gateway_ip} refused: {where} has the gateway "
+                f"{pool.lease(slot).gateway}"
+            )
         return {"address": str(ip), "bridge": bridge}
+
+    def _known_bridges(self) -> str:
+        configured = ", ".join(sorted(set(self.bridges) - self.made)) or "none"
+        made = ", ".join(sorted(self.made))
+        return f"configured: {configured}" + (f"; made on demand: {made}" if made else "")
+
+    def _check_on_demand(
+        self, interface: IPv4Interface, bridge: str | None, gateway: IPv4Address | None
+    ) -> dict[str, Any]:
+        """The options of a container on a bridge to make on demand for *interface*'s subnet
+        (named *bridge*, or after the subnet), checked against the config and the bridges
+        now (the host's networks are checked when the bridge is made)."""
+        subnet, ip = interface.network, interface.ip
+        allowed = self.settings.bridge_networks
+        if not any(subnet.subnet_of(n) for n in allowed):
+            raise InvalidRequest(
+                f"network: address {interface} is not in the address pool {self.subnets.network}"
+                + "".join(f" nor in bridge {n} ({p.network})" for n, p in self.bridges.items())
+                + f", and its subnet {subnet} is not inside bridge_networks "
+                f"({_networks(allowed)}), where bridges are made on demand"
+            )
+        if subnet.num_addresses < 4:
+            raise InvalidRequest(f"network: subnet {subnet} has no room for containers")
+        name = bridge or self.settings.on_demand_name(subnet)
+        device = self.settings.bridge_device(name)
+        if not WORD_RE.match(name) or len(device) > IFNAME_MAX:
+            raise InvalidRequest(
+                f"network: bridge name {name!r} must be letters, digits, '_' or '-', and its "
+                f"device {device!r} at most {IFNAME_MAX} characters"
+                + ("" if bridge else ': name the bridge with a shorter "bridge"')
+            )
+        self._check_subnet(subnet, name)
+        gateway = gateway or IPv4Address(int(subnet.network_address) + 1)
+        for what, address in (("address", ip), ("gateway", gateway)):
+            if address not in subnet or address in (
+                subnet.network_address,
+                subnet.broadcast_address,
+            ):
+                raise InvalidRequest(f"network: {what} {address} is not a host address of {subnet}")
+        if ip == gateway:
+            raise InvalidRequest(f"network: address {ip} is the gateway of bridge {name}")
+        return {"address": str(ip), "bridge": name, "subnet": str(subnet), "gateway": str(gateway)}
+
+    def _check_subnet(self, subnet: IPv4Network, name: str) -> None:
+        """Refuse a subnet for a new bridge that overlaps the pool or another bridge."""
+        if subnet.overlaps(self.subnets.network):
+            raise InvalidRequest(
+                f"network: subnet {subnet} overlaps the address pool {self.subnets.network}"
+            )
+        for other, pool in self.bridges.items():
+            if other == name:
+                raise InvalidRequest(
+                    f"network: bridge {name} exists with subnet {pool.network}, not {subnet}"
+                )
+            if pool.network.overlaps(subnet):
+                raise InvalidRequest(
+                    f"network: subnet {subnet} overlaps bridge {other} ({pool.network})"
+                    + ('; leave "bridge" out to join it' if pool.network == subnet else "")
+                )
+
+    @staticmethod
+    def wanted(container: ContainerView) -> bool:
+        """Whether the container has a network (not ``"network": "none"``)."""
+        return container.options.get("network") != NO_NETWORK
 
     def _pool(self, bridge: str | None) -> AddressPool:
         return self.subnets if bridge is None else self.bridges[bridge]
@@ -204,22 +310,29 @@ class Network:
         """
         options = container.options.get("network") or {}
         bridge, address = options.get("bridge"), options.get("address")
-        pool = self._pool(bridge)
+        ident = self.ids.allocate()
         try:
-            lease = pool.reserve(IPv4Address(address)) if address else pool.allocate()
-        except InvalidRequest as exc:
-            raise InvalidRequest(f"network: {exc.message}") from None
-        except NoCapacity as exc:
-            raise NoCapacity(f"container {container.handle}: {exc.message}") from None
-        try:
-            ident = self.ids.allocate()
+            if "subnet" in options:
+                self._bridge_on_demand(options)
+            on_demand = bridge in self.made  # made for it, or joined
+            pool = self._pool(bridge)
+            try:
+                lease = pool.reserve(IPv4Address(address)) if address else pool.allocate()
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"network: {exc.message}") from None
+            except NoCapacity as exc:
+                raise NoCapacity(f"container {container.handle}: {exc.message}") from None
         except BaseException:
-            pool.release(lease, quarantine=False)
+            self.ids.release(ident, quarantine=False)
+            if bridge in self.made and not self.members.get(bridge):
+                self._forget_bridge(bridge)  # made for this container alone
             raise
+        if bridge is not None:
+            self.members.setdefault(bridge, set()).add(container.handle)
         device = self.settings.veth_name(ident)
         ingress = device if bridge is None else self.settings.bridge_device(bridge)
         bandwidth = options.get("bandwidth")
-        att = Attachment(container.handle, ident, device, ingress, bridge, lease)
+        att = Attachment(container.handle, ident, device, ingress, bridge, lease, on_demand)
         att.bandwidth = shaping.Bandwidth.from_json(bandwidth) if bandwidth else None
         self.attachments[att.handle] = att
         # Saved with the container's next record. A daemon that dies before that
@@ -227,6 +340,37 @@ class Network:
         # with the container's network namespace when its init is killed.
         self._record(container, att)
         return att
+
+    def _bridge_on_demand(self, options: dict[str, Any]) -> None:
+        """Make the pool of the bridge made on demand that *options* name, unless it is
+        there (its device comes when its first container is plumbed).
+
+        Raises:
+            InvalidRequest: the bridge exists with another subnet or gateway, or another
+                create made an overlapping one since the options were checked.
+        """
+        name = options["bridge"]
+        subnet, gateway = IPv4Network(options["subnet"]), IPv4Address(options["gateway"])
+        pool = self.bridges.get(name)
+        if pool is None:
+            self._check_subnet(subnet, name)
+            self.bridges[name] = BridgePool(name, subnet, self.settings.quarantine, gateway=gateway)
+            self.made.add(name)
+        elif name not in self.made or pool.network != subnet:
+            raise InvalidRequest(
+                f"network: bridge {name} exists with subnet {pool.network}, not {subnet}"
+            )
+        elif pool.gateway != gateway:
+            raise InvalidRequest(
+                f"network: gateway {gateway} refused: bridge {name} ({subnet}) has the "
+                f"gateway {pool.gateway}"
+            )
+
+    def _forget_bridge(self, name: str) -> None:
+        """Drop the pool of a bridge made on demand (its device and rules are removed apart)."""
+        self.bridges.pop(name, None)
+        self.members.pop(name, None)
+        self.made.discard(name)
 
     async def attach(
         self, container: ContainerView, att: Attachment | None = None, plumbed: bool = False
@@ -283,6 +427,13 @@ class Network:
         if not state:
             return  # it died before anything of the network was acquired
         att = Attachment.from_state(container.handle, state)
+        if att.on_demand and att.bridge is not None and att.bridge not in self.bridges:
+            # Made on demand before the restart: made again from its members' leases.
+            subnet = IPv4Interface(att.lease.cidr).network
+            self.bridges[att.bridge] = BridgePool(
+                att.bridge, subnet, self.settings.quarantine, gateway=att.lease.gateway
+            )
+            self.made.add(att.bridge)
         self._reserve_restored(att, container)
         self.attachments[att.handle] = att
         if att.bridge is not None:
@@ -364,9 +515,15 @@ class Network:
             bridge_device = self.settings.bridge_device(att.bridge)
             async with self._bridge_lock:
                 self.members.setdefault(att.bridge, set()).add(att.handle)
-                await trio.to_thread.run_sync(
-                    links.ensure_bridge, bridge_device, att.lease.gateway_cidr, self.settings.mtu
-                )
+                if att.bridge in self.made:
+                    await self._make_bridge(att.bridge, bridge_device)
+                else:
+                    await trio.to_thread.run_sync(
+                        links.ensure_bridge,
+                        bridge_device,
+                        att.lease.gateway_cidr,
+                        self.settings.mtu,
+                    )
         await links.create_veth(att.device, netns, att.lease, bridge_device, self.settings.mtu)
         if route_socket is None:
             return
@@ -380,6 +537,37 @@ class Network:
                 raise links.LinkError(f"bandwidth of veth {att.device}: {exc.strerror}") from exc
             # Kept for the limit's stats and changes.
             self.inside[att.handle] = netlink.RouteSocket(route_socket)
+
+    async def _make_bridge(self, name: str, device: str) -> None:
+        """Make the device and rules of bridge *name*, made on demand, unless it exists:
+        refused when its subnet overlaps a network the host uses now (held: the bridge lock).
+
+        Raises:
+            InvalidRequest: the host uses the subnet (its addresses or routes).
+            LinkError, FirewallError: the device or its rules could not be made.
+        """
+        if await trio.to_thread.run_sync(links.exists, device):
+            return
+        pool = self.bridges[name]
+        used = await trio.to_thread.run_sync(links.host_networks, self.settings.interface_prefix)
+        for host_device, net in used:
+            if net.overlaps(pool.network):
+                # Routing it would hijack or break the host's own networking.
+                raise InvalidRequest(
+                    f"network: subnet {pool.network} overlaps {net} of host device "
+                    f"{host_device}; choose a subnet the host does not use"
+                )
+        gateway = f"{pool.gateway}/{pool.network.prefixlen}"
+        await trio.to_thread.run_sync(links.ensure_bridge, device, gateway, self.settings.mtu)
+        try:
+            await self.firewall.apply(
+                self.ruleset.bridge(device, pool.network), f"add the rules of bridge {device}"
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await links.delete_link(device)
+            raise
+        log.info("bridge made on demand", device=device, subnet=str(pool.network))
 
     async def _plumb_running(self, att: Attachment, sandbox: Sandbox) -> None:
         """:meth:`plumb` into a running sandbox's namespace; its init configures ``eth0``."""
@@ -407,26 +595,42 @@ class Network:
         The container's veth is not deleted here: it goes with the container's
         network namespace (see :meth:`release`), or :meth:`plumb` removed it.
         """
+        try:
+            self._pool(att.bridge).release(att.lease, quarantine)
+        except (InvalidRequest, KeyError):
+            pass  # the pool or bridge changed in the config; nothing to give back
         if att.bridge is not None:
             async with self._bridge_lock:
                 members = self.members.setdefault(att.bridge, set())
                 members.discard(att.handle)
                 if not members:
-                    device = self.settings.bridge_device(att.bridge)
-                    try:
-                        await links.delete_link(device)
-                    except Exception:
-                        log.exception("unused bridge not deleted", device=device)
-        try:
-            self._pool(att.bridge).release(att.lease, quarantine)
-        except (InvalidRequest, KeyError):
-            pass  # the pool or bridge changed in the config; nothing to give back
+                    await self._remove_bridge(att.bridge)
         # A device name waits too: its veth may still be on its way out (see release).
         self.ids.release(att.ident, quarantine=quarantine)
         for forward in att.forwards:
             self.ports.release(forward.host_port)
         if self.attachments.get(att.handle) is att:
             del self.attachments[att.handle]
+
+    async def _remove_bridge(self, name: str) -> None:
+        """Delete the device of a bridge left without members, and the pool and rules of one
+        made on demand (held: the bridge lock; never raises)."""
+        device = self.settings.bridge_device(name)
+        made = name in self.made
+        if made:
+            # Forgotten before any await: a create from now on makes it anew (its
+            # device and rules once this lock is free).
+            self._forget_bridge(name)
+        try:
+            await links.delete_link(device)
+        except Exception:
+            log.exception("unused bridge not deleted", device=device)
+        if made:
+            try:
+                await self.firewall.remove_tagged(BRIDGE_TAG + device)
+            except Exception:
+                log.exception("rules of a removed bridge not removed", device=device)
+            log.info("bridge made on demand removed", device=device)
 
     # -- bandwidth -------------------------------------------------------------------
 
@@ -521,6 +725,10 @@ class Network:
     def attachment(self, container: ContainerView) -> Attachment:
         """The container's attachment, or InvalidState when it has no network."""
         att = self.attachments.get(container.handle)
+        if att is None and not self.wanted(container):
+            raise InvalidState(
+                f'container {container.handle}: has no network (created with "network": "none")'
+            )
         if att is None or att.closed:
             raise InvalidState(f"container {container.handle}: has no network (being destroyed?)")
         return att
@@ -689,6 +897,10 @@ class Network:
             else:  # made by an older daemon, maybe without today's settings (rp_filter)
                 links.harden(device, route_localnet=device not in bridged)
         commands = self.ruleset.base()
+        for name in sorted(self.made):
+            if self.members.get(name):
+                device = self.settings.bridge_device(name)
+                commands += self.ruleset.bridge(device, self.bridges[name].network)
         for att in live:
             commands += self.ruleset.container(
                 att.handle, att.ingress, att.lease.address, att.forwards, att.egress

@@ -224,7 +224,8 @@ class SubnetPool(AddressPool):
 
 
 class BridgePool(AddressPool):
-    """Addresses of one shared bridge subnet: the bridge (gateway) is .1, containers .2 up."""
+    """Addresses of one shared bridge subnet: the bridge has the gateway address (the first
+    host address unless *gateway* says another), containers the others, in order."""
 
     def __init__(
         self,
@@ -232,12 +233,20 @@ class BridgePool(AddressPool):
         network: IPv4Network,
         quarantine: float = 0.0,
         clock: Clock = time.monotonic,
+        gateway: IPv4Address | None = None,
     ) -> None:
         if network.num_addresses < 4:
             raise ValueError(f"bridge {name}: subnet {network} has no room for containers")
         self.name = name
         self.network = network
-        self.gateway = IPv4Address(int(network.network_address) + 1)
+        first = int(network.network_address)
+        self.gateway = IPv4Address(first + 1) if gateway is None else gateway
+        if not first < int(self.gateway) < int(network.broadcast_address):
+            raise ValueError(
+                f"bridge {name}: gateway {self.gateway} is no host address of {network}"
+            )
+        #: Index of the gateway among the host addresses: slots skip it.
+        self._gateway_index = int(self.gateway) - first - 1
         # network, gateway and broadcast addresses are never a container's
         size = network.num_addresses - 3
         self.slots = SlotPool(f"address pool of bridge {name} ({network})", size, quarantine, clock)
@@ -251,10 +260,12 @@ class BridgePool(AddressPool):
             raise InvalidRequest(f"address {address} is bridge {self.name}'s own (the gateway)")
         if address in (self.network.network_address, self.network.broadcast_address):
             raise InvalidRequest(f"address {address} is not a host address of {self.network}")
-        return int(address) - int(self.network.network_address) - 2
+        index = int(address) - int(self.network.network_address) - 1
+        return index if index < self._gateway_index else index - 1
 
     def lease(self, slot: int) -> Lease:
-        address = IPv4Address(int(self.network.network_address) + 2 + slot)
+        index = slot if slot < self._gateway_index else slot + 1
+        address = IPv4Address(int(self.network.network_address) + 1 + index)
         return Lease(address, self.gateway, self.network.prefixlen)
 
 

@@ -33,6 +33,8 @@ Expr = dict[str, Any]
 
 FAMILY = "inet"
 BASE_TAG = "corral:base"
+#: Start of the tag of the rules of a bridge made on demand, before its device name.
+BRIDGE_TAG = "corral:bridge:"
 PROTOCOLS = ("tcp", "udp", "icmp", "all")
 LOOPBACK = IPv4Network("127.0.0.0/8")
 #: Start of the kernel log line of a logged ``net out`` rule, before the handle.
@@ -353,6 +355,22 @@ class Ruleset:
             )
         )
         return cmds
+
+    def bridge(self, device: str, subnet: IPv4Network) -> list[Command]:
+        """The rules of a bridge made on demand, as a configured bridge has them in
+        :meth:`base`: its local traffic accepted (inserted at the head of ``forward``,
+        before the drops) and its subnet masqueraded when it leaves by a non-Corral device."""
+        tag = BRIDGE_TAG + device
+        iif, oif = _meta("iifname"), _meta("oifname")
+        local = self._rule("forward", tag, _match(iif, device), _match(oif, device), ACCEPT)
+        nat = self._rule(
+            "postrouting",
+            tag,
+            _match(_ip("saddr"), _net(subnet)),
+            _match(oif, self.s.wildcard, "!="),
+            {"masquerade": None},
+        )
+        return [{"insert": local["add"]}, nat]
 
     def forward(self, handle: str, forward: Forward, address: IPv4Address) -> list[Command]:
         """DNAT of TCP to the host port (of one host address, or of any local one) to the

@@ -144,6 +144,11 @@ class Settings:
     bridges: dict[str, IPv4Network] = setting(
         {}, "shared bridges, NAME = SUBNET: containers on one talk directly", check=_bridges
     )
+    bridge_networks: tuple[IPv4Network, ...] = setting(
+        (IPv4Network("192.168.0.0/16"),),
+        "networks in which a create's address makes a shared bridge for its subnet on first use",
+        check=_networks,
+    )
     allow_networks: tuple[IPv4Network, ...] = setting(
         (), "destinations every container may reach without net out", check=_networks
     )
@@ -168,6 +173,13 @@ class Settings:
             for b_name, b in named[i + 1 :]:
                 if a.overlaps(b):
                     raise ValueError(f"{b_name}: {b} overlaps {a_name} {a}")
+
+    def on_demand_name(self, subnet: IPv4Network) -> str:
+        """The name of the bridge made on demand for *subnet* when the create names none:
+        the hex digits of its address the prefix covers, then the prefix length
+        (``c0a84d24`` for 192.168.77.0/24, ``c0a816`` for 192.168.0.0/16)."""
+        digits = -(-subnet.prefixlen // 4)
+        return f"{int(subnet.network_address):08x}"[:digits] + str(subnet.prefixlen)
 
     def veth_name(self, ident: int) -> str:
         """Host-side name of the veth of the container with id *ident*."""

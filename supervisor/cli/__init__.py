@@ -63,6 +63,8 @@ BUILTIN: dict[str, str] = {
         ),
         "supervisor.cli.manage",
     ),
+    "contain": "supervisor.cli.contain",
+    "launch": "supervisor.cli.launch",
 }
 
 #: The entry-point group where a plugin names, per command, the module that defines it.

@@ -74,7 +74,7 @@ def test_requested_address_that_cannot_be_had_is_invalid(
 def test_unknown_bridge_and_key_are_invalid(client: Client) -> None:
     with pytest.raises(InvalidRequest, match="unknown bridge 'nope' \\(configured: lan\\)"):
         client.create({"network": {"bridge": "nope"}})
-    with pytest.raises(InvalidRequest, match="network: must be an object"):
+    with pytest.raises(InvalidRequest, match='network: must be "none" or an object'):
         client.create({"network": {"mtu": 1400}})
 
 

@@ -154,6 +154,37 @@ def test_bridge_pool_reserves_the_address_asked_for() -> None:
     assert str(pool.allocate().address) == "192.168.2.2"
 
 
+def test_bridge_pool_with_another_gateway_skips_it() -> None:
+    pool = BridgePool("odlan", IPv4Network("192.168.2.0/29"), gateway=IPv4Address("192.168.2.3"))
+    leases = [pool.allocate() for _ in range(5)]
+    assert [str(lease.address) for lease in leases] == [
+        "192.168.2.1",
+        "192.168.2.2",
+        "192.168.2.4",
+        "192.168.2.5",
+        "192.168.2.6",
+    ]
+    assert {str(lease.gateway) for lease in leases} == {"192.168.2.3"}
+    with pytest.raises(NoCapacity):
+        pool.allocate()
+    with pytest.raises(InvalidRequest, match="gateway"):
+        pool.slot_of(IPv4Address("192.168.2.3"))
+    with pytest.raises(ValueError, match="no host address"):
+        BridgePool("x", IPv4Network("192.168.2.0/29"), gateway=IPv4Address("192.168.2.7"))
+
+
+@pytest.mark.parametrize(
+    ("subnet", "name"),
+    [
+        ("192.168.77.0/24", "c0a84d24"),
+        ("192.168.0.0/16", "c0a816"),
+        ("192.168.2.16/28", "c0a802128"),
+    ],
+)
+def test_the_name_of_a_bridge_made_on_demand_tells_its_subnet(subnet: str, name: str) -> None:
+    assert parse({}).on_demand_name(IPv4Network(subnet)) == name
+
+
 # -- ports --------------------------------------------------------------------------
 
 
@@ -226,6 +257,7 @@ def test_settings_overrides() -> None:
         ({"bridges": {"lan": "10.254.1.0/24"}}, "bridges.lan: 10.254.1.0/24 overlaps pool"),
         ({"allow_networks": ["x"]}, r"allow_networks: \[0\]: 'x' is not an IPv4 network"),
         ({"allow_host_access": "yes"}, "allow_host_access"),
+        ({"bridge_networks": "192.168.0.0/16"}, "bridge_networks: must be a list"),
     ],
 )
 def test_settings_errors_name_the_setting(table: dict[str, object], words: str) -> None:
