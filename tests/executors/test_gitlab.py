@@ -10,6 +10,7 @@ the Python driver (``corral-gitlab``), whose results it must give byte for byte.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shlex
@@ -601,7 +602,13 @@ class FakeDaemon:
 
     def close(self) -> None:
         self.closed.set()
+        # shutdown wakes the accept() the thread waits in; close alone would not, and the
+        # thread would hold a reserved fd for the rest of the test run (which the process
+        # metrics test counts).
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
+        self.thread.join(timeout=10)
 
 
 @pytest.mark.parametrize(
