@@ -147,7 +147,8 @@ def test_a_non_root_client_copies_only_what_it_could_reach_itself(
                 assert f"uid {UID} may give only itself" in message
             assert allowed == [{"type": "object", "payload": "ok"}] * 4
             status, out, _ = root.run(
-                handle, "cat /tmp/mine /tmp/grouped; ls /tmp/shadow /tmp/secret /tmp/magic /tmp/private"
+                handle,
+                "cat /tmp/mine /tmp/grouped; ls /tmp/shadow /tmp/secret /tmp/magic /tmp/private",
             )
             assert out == "mine\ngroup\n" and status != 0
         finally:
