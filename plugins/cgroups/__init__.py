@@ -269,7 +269,8 @@ class CgroupsPlugin:
                     if levels:
                         self._watch_pressure(container, group, levels, nursery, restoring)
                 if not restoring:
-                    await _apply_create_limits(container, group, self._create_limits(container))
+                    default_pids = self.default_pids if self.layout.has(PIDS) else 0
+                    await _apply_create_limits(container, group, default_pids)
                 plan.cgroup_procs.extend(group.procs_files())
                 container.stash[GROUP] = group
                 try:
@@ -313,13 +314,6 @@ class CgroupsPlugin:
         nursery.start_soon(
             pressure.watch, path, lambda level: _memory_pressure(container, level), registration
         )
-
-    def _create_limits(self, container: ContainerView) -> dict[str, Any]:
-        """The create option ``limits``, with the default pids limit when it has none."""
-        limits = dict(container.options.get("limits") or {})
-        if "pids" not in limits and self.default_pids and self.layout.has(PIDS):
-            limits["pids"] = self.default_pids
-        return limits
 
     def _remove_trash(self, trash: ContainerCgroups) -> None:
         """After destroy's reply: remove a container's renamed cgroups, and make the next spares."""
@@ -421,10 +415,18 @@ def setup_parents(layout: Layout, parent: str) -> None:
 
 
 async def _apply_create_limits(
-    container: ContainerView, group: ContainerCgroups, limits: dict[str, Any]
+    container: ContainerView, group: ContainerCgroups, default_pids: int
 ) -> None:
+    """The create option ``limits``, with *default_pids* (0: none) when it has no ``pids``."""
+    limits = dict(container.options.get("limits") or {})
     if not limits:
+        if default_pids:
+            # One small write, done on the event loop (no reclaim to wait for, unlike mem),
+            # and recorded with the container's record as it becomes active.
+            container.plugin_state(NAME)["limits"] = apply_all(group, {"pids": default_pids})
         return
+    if default_pids:
+        limits.setdefault("pids", default_pids)
     try:
         in_force = await trio.to_thread.run_sync(apply_all, group, limits)
     except InvalidRequest as exc:
