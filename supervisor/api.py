@@ -29,6 +29,7 @@ import trio
 
 from supervisor.config import Config
 from supervisor.container import State
+from supervisor.credentials import Credentials
 from supervisor.errors import (
     CorralError,
     InvalidRequest,
@@ -85,6 +86,7 @@ __all__ = [
     "close_soon",
     "ContainerView",
     "CorralError",
+    "Credentials",
     "DaemonView",
     "Event",
     "GraceExpired",
@@ -217,6 +219,14 @@ class DaemonView(Protocol):
 
 class Request(Protocol):
     """What a command handler gets besides the request's arguments."""
+
+    @property
+    def credentials(self) -> Credentials:
+        """Who sent the request: pid, uid, gid and supplementary groups of the client
+        process, as the kernel recorded them when it connected (``SO_PEERCRED``,
+        ``SO_PEERGROUPS``). A handler that touches the host on the client's behalf
+        acts with them, unless :attr:`Credentials.root` (see the ``fs`` plugin's ``copy``).
+        """
 
     def container(self, handle: Any) -> ContainerView:
         """The live container named *handle* (now referenced by this connection).

@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from supervisor.api import Handler
+from supervisor.credentials import Credentials
 from supervisor.errors import InvalidRequest
 from supervisor.events import KINDS, LimitChanged
 from supervisor.jobs import KILLED_FOR_OUTPUT, Job, JobLimits
@@ -56,6 +57,11 @@ class Request:
     def __init__(self, supervisor: Supervisor, connection: Any) -> None:
         self.supervisor = supervisor
         self.connection = connection
+
+    @property
+    def credentials(self) -> Credentials:
+        """The client's identity, as the kernel recorded it when it connected."""
+        return self.connection.credentials  # type: ignore[no-any-return]
 
     def container(self, handle: Any) -> Container:
         """The container named by *handle*; the connection now references it."""

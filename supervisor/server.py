@@ -24,6 +24,7 @@ import trio
 from supervisor.api import Handler
 from supervisor.commands import CORE_COMMANDS, Request
 from supervisor.container import Container
+from supervisor.credentials import Credentials, peer_credentials
 from supervisor.errors import CorralError, ProtocolViolation, UnknownCommand
 from supervisor.protocol import decode_request, encode_error, encode_reply
 from supervisor.registry import Supervisor
@@ -105,9 +106,11 @@ class Connection:
     receive before each wait; here a request costs at most one wait, one recv and one send.
     """
 
-    def __init__(self, sock: stdsocket.socket, server: Server) -> None:
+    def __init__(self, sock: stdsocket.socket, server: Server, credentials: Credentials) -> None:
         self.sock = sock
         self.server = server
+        #: The client's, from the socket at accept (see :mod:`supervisor.credentials`).
+        self.credentials = credentials
         self.refs: set[Container] = set()
         self.request = Request(server.supervisor, self)
         self.buffer = bytearray()  # received, not answered yet
@@ -362,7 +365,13 @@ class Server:
                         stdsocket.AF_UNIX, stdsocket.SOCK_STREAM, 0, accepted.detach()
                     )
                     sock.setblocking(False)
-                    nursery.start_soon(Connection(sock, self).serve)
+                    try:
+                        credentials = peer_credentials(sock)
+                    except OSError as exc:  # the client is gone already
+                        log.info("connection dropped at accept", error=str(exc))
+                        sock.close()
+                        continue
+                    nursery.start_soon(Connection(sock, self, credentials).serve)
         finally:
             self.poller.close()  # every connection task has ended
 

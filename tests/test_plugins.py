@@ -3,6 +3,7 @@ and a daemon that refuses to start with a broken plugin set."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -56,6 +57,8 @@ def test_third_party_hooks_run_on_create_and_destroy(
             handle = c.create({"testplugin_note": "hi"})
             assert c.info(handle)["testplugin"] == "hi"
             assert c.call("testplugin-hello", "world") == "hello world"
+            who = {"pid": os.getpid(), "uid": 0, "gid": 0, "groups": os.getgroups()}
+            assert c.call("testplugin-whoami") == who
             c.destroy(handle)
         deadline = time.monotonic() + 5  # the clean-up runs after the reply
         while len(log.read_text().splitlines()) < 4 and time.monotonic() < deadline:

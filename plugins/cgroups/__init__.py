@@ -39,6 +39,9 @@ hierarchy root holding the containers' cgroups. It belongs to one daemon: the
 daemon removes any cgroup in it that is not one of its containers, creates it
 when needed and removes it when it stops with no container left (put host-wide
 caps on a level above, e.g. ``parent = "capped/corral"``).
+``default_pids_limit`` (default 4096; ``0`` or ``false``: none) is the ``pids``
+limit of a container created without one: a container must not be able to
+fork-bomb the host unless a client asked for that many tasks.
 """
 
 from __future__ import annotations
@@ -55,14 +58,14 @@ import trio
 
 from plugins.cgroups import layout as layout_module
 from plugins.cgroups import oom, pressure
-from plugins.cgroups.backend import CPUSET, FREEZE_TIMEOUT, MEMORY, CgroupError
+from plugins.cgroups.backend import CPUSET, FREEZE_TIMEOUT, MEMORY, PIDS, CgroupError
 from plugins.cgroups.counters import FdBudget
 from plugins.cgroups.group import ContainerCgroups
 from plugins.cgroups.jobs import JobCgroup
 from plugins.cgroups.layout import Layout
 from plugins.cgroups.limits import RESOURCES, CgroupLimit, apply_all, host_cores, read_all
 from plugins.cgroups.spares import Spares
-from plugins.cgroups.values import parse_limits
+from plugins.cgroups.values import MAX_PIDS, parse_limits
 from supervisor.api import (
     ContainerView,
     InvalidRequest,
@@ -101,6 +104,15 @@ def _parent(value: Any) -> str:
     return value
 
 
+def _pids_limit(value: Any) -> int:
+    """Tasks, ``0`` or ``false`` for no default limit (TOML has no null)."""
+    if value is False:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PIDS:
+        raise ValueError(f"must be a number of tasks from 0 to {MAX_PIDS} or false, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """``[cgroups]``."""
@@ -109,6 +121,11 @@ class Settings:
         "corral",
         "cgroup under each hierarchy root holding the containers' cgroups, owned by one daemon",
         check=_parent,
+    )
+    default_pids_limit: int = setting(
+        4096,
+        "pids limit of a container created without one (0 or false: none)",
+        check=_pids_limit,
     )
 
 
@@ -131,6 +148,7 @@ class CgroupsPlugin:
     def __init__(self, settings: Settings) -> None:
         """Find where each controller lives."""
         self.parent = settings.parent
+        self.default_pids = settings.default_pids_limit
         self.layout: Layout = layout_module.detect()
         self.spares = Spares(self.layout, self.parent)
         #: The counter files the containers' cgroups may keep open for the metrics.
@@ -251,7 +269,8 @@ class CgroupsPlugin:
                     if levels:
                         self._watch_pressure(container, group, levels, nursery, restoring)
                 if not restoring:
-                    await _apply_create_limits(container, group)
+                    default_pids = self.default_pids if self.layout.has(PIDS) else 0
+                    await _apply_create_limits(container, group, default_pids)
                 plan.cgroup_procs.extend(group.procs_files())
                 container.stash[GROUP] = group
                 try:
@@ -395,10 +414,19 @@ def setup_parents(layout: Layout, parent: str) -> None:
             placement.backend.setup_containers_parent(controller, levels[-1])
 
 
-async def _apply_create_limits(container: ContainerView, group: ContainerCgroups) -> None:
-    limits = container.options.get("limits") or {}
+async def _apply_create_limits(
+    container: ContainerView, group: ContainerCgroups, default_pids: int
+) -> None:
+    """The create option ``limits``, with *default_pids* (0: none) when it has no ``pids``."""
+    limits = dict(container.options.get("limits") or {})
     if not limits:
+        if default_pids:
+            # One small write, done on the event loop (no reclaim to wait for, unlike mem),
+            # and recorded with the container's record as it becomes active.
+            container.plugin_state(NAME)["limits"] = apply_all(group, {"pids": default_pids})
         return
+    if default_pids:
+        limits.setdefault("pids", default_pids)
     try:
         in_force = await trio.to_thread.run_sync(apply_all, group, limits)
     except InvalidRequest as exc:

@@ -2,6 +2,10 @@
 
 The handler checks the request, then runs one :class:`~plugins.fs.copy.Copier`
 in a trio worker thread (the copy blocks on disk I/O, never on the container).
+A client that is not root (a ``socket_group`` member) reaches the host only as
+itself: its copy runs in a thread of its own with its credentials
+(:mod:`plugins.fs.identity`), its files copied out belong to it, and it may
+name only itself (one of its groups) as OWNER.
 Copies in flight are tracked per container (in its stash) so that destroying
 the container abandons them and waits for them before its filesystem is released.
 """
@@ -21,10 +25,12 @@ from typing import Any
 import trio
 
 from plugins.fs.copy import Cancelled, ContainerSide, Copier, CopyError, HostSide, Owner
+from plugins.fs.identity import IdentityError, run_as_client
 from plugins.fs.resolve import RootGone, open_container_root, open_in_root
 from supervisor.api import (
     Args,
     ContainerView,
+    Credentials,
     InvalidRequest,
     InvalidState,
     LimitExceeded,
@@ -107,7 +113,33 @@ def parse_owner(value: str) -> Owner:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
             raise InvalidRequest(f"copy out: OWNER {value!r}: no host group {group!r}") from None
+    return _owner(uid, gid)
+
+
+def _owner(uid: int, gid: int) -> Owner:
     return Owner(uid, gid, keep_setuid=uid != 0, keep_setgid=gid != 0)
+
+
+def copy_out_owner(text: str | None, client: Credentials) -> Owner:
+    """Who owns what ``copy out`` makes on the host: OWNER, else root, or the client
+    itself when it is not root; a client that is not root may give only itself.
+
+    Refused rather than left to the kernel (which would refuse the chown too): a
+    copy refused half-way leaves files behind.
+    """
+    if client.root:
+        return parse_owner(text) if text is not None else Owner(0, 0, False, False)
+    if text is None:
+        return _owner(client.uid, client.gid)
+    owner = parse_owner(text)
+    if owner.uid != client.uid or not client.in_group(owner.gid):
+        groups = ", ".join(map(str, sorted({client.gid, *client.groups})))
+        raise InvalidRequest(
+            f"copy out: OWNER {text!r} ({owner.uid}:{owner.gid}) is not the client's own: a "
+            f"client of uid {client.uid} may give only itself as owner (uid {client.uid}, "
+            f"groups {groups})"
+        )
+    return owner
 
 
 def container_user(rootfd: int, handle: str) -> Owner:
@@ -141,9 +173,11 @@ def _run_copy(
     src: str,
     dst: str,
     owner: Owner | None,
+    client: Credentials,
     cancel: threading.Event,
 ) -> None:
-    """The blocking part: open the container root, then copy (in a worker thread)."""
+    """The blocking part: open the container root, then copy (in a worker thread), with
+    the client's rights on the host when it is not root."""
     try:
         rootfd = open_container_root(pid)
     except RootGone:
@@ -151,10 +185,17 @@ def _run_copy(
     try:
         container = ContainerSide(rootfd)
         if direction == "in":
-            Copier(HostSide(), container, container_user(rootfd, handle), cancel).run(src, dst)
+            copier = Copier(HostSide(), container, container_user(rootfd, handle), cancel)
         else:
             assert owner is not None
-            Copier(container, HostSide(), owner, cancel).run(src, dst)
+            copier = Copier(container, HostSide(), owner, cancel)
+        if client.root:
+            copier.run(src, dst)
+        else:
+            try:
+                run_as_client(client, lambda: copier.run(src, dst))
+            except IdentityError as exc:
+                raise InvalidState(f"container {handle}: copy {direction}: {exc}") from None
     finally:
         os.close(rootfd)
 
@@ -174,7 +215,7 @@ async def copy(request: Request, *args: Any) -> str:
         raise InvalidRequest(
             "copy in: OWNER is only for copy out (copied-in files belong to the container user)"
         )
-    owner = parse_owner(owner_text) if owner_text is not None else Owner(0, 0, False, False)
+    owner = copy_out_owner(owner_text, request.credentials) if direction == "out" else None
     container.require("copy")
     sandbox = container.sandbox
     if sandbox is None or not sandbox.alive:
@@ -182,7 +223,15 @@ async def copy(request: Request, *args: Any) -> str:
     with container.stash.setdefault(COPIES, Copies()).track() as cancel:
         try:
             await trio.to_thread.run_sync(
-                _run_copy, sandbox.pid, container.handle, direction, src, dst, owner, cancel
+                _run_copy,
+                sandbox.pid,
+                container.handle,
+                direction,
+                src,
+                dst,
+                owner,
+                request.credentials,
+                cancel,
             )
         except Cancelled:
             raise InvalidState(

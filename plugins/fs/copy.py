@@ -11,15 +11,17 @@ Semantics (Warden's ``copy_in``/``copy_out``, which ran ``rsync -r -p --links``)
   and device nodes are skipped. An entry in the way is replaced (a non-empty
   directory in the way of a file is an error); directories are merged.
 - Every created entry is given one owner (the container's unprivileged user
-  on the way in; root or the client's OWNER on the way out).
+  on the way in; root or the client's OWNER on the way out, see
+  :func:`plugins.fs.command.copy_out_owner` for a client that is not root).
 - On the way out, set-user-ID and set-group-ID bits survive only when the new
   owner (user, respectively group) is not root: a container must not be able
   to leave a setuid-root program on the host.
 
 Safety: both top-level paths are opened through a :class:`Side` (inside the
-container with ``RESOLVE_IN_ROOT``, on the host plainly: the client is root and
-trusted); from there on every step is relative to an open directory fd with
-``O_NOFOLLOW``/``AT_SYMLINK_NOFOLLOW`` and files are made with
+container with ``RESOLVE_IN_ROOT``; on the host with the rights of the client:
+plainly for a root client, else with its own credentials and without magic
+links, see :mod:`plugins.fs.identity`); from there on every step is relative to
+an open directory fd with ``O_NOFOLLOW``/``AT_SYMLINK_NOFOLLOW`` and files are made with
 ``O_CREAT|O_EXCL|O_NOFOLLOW``, so a symlink swapped in by the container
 mid-copy is never followed on either side. Data moves in chunks with
 ``sendfile`` (read/write when the filesystems refuse it), so memory does not
@@ -32,9 +34,11 @@ import errno
 import os
 import stat
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-from plugins.fs.resolve import open_in_root, split
+from plugins.fs.identity import acting_as_client, as_daemon
+from plugins.fs.resolve import RESOLVE_NO_MAGICLINKS, open_in_root, openat2, split
 
 #: Bytes moved per sendfile/read call; also how often a cancelled copy notices.
 CHUNK = 1 << 20
@@ -47,6 +51,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 #: O_NONBLOCK: an entry swapped for a fifo after the lstat must not hang the open.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+AT_FDCWD = -100
 
 
 class CopyError(Exception):
@@ -83,28 +88,40 @@ class Owner:
 
 
 class Side:
-    """One end of a copy: how its top-level paths are opened."""
+    """One end of a copy: how its top-level paths are opened, and with whose rights."""
 
     def open(self, path: str, flags: int) -> int:
         """Open *path*, following symlinks as this side allows."""
         raise NotImplementedError
 
+    def acting(self) -> AbstractContextManager[None]:
+        """The rights every step on this side is taken with (entered around each)."""
+        return nullcontext()
+
 
 class HostSide(Side):
-    """The host: paths come from the root client and are trusted."""
+    """The host, with the thread's rights: a root client's paths are trusted; any other
+    client's are walked with its own credentials (:func:`~plugins.fs.identity.run_as_client`)."""
 
     def open(self, path: str, flags: int) -> int:
-        return os.open(path, flags | os.O_CLOEXEC)
+        if acting_as_client() is None:
+            return os.open(path, flags | os.O_CLOEXEC)
+        # /proc/PID/root and /proc/PID/fd/N would lead through what the daemon holds.
+        return openat2(AT_FDCWD, path, flags, 0, RESOLVE_NO_MAGICLINKS)
 
 
 class ContainerSide(Side):
-    """A container, seen through an ``O_PATH`` fd of its root."""
+    """A container, seen through an ``O_PATH`` fd of its root, with the daemon's rights."""
 
     def __init__(self, rootfd: int) -> None:
         self.rootfd = rootfd
 
     def open(self, path: str, flags: int) -> int:
-        return open_in_root(self.rootfd, path, flags)
+        with self.acting():
+            return open_in_root(self.rootfd, path, flags)
+
+    def acting(self) -> AbstractContextManager[None]:
+        return as_daemon()
 
 
 class Copier:
@@ -195,10 +212,11 @@ class Copier:
         if self.cancel.is_set():
             raise Cancelled()
 
-    @staticmethod
-    def _lstat(dirfd: int, name: str, shown: str) -> os.stat_result:
+    def _lstat(self, dirfd: int, name: str, shown: str) -> os.stat_result:
+        """lstat of an entry on the source side."""
         try:
-            return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            with self.source.acting():
+                return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
         except OSError as exc:
             raise CopyError(shown, exc.errno or errno.EIO) from None
 
@@ -230,15 +248,17 @@ class Copier:
         self, src_dir: int, name: str, dst_dir: int, dst_name: str, src_shown: str, dst_shown: str
     ) -> None:
         try:
-            target = os.readlink(name, dir_fd=src_dir)
+            with self.source.acting():
+                target = os.readlink(name, dir_fd=src_dir)
         except OSError as exc:
             raise CopyError(src_shown, exc.errno or errno.EIO) from None
         self._clear(dst_dir, dst_name, dst_shown, want_dir=False)
         try:
-            os.symlink(target, dst_name, dir_fd=dst_dir)
-            os.chown(
-                dst_name, self.owner.uid, self.owner.gid, dir_fd=dst_dir, follow_symlinks=False
-            )
+            with self.dest.acting():
+                os.symlink(target, dst_name, dir_fd=dst_dir)
+                os.chown(
+                    dst_name, self.owner.uid, self.owner.gid, dir_fd=dst_dir, follow_symlinks=False
+                )
         except OSError as exc:
             raise CopyError(dst_shown, exc.errno or errno.EIO) from None
 
@@ -246,7 +266,8 @@ class Copier:
         self, src_dir: int, name: str, dst_dir: int, dst_name: str, src_shown: str, dst_shown: str
     ) -> None:
         try:
-            src = os.open(name, READ_FLAGS, dir_fd=src_dir)
+            with self.source.acting():
+                src = os.open(name, READ_FLAGS, dir_fd=src_dir)
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # became a symlink since the lstat: copy that instead
                 return self._copy_symlink(src_dir, name, dst_dir, dst_name, src_shown, dst_shown)
@@ -257,15 +278,18 @@ class Copier:
                 return  # swapped for a special file since the lstat: skipped like one
             self._clear(dst_dir, dst_name, dst_shown, want_dir=False)
             try:
-                dst = os.open(dst_name, CREATE_FLAGS, 0o600, dir_fd=dst_dir)
+                with self.dest.acting():
+                    dst = os.open(dst_name, CREATE_FLAGS, 0o600, dir_fd=dst_dir)
             except OSError as exc:
                 raise CopyError(dst_shown, exc.errno or errno.EIO) from None
             try:
-                self._copy_data(src, dst, src_shown, dst_shown)
+                with self.dest.acting():  # the writer's rights (a disk's root reserve...)
+                    self._copy_data(src, dst, src_shown, dst_shown)
                 try:
-                    # chown first: it clears the setuid/setgid bits the chmod then sets.
-                    os.fchown(dst, self.owner.uid, self.owner.gid)
-                    os.fchmod(dst, self.owner.mode(st.st_mode))
+                    with self.dest.acting():
+                        # chown first: it clears the setuid/setgid bits the chmod then sets.
+                        os.fchown(dst, self.owner.uid, self.owner.gid)
+                        os.fchmod(dst, self.owner.mode(st.st_mode))
                 except OSError as exc:
                     raise CopyError(dst_shown, exc.errno or errno.EIO) from None
             finally:
@@ -307,7 +331,8 @@ class Copier:
         depth: int,
     ) -> None:
         try:
-            src = os.open(name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=src_parent)
+            with self.source.acting():
+                src = os.open(name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=src_parent)
         except OSError as exc:
             raise CopyError(src_shown, exc.errno or errno.EIO) from None
         try:
@@ -316,7 +341,8 @@ class Copier:
             try:
                 self._copy_children(src, dst, src_shown, dst_shown, depth + 1)
                 try:
-                    os.fchmod(dst, self.owner.mode(st.st_mode))
+                    with self.dest.acting():
+                        os.fchmod(dst, self.owner.mode(st.st_mode))
                 except OSError as exc:
                     raise CopyError(dst_shown, exc.errno or errno.EIO) from None
             finally:
@@ -328,7 +354,8 @@ class Copier:
         self, src: int, dst: int, src_shown: str, dst_shown: str, depth: int
     ) -> None:
         try:
-            entries = os.scandir(src)
+            with self.source.acting():
+                entries = os.scandir(src)
         except OSError as exc:
             raise CopyError(src_shown or "/", exc.errno or errno.EIO) from None
         with entries:
@@ -341,6 +368,10 @@ class Copier:
 
     def _make_dir(self, parent: int, name: str, mode: int, shown: str) -> int:
         """Open directory *name* in *parent* (made and given the owner if missing; never a symlink)."""
+        with self.dest.acting():
+            return self._make_dir_here(parent, name, mode, shown)
+
+    def _make_dir_here(self, parent: int, name: str, mode: int, shown: str) -> int:
         self._clear(parent, name, shown, want_dir=True)
         created = False
         try:
@@ -360,6 +391,10 @@ class Copier:
 
     def _clear(self, parent: int, name: str, shown: str, want_dir: bool) -> None:
         """Remove what is at *name* unless it is a directory and a directory is wanted."""
+        with self.dest.acting():
+            self._clear_here(parent, name, shown, want_dir)
+
+    def _clear_here(self, parent: int, name: str, shown: str, want_dir: bool) -> None:
         try:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:

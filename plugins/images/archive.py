@@ -9,6 +9,7 @@ diff ID as it is unpacked. Blocking: run in a worker thread.
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,12 +122,16 @@ class _Tar(_Source):
 
 @contextmanager
 def _opened(path: Path) -> Iterator[_Source]:
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:  # missing, a name too long, a loop of symlinks: the client's path
+        raise ArchiveError(f"{path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
         source: _Source = _Directory(path)
-    elif path.is_file():
+    elif stat.S_ISREG(mode):
         source = _Tar(path)
     else:
-        raise ArchiveError(f"{path}: no such file or directory")
+        raise ArchiveError(f"{path}: neither a file nor a directory")
     try:
         yield source
     finally:

@@ -69,6 +69,8 @@ def handlers(service: ImageService) -> dict[str, Handler]:
         opts = a.options(1, {"name": str})
         if not path.startswith("/"):
             raise InvalidRequest(f"image-import: PATH {path!r} is not an absolute path")
+        if "\0" in path:
+            raise InvalidRequest(f"image-import: PATH {path!r} contains a NUL byte")
         images = await _with_progress(
             request, lambda progress: service.import_(Path(path), opts.get("name"), progress)
         )

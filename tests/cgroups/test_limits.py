@@ -337,6 +337,59 @@ def test_pids_limit_contains_a_fork_bomb(daemon: Daemon, client: Client) -> None
     assert leftovers(daemon)["processes"] == []
 
 
+def test_a_container_created_without_limits_gets_the_default_pids_limit(
+    daemon: Daemon, client: Client
+) -> None:
+    handle = client.create()
+    other = client.create({"limits": {"pids": 100}})
+    try:
+        pids_max = cgroup_of(daemon, handle, "pids") / "pids.max"
+        assert pids_max.read_text().strip() == "4096"
+        info = client.info(handle)
+        assert info["limits"]["pids"] == 4096 and info["pids"]["max"] == 4096
+        # a limit the client gives wins over the default
+        assert (cgroup_of(daemon, other, "pids") / "pids.max").read_text().strip() == "100"
+        assert client.info(other)["limits"]["pids"] == 100
+    finally:
+        client.destroy(handle)
+        client.destroy(other)
+
+
+def test_the_default_pids_limit_stops_a_fork_loop_and_can_be_turned_off(
+    artifacts: tuple[Path, Path],
+) -> None:
+    d = Daemon(*artifacts, tables={"cgroups": {"default_pids_limit": 48}}).start()
+    try:
+        with d.client() as c:
+            handle = c.create()
+            pids_file = cgroup_of(d, handle, "pids") / "pids.max"
+            assert pids_file.read_text().strip() == "48"
+            job = c.spawn(handle, "for i in $(seq 200); do sleep 30 & done; wait")
+            with d.client(timeout=5) as pinger:
+                for _ in range(10):
+                    start = time.monotonic()
+                    assert pinger.ping() == "pong"
+                    assert time.monotonic() - start < 2.0
+                    assert c.info(handle)["pids"]["current"] <= 48
+                    time.sleep(0.1)
+            status, _, err = c.link(handle, job)
+            assert status != 0 and "fork" in err
+            # the loop filled the container up to the limit (the shell failed, the sleeps stay)
+            assert 40 <= c.info(handle)["pids"]["current"] <= 48
+            c.destroy(handle)
+        d.stop()
+        d.configure({"cgroups": {"default_pids_limit": False}})
+        d.start()
+        with d.client() as c:
+            handle = c.create()
+            assert (cgroup_of(d, handle, "pids") / "pids.max").read_text().strip() == "max"
+            assert c.info(handle)["limits"]["pids"] is None
+            c.destroy(handle)
+        assert leftovers(d)["processes"] == []
+    finally:
+        d.close()
+
+
 # -- read-back across a restart -----------------------------------------------------------
 
 

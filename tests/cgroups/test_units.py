@@ -474,6 +474,10 @@ def test_container_cgroups_state_round_trips() -> None:
         ("parent = 'a//b'", "parent: 'a//b'"),
         ("parent = 3", "parent: 3"),
         ("parnet = 'x'", r"\[cgroups\] parnet: unknown setting"),
+        ("default_pids_limit = -1", "default_pids_limit: must be a number of tasks from 0"),
+        ("default_pids_limit = true", "default_pids_limit: must be"),
+        ("default_pids_limit = '4k'", "default_pids_limit: must be"),
+        ("default_pids_limit = 5000000", "default_pids_limit: must be"),
     ],
 )
 def test_config_errors_name_the_setting(table: str, words: str) -> None:
@@ -481,6 +485,17 @@ def test_config_errors_name_the_setting(table: str, words: str) -> None:
         parse_table(
             plugin.Settings, config.parse(f"[cgroups]\n{table}\n").tables["cgroups"], "cgroups"
         )
+
+
+def test_default_pids_limit_is_4096_and_false_means_none() -> None:
+    def parsed(table: str) -> int:
+        raw = config.parse(f"[cgroups]\n{table}\n").tables["cgroups"]
+        return int(parse_table(plugin.Settings, raw, "cgroups").default_pids_limit)
+
+    assert plugin.Settings().default_pids_limit == 4096
+    assert parsed("default_pids_limit = false") == 0
+    assert parsed("default_pids_limit = 0") == 0
+    assert parsed("default_pids_limit = 64") == 64
 
 
 # -- OOM watcher ----------------------------------------------------------------------------

@@ -198,6 +198,21 @@ def test_hostile_archives_are_refused_and_leave_nothing(
     assert images_client.ping() == "pong"
 
 
+def test_an_unusable_path_is_refused_naming_it(images_client: Client, tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    cases = {
+        str(tmp_path / "absent"): "No such file or directory",
+        str(tmp_path / ("n" * 300)): "File name too long",
+        str(tmp_path / "loop"): "Too many levels of symbolic links",
+        "/dev/null": "neither a file nor a directory",
+        f"{tmp_path}/a\0b": "contains a NUL byte",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(errors.InvalidRequest, match=reason) as info:
+            images_client.call("image-import", path)
+        assert path in str(info.value) or repr(path) in str(info.value)
+
+
 def test_image_option_is_checked(images_client: Client, multi_layer: str) -> None:
     with pytest.raises(errors.InvalidRequest, match="not in the store"):
         images_client.create({"image": "corral.test/absent:1"})

@@ -89,8 +89,14 @@ class RecordingPlugin:
 
     @hookimpl
     def corral_commands(self) -> dict[str, Handler]:
-        return {"testplugin-hello": _hello}
+        return {"testplugin-hello": _hello, "testplugin-whoami": _whoami}
 
 
 async def _hello(request: Request, *args: Any) -> str:
     return f"hello {' '.join(map(str, args))}".strip()
+
+
+async def _whoami(request: Request) -> dict[str, Any]:
+    """The client's credentials, as the API gives them to a handler."""
+    who = request.credentials
+    return {"pid": who.pid, "uid": who.uid, "gid": who.gid, "groups": list(who.groups)}
