@@ -8,6 +8,7 @@ this suite treats as test-only: one /30 each, host end .1, namespace end .2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -272,7 +273,12 @@ class HostListener:
             conn.close()
 
     def close(self) -> None:
+        # shutdown wakes the thread's accept(); close alone would leave it (and the port
+        # listening) for the rest of the test run.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        self._thread.join(timeout=10)
 
 
 def http_get(address: str, port: int, timeout: float = 5) -> str:
