@@ -170,7 +170,17 @@ def _job_request(
         stdin=bool(opts.get("stdin", False)),
         tty=_tty(command, opts.get("tty")),
         rlimits=tuple(rlimits),
+        log_tag=_log_tag(command, opts.get("log_tag")),
     )
+
+
+def _log_tag(command: str, tag: str | None) -> str | None:
+    """Warden's label of a job: 1 to 128 printable characters, kept as given."""
+    if tag is not None and not (0 < len(tag) <= 128 and tag.isprintable()):
+        raise InvalidRequest(
+            f"{command}: log_tag must be 1 to 128 printable characters, got {json.dumps(tag)}"
+        )
+    return tag
 
 
 def _argv(command: str, script: str, argv: list[Any] | None) -> tuple[str, ...]:
@@ -200,6 +210,7 @@ SPAWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "cpu_time": (int, float),
     "stdin": bool,
     "tty": dict,
+    "log_tag": str,
 }
 LINK_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "encoding": str,
@@ -223,7 +234,7 @@ async def _spawn(
     job = await container.spawn(
         job_request, bool(opts.get("discard_output", False)), _limits(command, opts)
     )
-    container.log.info("job spawned", job_id=job.id)
+    container.log.info("job spawned", job_id=job.id, log_tag=job.log_tag)
     return container, job.id
 
 

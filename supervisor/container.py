@@ -399,6 +399,7 @@ class Container:
             limits=limits,
             stdin=request.stdin or request.tty is not None,
             tty=request.tty,
+            log_tag=request.log_tag,
         )
         # The sandbox keeps each stream to the cap, whichever process of the job writes
         # (a terminal job's output too).
@@ -439,7 +440,7 @@ class Container:
             job.group.close()
         if limits:
             self._start_task(self._enforce_limits, job)
-        await self.publish(JobStarted(self.handle, job.id))
+        await self.publish(JobStarted(self.handle, job.id, job.log_tag))
         return job
 
     def allocate_job_id(self) -> int:
@@ -509,7 +510,7 @@ class Container:
             else:
                 with trio.move_on_after(wait):
                     await job.exited.wait()
-        self.log.info("job limit reached", job_id=job.id, reason=reason)
+        self.log.info("job limit reached", job_id=job.id, log_tag=job.log_tag, reason=reason)
         job.mark_killed(reason)
         await self._kill_job(job)
 

@@ -60,6 +60,8 @@ class JobStarted(Event):
 
     kind: ClassVar[str] = "job_started"
     job_id: int
+    #: The spawn's ``log_tag`` (Warden's), None without one.
+    log_tag: str | None = None
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ class Job:
     #: Spawned with a stdin pipe, or a terminal (rows, cols) for all three streams.
     stdin: bool = False
     tty: tuple[int, int] | None = None
+    #: The spawn's ``log_tag``, kept with the facts.
+    log_tag: str | None = None
     #: The daemon's fd of the job's input (from the sandbox, on the first write).
     input_fd: int | None = None
     #: Writers take turns, so that two clients' writes do not interleave.
@@ -107,7 +109,13 @@ class Job:
 
     def save_facts(self) -> None:
         """Keep what a restarted daemon needs to go on: the start and the limits."""
-        facts = {"started": self.started, **vars(self.limits), "stdin": self.stdin, "tty": self.tty}
+        facts = {
+            "started": self.started,
+            **vars(self.limits),
+            "stdin": self.stdin,
+            "tty": self.tty,
+            "log_tag": self.log_tag,
+        }
         (self.dir / "job.json").write_text(json.dumps(facts))
 
     def read_facts(self) -> None:
@@ -119,6 +127,7 @@ class Job:
             self.limits = JobLimits(facts.get("timeout"), facts.get("cpu_time"))
             self.stdin = bool(facts.get("stdin"))
             self.tty = tuple(facts["tty"]) if facts.get("tty") else None  # type: ignore[assignment]
+            self.log_tag = facts.get("log_tag")
         except (OSError, ValueError, KeyError, TypeError):
             pass
         try:

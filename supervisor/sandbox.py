@@ -103,6 +103,8 @@ class JobRequest:
     stdin: bool = False
     #: A terminal of (rows, cols) for stdin, stdout and stderr, which the sandbox keeps.
     tty: tuple[int, int] | None = None
+    #: The client's label for the job (spawn OPTS ``log_tag``): in its events and log lines.
+    log_tag: str | None = None
     #: Bytes kept per output stream, None for no limit. The sandbox enforces it itself,
     #: whoever of the job writes (a background child after its first process exited),
     #: and publishes :class:`supervisor.events.OutputCut` when it cuts.

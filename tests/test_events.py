@@ -77,14 +77,32 @@ def test_a_subscriber_sees_a_container_life_in_order(daemon: Daemon, client: Cli
         seen = [summary(e) for e in a.events_of(handle, "stopped")]
         client.destroy(handle)
         seen += [summary(e) for e in a.events_of(handle, "destroyed")]
-        assert seen[:3] == [("state", "born", "active"), ("job_started", 1), ("job_exited", 1, 3)]
-        assert ("job_started", 2) in seen and ("job_exited", 2, 137) in seen
+        assert seen[:3] == [
+            ("state", "born", "active"),
+            ("job_started", 1, None),
+            ("job_exited", 1, 3),
+        ]
+        assert ("job_started", 2, None) in seen and ("job_exited", 2, 137) in seen
         assert seen.index(("oom",)) < seen.index(("state", "active", "stopped"))
         assert seen[-1] == ("state", "stopped", "destroyed")
         # Another subscriber, of two kinds, saw those only, in the same order.
         assert [summary(e) for e in b.events_of(handle, "destroyed")] == [
             s for s in seen if s[0] in ("state", "oom")
         ]
+
+
+def test_a_jobs_log_tag_is_in_its_start_event_and_the_daemons_log(
+    daemon: Daemon, client: Client, container: str
+) -> None:
+    with subscribed(daemon, {"kinds": ["job_started"]}) as s:
+        job = client.spawn(container, "true", log_tag="build 7/lint")
+        (started,) = s.events_of(container, "job_started")
+    assert (started["job_id"], started["log_tag"]) == (job, "build 7/lint")
+    spawned = [r for r in daemon.log_records("job spawned") if r.get("job_id") == job]
+    assert [r.get("log_tag") for r in spawned if r.get("handle") == container] == ["build 7/lint"]
+    for bad in ("", "x" * 129, "a\nb"):
+        with pytest.raises(errors.InvalidRequest, match="log_tag must be 1 to 128 printable"):
+            client.spawn(container, "true", log_tag=bad)
 
 
 def test_limits_net_rules_and_grace_are_events(daemon: Daemon, client: Client) -> None:
