@@ -40,6 +40,13 @@ def test_import_list_inspect_run_remove_prune(
     assert capsys.readouterr().out == "hello from the image\n"
     assert main([*socket, "image", "run", "corral.test/cli:1", "echo $X args"]) == 0
     assert capsys.readouterr().out == "1 args\n"
+    # Docker's `run IMAGE [-- CMD]`: its Entrypoint, then CMD or its Cmd.
+    assert main([*socket, "run", "--rm", "corral.test/cli:1"]) == 3
+    assert capsys.readouterr().out == "hello from the image\n"
+    assert main([*socket, "run", "--rm", "corral.test/cli:1", "--", "echo $X args"]) == 0
+    assert capsys.readouterr().out == "1 args\n"
+    with image_daemon.client() as c:
+        assert c.list() == []  # --rm: gone
 
     assert main([*socket, "rmi", "corral.test/cli:1"]) == 0
     assert capsys.readouterr().out == f"untagged corral.test/cli:1\ndeleted {image_id}\n"
