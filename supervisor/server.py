@@ -214,14 +214,7 @@ class Connection:
                 await trio.sleep(HANGUP_POLL)
             else:
                 await trio.lowlevel.wait_readable(self.sock)
-                try:
-                    data = self.sock.recv(RECEIVE_SIZE)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                self.buffer.extend(data)
-                self.eof = not data
+                self._take()
             if any(events & select.POLLHUP for _, events in poller.poll(0)):
                 return
 
@@ -231,6 +224,10 @@ class Connection:
             await self.server.poller.park(self)  # between requests: see Poller
             return
         await trio.lowlevel.wait_readable(self.sock)
+        self._take()
+
+    def _take(self) -> None:
+        """Add what the socket holds to the buffer, or set eof (a reset is an end too)."""
         try:
             data = self.sock.recv(RECEIVE_SIZE)
         except BlockingIOError:

@@ -39,6 +39,16 @@ def timer(make: Callable[[], list[str]]) -> Tool:
     return lambda: timed(make())
 
 
+def run_true(client: Any, handle: str) -> float:
+    """One Corral run of /bin/true in *handle* over *client*'s open connection; its wall ms."""
+    t0 = time.perf_counter()
+    status, _, err = client.run(handle, "/bin/true")
+    ms = (time.perf_counter() - t0) * 1000
+    if status != 0:
+        raise RuntimeError(f"/bin/true exited {status}: {err}")
+    return ms
+
+
 def interleave(bench: Bench, tools: dict[str, Tool], n: int) -> dict[str, list[float]]:
     """Round-robin: each iteration runs every tool once, starting at a rotating tool.
 

@@ -8,12 +8,12 @@ Corral container's init when there is no OCI peer).
 from __future__ import annotations
 
 import functools
-import time
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 from bench.host import timed
-from bench.phases.common import Bench, Tool, daemon_cpu_per_call, interleave, timer
+from bench.phases.common import Bench, Tool, daemon_cpu_per_call, interleave, run_true, timer
 from bench.stats import summarize
 
 
@@ -24,16 +24,7 @@ def measure(bench: Bench, n: int) -> dict[str, Any]:
     client = daemon.client()
     handle = client.create()
 
-    def corral_exec() -> float:
-        """One Corral run of /bin/true over the open connection; its wall ms."""
-        t0 = time.perf_counter()
-        status, _, err = client.run(handle, "/bin/true")
-        ms = (time.perf_counter() - t0) * 1000
-        if status != 0:
-            raise RuntimeError(f"/bin/true exited {status}: {err}")
-        return ms
-
-    tools["corral run"] = corral_exec
+    corral_exec = tools["corral run"] = partial(run_true, client, handle)
     nsenter_pid = None
     oci = (peers.crun, peers.runc)
     for peer in oci:

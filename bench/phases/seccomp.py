@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
-from bench.phases.common import Bench, Tool, interleave
+from bench.phases.common import Bench, Tool, interleave, run_true
 from bench.stats import ratio, summarize
 
 #: create CONFIG of each kind.
@@ -38,17 +38,8 @@ def measure(bench: Bench, n: int) -> dict[str, Any]:
         handles = {k: client.create(config) for k, config in KINDS.items()}
         for handle in handles.values():
             stack.callback(client.destroy, handle)
-
-        def run(handle: str) -> float:
-            t0 = time.perf_counter()
-            status, _, err = client.run(handle, "/bin/true")
-            ms = (time.perf_counter() - t0) * 1000
-            if status != 0:
-                raise RuntimeError(f"/bin/true exited {status}: {err}")
-            return ms
-
         exec_tools: dict[str, Tool] = {
-            f"exec, seccomp {k}": partial(run, h) for k, h in handles.items()
+            f"exec, seccomp {k}": partial(run_true, client, h) for k, h in handles.items()
         }
         exec_samples = interleave(bench, exec_tools, n)
     samples = cold_samples | exec_samples
