@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.host import timed
-from bench.phases.common import Bench, Tool, interleave, timer
+from bench.phases.common import Bench, Tool, add_cold_peers, interleave, timer
 from bench.stats import ratio, summarize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,11 +49,7 @@ def measure(bench: Bench, n: int) -> dict[str, Any]:
     run = [corral, "-s", socket, "run", "--rm", "--rootfs", str(peers.rootfs), "--", "/bin/true"]
     timed(run)  # it runs at all (raises with its stderr otherwise)
     tools: dict[str, Tool] = {"corral run --rm": timer(lambda: run)}
-    for peer in (peers.crun, peers.bwrap):
-        if peer.available and peers.check(peer.cold_label, peer.cold_cmd()):
-            tools[peer.cold_label] = timer(peer.cold_cmd)
-        else:
-            bench.errors[f"cli/{peer.cold_label}"] = peers.errors.get(peer.cold_label, "absent")
+    add_cold_peers(bench, tools, "cli")
     runs = interleave(bench, tools, n)
     stats = {k: summarize(v) for k, v in {**startup, **runs}.items()}
 

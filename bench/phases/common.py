@@ -49,6 +49,17 @@ def run_true(client: Any, handle: str) -> float:
     return ms
 
 
+def add_cold_peers(bench: Bench, tools: dict[str, Tool], phase: str) -> None:
+    """Add ``crun run`` and bwrap on the bench's rootfs to *tools*, each that runs here;
+    name the others' reasons in the errors of *phase*."""
+    peers = bench.peers
+    for peer in (peers.crun, peers.bwrap):
+        if peer.available and peers.check(peer.cold_label, peer.cold_cmd()):
+            tools[peer.cold_label] = timer(peer.cold_cmd)
+        else:
+            bench.errors[f"{phase}/{peer.cold_label}"] = peers.errors.get(peer.cold_label, "absent")
+
+
 def interleave(bench: Bench, tools: dict[str, Tool], n: int) -> dict[str, list[float]]:
     """Round-robin: each iteration runs every tool once, starting at a rotating tool.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.host import timed
 from bench.phases.cli import REPO, launcher
-from bench.phases.common import Bench, Tool, interleave, timer
+from bench.phases.common import Bench, Tool, add_cold_peers, interleave, timer
 from bench.stats import ratio, summarize
 
 
@@ -36,11 +36,7 @@ def measure(bench: Bench, n: int) -> dict[str, Any]:
         "corral contain --overlay": timer(lambda: overlay),
         "corral contain": timer(lambda: direct),
     }
-    for peer in (peers.crun, peers.bwrap):
-        if peer.available and peers.check(peer.cold_label, peer.cold_cmd()):
-            tools[peer.cold_label] = timer(peer.cold_cmd)
-        else:
-            bench.errors[f"contain/{peer.cold_label}"] = peers.errors.get(peer.cold_label, "absent")
+    add_cold_peers(bench, tools, "contain")
     samples = interleave(bench, tools, n)
     stats = {k: summarize(v) for k, v in samples.items()}
 
