@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 
     from supervisor.client import Client
 
-DEFAULT_SOCKET = "/run/corral/corral.sock"
-
 
 class Command:
     """One subcommand: its name, one line of help, what it adds to its parser, what it does.
@@ -52,15 +50,11 @@ class Fail(Exception):
         self.status = status
 
 
-def socket_path(args: argparse.Namespace) -> str:
-    return str(args.socket or os.environ.get("CORRAL_SOCKET") or DEFAULT_SOCKET)
-
-
 def connect(args: argparse.Namespace, timeout: float | None = None) -> Client:
     """A client of the daemon the command line names (``-s``, ``$CORRAL_SOCKET``)."""
-    from supervisor.client import Client
+    from supervisor.client import DEFAULT_SOCKET, Client
 
-    path = socket_path(args)
+    path = str(args.socket or os.environ.get("CORRAL_SOCKET") or DEFAULT_SOCKET)
     try:
         return Client(path, timeout)
     except (FileNotFoundError, ConnectionRefusedError):
