@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from supervisor.cli.command import Command, Fail, connect, pairs, write_out
+from supervisor.cli.command import Command, Fail, connect, exit_status, pairs, write_out
 
 _BYTES = re.compile(r"(\d+)/(\d+) bytes")
 
@@ -110,7 +110,7 @@ def image_run(args: argparse.Namespace) -> int:
             client.destroy(handle)
     write_out("stdout", (out or "").encode("utf-8", "surrogateescape"))
     write_out("stderr", (err or "").encode("utf-8", "surrogateescape"))
-    return 255 if status is None else status
+    return exit_status(status)
 
 
 def _rmi_arguments(p: argparse.ArgumentParser) -> None:

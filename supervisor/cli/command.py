@@ -69,6 +69,11 @@ def connect(args: argparse.Namespace, timeout: float | None = None) -> Client:
         ) from None
 
 
+def exit_status(status: int | None) -> int:
+    """The CLI's exit status for a job's: the same, or 255 when not known (destroyed)."""
+    return 255 if status is None else status
+
+
 def pairs(items: list[str], what: str) -> dict[str, str]:
     """``["K=V", ...]`` as a dict; a malformed item fails naming the option."""
     out = {}

@@ -22,7 +22,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from supervisor.cli.command import Fail, write_out
+from supervisor.cli.command import Fail, exit_status, write_out
 
 if TYPE_CHECKING:
     import argparse
@@ -124,7 +124,7 @@ def _run_in(
             file=sys.stderr,
         )
         return 137
-    return 255 if status is None else status
+    return exit_status(status)
 
 
 def _out_of_memory(client: Client, handle: str, ended: dict[str, Any], status: int | None) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from supervisor.cli.command import Command, Fail, connect, pairs, write_out
+from supervisor.cli.command import Command, Fail, connect, exit_status, pairs, write_out
 
 # Annotations only: argparse and typing (with re and enum under them) would cost ``ping``,
 # which runs without a parser, most of its start-up (docs/cli.md).
@@ -25,10 +25,6 @@ def _job_opts(args: argparse.Namespace) -> dict[str, Any]:
         "dir": args.dir,
         "env": pairs(args.env, "--env") or None,
     }
-
-
-def _status(status: int | None) -> int:
-    return 255 if status is None else status
 
 
 def _text(data: str | None) -> bytes:
@@ -76,7 +72,7 @@ def link(args: argparse.Namespace) -> int:
         status, out, err = client.link(args.handle, args.job_id)
     write_out("stdout", _text(out))
     write_out("stderr", _text(err))
-    return _status(status)
+    return exit_status(status)
 
 
 def stream(args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ import signal
 import sys
 import time
 
-from supervisor.cli.command import Command, Fail, connect, pairs, parse_size
+from supervisor.cli.command import Command, Fail, connect, exit_status, pairs, parse_size
+from supervisor.cli.oneshot import FORWARDED
 
 TYPE_CHECKING = False  # typing costs 3 ms to import, on every `corral run`
 if TYPE_CHECKING:
@@ -25,15 +26,8 @@ if TYPE_CHECKING:
 
     from supervisor.client import Client
 
-#: What the CLI receives and passes on to the job (Ctrl-C, kill, a closed terminal...).
-FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 #: Properties the CLI sets at create, for ps, logs and the like (docs/cli.md).
 CREATED, COMMAND, ROOT, MAIN_JOB = "corral.created", "corral.command", "corral.root", "corral.job"
-
-
-def status_of(status: int | None) -> int:
-    """The CLI's exit status for a job's: the same, or 255 when not known (destroyed)."""
-    return 255 if status is None else status
 
 
 # -- options ------------------------------------------------------------------------------
@@ -294,7 +288,7 @@ def attach(
     def on_signal(signum: int, frame: object) -> None:
         todo.put(("signal", signum))
 
-    handlers = {getattr(signal, name): on_signal for name in FORWARDED}
+    handlers = {signum: on_signal for signum in FORWARDED}
     if terminal:
         handlers[signal.SIGWINCH] = lambda signum, frame: todo.put(("resize", signum))
     saved = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
@@ -311,7 +305,7 @@ def attach(
             signal.signal(signum, handler)
         todo.put(None)
         forwarder.join(timeout=5)
-    return status_of(final.get("status")), final.get("ended") or {}
+    return exit_status(final.get("status")), final.get("ended") or {}
 
 
 class _Nothing:
@@ -354,7 +348,7 @@ def run_job(
     """Spawn the job and follow it, or collect it for ``--json``: (job id, exit status)."""
     # From the spawn on, a signal we get is the job's: held back until attach passes it on
     # (delivered before, SIGUSR1 would end us, SIGINT raise here).
-    held = {getattr(signal, name) for name in FORWARDED}
+    held = set(FORWARDED)
     signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         job_id: int = client.spawn(handle, script, **opts)
@@ -378,7 +372,7 @@ def run_job(
                 }
             )
         )
-        return job_id, status_of(status)
+        return job_id, exit_status(status)
     status, _ = attach(client, handle, job_id, bool(args.interactive), bool(args.tty))
     return job_id, status
 
