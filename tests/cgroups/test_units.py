@@ -547,8 +547,20 @@ def test_v2_watcher_reports_each_rise_of_oom_kill(v2_dir: Path, ahead: bool) -> 
 
     trio.run(main)
     if registration is not None:
+        # Closed with the watch, on the closer thread (close_soon): give it a moment.
+        deadline = time.monotonic() + 5
+        while _is_open(registration.fd) and time.monotonic() < deadline:
+            time.sleep(0.01)
         with pytest.raises(OSError):
-            os.fstat(registration.fd)  # closed with the watch
+            os.fstat(registration.fd)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def test_watcher_reports_kills_that_happened_while_no_daemon_ran(v2_dir: Path) -> None:
