@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from plugins.fs.copy import Cancelled, ContainerSide, Copier, CopyError, HostSide, Owner
-from plugins.fs.identity import IdentityError, run_as_client
+from plugins.fs.identity import IdentityError, IdMapping, run_as_client
 from plugins.fs.resolve import RootGone, open_container_root, open_in_root
 from supervisor.api import (
     Args,
@@ -180,12 +180,20 @@ def _run_copy(
     the client's rights on the host when it is not root."""
     try:
         rootfd = open_container_root(pid)
-    except RootGone:
+        ids = IdMapping.of(pid)
+    except (RootGone, FileNotFoundError, ProcessLookupError):
         raise InvalidState(f"container {handle}: its init is not running") from None
     try:
-        container = ContainerSide(rootfd)
+        container = ContainerSide(rootfd, ids)
         if direction == "in":
-            copier = Copier(HostSide(), container, container_user(rootfd, handle), cancel)
+            user = container_user(rootfd, handle)
+            try:
+                owner = Owner(*ids.to_host(user.uid, user.gid))
+            except ValueError as exc:
+                raise InvalidRequest(
+                    f"container {handle}: copy in: {CONTAINER_USER}: {exc}"
+                ) from None
+            copier = Copier(HostSide(), container, owner, cancel)
         else:
             assert owner is not None
             copier = Copier(container, HostSide(), owner, cancel)

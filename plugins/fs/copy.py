@@ -34,10 +34,11 @@ import errno
 import os
 import stat
 import threading
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
-from plugins.fs.identity import acting_as_client, as_daemon
+from plugins.fs.identity import IdMapping, acting_as_client, as_daemon, as_ids
 from plugins.fs.resolve import RESOLVE_NO_MAGICLINKS, open_in_root, openat2, split
 
 #: Bytes moved per sendfile/read call; also how often a cancelled copy notices.
@@ -111,17 +112,29 @@ class HostSide(Side):
 
 
 class ContainerSide(Side):
-    """A container, seen through an ``O_PATH`` fd of its root, with the daemon's rights."""
+    """A container, seen through an ``O_PATH`` fd of its root, with the daemon's rights
+    and, for a container with ids of its own, its root's ids (see
+    :mod:`plugins.fs.identity`)."""
 
-    def __init__(self, rootfd: int) -> None:
+    def __init__(self, rootfd: int, ids: IdMapping) -> None:
         self.rootfd = rootfd
+        self.root_ids = None if ids.is_host else ids.to_host(0, 0)
 
     def open(self, path: str, flags: int) -> int:
         with self.acting():
             return open_in_root(self.rootfd, path, flags)
 
+    @contextmanager
+    def _acting(self) -> Iterator[None]:
+        with as_daemon():
+            if self.root_ids is None:
+                yield
+            else:
+                with as_ids(*self.root_ids):
+                    yield
+
     def acting(self) -> AbstractContextManager[None]:
-        return as_daemon()
+        return self._acting()
 
 
 class Copier:

@@ -18,6 +18,11 @@ with it: no worker thread of the daemon is ever left changed.
 The container side of the same copy needs the daemon's rights (its files
 belong to other users); :func:`as_daemon` gives them back for one step and takes
 them away again. On a thread that is not acting as a client it does nothing.
+
+A container with ids of its own (a user namespace mapping them onto a block of host
+ids, :class:`IdMapping`) has its root and binds id-mapped: only ids of its block can be
+written there, so what the daemon creates in it is made with its root's ids
+(:func:`as_ids`), and owners are given as host ids (:meth:`IdMapping.to_host`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import platform
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 from supervisor.api import Credentials
@@ -183,3 +189,61 @@ def acting_as_client() -> Credentials | None:
     """The client the calling thread acts as, if any."""
     client: _Client | None = getattr(_state, "client", None)
     return client.credentials if client is not None else None
+
+
+@contextmanager
+def as_ids(uid: int, gid: int) -> Iterator[None]:
+    """Filesystem ids *uid*:*gid* for the block, the capabilities in effect kept (the
+    kernel takes the filesystem ones when the fsuid leaves 0), then as before."""
+    caps = _capget()
+    effective = (caps[0].effective, caps[1].effective)
+    old_uid, old_gid = _libc.setfsuid(0xFFFFFFFF), _libc.setfsgid(0xFFFFFFFF)
+    try:
+        _set_fs_ids(uid, gid)
+        _set_effective(caps, effective)
+    except OSError as exc:
+        _set_fs_ids(old_uid, old_gid)
+        _set_effective(caps, effective)
+        raise IdentityError(f"cannot act as host ids {uid}:{gid}: {exc}") from None
+    try:
+        yield
+    finally:
+        _set_fs_ids(old_uid, old_gid)
+        _set_effective(caps, effective)
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    """How a process's user namespace maps its uids and gids onto the host's
+    (``/proc/PID/uid_map``, ``gid_map``): ``(inside, host, count)`` extents."""
+
+    uids: tuple[tuple[int, int, int], ...]
+    gids: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def of(cls, pid: int) -> IdMapping:
+        def extents(name: str) -> tuple[tuple[int, int, int], ...]:
+            with open(f"/proc/{pid}/{name}") as f:
+                return tuple((int(a), int(b), int(c)) for a, b, c in map(str.split, f))
+
+        return cls(extents("uid_map"), extents("gid_map"))
+
+    @property
+    def is_host(self) -> bool:
+        """The host's own ids."""
+        return self.uids == self.gids == ((0, 0, 2**32 - 1),)
+
+    def to_host(self, uid: int, gid: int) -> tuple[int, int]:
+        """The host ids of *uid*:*gid*.
+
+        Raises:
+            ValueError: one is not mapped.
+        """
+        return _map(self.uids, uid, "uid"), _map(self.gids, gid, "gid")
+
+
+def _map(extents: tuple[tuple[int, int, int], ...], value: int, kind: str) -> int:
+    for inside, host, count in extents:
+        if inside <= value < inside + count:
+            return host + value - inside
+    raise ValueError(f"{kind} {value} is not mapped in the container's user namespace")

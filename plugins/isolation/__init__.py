@@ -19,8 +19,12 @@ compiled when the daemon starts, or the one the ``create`` option ``seccomp``
 names, or none (``false``). The launch spec carries the container's filters; its
 init keeps them and loads the job's just before each exec.
 
+Every container has a user namespace (:mod:`.userns`): by default its ids are a block
+of host ids of its own, which its state records; the ``create`` option ``userns``
+``false`` gives it the host's ids.
+
 Config (``[isolation]``): ``init`` is the path of the built ``corral-init``,
-``seccomp_profile`` the default profile.
+``seccomp_profile`` the default profile, ``userns`` and ``userns_*`` the ids.
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ from typing import Any, NamedTuple
 import structlog
 import trio
 
-from plugins.isolation import seccomp, spec
+from plugins.isolation import seccomp, spec, userns
 from plugins.isolation.launcher import IN_ROOT, Launcher, LaunchError, Zygote
 from plugins.isolation.sandbox import InitSandbox, process_start_time
 from plugins.isolation.seccomp import Filters, ProfileCache, ProfileError
+from plugins.isolation.userns import HOST_IDS, IdBlocks, IdMap
 from supervisor.api import (
     Config,
     ConfigError,
@@ -49,6 +54,7 @@ from supervisor.api import (
     CorralError,
     InvalidRequest,
     LaunchPlan,
+    LimitExceeded,
     Mount,
     StashKey,
     hookimpl,
@@ -76,6 +82,18 @@ class Settings:
         seccomp.DEFAULT_PROFILE,
         "the jobs' default seccomp profile (Corral's rules go on top, see the plugin's README)",
     )
+    userns: bool = setting(
+        True,
+        "give each container ids of its own (a block of 65,536 host ids) unless its create "
+        'says `"userns": false`; off by itself, with a warning, where the kernel or the '
+        "depot's filesystem cannot",
+    )
+    userns_first_id: int = setting(
+        0x10000000, "the first host id of the containers' blocks (268435456)"
+    )
+    userns_blocks: int = setting(
+        8192, "blocks of 65,536 host ids, so at most that many containers with ids of their own"
+    )
 
 
 RootPlan = tuple[Path, Mount | None, tuple[Mount, ...]]
@@ -85,6 +103,7 @@ class _Launch(NamedTuple):
     launcher: Launcher
     #: What the set-up sent at prepare was made from (see :func:`_root_plan`).
     root: RootPlan
+    ids: IdMap
 
 
 #: A new container's launcher, from its prepare to its launch.
@@ -94,6 +113,13 @@ LAUNCH = StashKey[_Launch]()
 def _root_plan(plan: LaunchPlan) -> RootPlan:
     """The parts of the plan the set-up sent at prepare holds: root, root mount, host mounts."""
     return plan.root_dir, plan.root_mount, tuple(m for m in plan.mounts if "host" in m.flags)
+
+
+def _userns_option(value: Any) -> bool:
+    """``userns``: true (ids of the container's own) or false (the host's ids)."""
+    if isinstance(value, bool):
+        return value
+    raise InvalidRequest(f"userns: {value!r} is not true or false")
 
 
 def _seccomp_option(value: Any) -> bool | str:
@@ -140,12 +166,30 @@ class IsolationPlugin:
             )
         self.profiles = ProfileCache()
         self.depot = config.daemon.depot
+        if settings.userns_blocks < 1 or not (
+            0 < settings.userns_first_id
+            and settings.userns_first_id + settings.userns_blocks * userns.BLOCK <= 2**31
+        ):
+            raise ConfigError(
+                f"[{NAME}] userns_first_id, userns_blocks: the blocks must lie between host "
+                "ids 1 and 2**31 (the kernel's ping_group_range and some tools stop there)"
+            )
+        self.id_blocks = IdBlocks(settings.userns_first_id, settings.userns_blocks)
+        #: Why containers cannot have ids of their own here (None: they can).
+        depot = next(p for p in (self.depot, *self.depot.parents) if p.exists())  # made later
+        self.no_own_ids = userns.probe(settings.init, settings.userns_first_id, [depot])
+        self.userns_default = settings.userns and self.no_own_ids is None
+        if settings.userns and self.no_own_ids is not None:
+            log.warning(
+                "containers get the host's ids: no user namespace with ids of their own here",
+                reason=self.no_own_ids,
+            )
         #: Forks every launcher (started on first use, stopped at shutdown).
         self.zygote: Zygote | None = Zygote(settings.init)
 
     @hookimpl
     def corral_create_options(self) -> dict[str, Any]:
-        return {"seccomp": _seccomp_option}
+        return {"seccomp": _seccomp_option, "userns": _userns_option}
 
     async def _filters(self, option: bool | str) -> Filters | None:
         """The container's filters; a client's profile compiled once per version of its file."""
@@ -168,15 +212,30 @@ class IsolationPlugin:
     async def _early_launcher(
         self, container: ContainerView, plan: LaunchPlan, restoring: bool
     ) -> AsyncIterator[None]:
+        state = container.plugin_state(NAME)
         if restoring:
-            yield
+            ids = self.id_blocks.claim(state["ids"]) if "ids" in state else HOST_IDS
+            try:
+                yield
+            finally:
+                if not container.detaching:
+                    self.id_blocks.give_back(ids)
             return
         socket_path = _socket_path(container)
         filters = await self._filters(container.options.get("seccomp", True))
-        plan.root_dir.mkdir(exist_ok=True)
-        setup = spec.render_setup(plan, container.handle, socket_path, container.path, filters)
-        launcher = self.zygote.launcher() if self.zygote is not None else Launcher(self.init)
-        container.stash[LAUNCH] = _Launch(launcher, _root_plan(plan))
+        ids = self._take_ids(container)
+        try:
+            if ids.own:
+                state["ids"] = ids.first
+            plan.root_dir.mkdir(exist_ok=True)
+            setup = spec.render_setup(
+                plan, container.handle, socket_path, container.path, filters, ids
+            )
+            launcher = self.zygote.launcher() if self.zygote is not None else Launcher(self.init)
+        except BaseException:
+            self.id_blocks.give_back(ids)
+            raise
+        container.stash[LAUNCH] = _Launch(launcher, _root_plan(plan), ids)
         plan.network_namespace = launcher.network_namespace
         try:
             launcher.send(setup.encode("utf-8", "surrogateescape"))
@@ -185,10 +244,33 @@ class IsolationPlugin:
             container.stash.pop(LAUNCH, None)
             launcher.close()
             if not container.detaching:
+                self.id_blocks.give_back(ids)
                 # The next container's launcher, forked once destroy has replied and this
                 # container is cleaned up: making its namespaces (the network one holds
                 # the kernel's rtnl lock) would slow what is under way now.
                 container.after_destroy(partial(trio.from_thread.run_sync, self._fork_ahead))
+
+    def _take_ids(self, container: ContainerView) -> IdMap:
+        """The container's ids: a block of its own unless it asks for the host's."""
+        wanted = container.options.get("userns")
+        if wanted is False or (wanted is None and not self.userns_default):
+            return HOST_IDS
+        if self.no_own_ids is not None:
+            raise InvalidRequest(
+                f'create: "userns": true: containers cannot have ids of their own here '
+                f"({self.no_own_ids})"
+            )
+        try:
+            return self.id_blocks.take()
+        except LookupError as exc:
+            raise LimitExceeded(f"create: userns: {exc}") from None
+
+    @hookimpl
+    def corral_container_info(self, container: ContainerView) -> dict[str, Any]:
+        """``ids``: the host ids of the container's ids 0 on (``first``, ``count``), or
+        ``"host"``."""
+        first = container.plugin_state(NAME).get("ids")
+        return {"ids": "host" if first is None else {"first": first, "count": userns.BLOCK}}
 
     def _fork_ahead(self) -> None:
         if self.zygote is not None:
@@ -258,7 +340,7 @@ class IsolationPlugin:
 
 
 async def _start(container: ContainerView, plan: LaunchPlan) -> InitSandbox:
-    launcher, root = container.stash[LAUNCH]
+    launcher, root, ids = container.stash[LAUNCH]
     if _root_plan(plan) != root:
         raise LaunchFailed(
             f"container {container.handle}: a plugin changed the root filesystem plan "
@@ -266,7 +348,7 @@ async def _start(container: ContainerView, plan: LaunchPlan) -> InitSandbox:
             "later plugins may only add mounts"
         )
     try:
-        pid = await launcher.finish(spec.render_rest(plan).encode("utf-8", "surrogateescape"))
+        pid = await launcher.finish(spec.render_rest(plan, ids).encode("utf-8", "surrogateescape"))
     except LaunchError as exc:
         message = str(exc)
         if IN_ROOT in message:  # the client's rootfs or bind mounts, not Corral

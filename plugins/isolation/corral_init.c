@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <stdnoreturn.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -59,6 +60,29 @@
 #define CORRAL_RESOLVE_IN_ROOT 0x10
 struct corral_open_how {
 	uint64_t flags, mode, resolve;
+};
+
+/* linux/mount.h (5.12): the new mount API, called through syscall(). */
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#define CORRAL_OPEN_TREE_CLONE 1
+#define CORRAL_MOVE_MOUNT_F_EMPTY_PATH 0x04
+#define CORRAL_MOVE_MOUNT_T_EMPTY_PATH 0x40
+#define CORRAL_MOUNT_ATTR_RDONLY 0x01
+#define CORRAL_MOUNT_ATTR_NOSUID 0x02
+#define CORRAL_MOUNT_ATTR_NODEV 0x04
+#define CORRAL_MOUNT_ATTR_NOEXEC 0x08
+#define CORRAL_MOUNT_ATTR_IDMAP 0x00100000
+struct corral_mount_attr {
+	uint64_t attr_set, attr_clr, propagation, userns_fd;
 };
 
 #define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -238,7 +262,7 @@ static bool parse_filter(const char *hex, struct sock_fprog *prog)
 
 enum kind {
 	D_CGROUP, D_ROOT, D_MOUNT, D_MKNOD, D_SYMLINK, D_MKDIR, D_HOSTNAME, D_LOOPBACK, D_SOCKET, D_LABEL,
-	D_SECCOMP, D_END
+	D_SECCOMP, D_USERNS, D_END
 };
 
 static const struct {
@@ -248,10 +272,11 @@ static const struct {
 	[D_CGROUP] = { "cgroup", 1 },     [D_ROOT] = { "root", 1 },         [D_MOUNT] = { "mount", 5 },
 	[D_MKNOD] = { "mknod", 5 },       [D_SYMLINK] = { "symlink", 2 },   [D_MKDIR] = { "mkdir", 2 },
 	[D_HOSTNAME] = { "hostname", 1 }, [D_LOOPBACK] = { "loopback", 0 }, [D_SOCKET] = { "socket", 1 },
-	[D_LABEL] = { "label", 1 },       [D_SECCOMP] = { "seccomp", 2 }, [D_END] = { "end", 0 },
+	[D_LABEL] = { "label", 1 },       [D_SECCOMP] = { "seccomp", 2 }, [D_USERNS] = { "userns", 2 },
+	[D_END] = { "end", 0 },
 };
 
-enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4, OPT_LOOP = 8, OPT_HOST = 16 };
+enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4, OPT_LOOP = 8, OPT_HOST = 16, OPT_IDMAP = 32 };
 
 struct directive {
 	enum kind kind;
@@ -262,6 +287,7 @@ struct directive {
 	unsigned opts;        /* mount: OPT_* */
 	mode_t mode;          /* mknod, mkdir */
 	dev_t dev;            /* mknod */
+	unsigned long long first, count; /* userns */
 };
 
 struct spec {
@@ -281,7 +307,7 @@ static void parse_mount_flags(struct directive *d, int line)
 		{ "bind", MS_BIND, 0 },     { "rec", MS_REC, 0 },        { "ro", MS_RDONLY, 0 },
 		{ "nosuid", MS_NOSUID, 0 }, { "nodev", MS_NODEV, 0 },    { "noexec", MS_NOEXEC, 0 },
 		{ "mkdir", 0, OPT_MKDIR },  { "mkfile", 0, OPT_MKFILE }, { "optional", 0, OPT_OPTIONAL },
-		{ "loop", 0, OPT_LOOP },    { "host", 0, OPT_HOST },
+		{ "loop", 0, OPT_LOOP },    { "host", 0, OPT_HOST },     { "idmap", 0, OPT_IDMAP },
 	};
 	char *save, *w;
 	size_t i;
@@ -301,6 +327,8 @@ static void parse_mount_flags(struct directive *d, int line)
 		die_msg("launch spec line %d: host cannot be combined with mkdir, mkfile or optional", line);
 	if ((d->opts & OPT_LOOP) && (d->mflags & MS_BIND))
 		die_msg("launch spec line %d: loop cannot be combined with bind", line);
+	if ((d->opts & OPT_IDMAP) && ((d->opts & OPT_HOST) || (!(d->mflags & MS_BIND) && strcmp(d->f[0], "overlay"))))
+		die_msg("launch spec line %d: idmap is for a bind or the root overlay, not a host mount", line);
 }
 
 static void parse_directive(struct spec *sp, struct directive *d, char *line, int lineno)
@@ -336,6 +364,10 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
 		    !parse_uint(d->f[3], 0xfffff, &minor) || !parse_mode(d->f[4], &d->mode))
 			die_msg("launch spec line %d: bad mknod fields", lineno);
 		d->dev = makedev(major, minor);
+	} else if (d->kind == D_USERNS) {
+		if (!parse_uint(d->f[0], UINT32_MAX - 1, &d->first) || !parse_uint(d->f[1], UINT32_MAX, &d->count) ||
+		    !d->count || d->first + d->count > UINT32_MAX)
+			die_msg("launch spec line %d: bad userns fields", lineno);
 	} else if (d->kind == D_MKDIR && !parse_mode(d->f[1], &d->mode)) {
 		die_msg("launch spec line %d: bad mode %s", lineno, d->f[1]);
 	} else if (d->kind == D_SECCOMP) { /* decoded now: PID 1 frees the spec's lines */
@@ -344,6 +376,224 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
 		if (!parse_filter(d->f[0], &job_filters[0]) || !parse_filter(d->f[1], &job_filters[1]))
 			die_msg("launch spec line %d: bad seccomp filter", lineno);
 	}
+}
+
+/* ---- fds over Unix sockets ---------------------------------------------- */
+
+/* Send one message (NUL-terminated strings, LEN bytes) and NFDS fds (at most 2) on
+ * SOCK; false if it is no socket. */
+static bool tell(int sock, const char *msg, size_t len, const int *fds, size_t nfds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * 2)];
+	} control = { 0 };
+	struct iovec iov = { (void *)msg, len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (nfds) {
+		mh.msg_control = control.buf;
+		mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+	}
+	return sendmsg(sock, &mh, MSG_NOSIGNAL) >= 0;
+}
+
+/* The same on the control socket (false if fd 3 is none: no daemon passed one). */
+static bool tell_daemon(const char *msg, size_t len, const int *fds, size_t nfds)
+{
+	return tell(CONTROL_FD, msg, len, fds, nfds);
+}
+
+/* The fds that came with a received message (SCM_RIGHTS), at most MAX: their count. */
+static int received_fds(struct msghdr *mh, int *fds, int max)
+{
+	int n = 0;
+
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && n < max; k++)
+				memcpy(&fds[n++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+	return n;
+}
+
+/* ---- the container's user namespace ------------------------------------ */
+
+/*
+ * Every container has a user namespace: its ids are a block of host ids of its own
+ * (the spec's `userns FIRST COUNT`), or the host's ids mapped onto themselves. A keeper
+ * process makes it ahead, with the container's network, uts and ipc namespaces in the
+ * same unshare, so they belong to it: the container's root has its capabilities over
+ * them and over nothing of the host's. The launcher, root on the host, joins those
+ * (it keeps its power to mount) and PID 1 joins the user namespace once set up. The pid
+ * namespace is the launcher's own (one cannot be joined before it has a first process),
+ * made right before PID 1 is forked: the launcher's children before it (the keeper, the
+ * overlay's mounter) would be its first process otherwise.
+ */
+static int userns_fd = -1;     /* -1: the kernel gave no user namespace */
+static int userns_errno;       /* why not */
+static pid_t keeper = -1;      /* the namespace's first process, until its ids are mapped */
+static int keeper_hold = -1;   /* closing it lets the keeper exit */
+static bool own_ids;           /* a block of its own: the root and binds are id-mapped */
+static uid_t container_root;   /* the host id of the container's root (own_ids) */
+
+/* Fork the keeper: it unshares FLAGS (CLONE_NEWUSER and those to belong to it) and
+ * waits. False, with userns_errno set, if the kernel refuses a user namespace. */
+static bool start_keeper(int flags)
+{
+	int ready[2], hold[2];
+	char c;
+
+	TRY(pipe2(ready, O_CLOEXEC), "pipe2");
+	TRY(pipe2(hold, O_CLOEXEC), "pipe2");
+	TRY(keeper = fork(), "fork");
+	if (keeper == 0) {
+		close(ready[0]);
+		close(hold[1]);
+		c = unshare(flags) < 0 ? (char)errno : 0;
+		close(CONTROL_FD); /* the daemon's: its end must be the launcher's and PID 1's */
+		if (write(ready[1], &c, 1) == 1 && !c && read(hold[0], &c, 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	close(ready[1]);
+	close(hold[0]);
+	keeper_hold = hold[1];
+	if (read(ready[0], &c, 1) != 1)
+		c = EIO;
+	close(ready[0]);
+	if (!c)
+		return true;
+	close(keeper_hold);
+	waitpid(keeper, NULL, 0);
+	keeper = keeper_hold = -1;
+	userns_errno = c;
+	/* EPERM, EINVAL, ENOSPC, EUSERS: none here (disabled, or none left) */
+	return false;
+}
+
+/* The launcher's namespaces, made before its spec comes. */
+static void make_namespaces(void)
+{
+	static const struct {
+		const char *name;
+		int type;
+	} joined[] = { { "net", CLONE_NEWNET }, { "uts", CLONE_NEWUTS }, { "ipc", CLONE_NEWIPC } };
+	const int others = CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET;
+	char path[64];
+	int fd;
+
+	if (!start_keeper(CLONE_NEWUSER | others)) {
+		TRY(unshare(others), "unshare");
+		return;
+	}
+	for (size_t i = 0; i < ARRAY_LEN(joined); i++) {
+		snprintf(path, sizeof path, "/proc/%d/ns/%s", (int)keeper, joined[i].name);
+		TRY(fd = open(path, O_RDONLY | O_CLOEXEC), "open %s", path);
+		TRY(setns(fd, joined[i].type), "setns %s", path);
+		close(fd);
+	}
+	snprintf(path, sizeof path, "/proc/%d/ns/user", (int)keeper);
+	TRY(fd = open(path, O_RDONLY | O_CLOEXEC), "open %s", path);
+	/* Above fd 3, which is the control socket or nothing (and then closed). */
+	TRY(userns_fd = fcntl(fd, F_DUPFD_CLOEXEC, CONTROL_FD + 1), "fcntl");
+	close(fd);
+}
+
+/* Map the container's ids 0..COUNT-1 onto host ids FIRST..; the keeper then goes. */
+static void map_ids(unsigned long long first, unsigned long long count)
+{
+	static const char *const maps[] = { "uid_map", "gid_map" };
+	bool host = first == 0 && count == UINT32_MAX;
+	char path[64], map[64];
+	int fd, n;
+
+	if (userns_fd < 0) {
+		if (host)
+			return; /* the host's ids, without a namespace */
+		errno = userns_errno;
+		die("a user namespace for the container's ids");
+	}
+	if (keeper < 0)
+		die_msg("launch spec: a second userns, or one after root");
+	n = snprintf(map, sizeof map, "0 %llu %llu\n", first, count);
+	for (size_t i = 0; i < ARRAY_LEN(maps); i++) {
+		snprintf(path, sizeof path, "/proc/%d/%s", (int)keeper, maps[i]);
+		TRY(fd = open(path, O_WRONLY | O_CLOEXEC), "open %s", path);
+		TRY(write(fd, map, (size_t)n), "write %s", path);
+		close(fd);
+	}
+	close(keeper_hold);
+	TRY(waitpid(keeper, NULL, 0), "waitpid");
+	keeper = keeper_hold = -1;
+	own_ids = !host;
+	container_root = (uid_t)first;
+}
+
+/* The capabilities in effect again (setfsuid away from 0 takes the filesystem ones). */
+static void raise_effective(void)
+{
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2];
+
+	TRY(syscall(SYS_capget, &hdr, data), "capget");
+	for (int i = 0; i < 2; i++)
+		data[i].effective = data[i].permitted;
+	TRY(syscall(SYS_capset, &hdr, data), "capset");
+}
+
+/* What the set-up creates in an id-mapped root is the container root's: through the
+ * mapping only ids of its block can be written, so the files are made with its ids
+ * (ON), and with the host's root's again after (!ON). */
+static void as_container_root(bool on)
+{
+	if (!own_ids)
+		return;
+	setfsgid(on ? container_root : 0);
+	setfsuid(on ? container_root : 0);
+	if (on)
+		raise_effective();
+}
+
+/* A detached copy of the mount tree at SRC (and its submounts if REC) with the
+ * container's ids mapped onto its files, and ATTRS (MOUNT_ATTR_*) set. */
+static int idmapped_tree(const char *src, bool rec, uint64_t attrs)
+{
+	struct corral_mount_attr a = { .attr_set = CORRAL_MOUNT_ATTR_IDMAP | attrs, .userns_fd = (uint64_t)userns_fd };
+	unsigned recursive = rec ? AT_RECURSIVE : 0;
+	int fd;
+
+	TRY(fd = (int)syscall(SYS_open_tree, AT_FDCWD, src, CORRAL_OPEN_TREE_CLONE | O_CLOEXEC | recursive),
+	    "open_tree %s", src);
+	if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | recursive, &a, sizeof a) < 0)
+		die("map the container's ids onto %s (id-mapped mounts%s)", src,
+		    errno == EINVAL ? ", which its filesystem may lack; \"userns\": false gives the host's ids" : "");
+	return fd;
+}
+
+/* `corral-init probe-ids FIRST PATH...`: exit 0 if a container with host ids from FIRST
+ * can be made here, with its ids mapped onto each PATH; else 1 and the reason. */
+static int probe_ids(int argc, char **argv)
+{
+	unsigned long long first;
+
+	if (argc < 3 || !parse_uint(argv[2], UINT32_MAX - 65536, &first))
+		die_msg("usage: corral-init probe-ids FIRST PATH...");
+	if (!start_keeper(CLONE_NEWUSER)) {
+		errno = userns_errno;
+		die("unshare CLONE_NEWUSER");
+	}
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/ns/user", (int)keeper);
+	TRY(userns_fd = open(path, O_RDONLY | O_CLOEXEC), "open %s", path);
+	map_ids(first, 65536);
+	for (int i = 3; i < argc; i++)
+		close(idmapped_tree(argv[i], false, 0));
+	return 0;
 }
 
 /* ---- paths inside the container root ---------------------------------- */
@@ -417,8 +667,10 @@ static void create_in_root(int rootfd, const char *path, mode_t mode, dev_t dev,
 {
 	const char *call = S_ISDIR(mode) ? "mkdir" : link ? "symlink" : "mknod";
 	char *copy = xstrdup(path), *name;
-	int parent = walk_parent(rootfd, copy, &name), rc = 0;
+	int parent, rc = 0;
 
+	as_container_root(true);
+	parent = walk_parent(rootfd, copy, &name);
 	if (!name && !S_ISDIR(mode))
 		die_msg("%s %s: not a file name", call, path);
 	if (name && S_ISDIR(mode))
@@ -431,6 +683,7 @@ static void create_in_root(int rootfd, const char *path, mode_t mode, dev_t dev,
 		die("%s %s", call, path);
 	close(parent);
 	free(copy);
+	as_container_root(false);
 }
 
 static bool same_file(int a, int b)
@@ -527,6 +780,113 @@ static int attach_loop(const char *file, bool ro, char dev[static 32])
 	return loopfd;
 }
 
+/* MS_* flags of a mount as MOUNT_ATTR_* */
+static uint64_t mount_attrs(unsigned long mflags)
+{
+	return (mflags & MS_RDONLY ? CORRAL_MOUNT_ATTR_RDONLY : 0) | (mflags & MS_NOSUID ? CORRAL_MOUNT_ATTR_NOSUID : 0) |
+	       (mflags & MS_NODEV ? CORRAL_MOUNT_ATTR_NODEV : 0) | (mflags & MS_NOEXEC ? CORRAL_MOUNT_ATTR_NOEXEC : 0);
+}
+
+/* Put an id-mapped view of SRC on NAME, a new directory in DIRFD. */
+static void add_view(const char *src, int dirfd, const char *name)
+{
+	err_blame = IN_ROOT; /* the client's rootfs, on a filesystem that cannot be mapped */
+	int tree = idmapped_tree(src, false, 0);
+	err_blame = "";
+
+	TRY(mkdirat(dirfd, name, 0711), "mkdir %s", name);
+	TRY(syscall(SYS_move_mount, tree, "", dirfd, name, CORRAL_MOVE_MOUNT_F_EMPTY_PATH), "move_mount %s", src);
+	close(tree);
+}
+
+/*
+ * The root overlay of a container with ids of its own. Overlayfs cannot be id-mapped
+ * itself, but its layers can, and it writes its upper layer with its mounter's ids: so
+ * the container's root mounts it, in the container's user namespace, over id-mapped
+ * views of its layers (files keep the ids they have on disk, as seen in the container).
+ * The views sit on a scratch tmpfs on the root dir; a child joins the user namespace,
+ * unshares a mount namespace (it may mount only in one of its own), mounts the overlay
+ * there and sends back a detached copy, which replaces the scratch on the root dir.
+ * Layer paths are the daemon's (fs plugin): no ',' or ':' in them; upper and work dirs
+ * are siblings.
+ */
+static void mount_overlay_as_container_root(struct root *r, const struct directive *d)
+{
+	char *opts = xstrdup(d->f[4]), *save, *o, *layers_save, *layer, name[16];
+	char *data = xcalloc(strlen(d->f[4]) + 64 * 1024, 1), *upper = NULL, *work = NULL;
+	int scratch, sv[2], fds[1], nlayers = 0;
+	char reply[1024] = "";
+	struct iovec iov = { reply, sizeof reply - 1 };
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			     .msg_controllen = sizeof control.buf };
+	pid_t pid;
+
+	TRY(mount("tmpfs", r->path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711,size=16k"),
+	    "mount tmpfs on %s", r->path);
+	TRY(scratch = open(r->path, O_PATH | O_DIRECTORY | O_CLOEXEC), "open %s", r->path);
+	for (o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+		if (!strncmp(o, "lowerdir=", 9)) {
+			strcat(data, "lowerdir=");
+			for (layer = strtok_r(o + 9, ":", &layers_save); layer; layer = strtok_r(NULL, ":", &layers_save)) {
+				snprintf(name, sizeof name, "%d", nlayers);
+				add_view(layer, scratch, name);
+				strcat(strcat(data, nlayers++ ? ":" : ""), name);
+			}
+			strcat(data, ",");
+		} else if (!strncmp(o, "upperdir=", 9)) {
+			upper = o + 9;
+		} else if (!strncmp(o, "workdir=", 8)) {
+			work = o + 8;
+		} else if (strlen(data) + strlen(o) + 2 < 64 * 1024) {
+			strcat(strcat(data, o), ",");
+		}
+	}
+	char *upper_name = upper ? strrchr(upper, '/') : NULL, *work_name = work ? strrchr(work, '/') : NULL;
+	if (!upper_name || !work_name || upper_name - upper != work_name - work ||
+	    strncmp(upper, work, (size_t)(upper_name - upper)))
+		die_msg("mount overlay on /: upperdir and workdir must be siblings");
+	*upper_name++ = *work_name++ = '\0';
+	add_view(upper, scratch, "u");
+	sprintf(data + strlen(data), "upperdir=u/%s,workdir=u/%s,userxattr", upper_name, work_name);
+	TRY(mkdirat(scratch, "r", 0711), "mkdir");
+	TRY(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), "socketpair");
+	TRY(pid = fork(), "fork");
+	if (pid == 0) {
+		int tree;
+		close(sv[0]);
+		err_fd = sv[1];
+		TRY(fchdir(scratch), "fchdir");
+		TRY(setns(userns_fd, CLONE_NEWUSER), "setns the user namespace");
+		if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+			die("become the container's root");
+		TRY(unshare(CLONE_NEWNS), "unshare CLONE_NEWNS");
+		TRY(mount("overlay", "r", "overlay", d->mflags & ~MS_REC, data), "mount overlay on / (%s)", data);
+		TRY(tree = (int)syscall(SYS_open_tree, AT_FDCWD, "r", CORRAL_OPEN_TREE_CLONE | O_CLOEXEC), "open_tree");
+		err_fd = -1;
+		tell(sv[1], "ok", 3, &tree, 1);
+		_exit(0);
+	}
+	close(sv[1]);
+	ssize_t n = recvmsg(sv[0], &mh, MSG_CMSG_CLOEXEC);
+	int got = n >= 0 ? received_fds(&mh, fds, 1) : 0;
+	reply[n > 0 ? n : 0] = '\0';
+	waitpid(pid, NULL, 0);
+	close(sv[0]);
+	if (!got)
+		die_msg("%s", *reply ? reply : "mount overlay on /: the mounting child died");
+	close(scratch);
+	TRY(umount2(r->path, MNT_DETACH), "umount2 scratch tmpfs");
+	TRY(syscall(SYS_move_mount, fds[0], "", AT_FDCWD, r->path, CORRAL_MOVE_MOUNT_F_EMPTY_PATH),
+	    "move_mount overlay on %s", r->path);
+	close(fds[0]);
+	free(opts);
+	free(data);
+}
+
 static void do_mount(struct root *r, const struct directive *d)
 {
 	const char *fstype = d->f[0], *target = d->f[2];
@@ -546,6 +906,33 @@ static void do_mount(struct root *r, const struct directive *d)
 	if (fd < 0)
 		return;
 	bool is_root = !(d->opts & OPT_HOST) && same_file(fd, r->fd);
+	if ((d->opts & OPT_IDMAP) && own_ids) {
+		if (!bind) { /* the root overlay (parse_mount_flags allows no other) */
+			if (!is_root)
+				die_msg("mount %s on %s: idmap is for the root overlay only", fstype, target);
+			mount_overlay_as_container_root(r, d);
+		} else { /* its flags set with the mapping, on a copy of the source's mount */
+			err_blame = IN_ROOT; /* the client's bind, on a filesystem that cannot be mapped */
+			int tree = idmapped_tree(source, d->mflags & MS_REC, mount_attrs(d->mflags));
+			struct stat from, to;
+			TRY(fstat(tree, &from), "fstat %s", source);
+			TRY(fstat(fd, &to), "fstat %s", target);
+			if (S_ISDIR(from.st_mode) != S_ISDIR(to.st_mode)) { /* as mount(2) would say */
+				errno = S_ISDIR(from.st_mode) ? ENOTDIR : EISDIR;
+				die("mount bind %s on %s", source, target);
+			}
+			err_blame = "";
+			TRY(syscall(SYS_move_mount, tree, "", fd, "", CORRAL_MOVE_MOUNT_F_EMPTY_PATH | CORRAL_MOVE_MOUNT_T_EMPTY_PATH),
+			    "mount bind %s on %s", source, target);
+			close(tree);
+		}
+		close(fd);
+		if (is_root) {
+			reopen_root(r);
+			r->mounted = true;
+		}
+		return;
+	}
 	if ((d->opts & OPT_LOOP) && source) {
 		loopfd = attach_loop(source, d->mflags & MS_RDONLY, dev);
 		source = dev;
@@ -612,28 +999,6 @@ static void pivot(int rootfd)
 	TRY(chdir("/"), "chdir /");
 }
 
-/* Send one message (NUL-terminated strings, LEN bytes) and NFDS fds on the
- * control socket; false if fd 3 is no socket (no daemon passed one). */
-static bool tell_daemon(const char *msg, size_t len, const int *fds, size_t nfds)
-{
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * 2)];
-	} control = { 0 };
-	struct iovec iov = { (void *)msg, len };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-
-	if (nfds) {
-		mh.msg_control = control.buf;
-		mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-	}
-	return sendmsg(CONTROL_FD, &mh, MSG_NOSIGNAL) >= 0;
-}
 
 /* Give the daemon the new network namespace: an fd of it and a NETLINK_ROUTE
  * socket opened in it, so it makes and configures the container's devices while
@@ -735,7 +1100,8 @@ static void apply(struct setup *s, const struct directive *d)
 
 	/* All but cgroups and host mounts are made in the container root. */
 	if (s->r.fd < 0 && d->kind != D_CGROUP && d->kind != D_ROOT && d->kind != D_LABEL &&
-	    d->kind != D_SECCOMP && d->kind != D_END && !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
+	    d->kind != D_SECCOMP && d->kind != D_USERNS && d->kind != D_END &&
+	    !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
 		die_msg("launch spec: %s before root", kinds[d->kind].name);
 	if (d->kind == D_MKNOD || d->kind == D_SYMLINK || d->kind == D_MKDIR)
 		err_blame = IN_ROOT;
@@ -743,7 +1109,12 @@ static void apply(struct setup *s, const struct directive *d)
 	case D_CGROUP:
 		join_cgroup(d->f[0]);
 		break;
+	case D_USERNS:
+		map_ids(d->first, d->count);
+		break;
 	case D_ROOT:
+		if (keeper >= 0) /* no userns line: the host's ids */
+			map_ids(0, UINT32_MAX);
 		s->r.path = d->f[0];
 		reopen_root(&s->r);
 		break;
@@ -762,8 +1133,10 @@ static void apply(struct setup *s, const struct directive *d)
 		fd_path(fd, path);
 		/* Only if needed: a chmod on the overlay copies the directory up. */
 		TRY(fstat(fd, &st), "stat %s", d->f[0]);
+		as_container_root(true);
 		if ((st.st_mode & 07777) != d->mode)
 			TRY(chmod(path, d->mode), "chmod %s", d->f[0]);
+		as_container_root(false);
 		close(fd);
 		break;
 	case D_HOSTNAME:
@@ -785,6 +1158,46 @@ static void apply(struct setup *s, const struct directive *d)
 	err_blame = "";
 }
 
+/* The limits the jobs start with: the daemon's (see enter_userns). */
+static struct rlimit job_defaults[RLIM_NLIMITS];
+static bool limits_raised;
+
+/*
+ * PID 1 becomes the container's root: in its user namespace, with capabilities there
+ * only. Its hard limits are raised first to what the kernel allows (if the daemon has
+ * CAP_SYS_RESOURCE), since only the host's root may raise them and a job may ask for
+ * more than the daemon had; each
+ * job without limits of its own then starts with the daemon's (job_defaults).
+ */
+static void enter_userns(void)
+{
+	unsigned long long nr_open = 1024 * 1024;
+	char *text;
+	int fd;
+
+	if (userns_fd < 0)
+		return;
+	if ((fd = open("/proc/sys/fs/nr_open", O_RDONLY | O_CLOEXEC)) >= 0) {
+		text = read_all(fd, "/proc/sys/fs/nr_open");
+		parse_uint(strtok(text, "\n"), UINT32_MAX, &nr_open);
+		free(text);
+		close(fd);
+	}
+	for (int r = 0; r < RLIM_NLIMITS; r++) {
+		struct rlimit max;
+		TRY(getrlimit(r, &job_defaults[r]), "getrlimit %d", r);
+		max = (struct rlimit){ job_defaults[r].rlim_cur, r == RLIMIT_NOFILE ? nr_open : RLIM_INFINITY };
+		if (setrlimit(r, &max) < 0 && errno != EPERM) /* EPERM: no CAP_SYS_RESOURCE here either */
+			die("setrlimit %d", r);
+	}
+	limits_raised = true;
+	TRY(setns(userns_fd, CLONE_NEWUSER), "setns the user namespace");
+	close(userns_fd);
+	userns_fd = -1;
+	if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+		die("become the container's root");
+}
+
 /* In PID 1: the directives the launcher left, then pivot into the root. */
 static void finish_setup(struct setup *s, struct spec *sp)
 {
@@ -798,6 +1211,7 @@ static void finish_setup(struct setup *s, struct spec *sp)
 	}
 	pivot(s->r.fd);
 	close(s->r.fd);
+	enter_userns();
 }
 
 /* ---- jobs ------------------------------------------------------------- */
@@ -1103,6 +1517,13 @@ static noreturn void run_job(const struct job_spec *js, int in, const char *slav
 	lookup_user(js->user ? js->user : js->privileged ? "root" : "corral", &u);
 	if (slave && fchown(0, u.uid, (gid_t)-1) < 0) /* its own terminal, as login gives one */
 		die("fchown %s", slave);
+	for (int r = 0; limits_raised && r < RLIM_NLIMITS; r++) {
+		size_t i;
+		for (i = 0; i < js->nlimits && js->limits[i].resource != r; i++)
+			;
+		if (i == js->nlimits) /* the job's own, if any, come next */
+			TRY(setrlimit(r, &job_defaults[r]), "setrlimit %d", r);
+	}
 	for (size_t i = 0; i < js->nlimits; i++)
 		TRY(setrlimit(js->limits[i].resource, &js->limits[i].rl), "setrlimit %s", js->limits[i].name);
 	if (js->dir && chdir(js->dir) < 0)
@@ -1689,17 +2110,6 @@ static void dispatch(struct server *s, size_t ci, char **strs, int n, int *fds, 
 }
 
 /* Receive one packet from client I (sized with MSG_PEEK|MSG_TRUNC) and answer it. */
-/* The fds that came with a received message (SCM_RIGHTS), at most MAX: their count. */
-static int received_fds(struct msghdr *mh, int *fds, int max)
-{
-	int n = 0;
-
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-			for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && n < max; k++)
-				memcpy(&fds[n++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
-	return n;
-}
 
 static void handle_client(struct server *s, size_t i)
 {
@@ -1874,8 +2284,8 @@ static int launch(void)
 	 * and finishes its other preparations while they are made (a network
 	 * namespace takes half a millisecond). The control socket (fd 3, if the
 	 * daemon passed one) tells it they exist. */
-	TRY(unshare(CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID), "unshare");
 	TRY(close_range(CONTROL_FD + 1, ~0U, 0), "close_range");
+	make_namespaces();
 	control = report_namespace();
 	/* Directives are applied as they arrive (the daemon sends the set-up while
 	 * it makes the cgroups, then the cgroups): here up to the proc mount, which
@@ -1926,6 +2336,7 @@ static int launch(void)
 		CPU_SET(cpu, &cpus);
 	TRY(sched_setaffinity(0, sizeof cpus, &cpus), "sched_setaffinity");
 	TRY(pipe2(ready, O_CLOEXEC), "pipe2");
+	TRY(unshare(CLONE_NEWPID), "unshare CLONE_NEWPID"); /* PID 1 is its first process */
 	TRY(pid = fork_into_cgroup(), "fork");
 	if (pid == 0) {
 		close(ready[0]);
@@ -2070,7 +2481,10 @@ int main(int argc, char **argv)
 	}
 	if (argc >= 2 && !strcmp(argv[1], "launch"))
 		return launch();
+	if (argc >= 2 && !strcmp(argv[1], "probe-ids"))
+		return probe_ids(argc, argv);
 	if (argc == 3 && !strcmp(argv[1], "zygote"))
 		zygote();
-	die_msg("usage: corral-init launch [LABEL...] < SPEC | corral-init zygote ROOM");
+	die_msg("usage: corral-init launch [LABEL...] < SPEC | corral-init zygote ROOM | "
+		"corral-init probe-ids FIRST PATH...");
 }

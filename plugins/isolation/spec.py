@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
 from plugins.isolation.seccomp import Filters
+from plugins.isolation.userns import HOST_IDS, IdMap
 from supervisor.api import LaunchPlan, Mount
 
 #: /dev of every container: (name, major, minor, mode).
@@ -69,15 +71,31 @@ def _mount(m: Mount) -> str:
     return _line("mount", m.fstype, m.source, m.target, ",".join(m.flags) or "-", m.data or "-")
 
 
+def _mapped(m: Mount, ids: IdMap) -> Mount:
+    """*m* as the init mounts it for a container with *ids*: the root overlay and binds
+    of host paths id-mapped when the container has ids of its own."""
+    if ids.own and "host" not in m.flags and ("bind" in m.flags or m.fstype == "overlay"):
+        return dataclasses.replace(m, flags=(*m.flags, "idmap"))
+    return m
+
+
+def _owned_by_root(m: Mount, ids: IdMap) -> Mount:
+    """A tmpfs of the set-up, its root directory the container root's."""
+    if not ids.own:
+        return m
+    return dataclasses.replace(m, data=f"{m.data},uid={ids.first},gid={ids.first}")
+
+
 def render_setup(
     plan: LaunchPlan,
     hostname: str,
     socket_path: Path,
     label: Path,
     filters: Filters | None = None,
+    ids: IdMap = HOST_IDS,
 ) -> str:
-    """The container's set-up: label, jobs' seccomp filters, root, root mount, system
-    mounts, devices, identity, socket, /proc. The label (*label*, the container's
+    """The container's set-up: label, jobs' seccomp filters, ids, root, root mount,
+    system mounts, devices, identity, socket, /proc. The label (*label*, the container's
     directory) is what the launcher's and its init's cmdline will read (see
     ``corral_startup``). *filters* None: the jobs run unfiltered.
 
@@ -88,18 +106,21 @@ def render_setup(
     lines = [_line("label", str(label))]
     if filters is not None:
         lines.append(_line("seccomp", filters.unprivileged.hex(), filters.privileged.hex()))
+    lines.append(_line("userns", *ids.spec_fields()))
     lines.append(_line("root", str(plan.root_dir)))
     # Mounts on host paths (e.g. the disk-quota filesystem holding the overlay's
     # upper layer) come first: the root mount may need them.
     lines += [_mount(m) for m in plan.mounts if "host" in m.flags]
     if plan.root_mount is not None:
-        lines.append(_mount(plan.root_mount))
-    lines += [_mount(m) for m in SYSTEM_MOUNTS]
+        lines.append(_mount(_mapped(plan.root_mount, ids)))
+    sysfs, dev = SYSTEM_MOUNTS
+    lines += [_mount(sysfs), _mount(_owned_by_root(dev, ids))]
     lines += [
         _line("mknod", f"/dev/{name}", "c", str(major), str(minor), f"{mode:o}")
         for name, major, minor, mode in DEVICES
     ]
-    lines += [_mount(m) for m in LATE_SYSTEM_MOUNTS]
+    devpts, shm = LATE_SYSTEM_MOUNTS
+    lines += [_mount(devpts), _mount(_owned_by_root(shm, ids))]
     lines += _symlinks(
         (
             ("pts/ptmx", "/dev/ptmx"),
@@ -127,10 +148,10 @@ def render_setup(
     return "".join(lines)
 
 
-def render_rest(plan: LaunchPlan) -> str:
+def render_rest(plan: LaunchPlan, ids: IdMap = HOST_IDS) -> str:
     """Sent at launch: the plan's own mounts (made by PID 1, in order), the cgroups
     the launcher joins before it forks PID 1 into them, and the end of the spec."""
-    lines = [_mount(m) for m in plan.mounts if "host" not in m.flags]
+    lines = [_mount(_mapped(m, ids)) for m in plan.mounts if "host" not in m.flags]
     lines += [_line("cgroup", str(p)) for p in plan.cgroup_procs]
     lines.append(_line("end"))
     return "".join(lines)
