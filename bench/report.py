@@ -32,6 +32,8 @@ TARGETS = {
     "shaping": "a bandwidth limit adds < 0.3 ms to a cold run (median)",
     "seccomp_cold": "the jobs' seccomp filter adds < 0.5 ms to a cold run (median)",
     "seccomp_exec": "the jobs' seccomp filter adds nothing measurable to an exec (< 0.05 ms, median)",
+    "userns_cold": "the container's own ids (user namespace) add < 0.5 ms to a cold run (median)",
+    "userns_exec": "the container's own ids add nothing measurable to an exec (< 0.05 ms, median)",
     "contain": "`corral contain -- /bin/true` <= 1.5x `crun run` (median)",
     "image_pull": "<= 1.0x `skopeo copy` + `umoci unpack` (median)",
     "image_create": "<= 1.1x create from a rootfs directory (median)",
@@ -177,7 +179,7 @@ def summary(r: Results) -> list[str]:
         events_rows,
         ci_rows,
         shaping_rows,
-        seccomp_rows,
+        hardening_rows,
         contain_rows,
         images_rows,
     ):
@@ -733,42 +735,48 @@ def shaping(r: Results) -> list[str]:
     return lines
 
 
-def seccomp_rows(r: Results) -> list[str]:
-    """What the seccomp filter adds to a cold run and to an exec (the targets)."""
-    sc = r.get("seccomp")
-    if not sc:
+def hardening_rows(r: Results) -> list[str]:
+    """What the seccomp filter and the container's own ids add to a cold run and to an exec
+    (the targets)."""
+    h = r.get("hardening")
+    if not h:
         return []
     rows = []
-    for what, limit in (("cold", 0.5), ("exec", 0.05)):
-        on, off = sc["stats"][f"{what}, seccomp on"], sc["stats"][f"{what}, seccomp off"]
-        rows.append(
-            ratio_row(
-                f"{what} with seccomp, median",
-                on.get("median"),
-                "seccomp false",
-                off.get("median"),
-                TARGETS[f"seccomp_{what}"],
-                sc["added_ms"][what] < limit,
-                "ms",
+    for feature, off in (("seccomp", "seccomp false"), ("userns", "userns false")):
+        for what, limit in (("cold", 0.5), ("exec", 0.05)):
+            on, base = h["stats"][f"{what}, default"], h["stats"][f"{what}, {feature} off"]
+            rows.append(
+                ratio_row(
+                    f"{what} with {feature}, median",
+                    on.get("median"),
+                    off,
+                    base.get("median"),
+                    TARGETS[f"{feature}_{what}"],
+                    h["added_ms"][feature][what] < limit,
+                    "ms",
+                )
             )
-        )
     return rows
 
 
-def seccomp(r: Results) -> list[str]:
-    """Cold runs and execs with the default seccomp filter and without."""
-    sc = r.get("seccomp")
-    if not sc:
+def hardening(r: Results) -> list[str]:
+    """Cold runs and execs with the defaults, and with seccomp or the own ids turned off."""
+    h = r.get("hardening")
+    if not h:
         return []
-    lines = stats_table(
-        "Seccomp",
-        sc["stats"],
-        "Round-robin in the same run: containers created with the default filter and with "
-        "`seccomp: false` (ms). Added (median): "
-        f"cold {fmt(sc['added_ms']['cold'], 3)} ms ({fmt(sc['ratio']['cold'], 3)}x), "
-        f"exec {fmt(sc['added_ms']['exec'], 3)} ms ({fmt(sc['ratio']['exec'], 3)}x).",
+    added = "; ".join(
+        f"{feature}: cold {fmt(h['added_ms'][feature]['cold'], 3)} ms "
+        f"({fmt(h['ratio'][feature]['cold'], 3)}x), exec {fmt(h['added_ms'][feature]['exec'], 3)} "
+        f"ms ({fmt(h['ratio'][feature]['exec'], 3)}x)"
+        for feature in h["added_ms"]
     )
-    return lines
+    return stats_table(
+        "Hardening",
+        h["stats"],
+        "Round-robin in the same run: containers created with the defaults (the default "
+        "seccomp filter, ids of their own), with `seccomp: false` and with `userns: false` "
+        f"(ms). Added by each (median): {added}.",
+    )
 
 
 def events(r: Results) -> list[str]:
@@ -1148,7 +1156,7 @@ SECTIONS: list[Callable[[Results], list[str]]] = [
     events,
     ci,
     shaping,
-    seccomp,
+    hardening,
     contain,
     images,
     cli,

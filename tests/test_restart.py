@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from plugins.fs.identity import IdMapping, as_ids
 from supervisor.depot import Depot
 from supervisor.errors import InvalidState
 from tests.conftest import NOTHING_LEFT, Daemon, ended, init_pid, leftovers, wait_until
@@ -24,9 +25,12 @@ def test_kill9_then_restart_keeps_jobs_and_output(fresh_daemon: Daemon) -> None:
         handle = c.create()
         sleeper = c.spawn(handle, f"echo before; {until_exists('/tmp/go')}; echo after; exit 5")
         quick = c.spawn(handle, f"{until_exists('/tmp/quick')}; echo quick >&2; exit 3")
-    root = Path(f"/proc/{init_pid(d, handle)}/root")
+    init = init_pid(d, handle)
+    root = Path(f"/proc/{init}/root")
     d.kill9()
-    (root / "tmp" / "quick").touch()  # `quick` ends while no daemon runs
+    # `quick` ends while no daemon runs. Its id-mapped root takes only the container's ids.
+    with as_ids(*IdMapping.of(init).to_host(0, 0)):
+        (root / "tmp" / "quick").touch()
     status = d.depot / handle / "jobs" / str(quick) / "status"
     wait_until(lambda: status.exists() and status.read_text().strip(), what="quick's status")
     d.start()

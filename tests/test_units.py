@@ -9,6 +9,7 @@ import pytest
 from plugins.isolation import spec
 from plugins.isolation.sandbox import decode, encode, spawn_message
 from plugins.isolation.seccomp import Filters
+from plugins.isolation.userns import IdMap
 from supervisor import config
 from supervisor.container import ALLOWED, TRANSITIONS, State
 from supervisor.errors import InvalidRequest, ProtocolViolation
@@ -82,8 +83,8 @@ def test_spec_sends_the_setup_then_the_plans_mounts_and_cgroups() -> None:
         cgroup_procs=[Path("/sys/fs/cgroup/pids/corral/h/cgroup.procs")],
     )
     setup = spec.render_setup(plan, "h", Path("/d/init.sock"), label=Path("/d")).splitlines()
-    assert setup[:2] == ["label\t/d", "root\t/d/rootfs"]
-    assert setup[2].startswith("mount\toverlay\toverlay\t/\t-\tlowerdir=")
+    assert setup[:3] == ["label\t/d", "userns\t0\t4294967295", "root\t/d/rootfs"]
+    assert setup[3].startswith("mount\toverlay\toverlay\t/\t-\tlowerdir=")
     proc = setup.index("mount\tproc\tproc\t/proc\tnosuid,nodev,noexec,mkdir\t-")
     # The launcher applies what comes before the proc mount, PID 1 the rest.
     early, late = setup[:proc], setup[proc + 1 :]
@@ -104,7 +105,37 @@ def test_spec_sends_the_setup_then_the_plans_mounts_and_cgroups() -> None:
     # The jobs' filters come right after the label, in hex: unprivileged, then privileged.
     filters = Filters(bytes(range(8)), bytes(16))
     setup = spec.render_setup(plan, "h", Path("/d/init.sock"), Path("/d"), filters).splitlines()
-    assert setup[:3] == ["label\t/d", "seccomp\t0001020304050607\t" + "0" * 32, "root\t/d/rootfs"]
+    assert setup[:4] == [
+        "label\t/d",
+        "seccomp\t0001020304050607\t" + "0" * 32,
+        "userns\t0\t4294967295",
+        "root\t/d/rootfs",
+    ]
+
+
+def test_spec_of_a_container_with_ids_of_its_own() -> None:
+    """The block in the userns line; the root overlay, binds and /dev tmpfs theirs."""
+    plan = LaunchPlan(
+        root_dir=Path("/d/rootfs"),
+        root_mount=Mount("overlay", "overlay", "/", (), "lowerdir=/b,upperdir=/u,workdir=/w"),
+        mounts=[
+            Mount("ext4", "/d/disk.img", "/d/disk", ("loop", "host")),
+            Mount("none", "/host/data", "/data", ("bind", "ro")),
+        ],
+    )
+    ids = IdMap(0x10000000, 65536)
+    setup = spec.render_setup(plan, "h", Path("/d/init.sock"), Path("/d"), None, ids).splitlines()
+    assert setup[1] == "userns\t268435456\t65536"
+    assert setup[3] == "mount\text4\t/d/disk.img\t/d/disk\tloop,host\t-"  # the host's own
+    assert setup[4].startswith("mount\toverlay\toverlay\t/\tidmap\tlowerdir=")
+    assert (
+        "mount\ttmpfs\ttmpfs\t/dev\tnosuid,noexec,mkdir\tmode=755,size=1024k,uid=268435456,gid=268435456"
+        in setup
+    )
+    assert (
+        spec.render_rest(plan, ids).splitlines()[0]
+        == "mount\tnone\t/host/data\t/data\tbind,ro,idmap\t-"
+    )
 
 
 def test_spawn_message_format() -> None:

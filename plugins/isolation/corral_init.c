@@ -560,7 +560,8 @@ static void as_container_root(bool on)
 }
 
 /* A detached copy of the mount tree at SRC (and its submounts if REC) with the
- * container's ids mapped onto its files, and ATTRS (MOUNT_ATTR_*) set. */
+ * container's ids mapped onto its files, and ATTRS (MOUNT_ATTR_*) set; -1 (errno
+ * EINVAL) if its filesystem, or a submount's, cannot be id-mapped. */
 static int idmapped_tree(const char *src, bool rec, uint64_t attrs)
 {
 	struct corral_mount_attr a = { .attr_set = CORRAL_MOUNT_ATTR_IDMAP | attrs, .userns_fd = (uint64_t)userns_fd };
@@ -569,9 +570,12 @@ static int idmapped_tree(const char *src, bool rec, uint64_t attrs)
 
 	TRY(fd = (int)syscall(SYS_open_tree, AT_FDCWD, src, CORRAL_OPEN_TREE_CLONE | O_CLOEXEC | recursive),
 	    "open_tree %s", src);
-	if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | recursive, &a, sizeof a) < 0)
-		die("map the container's ids onto %s (id-mapped mounts%s)", src,
-		    errno == EINVAL ? ", which its filesystem may lack; \"userns\": false gives the host's ids" : "");
+	if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | recursive, &a, sizeof a) < 0) {
+		if (errno != EINVAL)
+			die("map the container's ids onto %s", src);
+		close(fd);
+		return -1;
+	}
 	return fd;
 }
 
@@ -591,8 +595,12 @@ static int probe_ids(int argc, char **argv)
 	snprintf(path, sizeof path, "/proc/%d/ns/user", (int)keeper);
 	TRY(userns_fd = open(path, O_RDONLY | O_CLOEXEC), "open %s", path);
 	map_ids(first, 65536);
-	for (int i = 3; i < argc; i++)
-		close(idmapped_tree(argv[i], false, 0));
+	for (int i = 3; i < argc; i++) {
+		int tree = idmapped_tree(argv[i], false, 0);
+		if (tree < 0)
+			die("%s: no id-mapped mounts on its filesystem", argv[i]);
+		close(tree);
+	}
 	return 0;
 }
 
@@ -790,9 +798,13 @@ static uint64_t mount_attrs(unsigned long mflags)
 /* Put an id-mapped view of SRC on NAME, a new directory in DIRFD. */
 static void add_view(const char *src, int dirfd, const char *name)
 {
-	err_blame = IN_ROOT; /* the client's rootfs, on a filesystem that cannot be mapped */
 	int tree = idmapped_tree(src, false, 0);
-	err_blame = "";
+
+	if (tree < 0) {
+		err_blame = IN_ROOT; /* the client's rootfs */
+		die("map the container's ids onto %s (its filesystem has no id-mapped mounts; "
+		    "\"userns\": false gives the host's ids)", src);
+	}
 
 	TRY(mkdirat(dirfd, name, 0711), "mkdir %s", name);
 	TRY(syscall(SYS_move_mount, tree, "", dirfd, name, CORRAL_MOVE_MOUNT_F_EMPTY_PATH), "move_mount %s", src);
@@ -887,6 +899,23 @@ static void mount_overlay_as_container_root(struct root *r, const struct directi
 	free(data);
 }
 
+/* Put the detached mount TREE (a bind's, of SOURCE) on the target FD (TARGET). */
+static void move_tree(int tree, int fd, const char *source, const char *target)
+{
+	struct stat from, to;
+
+	TRY(fstat(tree, &from), "fstat %s", source);
+	TRY(fstat(fd, &to), "fstat %s", target);
+	if (S_ISDIR(from.st_mode) != S_ISDIR(to.st_mode)) { /* as mount(2) would say */
+		errno = S_ISDIR(from.st_mode) ? ENOTDIR : EISDIR;
+		err_blame = IN_ROOT; /* the client's bind */
+		die("mount bind %s on %s", source, target);
+	}
+	TRY(syscall(SYS_move_mount, tree, "", fd, "", CORRAL_MOVE_MOUNT_F_EMPTY_PATH | CORRAL_MOVE_MOUNT_T_EMPTY_PATH),
+	    "mount bind %s on %s", source, target);
+	close(tree);
+}
+
 static void do_mount(struct root *r, const struct directive *d)
 {
 	const char *fstype = d->f[0], *target = d->f[2];
@@ -906,26 +935,17 @@ static void do_mount(struct root *r, const struct directive *d)
 	if (fd < 0)
 		return;
 	bool is_root = !(d->opts & OPT_HOST) && same_file(fd, r->fd);
-	if ((d->opts & OPT_IDMAP) && own_ids) {
-		if (!bind) { /* the root overlay (parse_mount_flags allows no other) */
-			if (!is_root)
-				die_msg("mount %s on %s: idmap is for the root overlay only", fstype, target);
+	bool mapped = (d->opts & OPT_IDMAP) && own_ids;
+	/* A bind of a filesystem that cannot be id-mapped (devtmpfs, 9p...) is made as it
+	 * is: its files show the overflow ids, as under Docker's userns-remap. */
+	int tree = mapped && bind ? idmapped_tree(source, d->mflags & MS_REC, mount_attrs(d->mflags)) : -1;
+	if (mapped && (tree >= 0 || !bind)) {
+		if (tree >= 0)
+			move_tree(tree, fd, source, target);
+		else if (is_root) /* the root overlay (parse_mount_flags allows no other) */
 			mount_overlay_as_container_root(r, d);
-		} else { /* its flags set with the mapping, on a copy of the source's mount */
-			err_blame = IN_ROOT; /* the client's bind, on a filesystem that cannot be mapped */
-			int tree = idmapped_tree(source, d->mflags & MS_REC, mount_attrs(d->mflags));
-			struct stat from, to;
-			TRY(fstat(tree, &from), "fstat %s", source);
-			TRY(fstat(fd, &to), "fstat %s", target);
-			if (S_ISDIR(from.st_mode) != S_ISDIR(to.st_mode)) { /* as mount(2) would say */
-				errno = S_ISDIR(from.st_mode) ? ENOTDIR : EISDIR;
-				die("mount bind %s on %s", source, target);
-			}
-			err_blame = "";
-			TRY(syscall(SYS_move_mount, tree, "", fd, "", CORRAL_MOVE_MOUNT_F_EMPTY_PATH | CORRAL_MOVE_MOUNT_T_EMPTY_PATH),
-			    "mount bind %s on %s", source, target);
-			close(tree);
-		}
+		else
+			die_msg("mount %s on %s: idmap is for the root overlay only", fstype, target);
 		close(fd);
 		if (is_root) {
 			reopen_root(r);

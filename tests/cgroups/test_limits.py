@@ -656,12 +656,16 @@ def test_info_reports_limits_and_stats(daemon: Daemon, client: Client) -> None:
 
 
 def test_devices_cgroup_allows_only_the_container_nodes(daemon: Daemon, client: Client) -> None:
-    """A host device bound into the container cannot be opened, even by a privileged job:
-    the devices cgroup (v1) or the device filter (v2) refuses it."""
+    """A host device bound into the container cannot be opened, even by a privileged job
+    with the host's ids (its root is the host's, which the node's mode lets in): the
+    devices cgroup (v1) or the device filter (v2) refuses it."""
     if "devices" not in cgroup_layout(daemon):
         pytest.skip("no devices controller, nor a kernel that loads cgroup device programs")
     handle = client.create(
-        {"bind_mounts": [["/dev/loop-control", "/tmp/loop-control", {"mode": "rw"}]]}
+        {
+            "bind_mounts": [["/dev/loop-control", "/tmp/loop-control", {"mode": "rw"}]],
+            "userns": False,
+        }
     )
     try:
         if cgroup_layout(daemon)["devices"].version == 1:
