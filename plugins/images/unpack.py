@@ -14,9 +14,7 @@ store's directory is 0700 (no host user reaches a setuid file or a device node
 in it) and containers reach devices only through the cgroup device rules.
 
 OCI whiteouts become overlay's: ``.wh.NAME`` a 0/0 character device ``NAME``,
-``.wh..wh..opq`` the ``trusted.overlay.opaque`` xattr on its directory, and
-``user.overlay.opaque`` too, which is what an overlay mounted in a container's
-user namespace reads (``userxattr``).
+``.wh..wh..opq`` the ``trusted.overlay.opaque`` xattr on its directory.
 
 The caller unpacks into a fresh directory and renames it into place only when
 this returns (see :mod:`plugins.images.store`).
@@ -35,12 +33,10 @@ from typing import IO
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+OPAQUE_XATTR = "trusted.overlay.opaque"
 #: pax xattrs a layer may set on its files; others (``trusted.*``, ``security.selinux``...)
 #: would let a layer steer the host's overlay or security modules.
 KEPT_XATTRS = ("user.", "security.capability")
-#: ...and the overlay's own among those (with ``userxattr``, its whiteouts and redirects).
-OVERLAY_XATTRS = "user.overlay."
 COPY_CHUNK = 1 << 20
 #: Errors that are the host's trouble, not the layer's (any other failing call on an
 #: entry is the entry's fault: a name too long, a file where a directory must be...).
@@ -138,8 +134,7 @@ class Unpacker:
         leaf = parts[-1]
         with self._parent(parts, member.name) as parent:
             if leaf == OPAQUE_MARKER:
-                for name in OPAQUE_XATTRS:
-                    os.setxattr(parent, name, b"y")
+                os.setxattr(parent, OPAQUE_XATTR, b"y")
                 return
             if leaf.startswith(WHITEOUT_PREFIX):
                 hidden = leaf[len(WHITEOUT_PREFIX) :]
@@ -243,7 +238,7 @@ def _xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
     for key, value in member.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
             name = key[len("SCHILY.xattr.") :]
-            if name.startswith(KEPT_XATTRS) and not name.startswith(OVERLAY_XATTRS):
+            if name.startswith(KEPT_XATTRS):
                 yield name, value.encode("utf-8", "surrogateescape")
 
 

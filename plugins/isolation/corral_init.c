@@ -105,6 +105,21 @@ static int err_status = 1;
 #define IN_ROOT "in the container root: "
 static const char *err_blame = "";
 
+/* The user namespace's first process, until its ids are mapped (see "the container's
+ * user namespace"), reaped whatever happens: once the launcher is gone it would be the
+ * daemon's zombie. */
+static pid_t keeper = -1;
+static int keeper_hold = -1; /* closing it lets the keeper exit */
+
+static void reap_keeper(void)
+{
+	if (keeper > 0) {
+		close(keeper_hold);
+		waitpid(keeper, NULL, 0);
+		keeper = keeper_hold = -1;
+	}
+}
+
 __attribute__((format(printf, 2, 3))) static noreturn void fail(int errnum, const char *fmt, ...)
 {
 	char msg[1024];
@@ -126,6 +141,7 @@ __attribute__((format(printf, 2, 3))) static noreturn void fail(int errnum, cons
 	if (write(err_fd, msg, n) < 0) {
 		/* nowhere left to report */
 	}
+	reap_keeper();
 	_exit(err_status);
 }
 
@@ -378,49 +394,6 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
 	}
 }
 
-/* ---- fds over Unix sockets ---------------------------------------------- */
-
-/* Send one message (NUL-terminated strings, LEN bytes) and NFDS fds (at most 2) on
- * SOCK; false if it is no socket. */
-static bool tell(int sock, const char *msg, size_t len, const int *fds, size_t nfds)
-{
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * 2)];
-	} control = { 0 };
-	struct iovec iov = { (void *)msg, len };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-
-	if (nfds) {
-		mh.msg_control = control.buf;
-		mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-	}
-	return sendmsg(sock, &mh, MSG_NOSIGNAL) >= 0;
-}
-
-/* The same on the control socket (false if fd 3 is none: no daemon passed one). */
-static bool tell_daemon(const char *msg, size_t len, const int *fds, size_t nfds)
-{
-	return tell(CONTROL_FD, msg, len, fds, nfds);
-}
-
-/* The fds that came with a received message (SCM_RIGHTS), at most MAX: their count. */
-static int received_fds(struct msghdr *mh, int *fds, int max)
-{
-	int n = 0;
-
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-			for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && n < max; k++)
-				memcpy(&fds[n++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
-	return n;
-}
-
 /* ---- the container's user namespace ------------------------------------ */
 
 /*
@@ -436,8 +409,6 @@ static int received_fds(struct msghdr *mh, int *fds, int max)
  */
 static int userns_fd = -1;     /* -1: the kernel gave no user namespace */
 static int userns_errno;       /* why not */
-static pid_t keeper = -1;      /* the namespace's first process, until its ids are mapped */
-static int keeper_hold = -1;   /* closing it lets the keeper exit */
 static bool own_ids;           /* a block of its own: the root and binds are id-mapped */
 static uid_t container_root;   /* the host id of the container's root (own_ids) */
 
@@ -468,9 +439,7 @@ static bool start_keeper(int flags)
 	close(ready[0]);
 	if (!c)
 		return true;
-	close(keeper_hold);
-	waitpid(keeper, NULL, 0);
-	keeper = keeper_hold = -1;
+	reap_keeper();
 	userns_errno = c;
 	/* EPERM, EINVAL, ENOSPC, EUSERS: none here (disabled, or none left) */
 	return false;
@@ -527,9 +496,7 @@ static void map_ids(unsigned long long first, unsigned long long count)
 		TRY(write(fd, map, (size_t)n), "write %s", path);
 		close(fd);
 	}
-	close(keeper_hold);
-	TRY(waitpid(keeper, NULL, 0), "waitpid");
-	keeper = keeper_hold = -1;
+	reap_keeper();
 	own_ids = !host;
 	container_root = (uid_t)first;
 }
@@ -813,48 +780,39 @@ static void add_view(const char *src, int dirfd, const char *name)
 
 /*
  * The root overlay of a container with ids of its own. Overlayfs cannot be id-mapped
- * itself, but its layers can, and it writes its upper layer with its mounter's ids: so
- * the container's root mounts it, in the container's user namespace, over id-mapped
- * views of its layers (files keep the ids they have on disk, as seen in the container).
- * The views sit on a scratch tmpfs on the root dir; a child joins the user namespace,
- * unshares a mount namespace (it may mount only in one of its own), mounts the overlay
- * there and sends back a detached copy, which replaces the scratch on the root dir.
- * Layer paths are the daemon's (fs plugin): no ',' or ':' in them; upper and work dirs
- * are siblings.
+ * itself, but its layers can, and it writes its upper layer with its mounter's
+ * filesystem ids: so it is mounted over id-mapped views of its layers, with the
+ * container root's filesystem ids (files then keep the ids they have on disk, as seen
+ * in the container). The views sit on a scratch tmpfs on the root dir, which the
+ * overlay then covers; it goes with the host's mounts at the pivot. Layer paths are the
+ * daemon's (fs plugin): no ',' or ':' in them; upper and work dirs are siblings.
  */
 static void mount_overlay_as_container_root(struct root *r, const struct directive *d)
 {
 	char *opts = xstrdup(d->f[4]), *save, *o, *layers_save, *layer, name[16];
-	char *data = xcalloc(strlen(d->f[4]) + 64 * 1024, 1), *upper = NULL, *work = NULL;
-	int scratch, sv[2], fds[1], nlayers = 0;
-	char reply[1024] = "";
-	struct iovec iov = { reply, sizeof reply - 1 };
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} control;
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-			     .msg_controllen = sizeof control.buf };
-	pid_t pid;
+	size_t cap = strlen(d->f[4]) + 64 * (strlen(r->path) + 16);
+	char *data = xcalloc(cap, 1), *upper = NULL, *work = NULL;
+	int scratch, nlayers = 0;
 
 	TRY(mount("tmpfs", r->path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711,size=16k"),
 	    "mount tmpfs on %s", r->path);
 	TRY(scratch = open(r->path, O_PATH | O_DIRECTORY | O_CLOEXEC), "open %s", r->path);
 	for (o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+		size_t used = strlen(data);
 		if (!strncmp(o, "lowerdir=", 9)) {
-			strcat(data, "lowerdir=");
+			used += (size_t)snprintf(data + used, cap - used, "lowerdir=");
 			for (layer = strtok_r(o + 9, ":", &layers_save); layer; layer = strtok_r(NULL, ":", &layers_save)) {
 				snprintf(name, sizeof name, "%d", nlayers);
 				add_view(layer, scratch, name);
-				strcat(strcat(data, nlayers++ ? ":" : ""), name);
+				used += (size_t)snprintf(data + used, cap - used, "%s%s/%s", nlayers++ ? ":" : "", r->path, name);
 			}
-			strcat(data, ",");
+			snprintf(data + used, cap - used, ",");
 		} else if (!strncmp(o, "upperdir=", 9)) {
 			upper = o + 9;
 		} else if (!strncmp(o, "workdir=", 8)) {
 			work = o + 8;
-		} else if (strlen(data) + strlen(o) + 2 < 64 * 1024) {
-			strcat(strcat(data, o), ",");
+		} else {
+			snprintf(data + used, cap - used, "%s,", o);
 		}
 	}
 	char *upper_name = upper ? strrchr(upper, '/') : NULL, *work_name = work ? strrchr(work, '/') : NULL;
@@ -863,38 +821,14 @@ static void mount_overlay_as_container_root(struct root *r, const struct directi
 		die_msg("mount overlay on /: upperdir and workdir must be siblings");
 	*upper_name++ = *work_name++ = '\0';
 	add_view(upper, scratch, "u");
-	sprintf(data + strlen(data), "upperdir=u/%s,workdir=u/%s,userxattr", upper_name, work_name);
-	TRY(mkdirat(scratch, "r", 0711), "mkdir");
-	TRY(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), "socketpair");
-	TRY(pid = fork(), "fork");
-	if (pid == 0) {
-		int tree;
-		close(sv[0]);
-		err_fd = sv[1];
-		TRY(fchdir(scratch), "fchdir");
-		TRY(setns(userns_fd, CLONE_NEWUSER), "setns the user namespace");
-		if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
-			die("become the container's root");
-		TRY(unshare(CLONE_NEWNS), "unshare CLONE_NEWNS");
-		TRY(mount("overlay", "r", "overlay", d->mflags & ~MS_REC, data), "mount overlay on / (%s)", data);
-		TRY(tree = (int)syscall(SYS_open_tree, AT_FDCWD, "r", CORRAL_OPEN_TREE_CLONE | O_CLOEXEC), "open_tree");
-		err_fd = -1;
-		tell(sv[1], "ok", 3, &tree, 1);
-		_exit(0);
-	}
-	close(sv[1]);
-	ssize_t n = recvmsg(sv[0], &mh, MSG_CMSG_CLOEXEC);
-	int got = n >= 0 ? received_fds(&mh, fds, 1) : 0;
-	reply[n > 0 ? n : 0] = '\0';
-	waitpid(pid, NULL, 0);
-	close(sv[0]);
-	if (!got)
-		die_msg("%s", *reply ? reply : "mount overlay on /: the mounting child died");
+	size_t used = strlen(data);
+	if ((size_t)snprintf(data + used, cap - used, "upperdir=%s/u/%s,workdir=%s/u/%s", r->path, upper_name,
+			     r->path, work_name) >= cap - used)
+		die_msg("mount overlay on /: options too long");
 	close(scratch);
-	TRY(umount2(r->path, MNT_DETACH), "umount2 scratch tmpfs");
-	TRY(syscall(SYS_move_mount, fds[0], "", AT_FDCWD, r->path, CORRAL_MOVE_MOUNT_F_EMPTY_PATH),
-	    "move_mount overlay on %s", r->path);
-	close(fds[0]);
+	as_container_root(true); /* its work dir and copies up are made with these ids */
+	TRY(mount("overlay", r->path, "overlay", d->mflags & ~MS_REC, data), "mount overlay on /");
+	as_container_root(false);
 	free(opts);
 	free(data);
 }
@@ -1019,6 +953,29 @@ static void pivot(int rootfd)
 	TRY(chdir("/"), "chdir /");
 }
 
+
+/* Send one message (NUL-terminated strings, LEN bytes) and NFDS fds on the
+ * control socket; false if fd 3 is no socket (no daemon passed one). */
+static bool tell_daemon(const char *msg, size_t len, const int *fds, size_t nfds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * 2)];
+	} control = { 0 };
+	struct iovec iov = { (void *)msg, len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (nfds) {
+		mh.msg_control = control.buf;
+		mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+	}
+	return sendmsg(CONTROL_FD, &mh, MSG_NOSIGNAL) >= 0;
+}
 
 /* Give the daemon the new network namespace: an fd of it and a NETLINK_ROUTE
  * socket opened in it, so it makes and configures the container's devices while
@@ -2129,8 +2086,19 @@ static void dispatch(struct server *s, size_t ci, char **strs, int n, int *fds, 
 		reply(s, ci, "error", "", "unknown request", NULL);
 }
 
-/* Receive one packet from client I (sized with MSG_PEEK|MSG_TRUNC) and answer it. */
+/* The fds that came with a received message (SCM_RIGHTS), at most MAX: their count. */
+static int received_fds(struct msghdr *mh, int *fds, int max)
+{
+	int n = 0;
 
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && n < max; k++)
+				memcpy(&fds[n++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+	return n;
+}
+
+/* Receive one packet from client I (sized with MSG_PEEK|MSG_TRUNC) and answer it. */
 static void handle_client(struct server *s, size_t i)
 {
 	union {

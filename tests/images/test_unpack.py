@@ -13,7 +13,7 @@ import pytest
 
 from plugins.images.digest import DigestError
 from plugins.images.store import Store
-from plugins.images.unpack import OPAQUE_XATTRS, LayerError, unpack
+from plugins.images.unpack import OPAQUE_XATTR, LayerError, unpack
 from tests.images.oci import LayerBuilder, sha256
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes device nodes and owners")
@@ -99,23 +99,8 @@ def test_whiteouts_become_overlay_form(tmp_path: Path) -> None:
     st = os.lstat(root / "etc" / "motd")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
     assert not (root / "etc" / ".wh.motd").exists()
-    for name in OPAQUE_XATTRS:  # overlay's own, and with userxattr (a user namespace)
-        assert os.getxattr(root / "opt", name) == b"y"
+    assert os.getxattr(root / "opt", OPAQUE_XATTR) == b"y"
     assert not (root / "opt" / ".wh..wh..opq").exists()
-
-
-def test_a_layer_sets_user_xattrs_but_not_the_overlays(tmp_path: Path) -> None:
-    """With ``userxattr`` (containers with ids of their own) overlay reads ``user.overlay.*``:
-    a layer's own would turn a directory opaque or redirect it."""
-    xattrs = {"user.note": "kept", "user.overlay.opaque": "y", "user.overlay.redirect": "/etc"}
-    layer = (
-        LayerBuilder()
-        .dir("d", pax_headers={f"SCHILY.xattr.{k}": v for k, v in xattrs.items()})
-        .bytes()
-    )
-    root = tmp_path / "layer"
-    _unpack(layer, root)
-    assert os.listxattr(root / "d") == ["user.note"]
 
 
 def test_owner_setuid_and_devices_kept_as_a_runtime_does(tmp_path: Path) -> None:
