@@ -15,6 +15,7 @@ SMOKE=(
     tests/test_restart.py
     tests/isolation/test_init.py::test_cgroup_directive_moves_the_container
     tests/isolation/test_init.py::test_launcher_sets_up_while_the_cgroups_are_still_to_come
+    tests/isolation/test_userns.py
 )
 [ $# -gt 0 ] || set -- "${SMOKE[@]}"
 exec bash scripts/v2vm.sh "/opt/corral/venv/bin/python -m pytest -p no:cacheprovider -q -rfEs $(printf '%q ' "$@")"

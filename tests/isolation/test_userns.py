@@ -12,12 +12,25 @@ from pathlib import Path
 
 import pytest
 
+from plugins.isolation import userns
 from plugins.isolation.userns import BLOCK
 from supervisor import errors
 from supervisor.client import Client
 from tests.conftest import Daemon, init_pid, wait_until
 
 CORRAL_UID = 10000  # the unprivileged account of the test rootfs
+
+
+@pytest.fixture(scope="module")
+def no_own_ids(artifacts: tuple[Path, Path], daemon: Daemon) -> str | None:
+    """Why containers cannot have ids of their own here (the daemon's own probe), or None."""
+    return userns.probe(artifacts[0], 0x10000000, [daemon.depot])
+
+
+@pytest.fixture(autouse=True)
+def own_ids(request: pytest.FixtureRequest, no_own_ids: str | None) -> None:
+    if no_own_ids is not None and "host_ids_only" not in request.keywords:
+        pytest.skip(f"containers get the host's ids here: {no_own_ids}")
 
 
 def host_ids(pid: int) -> tuple[int, int]:
@@ -150,6 +163,23 @@ def test_copy_in_belongs_to_the_container_user(
     assert os.lstat(daemon.depot / container / "upper/tmp/copied")[4:6] == (CORRAL_UID, CORRAL_UID)
 
 
+@pytest.mark.host_ids_only
+def test_without_own_ids_containers_get_the_hosts(client: Client, no_own_ids: str | None) -> None:
+    """Where the kernel or the depot's filesystem cannot map ids (the cgroup-v2 guest: its
+    root is an overlay over 9p), the default is the host's ids and asking is refused."""
+    if no_own_ids is None:
+        pytest.skip("containers have ids of their own here (see the cgroup-v2 guest's run)")
+    handle = client.create()
+    try:
+        assert client.info(handle)["ids"] == "host"
+        assert client.run(handle, "cat /proc/self/uid_map")[1].split() == ["0", "0", "4294967295"]
+    finally:
+        client.destroy(handle)
+    with pytest.raises(errors.InvalidRequest, match="ids of their own"):
+        client.create({"userns": True})
+
+
+@pytest.mark.host_ids_only
 def test_the_host_ids_on_request(client: Client, daemon: Daemon) -> None:
     handle = client.create({"userns": False})
     try:
