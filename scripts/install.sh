@@ -3,7 +3,8 @@
 # Idempotent: run it again after pulling to upgrade.
 #   system packages, /opt/corral/venv, /usr/local/lib/corral/corral-init, the CI
 #   drivers (corral-gitlab, corral-gitlab-fast, corral-github-hooks, github-hooks.sh),
-#   the base rootfs in /var/lib/corral/rootfs/base, /etc/corral/corral.toml;
+#   the base rootfs in /var/lib/corral/rootfs/base, /etc/corral/corral.toml, the containers'
+#   host ids in /etc/subuid and /etc/subgid;
 #   where systemd is PID 1, the service /etc/systemd/system/corrald.service.
 set -euo pipefail
 
@@ -86,6 +87,13 @@ bash "$REPO/scripts/build-rootfs.sh" "$ROOTFS"
 if [ ! -f "$CONFIG" ]; then
     install -D -m 0644 "$REPO/etc/corral.toml" "$CONFIG"
 fi
+
+# The containers' blocks of host ids ([isolation] userns_first_id, 8192 blocks of 65,536),
+# registered to a `corral` entry so that useradd never gives a host user subordinate ids
+# in them (it skips ranges /etc/subuid and /etc/subgid hold).
+for f in /etc/subuid /etc/subgid; do
+    grep -qx 'corral:268435456:536870912' "$f" 2>/dev/null || echo 'corral:268435456:536870912' >>"$f"
+done
 
 if [ -d /run/systemd/system ]; then
     # systemd is PID 1: it runs the daemon. One corraldctl started before would hold the
