@@ -9,7 +9,7 @@ import pytest
 from plugins.isolation import spec
 from plugins.isolation.sandbox import decode, encode, spawn_message
 from plugins.isolation.seccomp import Filters
-from plugins.isolation.userns import IdMap
+from plugins.isolation.userns import HOST_IDS, IdBlocks, IdMap
 from supervisor import config
 from supervisor.container import ALLOWED, TRANSITIONS, State
 from supervisor.errors import InvalidRequest, ProtocolViolation
@@ -282,3 +282,17 @@ def test_request_stats_count_time_and_bucket() -> None:
     assert info.buckets[BUCKETS.index(0.005)] == 1
     assert info.buckets[-1] == 1  # past the last bound
     assert sum(info.buckets) == info.count
+
+
+def test_id_blocks_never_give_one_block_twice() -> None:
+    blocks = IdBlocks(first_id=1 << 20, blocks=3)
+    a, b = blocks.take(), blocks.take()
+    assert (a.first, b.first, a.count) == (1 << 20, (1 << 20) + 65536, 65536)
+    assert blocks.claim((1 << 20) + 2 * 65536).first == (1 << 20) + 2 * 65536  # restored
+    with pytest.raises(LookupError, match="all 3 blocks"):
+        blocks.take()
+    blocks.give_back(a)
+    blocks.give_back(HOST_IDS)  # the host's ids are no block: nothing to give back
+    assert blocks.take() == a
+    with pytest.raises(ValueError, match="starts no block"):
+        blocks.claim((1 << 20) + 5)
