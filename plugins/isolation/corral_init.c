@@ -404,8 +404,8 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
  * them and over nothing of the host's. The launcher, root on the host, joins those
  * (it keeps its power to mount) and PID 1 joins the user namespace once set up. The pid
  * namespace is the launcher's own (one cannot be joined before it has a first process),
- * made right before PID 1 is forked: the launcher's children before it (the keeper, the
- * overlay's mounter) would be its first process otherwise.
+ * made right before PID 1 is forked: a child of the launcher before it (the keeper)
+ * would be its first process otherwise.
  */
 static int userns_fd = -1;     /* -1: the kernel gave no user namespace */
 static int userns_errno;       /* why not */
@@ -790,7 +790,10 @@ static void add_view(const char *src, int dirfd, const char *name)
 static void mount_overlay_as_container_root(struct root *r, const struct directive *d)
 {
 	char *opts = xstrdup(d->f[4]), *save, *o, *layers_save, *layer, name[16];
-	size_t cap = strlen(d->f[4]) + 64 * (strlen(r->path) + 16);
+	size_t views = 2; /* the upper dir's, and one per lower dir: a ':' apart */
+	for (const char *c = d->f[4]; *c; c++)
+		views += *c == ':';
+	size_t cap = strlen(d->f[4]) + views * (strlen(r->path) + 16);
 	char *data = xcalloc(cap, 1), *upper = NULL, *work = NULL;
 	int scratch, nlayers = 0;
 
