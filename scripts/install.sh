@@ -67,7 +67,7 @@ rm -rf "$REPO/build"  # pip's in-tree build
 # `corral` without pip's console-script wrapper, which imports `re` (7 ms of a 15 ms
 # command); -I: nothing from the caller's environment or directory is imported.
 rm -f /usr/local/bin/corral
-printf '#!%s -I\nimport sys\nfrom supervisor.cli import main\nsys.exit(main())\n' \
+printf '#!%s -I\nfrom supervisor.cli import finish, main\nfinish(main())\n' \
     "$VENV/bin/python3" >/usr/local/bin/corral
 chmod 0755 /usr/local/bin/corral
 ln -sf "$VENV/bin/corrald" /usr/local/bin/corrald

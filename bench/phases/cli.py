@@ -26,7 +26,7 @@ def launcher(workdir: Path) -> Path:
     path = workdir / "corral-cli"
     path.write_text(
         f"#!{sys.executable} -I\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "from supervisor.cli import main\nsys.exit(main())\n"
+        "from supervisor.cli import finish, main\nfinish(main())\n"
     )
     path.chmod(0o755)
     return path
