@@ -803,7 +803,9 @@ static pid_t copy_stdin(void)
 		put_str(&req, handle);
 		snprintf(tail, sizeof tail, ",%lld,", job_id);
 		puts_(&req, tail);
-		if (n <= 0) {
+		if (n < 0)
+			_exit(0); /* a read that failed: no EOF passed on, as oneshot._copy_stdin */
+		if (n == 0) {
 			if (isatty(0))
 				_exit(0);
 			puts_(&req, "null]");
@@ -949,7 +951,9 @@ static int run_job(struct job *j, const sigset_t *forwarded)
 		    j->mem ? j->mem : "", j->mem ? " bytes" : "");
 		end.status = 137;
 	}
-	end_container(j, true);
+	/* A stream that failed (our reader gone too) ends run's container as one whose
+	 * job never started, as in run.py, where the job id was never assigned then. */
+	end_container(j, rc == OK);
 	if (rc == BROKEN_PIPE)
 		return 141;
 	if (rc == REPLY_ERROR) {

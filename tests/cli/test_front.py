@@ -275,26 +275,28 @@ def test_killing_the_front_leaves_nothing(daemon: Daemon, client: Client, chroot
         wait_until(lambda: client.list() == [], 15, what="the daemon reaping the container")
 
 
-def test_a_reader_that_goes_is_141_and_nothing_left(daemon: Daemon, client: Client) -> None:
-    cli = subprocess.Popen(
-        [
-            front(),
-            "-s",
-            str(daemon.socket),
-            "run",
-            "--rm",
-            "--",
-            "sh",
-            "-c",
-            "yes | head -c 5000000",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **FRONT_ALONE},
-    )
-    assert cli.stdout is not None and cli.stderr is not None
-    cli.stdout.read(10)
-    cli.stdout.close()
-    assert cli.wait(timeout=30) == 141
-    assert cli.stderr.read() == b""
-    assert client.list() == []
+@pytest.mark.parametrize("rm", [True, False])
+def test_a_reader_that_goes_is_141_and_nothing_left(
+    daemon: Daemon, client: Client, rm: bool
+) -> None:
+    """As Python's: silent, 141, and the container destroyed, even without --rm (the
+    job's stream failed, as if it never started)."""
+    for argv, env in ((PYTHON, {}), ([front()], FRONT_ALONE)):
+        cli = subprocess.Popen(
+            [*argv, "-s", str(daemon.socket), "run", *(["--rm"] if rm else []), "--"]
+            + ["sh", "-c", "yes | head -c 5000000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            env={**os.environ, **env},
+        )
+        assert cli.stdout is not None and cli.stderr is not None
+        cli.stdout.read(10)
+        cli.stdout.close()
+        assert cli.wait(timeout=30) == 141, argv
+        assert cli.stderr.read() == b""
+        assert client.list() == []
+
+
+def test_run_passes_no_stdin_without_i(daemon: Daemon) -> None:
+    assert same(daemon, "run", "--rm", "--", "cat", input=b"not read", stdin=None) == (0, b"", b"")
