@@ -17,7 +17,8 @@ UNIT=/etc/systemd/system/corrald.service
 
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
-# System packages: a C compiler and static libc for the container init and corral-gitlab-fast,
+# System packages: a C compiler and static libc for the container init, corral-gitlab-fast
+# and the `corral` front,
 # busybox-static for the base rootfs, python3 with venv, mke2fs and losetup
 # for disk quotas, nftables and iproute2 for container networking, jq to read the
 # daemon's JSON log (README.md; tests/test_service.py runs its commands),
@@ -74,7 +75,7 @@ rm -f /usr/local/bin/corral-py
 printf '#!%s -I\nfrom supervisor.cli import finish, main\nfinish(main())\n' \
     "$VENV/bin/python3" >/usr/local/bin/corral-py
 chmod 0755 /usr/local/bin/corral-py
-"$VENV/bin/python" -m supervisor.cli.build /usr/local/bin/corral
+"$VENV/bin/python" -m executors.build --front /usr/local/bin/corral
 ln -sf "$VENV/bin/corrald" /usr/local/bin/corrald
 # The CI drivers (docs/ci-executors.md): GitLab's custom executor, GitHub's container hooks.
 ln -sf "$VENV/bin/corral-gitlab" /usr/local/bin/corral-gitlab

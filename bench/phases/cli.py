@@ -19,7 +19,7 @@ from typing import Any
 from bench.host import timed
 from bench.phases.common import Bench, Tool, add_cold_peers, interleave, timer
 from bench.stats import ratio, summarize
-from supervisor.cli.build import PYTHON_CLI, build
+from executors.build import FRONT_PYTHON_CLI, build_front
 
 REPO = Path(__file__).resolve().parents[2]
 BARE = ["/usr/bin/python3", "-I", "-c", "pass"]
@@ -29,7 +29,7 @@ def launcher(workdir: Path) -> Path:
     """``corral-py`` as install.sh writes it, importing this checkout (in ``WORKDIR/cli``:
     the bench daemon's directory is ``WORKDIR/corral``)."""
     (workdir / "cli").mkdir(exist_ok=True)
-    path = workdir / "cli" / PYTHON_CLI
+    path = workdir / "cli" / FRONT_PYTHON_CLI
     path.write_text(
         f"#!{sys.executable} -I\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
         "from supervisor.cli import finish, main\nfinish(main())\n"
@@ -40,7 +40,7 @@ def launcher(workdir: Path) -> Path:
 
 def front(workdir: Path) -> Path:
     """``corral``, the C front, built from this checkout beside :func:`launcher`'s."""
-    return build(launcher(workdir).with_name("corral"))
+    return build_front(launcher(workdir).with_name("corral"))
 
 
 def measure(bench: Bench, n: int) -> dict[str, Any]:

@@ -31,7 +31,7 @@
  * not /dev/null to the job from a child process with a connection of its own
  * (a write waits until the job reads; nothing else must wait behind it).
  *
- * Build: gcc -Os -static -Wall -Wextra (supervisor/cli/build.py).
+ * Build: gcc -Os -static -Wall -Wextra -Werror (python -m executors.build --front).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -373,19 +373,19 @@ static int conn_open(struct conn *c)
 	return 0;
 }
 
-enum { OK, CLOSED, BROKEN_PIPE }; /* what an I/O came to */
-
-static int write_all(int fd, const char *s, size_t n)
+/* Write all of S to FD (the socket, or our stdout or stderr); false when it
+ * failed: the daemon went, or our reader did (EPIPE: as Python, exit 141). */
+static bool write_all(int fd, const char *s, size_t n)
 {
 	while (n > 0) {
 		ssize_t w = fd > 2 ? send(fd, s, n, MSG_NOSIGNAL) : write(fd, s, n);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0)
-			return fd > 2 ? CLOSED : BROKEN_PIPE; /* EPIPE, or a file that failed: as Python, 141 */
+			return false;
 		s += w, n -= (size_t)w;
 	}
-	return OK;
+	return true;
 }
 
 /* Receive more into C's buffer; false once the daemon closed (or failed). */
@@ -447,8 +447,8 @@ struct error {
 	struct buf code, message;
 };
 
-/* Send REQ on C and read its reply: OK with *PAYLOAD, or CLOSED, or false-y
- * error: then *ERR holds it. */
+/* Send REQ on C and read its reply: REPLY_OK with *PAYLOAD at the payload,
+ * REPLY_ERROR with *ERR, or REPLY_CLOSED (the daemon closed the connection). */
 enum { REPLY_OK, REPLY_ERROR, REPLY_CLOSED };
 
 static int call(struct conn *c, struct buf *req, struct cur *payload, struct error *err)
@@ -456,7 +456,7 @@ static int call(struct conn *c, struct buf *req, struct cur *payload, struct err
 	struct cur line, v;
 
 	put(req, "\n", 1);
-	if (write_all(c->fd, req->s, req->len) != OK || !next_line(c, &line))
+	if (!write_all(c->fd, req->s, req->len) || !next_line(c, &line))
 		return REPLY_CLOSED;
 	if (!member(line, "payload", payload))
 		return REPLY_CLOSED;
@@ -662,15 +662,17 @@ struct ending {
 	long long signal; /* -1: null */
 };
 
+enum { ENDED, FAILED, READER_GONE }; /* how following a job came to its end */
+
 /* Stream the job's output (raw) on a connection of its own to ours, passing
- * on the signals that come meanwhile; its final payload in *END. Returns OK,
- * BROKEN_PIPE (our reader went) or, with *ERR set, REPLY_ERROR. */
+ * on the signals that come meanwhile; ENDED with its final payload in *END,
+ * FAILED with the stream's error reply in *ERR, or READER_GONE. */
 static int follow(int sigfd, bool say_cut, struct ending *end, struct error *err)
 {
 	struct conn c;
 	struct cur line, payload, v;
 	size_t raw = 0; /* bytes of a raw chunk still to copy */
-	int to = 1, rc;
+	int to = 1;
 
 	if (conn_open(&c) != 0)
 		daemon_closed();
@@ -680,7 +682,7 @@ static int follow(int sigfd, bool say_cut, struct ending *end, struct error *err
 	char tail[96];
 	snprintf(tail, sizeof tail, ",%lld,{\"ended\":true,\"encoding\":\"raw\"}]\n", job_id);
 	puts_(&req, tail);
-	if (write_all(c.fd, req.s, req.len) != OK)
+	if (!write_all(c.fd, req.s, req.len))
 		daemon_closed();
 	for (;;) {
 		/* What the buffer holds: a raw chunk's bytes, or whole lines. */
@@ -689,8 +691,8 @@ static int follow(int sigfd, bool say_cut, struct ending *end, struct error *err
 				size_t n = c.in.len - c.start < raw ? c.in.len - c.start : raw;
 				if (n == 0)
 					break;
-				if (write_all(to, c.in.s + c.start, n) != OK)
-					return BROKEN_PIPE;
+				if (!write_all(to, c.in.s + c.start, n))
+					return READER_GONE;
 				c.start += n, raw -= n;
 				continue;
 			}
@@ -709,7 +711,7 @@ static int follow(int sigfd, bool say_cut, struct ending *end, struct error *err
 					if (member(payload, "message", &f))
 						get_str(&f, &err->message);
 					put(&err->code, "", 0), put(&err->message, "", 0);
-					return REPLY_ERROR;
+					return FAILED;
 				}
 				end->status = member(payload, "status", &v) && get_int(v, &size) ? size : -1;
 				if (member(payload, "ended", &v)) {
@@ -718,7 +720,7 @@ static int follow(int sigfd, bool say_cut, struct ending *end, struct error *err
 						get_str(&f, &end->killed_by);
 					end->signal = member(v, "signal", &f) && get_int(f, &size) ? size : -1;
 				}
-				return OK;
+				return ENDED;
 			}
 			if (!get_str(&item, &name) || !eat(&item, ','))
 				daemon_closed();
@@ -736,8 +738,8 @@ static int follow(int sigfd, bool say_cut, struct ending *end, struct error *err
 					struct buf text = { 0 };
 					if (!get_str(&item, &text))
 						daemon_closed();
-					if (text.len && write_all(to, text.s, text.len) != OK)
-						return BROKEN_PIPE;
+					if (text.len && !write_all(to, text.s, text.len))
+						return READER_GONE;
 					free(text.s);
 				}
 			}
@@ -758,8 +760,8 @@ static int follow(int sigfd, bool say_cut, struct ending *end, struct error *err
 				puts_(&r, text);
 				struct cur p;
 				struct error e = { 0 };
-				if ((rc = call(&main_conn, &r, &p, &e)) == REPLY_CLOSED)
-					daemon_closed();
+				if (call(&main_conn, &r, &p, &e) == REPLY_CLOSED)
+					daemon_closed(); /* else sent, or the job has just ended */
 				free(r.s), free(e.code.s), free(e.message.s);
 			}
 		}
@@ -946,17 +948,17 @@ static int run_job(struct job *j, const sigset_t *forwarded)
 	rc = follow(sigfd, !j->contain, &end, &err);
 	if (feeder > 0)
 		kill(feeder, SIGKILL);
-	if (rc == OK && j->contain && out_of_memory(&end)) {
+	if (rc == ENDED && j->contain && out_of_memory(&end)) {
 		say("contain: %s was killed: it exceeded the memory limit%s%s%s", j->prog, j->mem ? " of " : "",
 		    j->mem ? j->mem : "", j->mem ? " bytes" : "");
 		end.status = 137;
 	}
 	/* A stream that failed (our reader gone too) ends run's container as one whose
 	 * job never started, as in run.py, where the job id was never assigned then. */
-	end_container(j, rc == OK);
-	if (rc == BROKEN_PIPE)
+	end_container(j, rc == ENDED);
+	if (rc == READER_GONE)
 		return 141;
-	if (rc == REPLY_ERROR) {
+	if (rc == FAILED) {
 		say_error(&err);
 		return 1;
 	}

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from supervisor.cli.build import PYTHON_CLI, build
+from executors.build import FRONT_PYTHON_CLI, build_front
 from tests.conftest import REPO
 
 PYTHON = [sys.executable, "-m", "supervisor.cli"]
@@ -30,8 +30,8 @@ def front() -> str:
     ``corral-py`` beside it that runs this checkout's Python CLI."""
     where = Path(tempfile.mkdtemp(prefix="corral-front-"))
     atexit.register(shutil.rmtree, where, True)
-    binary = build(where / "corral")
-    launcher = where / PYTHON_CLI
+    binary = build_front(where / "corral")
+    launcher = where / FRONT_PYTHON_CLI
     launcher.write_text(
         f"#!{sys.executable} -I\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
         "from supervisor.cli import finish, main\nfinish(main())\n"
