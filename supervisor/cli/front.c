@@ -21,11 +21,13 @@
  * not UTF-8, `contain` on a terminal, CORRAL_NO_FRONT set.
  *
  * What it does is what supervisor/cli/run.py and oneshot.py do, with the same
- * requests, output, messages and exit status: create, spawn, the output
+ * create and spawn, output, messages and exit status: the output
  * streamed (raw) on a second connection as it comes, INT TERM HUP QUIT USR1
  * USR2 passed to the job (blocked from the start, so one that comes before the
  * job exists waits for it), the container destroyed (run --rm, contain) or
- * stopped (run) at the end on every path. `--rm` and `contain` create with
+ * stopped (run) at the end on every path. contain's status comes with its
+ * stream (`ended`), not from a link that would send all the output again.
+ * `--rm` and `contain` create with
  * grace_time 0: killed, we leave nothing either (the daemon destroys the
  * container once our connections are gone). contain copies a stdin that is
  * not /dev/null to the job from a child process with a connection of its own
