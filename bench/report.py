@@ -705,8 +705,9 @@ def contain(r: Results) -> list[str]:
         return []
     note = (
         "`corral contain -chroot ROOTFS [--overlay] -- /bin/true` as a user runs it (the "
-        "installed CLI's start, create, the job, the container gone), round-robin with "
-        "`crun run` and bwrap on the same rootfs (the direct root on a copy), ms:"
+        "installed CLI's start, create, the job, the container gone; `corral` is the C "
+        "front, `corral-py` the Python CLI alone), round-robin with `crun run` and bwrap "
+        "on the same rootfs (the direct root on a copy), ms:"
     )
     return stats_table("contain", c["stats"], note)
 
@@ -1130,14 +1131,18 @@ def cli(r: Results) -> list[str]:
         *stats_table(
             "CLI",
             c["stats"],
-            "`corral` as installed (`python -I`, compiled), round-robin: start-up against "
-            "a bare interpreter, then `corral run --rm --rootfs ROOTFS -- /bin/true` against "
-            "the cold phase's crun bundle and bwrap on the same rootfs (ms).",
+            "`corral` as installed (the C front, which runs `corral-py`, the Python CLI "
+            "with `python -I`, compiled, for what it leaves to it), round-robin: start-up "
+            "against a bare interpreter (`corral ping` goes through the front to Python), "
+            "then `corral run --rm --rootfs ROOTFS -- /bin/true` (the front's own path; "
+            "`corral-py run --rm`: the same through Python) against the cold phase's crun "
+            "bundle and bwrap on the same rootfs (ms).",
         ),
         "",
         f"- {TARGETS['cli_ping']}: {verdict(ratios['ping_vs_python'])}",
         f"- {TARGETS['cli_run']}: {verdict(ratios['run_vs_crun'])}; "
-        f"against bwrap {fmt(ratios['run_vs_bwrap'])}x",
+        f"against bwrap {fmt(ratios['run_vs_bwrap'])}x; through Python "
+        f"(`corral-py`) {fmt(ratios.get('python_run_vs_crun'))}x `crun run`",
     ]
 
 

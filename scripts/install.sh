@@ -1,7 +1,8 @@
 #!/bin/bash
 # Install Corral on a Debian machine, as root, and (re)start the daemon.
 # Idempotent: run it again after pulling to upgrade.
-#   system packages, /opt/corral/venv, /usr/local/lib/corral/corral-init, the CI
+#   system packages, /opt/corral/venv, `corral` (the C front) and `corral-py` (the Python
+#   CLI), /usr/local/lib/corral/corral-init, the CI
 #   drivers (corral-gitlab, corral-gitlab-fast, corral-github-hooks, github-hooks.sh),
 #   the base rootfs in /var/lib/corral/rootfs/base, /etc/corral/corral.toml, the containers'
 #   host ids in /etc/subuid and /etc/subgid;
@@ -17,7 +18,8 @@ UNIT=/etc/systemd/system/corrald.service
 
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
-# System packages: a C compiler and static libc for the container init and corral-gitlab-fast,
+# System packages: a C compiler and static libc for the container init, corral-gitlab-fast
+# and the `corral` front,
 # busybox-static for the base rootfs, python3 with venv, mke2fs and losetup
 # for disk quotas, nftables and iproute2 for container networking, jq to read the
 # daemon's JSON log (README.md; tests/test_service.py runs its commands),
@@ -65,12 +67,16 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check "$REPO[test]"
 rm -rf "$REPO/build"  # pip's in-tree build
-# `corral` without pip's console-script wrapper, which imports `re` (7 ms of a 15 ms
-# command); -I: nothing from the caller's environment or directory is imported.
-rm -f /usr/local/bin/corral
-printf '#!%s -I\nimport sys\nfrom supervisor.cli import main\nsys.exit(main())\n' \
-    "$VENV/bin/python3" >/usr/local/bin/corral
-chmod 0755 /usr/local/bin/corral
+# `corral` is a static C front (supervisor/cli/front.c: `run` and `contain` on their
+# common path, ~1 ms to start) that runs the Python CLI, `corral-py` beside it, for
+# everything else. `corral-py` without pip's console-script wrapper, which imports `re`
+# (7 ms of a 15 ms command); -I: nothing from the caller's environment or directory is
+# imported.
+rm -f /usr/local/bin/corral-py
+printf '#!%s -I\nfrom supervisor.cli import finish, main\nfinish(main())\n' \
+    "$VENV/bin/python3" >/usr/local/bin/corral-py
+chmod 0755 /usr/local/bin/corral-py
+"$VENV/bin/python" -m executors.build --front /usr/local/bin/corral
 ln -sf "$VENV/bin/corrald" /usr/local/bin/corrald
 # The CI drivers (docs/ci-executors.md): GitLab's custom executor, GitHub's container hooks.
 ln -sf "$VENV/bin/corral-gitlab" /usr/local/bin/corral-gitlab

@@ -1,5 +1,3 @@
-import sys
+from supervisor.cli import finish, main
 
-from supervisor.cli import main
-
-sys.exit(main())
+finish(main())

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 from supervisor.cli.command import Command, Fail, parse_size
+
+TYPE_CHECKING = False  # typing costs a short command 3 ms to import (see wire.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def arguments(p: argparse.ArgumentParser) -> None:

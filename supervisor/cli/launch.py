@@ -26,9 +26,12 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 from supervisor.cli.command import Command, Fail
+
+TYPE_CHECKING = False  # typing costs a short command 3 ms to import (see wire.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 KEYS = ("user", "group", "memlimit", "cpupercent", "process", "bridge", "ip", "gw")
 ARG_KEY = re.compile(r"^arg([1-9][0-9]*)$")

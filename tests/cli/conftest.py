@@ -10,7 +10,6 @@ import select
 import signal
 import struct
 import subprocess
-import sys
 import termios
 import time
 import uuid
@@ -20,11 +19,13 @@ from typing import Any
 import pytest
 
 from supervisor.client import Client
+from tests.cli.paths import cli
 from tests.conftest import REPO, Daemon
 
 
 def command(daemon: Daemon, *args: str) -> list[str]:
-    return [sys.executable, "-m", "supervisor.cli", "-s", str(daemon.socket), *args]
+    """``corral -s SOCKET ARGS`` (the Python CLI or the C front: tests/cli/paths.py)."""
+    return [*cli(), "-s", str(daemon.socket), *args]
 
 
 def corral(

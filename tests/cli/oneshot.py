@@ -7,19 +7,20 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 import time
 import zlib
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+from tests.cli.paths import cli
 from tests.conftest import REPO, Daemon
 
 
 def corral(daemon: Daemon, *args: str) -> list[str]:
-    """The command line of the CLI talking to *daemon*."""
-    return [sys.executable, "-m", "supervisor.cli", "-s", str(daemon.socket), *args]
+    """The command line of the CLI talking to *daemon* (Python's or the C front's:
+    tests/cli/paths.py)."""
+    return [*cli(), "-s", str(daemon.socket), *args]
 
 
 def run(daemon: Daemon, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
