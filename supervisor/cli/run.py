@@ -63,6 +63,11 @@ def _container_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment")
     g.add_argument("--network-address", metavar="CIDR", help="its address (on a bridge subnet)")
     g.add_argument(
+        "--userns",
+        choices=("host",),
+        help="host: the host's ids (default: a block of host ids of its own)",
+    )
+    g.add_argument(
         "-l", "--label", "--property", action="append", default=[], metavar="K=V", dest="label"
     )
     g.add_argument(
@@ -165,6 +170,8 @@ def container_config(args: argparse.Namespace, image: str | None) -> dict[str, A
         config["env"] = {**config.get("env", {}), **_env(args.env)}
     if args.network_address:
         config["network"] = {**config.get("network", {}), "address": args.network_address}
+    if args.userns == "host":
+        config["userns"] = False
     properties = {**config.get("properties", {}), **pairs(args.label, "--label")}
     properties.setdefault(CREATED, str(int(time.time())))
     properties.setdefault(ROOT, image or config.get("image") or config.get("rootfs") or "base")

@@ -288,3 +288,10 @@ def test_exec_runs_in_a_running_container(
     t.write("exit\r")
     assert t.wait() == 0
     assert corral(daemon, "exec", name).returncode == 1
+
+
+def test_userns_host_gives_the_hosts_ids(daemon: Daemon) -> None:
+    maps = ok(daemon, "run", "--rm", "--userns", "host", "--", "cat", "/proc/self/uid_map")
+    assert maps.split() == ["0", "0", "4294967295"]
+    done = corral(daemon, "run", "--rm", "--userns", "mine", "--", "true")
+    assert done.returncode == 2 and "--userns" in done.stderr  # argparse's usage error
