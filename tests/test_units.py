@@ -296,3 +296,4 @@ def test_id_blocks_never_give_one_block_twice() -> None:
     assert blocks.take() == a
     with pytest.raises(ValueError, match="starts no block"):
         blocks.claim((1 << 20) + 5)
+    blocks.give_back(IdMap(1 << 30, 65536))  # a block of a range configured before: ignored

@@ -214,7 +214,7 @@ class IsolationPlugin:
     ) -> AsyncIterator[None]:
         state = container.plugin_state(NAME)
         if restoring:
-            ids = self.id_blocks.claim(state["ids"]) if "ids" in state else HOST_IDS
+            ids = self._restored_ids(container, state.get("ids"))
             try:
                 yield
             finally:
@@ -249,6 +249,16 @@ class IsolationPlugin:
                 # container is cleaned up: making its namespaces (the network one holds
                 # the kernel's rtnl lock) would slow what is under way now.
                 container.after_destroy(partial(trio.from_thread.run_sync, self._fork_ahead))
+
+    def _restored_ids(self, container: ContainerView, first: int | None) -> IdMap:
+        """The block a container made before this start has, taken again."""
+        if first is None:
+            return HOST_IDS
+        try:
+            return self.id_blocks.claim(first)
+        except ValueError as exc:  # the configured range changed meanwhile
+            container.log.warning("its host ids are outside the configured blocks", error=str(exc))
+            return IdMap(first, userns.BLOCK)
 
     def _take_ids(self, container: ContainerView) -> IdMap:
         """The container's ids: a block of its own unless it asks for the host's."""

@@ -67,8 +67,10 @@ class IdBlocks:
         return IdMap(first, BLOCK)
 
     def give_back(self, ids: IdMap) -> None:
-        if ids.own:
-            self._taken.discard(self._index(ids.first))
+        """Free the block of *ids* (nothing for the host's ids, or a block of another range)."""
+        index, rest = divmod(ids.first - self.first_id, BLOCK)
+        if ids.own and not rest:
+            self._taken.discard(index)
 
     def _index(self, first: int) -> int:
         index, rest = divmod(first - self.first_id, BLOCK)
