@@ -212,29 +212,35 @@ class IsolationPlugin:
     async def _early_launcher(
         self, container: ContainerView, plan: LaunchPlan, restoring: bool
     ) -> AsyncIterator[None]:
+        """The container's ids, held until it is destroyed; a new container's launcher."""
         state = container.plugin_state(NAME)
         if restoring:
             ids = self._restored_ids(container, state.get("ids"))
-            try:
-                yield
-            finally:
-                if not container.detaching:
-                    self.id_blocks.give_back(ids)
-            return
-        socket_path = _socket_path(container)
-        filters = await self._filters(container.options.get("seccomp", True))
-        ids = self._take_ids(container)
+        else:
+            ids = self._take_ids(container)
         try:
             if ids.own:
                 state["ids"] = ids.first
-            plan.root_dir.mkdir(exist_ok=True)
-            setup = spec.render_setup(
-                plan, container.handle, socket_path, container.path, filters, ids
-            )
-            launcher = self.zygote.launcher() if self.zygote is not None else Launcher(self.init)
-        except BaseException:
-            self.id_blocks.give_back(ids)
-            raise
+            if restoring:
+                yield
+            else:
+                async with self._setting_up(container, plan, ids):
+                    yield
+        finally:
+            if not container.detaching:
+                self.id_blocks.give_back(ids)
+
+    @asynccontextmanager
+    async def _setting_up(
+        self, container: ContainerView, plan: LaunchPlan, ids: IdMap
+    ) -> AsyncIterator[None]:
+        """A launcher for the new container, given its set-up at once (see the module
+        docstring)."""
+        socket_path = _socket_path(container)
+        filters = await self._filters(container.options.get("seccomp", True))
+        plan.root_dir.mkdir(exist_ok=True)
+        setup = spec.render_setup(plan, container.handle, socket_path, container.path, filters, ids)
+        launcher = self.zygote.launcher() if self.zygote is not None else Launcher(self.init)
         container.stash[LAUNCH] = _Launch(launcher, _root_plan(plan), ids)
         plan.network_namespace = launcher.network_namespace
         try:
@@ -244,7 +250,6 @@ class IsolationPlugin:
             container.stash.pop(LAUNCH, None)
             launcher.close()
             if not container.detaching:
-                self.id_blocks.give_back(ids)
                 # The next container's launcher, forked once destroy has replied and this
                 # container is cleaned up: making its namespaces (the network one holds
                 # the kernel's rtnl lock) would slow what is under way now.

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -225,17 +226,14 @@ def test_what_the_front_leaves_to_python(daemon: Daemon, client: Client) -> None
     assert (done.returncode, done.stdout) == (1, b"")
 
 
-@pytest.mark.parametrize(
-    ("sent", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
-)
-def test_signals_go_to_the_job(
-    daemon: Daemon, client: Client, chroot: Path, sent: signal.Signals, status: int
-) -> None:
+def sleepers(daemon: Daemon, chroot: Path) -> Iterator[subprocess.Popen[str]]:
+    """The front alone running a job that says "up" and sleeps: with run --rm, then contain
+    (each started once the caller is done with the one before)."""
     for args in (
         ("run", "--rm", "--", "sh", "-c", "echo up; exec sleep 60"),
         ("contain", "-chroot", str(chroot), "--", "/bin/sh", "-c", "echo up; exec sleep 60"),
     ):
-        cli = subprocess.Popen(
+        yield subprocess.Popen(
             [front(), "-s", str(daemon.socket), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -243,6 +241,15 @@ def test_signals_go_to_the_job(
             text=True,
             env={**os.environ, **FRONT_ALONE},
         )
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
+def test_signals_go_to_the_job(
+    daemon: Daemon, client: Client, chroot: Path, sent: signal.Signals, status: int
+) -> None:
+    for cli in sleepers(daemon, chroot):
         try:
             assert readline(cli) == "up\n"
             cli.send_signal(sent)
@@ -257,17 +264,7 @@ def test_signals_go_to_the_job(
 def test_killing_the_front_leaves_nothing(daemon: Daemon, client: Client, chroot: Path) -> None:
     """SIGKILL: the daemon destroys the grace-0 container once our connections are gone,
     the stdin copier's too (it dies with the front)."""
-    for args in (
-        ("run", "--rm", "--", "sh", "-c", "echo up; exec sleep 60"),
-        ("contain", "-chroot", str(chroot), "--", "/bin/sh", "-c", "echo up; exec sleep 60"),
-    ):
-        cli = subprocess.Popen(
-            [front(), "-s", str(daemon.socket), *args],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **FRONT_ALONE},
-        )
+    for cli in sleepers(daemon, chroot):
         assert readline(cli) == "up\n"
         assert len(client.list()) == 1
         cli.kill()
