@@ -63,20 +63,22 @@ class IdBlocks:
 
     def claim(self, first: int) -> IdMap:
         """The block starting at host id *first*, recorded by a container being restored."""
-        self._taken.add(self._index(first))
+        index = self._index(first)
+        if index is None:
+            raise ValueError(f"host id {first} starts no block of this daemon's range")
+        self._taken.add(index)
         return IdMap(first, BLOCK)
 
     def give_back(self, ids: IdMap) -> None:
         """Free the block of *ids* (nothing for the host's ids, or a block of another range)."""
-        index, rest = divmod(ids.first - self.first_id, BLOCK)
-        if ids.own and not rest:
+        index = self._index(ids.first) if ids.own else None
+        if index is not None:
             self._taken.discard(index)
 
-    def _index(self, first: int) -> int:
+    def _index(self, first: int) -> int | None:
+        """The index of the block starting at host id *first*; None if none does."""
         index, rest = divmod(first - self.first_id, BLOCK)
-        if rest or not 0 <= index < self.blocks:
-            raise ValueError(f"host id {first} starts no block of this daemon's range")
-        return index
+        return None if rest or not 0 <= index < self.blocks else index
 
 
 def probe(init: Path, first_id: int, paths: list[Path]) -> str | None:
