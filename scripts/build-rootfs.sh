@@ -5,7 +5,8 @@
 #
 # The tree is built in a temporary directory next to DEST and renamed into
 # place at the end, so a half-built rootfs is never used. If DEST already holds
-# bin/busybox, nothing is done: the script is idempotent.
+# bin/busybox, only the mount points a newer script adds are made: the script is
+# idempotent.
 set -euo pipefail
 
 CORRAL_UID=10000
@@ -73,6 +74,15 @@ EOF
 ::1	localhost ip6-localhost ip6-loopback
 EOF
     chmod 0644 "$etc/passwd" "$etc/group" "$etc/hosts"
+    add_mount_points "$1"
+}
+
+# The files the daemon binds over (the container's resolv.conf), so that setting a
+# container up writes nothing to its writable layer: an idle container's stays empty,
+# which is what disk accounting (and a metrics scrape) can read with one getdents.
+add_mount_points() {
+    local etc=$1/etc
+    [[ -e $etc/resolv.conf || -L $etc/resolv.conf ]] || install -m 0644 /dev/null "$etc/resolv.conf"
 }
 
 main() {
@@ -80,6 +90,7 @@ main() {
     local dest=${1%/}
     [[ -n $dest ]] || usage
     if [[ -e $dest/bin/busybox ]]; then
+        add_mount_points "$dest"  # a rootfs built before they were part of it
         echo "rootfs $dest exists"
         return
     fi

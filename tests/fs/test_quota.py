@@ -181,3 +181,15 @@ def test_disk_stat_is_current_with_inodes(client: Client, disk_size_mb: int | No
         assert after["inodes_used"] - before["inodes_used"] >= 3
     finally:
         client.destroy(handle)
+
+
+def test_setting_a_container_up_writes_nothing_to_its_layer(daemon: Daemon, client: Client) -> None:
+    # The base rootfs has the files the set-up binds over (resolv.conf): an idle
+    # container's writable layer stays empty, and its usage is one getdents away.
+    handle = client.create()
+    try:
+        assert client.run(handle, "test -f /etc/resolv.conf")[0] == 0
+        assert list((daemon.depot / handle / "upper").iterdir()) == []
+        assert client.info(handle)["disk_stat"]["inodes_used"] == 0
+    finally:
+        client.destroy(handle)
