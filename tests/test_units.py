@@ -102,15 +102,22 @@ def test_spec_sends_the_setup_then_the_plans_mounts_and_cgroups() -> None:
     ]
     with pytest.raises(spec.SpecError):
         spec.render_setup(LaunchPlan(root_dir=Path("/a\tb")), "h", Path("/s"), label=Path("/a"))
-    # The jobs' filters come right after the label, in hex: unprivileged, then privileged.
-    filters = Filters(bytes(range(8)), bytes(16))
-    setup = spec.render_setup(plan, "h", Path("/d/init.sock"), Path("/d"), filters).splitlines()
-    assert setup[:4] == [
-        "label\t/d",
-        "seccomp\t0001020304050607\t" + "0" * 32,
-        "userns\t0\t4294967295",
-        "root\t/d/rootfs",
-    ]
+    # The filters come right after the label, in hex ("-": none): the container's, then a
+    # privileged job's and an unprivileged one's own. Without a rest, each job loads its
+    # kind's whole filter; with one, PID 1 loads the privileged filter, unprivileged jobs
+    # the rest on top.
+    for filters, fields in [
+        (Filters(bytes(range(8)), bytes(16)), ["-", "0" * 32, "0001020304050607"]),
+        (Filters(bytes(range(8)), bytes(16), bytes(8)), ["0" * 32, "-", "0" * 16]),
+        (Filters(bytes(range(8)), bytes(16), b""), ["0" * 32, "-", "-"]),
+    ]:
+        rendered = spec.render_setup(plan, "h", Path("/d/init.sock"), Path("/d"), filters)
+        assert rendered.splitlines()[:4] == [
+            "label\t/d",
+            "\t".join(["seccomp", *fields]),
+            "userns\t0\t4294967295",
+            "root\t/d/rootfs",
+        ]
 
 
 def test_spec_of_a_container_with_ids_of_its_own() -> None:

@@ -245,22 +245,29 @@ static size_t read_report(int fd, char *buf, size_t cap)
 
 /* ---- launch spec ------------------------------------------------------ */
 
-/* The jobs' seccomp filters, from the spec's `seccomp` line: [0] for unprivileged
- * jobs, [1] for privileged ones; none (len 0) without the line. Kept by PID 1 for
- * its whole life, so a container keeps its filters whatever daemon runs later. */
-static struct sock_fprog job_filters[2];
+/* The seccomp filters, from the spec's `seccomp CONTAINER PRIVILEGED UNPRIVILEGED` line
+ * ("-": none): PID 1 loads CONTAINER once set up, so every job inherits it; each job
+ * adds its own kind's, [0] for unprivileged jobs, [1] for privileged ones. Kept by
+ * PID 1 for its whole life, so a container keeps its filters whatever daemon runs later. */
+static struct sock_fprog container_filter, job_filters[2];
+static bool seccomp_seen;
 
 static int hex_digit(char c)
 {
 	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* A BPF program in lowercase hex (struct sock_filter in the machine's byte order). */
+/* A BPF program in lowercase hex (struct sock_filter in the machine's byte order), or
+ * "-" for none. */
 static bool parse_filter(const char *hex, struct sock_fprog *prog)
 {
 	size_t len = strlen(hex), size = len / 2, insn = sizeof(struct sock_filter);
 	unsigned char *bytes;
 
+	if (!strcmp(hex, "-")) {
+		*prog = (struct sock_fprog){ 0 };
+		return true;
+	}
 	if (!len || len % (2 * insn) || size / insn > BPF_MAXINSNS)
 		return false;
 	bytes = xrealloc(NULL, size);
@@ -288,7 +295,7 @@ static const struct {
 	[D_CGROUP] = { "cgroup", 1 },     [D_ROOT] = { "root", 1 },         [D_MOUNT] = { "mount", 5 },
 	[D_MKNOD] = { "mknod", 5 },       [D_SYMLINK] = { "symlink", 2 },   [D_MKDIR] = { "mkdir", 2 },
 	[D_HOSTNAME] = { "hostname", 1 }, [D_LOOPBACK] = { "loopback", 0 }, [D_SOCKET] = { "socket", 1 },
-	[D_LABEL] = { "label", 1 },       [D_SECCOMP] = { "seccomp", 2 }, [D_USERNS] = { "userns", 2 },
+	[D_LABEL] = { "label", 1 },       [D_SECCOMP] = { "seccomp", 3 }, [D_USERNS] = { "userns", 2 },
 	[D_END] = { "end", 0 },
 };
 
@@ -387,9 +394,11 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
 	} else if (d->kind == D_MKDIR && !parse_mode(d->f[1], &d->mode)) {
 		die_msg("launch spec line %d: bad mode %s", lineno, d->f[1]);
 	} else if (d->kind == D_SECCOMP) { /* decoded now: PID 1 frees the spec's lines */
-		if (job_filters[0].len)
+		if (seccomp_seen)
 			die_msg("launch spec line %d: a second seccomp", lineno);
-		if (!parse_filter(d->f[0], &job_filters[0]) || !parse_filter(d->f[1], &job_filters[1]))
+		seccomp_seen = true;
+		if (!parse_filter(d->f[0], &container_filter) || !parse_filter(d->f[1], &job_filters[1]) ||
+		    !parse_filter(d->f[2], &job_filters[0]))
 			die_msg("launch spec line %d: bad seccomp filter", lineno);
 	}
 }
@@ -2218,6 +2227,9 @@ static noreturn void init_main(struct setup *setup, struct spec *sp, int ready_f
 		free(sp->d[i].line);
 	free(sp->d);
 	malloc_trim(0); /* the spec's memory goes back: PID 1 lives as long as the container */
+	/* The container's filter, once no set-up call it may forbid is left. Loading it
+	 * without no_new_privs takes CAP_SYS_ADMIN: PID 1 is the user namespace's root. */
+	load_filter(&container_filter);
 	/* Receive buffers (up to a few hundred KiB) are mmapped, so freeing returns them. */
 	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 128 * 1024);

@@ -105,7 +105,7 @@ def render_setup(
     """
     lines = [_line("label", str(label))]
     if filters is not None:
-        lines.append(_line("seccomp", filters.unprivileged.hex(), filters.privileged.hex()))
+        lines.append(_line("seccomp", *filters.spec_fields()))
     lines.append(_line("userns", *ids.spec_fields()))
     lines.append(_line("root", str(plan.root_dir)))
     # Mounts on host paths (e.g. the disk-quota filesystem holding the overlay's

@@ -698,23 +698,18 @@ def test_launch_failure_names_the_step(new_container) -> None:
         ("mknod\t/dev/x\tb\t1\t3\t666\n", "launch spec line 1: bad mknod fields"),
         ("mkdir\t/x\t999\n", "launch spec line 1: bad mode 999"),
         (f"socket\t/{'s' * 110}\n", "launch spec line 1: socket path longer than 107 bytes"),
-        ("seccomp\t0600\t0600\n", "launch spec line 1: bad seccomp filter"),  # not whole insns
-        ("seccomp\t" + "zz" * 8 + "\t" + "00" * 8 + "\n", "launch spec line 1: bad seccomp filter"),
+        ("seccomp\t0600\t-\t0600\n", "launch spec line 1: bad seccomp filter"),  # not whole insns
         (
-            "seccomp\t" + "00" * 8 * 4097 + "\t" + "00" * 8 + "\n",
+            "seccomp\t-\t" + "zz" * 8 + "\t" + "00" * 8 + "\n",
             "launch spec line 1: bad seccomp filter",
         ),
         (
-            "seccomp\t"
-            + "00" * 8
-            + "\t"
-            + "00" * 8
-            + "\n"
-            + "seccomp\t"
-            + "00" * 8
-            + "\t"
-            + "00" * 8
-            + "\n",
+            "seccomp\t" + "00" * 8 * 4097 + "\t-\t" + "00" * 8 + "\n",
+            "launch spec line 1: bad seccomp filter",
+        ),
+        ("seccomp\t-\t-\n", "launch spec line 1: seccomp takes 3 fields"),
+        (
+            "seccomp\t-\t-\t-\n" + "seccomp\t-\t" + "00" * 8 + "\t-\n",
             "launch spec line 2: a second seccomp",
         ),
         ("hostname\th\nend\n", "launch spec: hostname before root"),

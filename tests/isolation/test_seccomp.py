@@ -21,7 +21,7 @@ from plugins.isolation import seccomp
 from plugins.isolation.build import CFLAGS
 from supervisor import errors
 from supervisor.client import Client
-from tests.conftest import NOTHING_LEFT, Daemon, leftovers
+from tests.conftest import NOTHING_LEFT, Daemon, init_pid, leftovers
 
 PROBE_SOURCE = Path(__file__).with_name("seccomp_probe.c")
 ENOSYS, EPERM, EINVAL = errno.ENOSYS, errno.EPERM, errno.EINVAL
@@ -86,7 +86,10 @@ def test_a_job_gets_the_default_profiles_answer_for_each_blocked_call(
     client: Client, probed: str
 ) -> None:
     assert probe(client, probed) == UNPRIVILEGED
-    assert filter_mode(client, probed) == ("2", "1")  # filtered, by one filter
+    # The container's filter (the privileged one, loaded by PID 1) and the job's rest on top.
+    assert filter_mode(client, probed) == ("2", "2")
+    _, out, _ = client.run(probed, "grep ^Seccomp /proc/1/status")
+    assert re.findall(r"^Seccomp\w*:\s*(\d+)$", out, flags=re.M) == ["2", "1"]
 
 
 def test_a_privileged_job_gets_what_the_profile_allows_its_capabilities(
@@ -121,7 +124,8 @@ def test_ordinary_work_goes_on_under_the_filter(client: Client, probed: str) -> 
     status, out, _ = client.run(probed, "tty; echo in-a-terminal", tty={"rows": 24, "cols": 80})
     assert status == 0 and "in-a-terminal" in out
     assert client.run(probed, "id -u", privileged=True) == [0, "0\n", ""]
-    assert filter_mode(client, probed) == filter_mode(client, probed, privileged=True) == ("2", "1")
+    assert filter_mode(client, probed) == ("2", "2")
+    assert filter_mode(client, probed, privileged=True) == ("2", "1")
 
 
 def test_seccomp_false_lets_the_calls_through(client: Client, probe_dir: Path) -> None:
@@ -166,6 +170,79 @@ def test_a_custom_profile_file_is_honoured(client: Client, probe_dir: Path, tmp_
         assert results["keyctl"] == errno.EDOM
         assert results["unshare_newuser"] == 0  # Debian's own rule, not Corral's
         assert probe(client, handle, privileged=True)["chroot"] == 0
+    finally:
+        client.destroy(handle)
+
+
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "per-job"])
+def test_a_profile_stacks_only_where_that_filters_exactly(
+    client: Client, probe_dir: Path, tmp_path: Path, stacked: bool
+) -> None:
+    """keyctl op 0 refused by a rule for one kind of job. Kept for unprivileged jobs only,
+    it stacks on the privileged filter, which allows the call. Kept for privileged jobs
+    only, it cannot: stacked, the privileged filter would refuse the call to every job.
+    Each job then loads its own kind's filter."""
+    caps = {"caps": ["CAP_SYS_CHROOT"]}
+    rule = {
+        "names": ["keyctl"],
+        "action": "SCMP_ACT_ERRNO",
+        "errnoRet": errno.EDOM,
+        "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}],
+        **({"excludes": caps} if stacked else {"includes": caps}),
+    }
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [rule]}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    assert (seccomp.compile_file(path).unprivileged_rest is not None) == stacked
+    handle = create(client, probe_dir, seccomp=str(path))
+    try:
+        assert filter_mode(client, handle) == ("2", "2" if stacked else "1")
+        assert filter_mode(client, handle, privileged=True) == ("2", "1")
+        refused = (errno.EDOM, 0) if stacked else (0, errno.EDOM)
+        assert probe(client, handle)["keyctl"] == refused[0]
+        assert probe(client, handle, privileged=True)["keyctl"] == refused[1]
+    finally:
+        client.destroy(handle)
+
+
+def test_the_init_and_every_kind_of_job_set_up_need_only_its_listed_calls(
+    daemon: Daemon, client: Client, probe_dir: Path, tmp_path: Path
+) -> None:
+    """Under a profile that allows only ``seccomp.INIT_CALLS``, stacked: PID 1 sets the
+    network up and serves, and jobs of each kind start (a static program that only
+    exits: its exec and exit are listed), are signalled and end."""
+    source = tmp_path / "exit0.c"
+    source.write_text(
+        'void _start(void) { __asm__ volatile("mov $231, %eax; xor %edi, %edi; syscall"); }\n'
+    )
+    subprocess.run(
+        ["gcc", "-static", "-nostdlib", "-o", str(probe_dir / "exit0"), str(source)], check=True
+    )
+    profile = {
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "syscalls": [{"names": sorted(seccomp.INIT_CALLS), "action": "SCMP_ACT_ALLOW"}],
+    }
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    assert seccomp.compile_file(path).unprivileged_rest == b""  # stacked, nothing on top
+    handle = create(client, probe_dir, seccomp=str(path))
+    try:
+        status = (Path("/proc") / str(init_pid(daemon, handle)) / "status").read_text()
+        assert re.findall(r"^Seccomp\w*:\s*(\d+)$", status, flags=re.M) == ["2", "1"]
+        kinds: list[dict[str, Any]] = [
+            {},
+            {"privileged": True},
+            {"stdin": True},
+            {"tty": {"rows": 24, "cols": 80}},
+            {"user": "root"},
+            {"dir": "/tmp", "env": {"A": "b"}},
+        ]
+        for opts in kinds:
+            ran = client.run(handle, "", argv=["/probe/exit0"], **opts)
+            assert ran[0] == 0, (opts, ran)
+        job = client.spawn(handle, "", argv=["/probe/exit0"], stdin=True)
+        assert client.link(handle, job)[0] == 0
+        assert client.call("ping") is not None
     finally:
         client.destroy(handle)
 
