@@ -257,12 +257,15 @@ class CgroupsPlugin:
                         pass  # restoring a container whose cgroups are gone: nothing to watch
                     else:
                         nursery.start_soon(
-                            oom.watch,
-                            group.backend(MEMORY),
-                            group.path(MEMORY),
-                            state.get("oom_kills", 0),
-                            lambda count: _out_of_memory(container, count),
-                            registration,
+                            partial(
+                                oom.watch,
+                                group.backend(MEMORY),
+                                group.path(MEMORY),
+                                state.get("oom_kills", 0),
+                                lambda count: _out_of_memory(container, count),
+                                registration,
+                                count=group.oom_kills,  # v1: the jobs' kills too
+                            )
                         )
                     # Registered before the first limit too, and watched the same way.
                     levels = container.options.get(pressure.OPTION)

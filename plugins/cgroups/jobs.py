@@ -161,9 +161,23 @@ class JobCgroup:
                     pass
 
     def remove(self) -> None:
+        """Remove the job's cgroups, but for a v1 memory cgroup that saw an OOM kill: its
+        count is the container's (see the module docstring), so it goes with the container."""
+        kept = self._v1_memory_with_kills()
         for path in self._paths():
+            if path == kept:
+                continue
             try:
                 path.rmdir()
             except OSError as exc:
                 if exc.errno not in (errno.ENOENT, errno.EBUSY):
                     raise CgroupError(f"cannot remove cgroup {path}: {exc.strerror}") from None
+
+    def _v1_memory_with_kills(self) -> Path | None:
+        if MEMORY not in self._dirs:
+            return None
+        backend, path = self._dirs[MEMORY]
+        try:
+            return path if backend.version == 1 and backend.oom_kills(path) else None
+        except OSError:
+            return None  # gone
