@@ -28,6 +28,7 @@ from plugins.cgroups.backend import (
     Backend,
     CgroupError,
     procs,
+    write,
 )
 from plugins.cgroups.counters import FdBudget, OpenCounters
 from plugins.cgroups.layout import BACKENDS, Layout
@@ -35,6 +36,9 @@ from plugins.cgroups.layout import BACKENDS, Layout
 #: How long destroy keeps killing stragglers before it gives up on a directory.
 REMOVE_TIMEOUT = 10.0
 REMOVE_POLL = 0.02
+#: cgroup v2: the leaf of a container's cgroup its init is moved to (see
+#: :meth:`ContainerCgroups.nest_init`).
+INIT_LEAF = "init"
 
 log = structlog.get_logger()
 
@@ -100,6 +104,31 @@ class ContainerCgroups:
     def procs_files(self) -> list[Path]:
         """The files the container's launcher joins by (see ``Backend.join_file``)."""
         return [path / backend.join_file for path, (backend, _) in self.directories().items()]
+
+    @property
+    def nests_init(self) -> bool:
+        """Whether the init goes to a leaf of its own: memory on v2 (see :meth:`nest_init`)."""
+        return self.has(MEMORY) and self.backend(MEMORY).version == 2
+
+    def nest_init(self, pid: int) -> None:
+        """cgroup v2: move the running init (*pid*) into the leaf :data:`INIT_LEAF` and
+        enable ``memory`` for the container's children, which the no-internal-processes
+        rule allows only once no process is in the container's cgroup itself: each job's
+        cgroup then has its own ``memory.peak`` (:mod:`plugins.cgroups.jobs`). Done after
+        the launch: the init made its cgroup namespace in the container's cgroup, which
+        stays the namespace's root (jobs see ``/job-N``, the init ``/init``).
+
+        Raises:
+            CgroupError: the kernel refused (the init is gone, another process is there).
+        """
+        path = self.path(MEMORY)
+        leaf = path / INIT_LEAF
+        try:
+            leaf.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CgroupError(f"cannot create cgroup {leaf}: {exc.strerror}") from None
+        write(leaf / "cgroup.procs", str(pid))
+        write(path / "cgroup.subtree_control", f"+{MEMORY}")
 
     # -- life --------------------------------------------------------------------------
 
