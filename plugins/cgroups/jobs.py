@@ -72,7 +72,7 @@ class JobCgroup:
     def make(cls, container: ContainerCgroups, job_id: int, create: bool) -> JobCgroup | None:
         """Make the job's directories and open their membership files (*create*), or find
         them again after a restart; None when the container has none of the controllers,
-        or its directories are gone (an administrator removed them).
+        or its directories are gone (an administrator removed them; one gone is left out).
 
         Raises:
             CgroupError: the kernel refused a directory.
@@ -80,7 +80,7 @@ class JobCgroup:
         dirs = {
             c: (container.backend(c), container.path(c) / job_dir_name(job_id))
             for c in JOB_CONTROLLERS
-            if container.has(c)
+            if container.has(c) and (not create or container.path(c).is_dir())
         }
         group = cls(dirs)
         if not dirs:
