@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 
+from plugins.cgroups.group import INIT_LEAF
 from plugins.cgroups.layout import Placement
 from plugins.isolation.build import build_init, is_current, source_digest
 from supervisor.client import Client
@@ -225,6 +226,16 @@ def cgroup_dirs(daemon: Daemon, handle: str | None = None) -> list[Path]:
 def cgroup_of(daemon: Daemon, handle: str, controller: str) -> Path:
     """The container's cgroup that holds *controller* (v1: its hierarchy's; v2: the one)."""
     return cgroup_layout(daemon)[controller].root / daemon.cgroup_parent / handle
+
+
+def init_cgroup_of(daemon: Daemon, handle: str, controller: str) -> Path:
+    """The cgroup holding the container's init for *controller*: the container's, or on a
+    v2 tree with memory its leaf ``init`` (which lets the jobs' cgroups have memory)."""
+    layout = cgroup_layout(daemon)
+    path = cgroup_of(daemon, handle, controller)
+    if layout[controller].version == 2 and layout["memory"].version == 2:
+        return path / INIT_LEAF
+    return path
 
 
 def cgroup_leftovers(daemon: Daemon) -> list[str]:

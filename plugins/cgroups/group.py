@@ -28,6 +28,7 @@ from plugins.cgroups.backend import (
     Backend,
     CgroupError,
     procs,
+    write,
 )
 from plugins.cgroups.counters import FdBudget, OpenCounters
 from plugins.cgroups.layout import BACKENDS, Layout
@@ -35,6 +36,9 @@ from plugins.cgroups.layout import BACKENDS, Layout
 #: How long destroy keeps killing stragglers before it gives up on a directory.
 REMOVE_TIMEOUT = 10.0
 REMOVE_POLL = 0.02
+#: cgroup v2: the leaf of a container's cgroup its init is moved to (see
+#: :meth:`ContainerCgroups.nest_init`).
+INIT_LEAF = "init"
 
 log = structlog.get_logger()
 
@@ -53,6 +57,8 @@ class ContainerCgroups:
         #: Serializes limit writes: two memory writes interleaved could break memsw >= mem.
         self.lock = trio.Lock()
         self._counters: OpenCounters | None = None
+        #: v1: the OOM kills in the jobs' memory cgroups, as last counted (:meth:`oom_kills`).
+        self._job_oom_kills = 0
 
     @classmethod
     def plan(cls, layout: Layout, parent: str, handle: str) -> ContainerCgroups:
@@ -98,6 +104,31 @@ class ContainerCgroups:
     def procs_files(self) -> list[Path]:
         """The files the container's launcher joins by (see ``Backend.join_file``)."""
         return [path / backend.join_file for path, (backend, _) in self.directories().items()]
+
+    @property
+    def nests_init(self) -> bool:
+        """Whether the init goes to a leaf of its own: memory on v2 (see :meth:`nest_init`)."""
+        return self.has(MEMORY) and self.backend(MEMORY).version == 2
+
+    def nest_init(self, pid: int) -> None:
+        """cgroup v2: move the running init (*pid*) into the leaf :data:`INIT_LEAF` and
+        enable ``memory`` for the container's children, which the no-internal-processes
+        rule allows only once no process is in the container's cgroup itself: each job's
+        cgroup then has its own ``memory.peak`` (:mod:`plugins.cgroups.jobs`). Done after
+        the launch: the init made its cgroup namespace in the container's cgroup, which
+        stays the namespace's root (jobs see ``/job-N``, the init ``/init``).
+
+        Raises:
+            CgroupError: the kernel refused (the init is gone, another process is there).
+        """
+        path = self.path(MEMORY)
+        leaf = path / INIT_LEAF
+        try:
+            leaf.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CgroupError(f"cannot create cgroup {leaf}: {exc.strerror}") from None
+        write(leaf / "cgroup.procs", str(pid))
+        write(path / "cgroup.subtree_control", f"+{MEMORY}")
 
     # -- life --------------------------------------------------------------------------
 
@@ -262,6 +293,33 @@ class ContainerCgroups:
 
     # -- stats -------------------------------------------------------------------------
 
+    def oom_kills(self) -> int:
+        """How many processes of the container the kernel OOM-killed, its jobs' included.
+
+        v2 counts a kill in the victim's cgroup and each of its ancestors. v1 counts it
+        only in the victim's own memory cgroup (``memcg_memory_event`` in
+        mm/memcontrol.c stops there off the default hierarchy), so the kills in the jobs'
+        memory cgroups are added to the container's own; a job's that saw one is kept
+        while the container lives (:meth:`plugins.cgroups.jobs.JobCgroup.remove`).
+
+        Raises:
+            FileNotFoundError: the container's memory cgroup is gone.
+        """
+        return self.backend(MEMORY).oom_kills(self.path(MEMORY)) + self._count_job_oom_kills()
+
+    def _count_job_oom_kills(self) -> int:
+        backend, path = self._dirs[MEMORY]
+        if backend.version != 1:
+            return 0  # counted in the container's own already
+        count = 0
+        for child in _children(path):
+            try:
+                count += backend.oom_kills(child)
+            except FileNotFoundError:
+                pass  # a job's, removed meanwhile: it saw no kill (or it would be kept)
+        self._job_oom_kills = count
+        return count
+
     def stats(self) -> dict[str, Any]:
         """``memory_stat``, ``cpu_stat`` and ``pids`` for ``info``, read from the cgroups now."""
         out: dict[str, Any] = {}
@@ -273,7 +331,9 @@ class ContainerCgroups:
                     "usage": m.usage,
                     "max_usage": m.max_usage,
                     "limit": m.limit,
-                    "oom_count": m.oom_count,
+                    "oom_count": (
+                        None if m.oom_count is None else m.oom_count + self._count_job_oom_kills()
+                    ),
                 }
             except (OSError, ValueError):
                 out["memory_stat"] = dict.fromkeys(("usage", "max_usage", "limit", "oom_count"))
@@ -309,7 +369,12 @@ class ContainerCgroups:
             self._counters = OpenCounters(files, budget)
         out: dict[str, Any] = self._counters.read()
         if "memory_stat" in out:
-            out["memory_stat"]["limit"] = recorded.get("mem")
+            memory = out["memory_stat"]
+            memory["limit"] = recorded.get("mem")
+            if memory.get("oom_count") is not None:
+                # v1: the jobs' kills as last counted, at each OOM the watcher wakes for
+                # and by ``info``: a scrape reads no file of the jobs'.
+                memory["oom_count"] += self._job_oom_kills
         if "pids" in out:
             out["pids"]["max"] = recorded.get("pids")
         return out
@@ -334,15 +399,20 @@ def _kill(pids: Iterable[int], keep: int | None) -> int:
     return count
 
 
-def _procs_tree(path: Path) -> list[int]:
-    """The pids in the cgroup at *path* and in its child cgroups (its jobs', one level)."""
-    found = procs(path)
+def _children(path: Path) -> list[Path]:
+    """The child cgroups of the cgroup at *path* (none if it is gone)."""
     try:
-        children = [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+        return [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
-        return found
-    for child in children:
-        found += procs(Path(child))
+        return []
+
+
+def _procs_tree(path: Path) -> list[int]:
+    """The pids in the cgroup at *path* and in its child cgroups (its jobs' and, on v2,
+    its init's leaf: one level)."""
+    found = procs(path)
+    for child in _children(path):
+        found += procs(child)
     return found
 
 
@@ -352,11 +422,7 @@ def _rmdir_tree(path: Path) -> bool:
     # and only look for child cgroups (a stat-free scandir) when it is busy.
     if _rmdir(path):
         return True
-    try:
-        children = [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
-        return True
-    return all(_rmdir_tree(child) for child in children) and _rmdir(path)
+    return all(_rmdir_tree(child) for child in _children(path)) and _rmdir(path)
 
 
 def _rmdir(path: Path) -> bool:

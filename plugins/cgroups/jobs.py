@@ -1,30 +1,44 @@
 """A cgroup per job: exact accounting and a kill that reaches everything a job started.
 
-Each job gets ``CONTAINER/job-N`` in the hierarchy that counts CPU (v1:
-``cpuacct``; v2: the unified tree, where ``cpu.stat`` is a core file).
-The daemon opens their membership files and passes them with the spawn request;
-the job's first process writes ``0`` to each before it runs anything of the job
-(see the init's README), so every process the job starts is in them from its
-first instruction, with no window to escape through and no polling to catch it.
+Each job gets ``CONTAINER/job-N`` in the hierarchies that count CPU and memory
+(v1: ``cpuacct`` and ``memory``; v2: the unified tree, where ``cpu.stat`` is a
+core file). The daemon opens their membership files and passes them with the
+spawn request; the job's first process writes ``0`` to each before it runs
+anything of the job (see the init's README), so every process the job starts is
+in them from its first instruction, with no window to escape through and no
+polling to catch it.
 
 Why a cgroup and not the pids of a process group or session: a job's process may
 ``setsid``, and a finished process's CPU time is only folded into its parent's when
-it is waited for (``RUSAGE_CHILDREN``), never for a daemon or an orphan. A cgroup
-counts every process that ever ran in it, ended or not, and other jobs of the
-same container are in cgroups of their own.
+it is waited for (``RUSAGE_CHILDREN``), never for a daemon or an orphan; nor is its
+peak memory, and ``ru_maxrss`` is one process's peak, not the sum of those alive
+together. A cgroup counts every process that ever ran in it, ended or not, and
+other jobs of the same container are in cgroups of their own.
 
-Only that cgroup is made: in the other hierarchies (cpu, cpuset, pids, freezer,
-devices, memory) the job stays in its container's cgroup, so the container's
-limits, freezer and device list hold for it unchanged, and the kernel counts a
-child's CPU in its parent's, so the container's figures still include its jobs'.
-On v2 a container's cgroup holds its init and so may enable no controller for
-its children (the no-internal-processes rule): a job's cgroup has the core files
-only, ``cgroup.procs``, ``cgroup.kill`` and ``cpu.stat``.
+In the other hierarchies (cpu, cpuset, pids, freezer, devices) the job stays in
+its container's cgroup, so the container's limits, freezer and device list hold
+for it unchanged. A job's cgroups set no limit: the container's hold for its
+children (v1 memory is hierarchical, ``use_hierarchy``), and the kernel counts a
+child's CPU and memory in its parent's, so the container's figures include its
+jobs'.
 
-Peak memory per job is not measured (``None``): a job's own v1 memory cgroup
-would have it, but the kernel then counts an OOM kill and memory pressure in the
-job's cgroup, not the container's, where the OOM and pressure watchers read them
-(:mod:`~plugins.cgroups.oom`); on v2 the job's cgroup has no memory controller.
+Peak memory (``memory_peak``) is the job's cgroup's high-water mark of charged
+memory, anonymous and page cache alike: v1 ``memory.max_usage_in_bytes``, v2
+``memory.peak`` (Linux 5.19). What the job's first process had when forked (the
+init's pages it shares) stays charged to the init's cgroup. Two consequences:
+
+- v1 counts an OOM kill only in the victim's own memory cgroup, not its
+  ancestors: the container's count adds its jobs'
+  (:meth:`~plugins.cgroups.group.ContainerCgroups.oom_kills`), and a job's memory
+  cgroup that saw a kill is kept until the container goes (:meth:`JobCgroup.remove`).
+  The OOM eventfd and ``memory.pressure_level`` (``hierarchy``) of the container
+  are signalled as before: it is the container's limit that is hit.
+- v2 enables a controller for a cgroup's children only while no process is in it
+  (the no-internal-processes rule): the container's init is moved to a leaf,
+  ``CONTAINER/init``, once it runs (:meth:`~plugins.cgroups.group.ContainerCgroups.nest_init`),
+  and ``memory`` is enabled in the container's ``cgroup.subtree_control``. A
+  container made by an earlier daemon keeps its init in place: its jobs' peak is
+  ``None``, as on a kernel without ``memory.peak``.
 """
 
 from __future__ import annotations
@@ -38,7 +52,7 @@ from plugins.cgroups.backend import CPUACCT, MEMORY, Backend, CgroupError, procs
 from plugins.cgroups.group import ContainerCgroups
 
 #: The controllers a job's own cgroups are made for.
-JOB_CONTROLLERS = (CPUACCT,)
+JOB_CONTROLLERS = (CPUACCT, MEMORY)
 
 
 def job_dir_name(job_id: int) -> str:
@@ -58,7 +72,7 @@ class JobCgroup:
     def make(cls, container: ContainerCgroups, job_id: int, create: bool) -> JobCgroup | None:
         """Make the job's directories and open their membership files (*create*), or find
         them again after a restart; None when the container has none of the controllers,
-        or its directories are gone (an administrator removed them).
+        or its directories are gone (an administrator removed them; one gone is left out).
 
         Raises:
             CgroupError: the kernel refused a directory.
@@ -66,7 +80,7 @@ class JobCgroup:
         dirs = {
             c: (container.backend(c), container.path(c) / job_dir_name(job_id))
             for c in JOB_CONTROLLERS
-            if container.has(c)
+            if container.has(c) and (not create or container.path(c).is_dir())
         }
         group = cls(dirs)
         if not dirs:
@@ -161,9 +175,23 @@ class JobCgroup:
                     pass
 
     def remove(self) -> None:
+        """Remove the job's cgroups, but for a v1 memory cgroup that saw an OOM kill: its
+        count is the container's (see the module docstring), so it goes with the container."""
+        kept = self._v1_memory_with_kills()
         for path in self._paths():
+            if path == kept:
+                continue
             try:
                 path.rmdir()
             except OSError as exc:
                 if exc.errno not in (errno.ENOENT, errno.EBUSY):
                     raise CgroupError(f"cannot remove cgroup {path}: {exc.strerror}") from None
+
+    def _v1_memory_with_kills(self) -> Path | None:
+        if MEMORY not in self._dirs:
+            return None
+        backend, path = self._dirs[MEMORY]
+        try:
+            return path if backend.version == 1 and backend.oom_kills(path) else None
+        except OSError:
+            return None  # gone

@@ -10,6 +10,12 @@ cgroup go up?", and differ in how the kernel wakes us:
 - v2: inotify on ``memory.events``, which the kernel marks modified whenever one
   of its counters changes.
 
+On v1 the counter of the container's own cgroup misses the kills in its jobs'
+memory cgroups (the kernel counts a kill in the victim's cgroup only): the
+plugin's watch reads the sum (``count``, see
+:meth:`~plugins.cgroups.group.ContainerCgroups.oom_kills`). The eventfd is
+signalled all the same, the container's limit being the one hit.
+
 The wake-up is registered (:func:`register`) before any limit is written, so
 none can OOM unseen: by the caller, or by :func:`watch` before it reports
 started. A watcher never raises for a cgroup that vanishes (the container is
@@ -23,6 +29,7 @@ import errno
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -95,6 +102,7 @@ async def watch(
     on_oom: OomCallback,
     registration: Registration | None = None,
     *,
+    count: Callable[[], int] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Watch the memory cgroup at *path* until cancelled or the cgroup is gone.
@@ -107,7 +115,11 @@ async def watch(
         on_oom: awaited with the new count when the counter rises above *seen*.
         registration: made by :func:`register` already (the watch closes it);
             if None the watch registers before it reports started.
+        count: reads the OOM kills to report (raising FileNotFoundError once the
+            cgroup is gone); by default the cgroup's own counter.
     """
+    if count is None:
+        count = partial(backend.oom_kills, path)
     if registration is None:
         try:
             registration = register(backend, path)
@@ -118,7 +130,7 @@ async def watch(
             return
     task_status.started()
     try:
-        seen = await _check(backend, path, seen, on_oom)
+        seen = await _check(count, seen, on_oom)
         while True:
             await trio.lowlevel.wait_readable(registration.fd)
             if backend.version == 1:
@@ -130,22 +142,22 @@ async def watch(
                     return
                 # The event comes as the cgroup enters OOM; the kill follows.
                 with trio.move_on_after(V1_KILL_DELAY):
-                    while backend.oom_kills(path) <= seen:
+                    while count() <= seen:
                         await trio.sleep(V1_POLL)
             elif IN_IGNORED in drain_events(registration.fd):
                 return  # the file (so the cgroup) is gone
-            seen = await _check(backend, path, seen, on_oom)
+            seen = await _check(count, seen, on_oom)
     except FileNotFoundError:
         return  # the cgroup went away under us
     finally:
         registration.close()
 
 
-async def _check(backend: Backend, path: Path, seen: int, on_oom: OomCallback) -> int:
-    count = backend.oom_kills(path)
-    if count > seen:
-        await on_oom(count)
-    return max(count, seen)
+async def _check(count: Callable[[], int], seen: int, on_oom: OomCallback) -> int:
+    now = count()
+    if now > seen:
+        await on_oom(now)
+    return max(now, seen)
 
 
 # -- inotify through ctypes (the standard library has no binding) -------------------

@@ -1027,6 +1027,25 @@ def test_counters_read_what_stats_reads_and_keep_their_files_open(v1_memory: Pat
     assert [budget.take() for _ in range(9)] == [True] * 8 + [False]  # all 3 given back
 
 
+def test_v1_oom_count_adds_the_jobs_kills_and_the_counters_the_last_counted(
+    v1_memory: Path,
+) -> None:
+    """v1 counts a kill in the victim's own memory cgroup only (a job's): info and the OOM
+    watcher add the jobs' to the container's 2; a scrape adds them as last counted."""
+    job = v1_memory / "job-1"
+    job.mkdir()
+    (job / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
+    group = ContainerCgroups("unit", {"memory": (1, v1_memory)})
+    assert group.counters(FdBudget(), {})["memory_stat"]["oom_count"] == 2  # not counted yet
+    assert group.oom_kills() == 5
+    assert group.stats()["memory_stat"]["oom_count"] == 5
+    assert group.counters(FdBudget(), {})["memory_stat"]["oom_count"] == 5
+    group.close_counters()
+    v2_group = ContainerCgroups("unit", {"memory": (2, v1_memory)})
+    (v1_memory / "memory.events").write_text("oom 1\noom_kill 2\n")
+    assert v2_group.oom_kills() == 2  # v2 counts the jobs' in the container's already
+
+
 def test_counters_past_the_budget_are_read_all_the_same(v1_memory: Path) -> None:
     group = ContainerCgroups("unit", {"memory": (1, v1_memory)})
     budget = FdBudget(limit=1)
