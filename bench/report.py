@@ -24,6 +24,8 @@ TARGETS = {
     "scrape_rss": "daemon RSS flat over 1,000 scrapes (grows <= 1 MiB)",
     "stream_text": ">= 500 MB/s for text (MB = 10^6 bytes)",
     "stream_binary": ">= 1 GB/s for binary, base64 or raw",
+    "slow_readers": "daemon RSS flat with 100 slow `stream` readers (grows <= 1 MiB from "
+    "their first second to their last)",
     "events": "a job's exit reaches 100 subscribers with p99 < 2 ms",
     "keystroke": "keystroke to echo through a terminal job: p99 < 2 ms, within 3x of a host pty",
     "signal": "`signal` to a running job: p50 < 1 ms",
@@ -371,6 +373,22 @@ def stream_rows(r: Results) -> list[str]:
                     lower_better=False,
                 )
             )
+    slow = r.get("stream", {}).get("slow_readers", {})
+    samples = slow.get("rss_each_second_kib") or []
+    if len(samples) >= 2:
+        growth = samples[-1] - samples[0]
+        rows.append(
+            ratio_row(
+                f"daemon RSS growth with {slow['readers']} slow `stream` readers, "
+                f"over {len(samples) - 1} s",
+                float(growth),
+                "–",
+                None,
+                TARGETS["slow_readers"],
+                growth <= 1024 if slow["readers"] >= 100 else None,
+                "KiB",
+            )
+        )
     return rows
 
 
@@ -928,6 +946,19 @@ def stream(r: Results) -> list[str]:
             )
         for e in v.get("errors", []):
             lines.append(f"| `{esc(v['script'])}` | error: {esc(e[:200])} | | | | | |")
+    slow = s.get("slow_readers", {})
+    if slow.get("error"):
+        lines += ["", f"Slow readers: error: {esc(slow['error'][:300])}"]
+    elif slow.get("rss_each_second_kib"):
+        each = " → ".join(str(k) for k in slow["rss_each_second_kib"])
+        lines += [
+            "",
+            f"Slow readers: {slow['readers']} connections `stream` one job (`{esc(slow['producer'])}`, "
+            f"{fmt(slow['written_mb'], 0)} MB written in {fmt(slow['seconds'], 0)} s), each "
+            "reading 4 KiB every 0.1 s. The daemon's RSS (KiB): before "
+            f"{slow['rss_before_kib']}; each second {each}; once they have gone "
+            f"{slow['rss_after_kib']}.",
+        ]
     return lines
 
 

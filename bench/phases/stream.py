@@ -2,16 +2,21 @@
 
 Each job is also timed writing to a file in its container with nobody streaming:
 busybox's own producers are slow, and that speed is a ceiling for the stream.
+Then :func:`slow_readers`: the daemon's memory while many clients stream a job's
+output far slower than it comes.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from bench.daemon import BenchDaemon
-from bench.host import cpu_ticks, log
+from bench.host import cpu_ticks, log, smaps
 from bench.phases.common import Bench
 from bench.stats import summarize
 from supervisor.client import Client
@@ -55,6 +60,11 @@ def measure(bench: Bench, size: int, runs: int) -> dict[str, Any]:
             "cpu": cpu,
             "errors": errs,
         }
+    try:
+        out["slow_readers"] = slow_readers(bench)
+    except Exception as exc:
+        out["slow_readers"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"slow readers failed: {out['slow_readers']['error']}")
     return out
 
 
@@ -119,3 +129,69 @@ def streamed_bytes(c: Client, handle: str, job: int, encoding: str) -> int:
         else:
             got += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8", "surrogateescape"))
     return got
+
+
+#: Slow readers: how many, how much each reads and how often, for how long.
+SLOW_READERS = 100
+SLOW_READ_BYTES = 4096
+SLOW_READ_EVERY = 0.1
+SLOW_SECONDS = 10.0
+#: The job: about 20 MB/s of text for as long as it runs, far more than the readers take.
+SLOW_PRODUCER = "while :; do yes | head -c 1000000; sleep 0.05; done"
+
+
+def slow_readers(
+    bench: Bench, readers: int = SLOW_READERS, seconds: float = SLOW_SECONDS
+) -> dict[str, Any]:
+    """The daemon's RSS while *readers* clients ``stream`` one job's output, each reading
+    :data:`SLOW_READ_BYTES` every :data:`SLOW_READ_EVERY` s, for *seconds*: before,
+    each second, and once they have gone."""
+    daemon = bench.daemon
+    out: dict[str, Any] = {"readers": readers, "seconds": seconds, "producer": SLOW_PRODUCER}
+    with daemon.client() as c:
+        handle = c.create()
+        try:
+            time.sleep(0.5)
+            out["rss_before_kib"] = _rss(daemon)
+            job = c.spawn(handle, SLOW_PRODUCER)
+            request = json.dumps(["stream", handle, job, {}]).encode() + b"\n"
+            samples: list[int] = []
+            with ExitStack() as stack:
+                socks = []
+                for _ in range(readers):
+                    s = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+                    s.connect(str(daemon.socket))
+                    s.sendall(request)
+                    s.setblocking(False)
+                    socks.append(s)
+                start = time.monotonic()
+                next_sample = start + 1
+                while time.monotonic() - start < seconds:
+                    for s in socks:
+                        try:
+                            s.recv(SLOW_READ_BYTES)
+                        except BlockingIOError:
+                            pass
+                    time.sleep(SLOW_READ_EVERY)
+                    if time.monotonic() >= next_sample:
+                        samples.append(_rss(daemon))
+                        next_sample += 1
+                out["written_mb"] = _output_mb(daemon, handle, job)
+            time.sleep(1.0)
+            out["rss_each_second_kib"] = samples
+            out["rss_after_kib"] = _rss(daemon)
+        finally:
+            c.destroy(handle)
+    return out
+
+
+def _output_mb(daemon: BenchDaemon, handle: str, job: int) -> float:
+    """What the job has written so far (its stdout file in the depot), MB."""
+    try:
+        return (daemon.depot / handle / "jobs" / str(job) / "stdout").stat().st_size / 1e6
+    except OSError:
+        return float("nan")
+
+
+def _rss(daemon: BenchDaemon) -> int:
+    return smaps(daemon.pid).get("Rss", 0)
