@@ -20,6 +20,7 @@ import ctypes
 import errno
 import itertools
 import json
+import math
 import os
 import re
 import stat
@@ -57,6 +58,8 @@ INIT_CALLS: dict[str, tuple[int, ...] | None] = {
     "clone": (0x01200011,),  # SIGCHLD | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID
     "socket": (2, 0x80002, 0),  # AF_INET, SOCK_DGRAM | SOCK_CLOEXEC
 }
+#: The most argument combinations :func:`_answers_all` tries.
+MAX_CELLS = 100_000
 #: The kernel takes at most this many BPF instructions (BPF_MAXINSNS).
 MAX_INSTRUCTIONS = 4096
 #: A profile file larger than this is refused unread.
@@ -467,9 +470,15 @@ def _stacked_rest(profile: Mapping[str, Any], kernel: tuple[int, ...]) -> dict[s
         if len(answers) > 1 or any(_conditions(entries[i]) != [[]] for i in theirs):
             return None  # the privileged answer depends on the arguments
         floor = _precedence(answers.pop())
-        if any(_precedence(a) > floor for a in [actions[i] for i in mine] or [default]):
+        covered = bool(mine) and _answers_all([_conditions(entries[i]) for i in mine])
+        if mine and not covered and default != allow:
+            return None  # the rest would allow what the unprivileged default refuses
+        possible = {actions[i] for i in mine} | (set() if covered else {default})
+        if any(_precedence(a) > floor for a in possible):
             return None
-        if not mine:
+        if mine:
+            rest += [{**entries[i], "names": [name], "includes": {}, "excludes": {}} for i in mine]
+        else:
             rest.append(
                 {
                     "names": [name],
@@ -478,10 +487,6 @@ def _stacked_rest(profile: Mapping[str, Any], kernel: tuple[int, ...]) -> dict[s
                     "errno": profile.get("defaultErrno"),
                 }
             )
-        elif default == allow or _answers_all([_conditions(entries[i]) for i in mine]):
-            rest += [{**entries[i], "names": [name], "includes": {}, "excludes": {}} for i in mine]
-        else:
-            return None
     return {"defaultAction": "SCMP_ACT_ALLOW", "archMap": profile.get("archMap"), "syscalls": rest}
 
 
@@ -491,7 +496,8 @@ def _answers_all(rules: list[list[list[_ArgCmp]]]) -> bool:
 
     Tried at a point of each cell the rules' constants cut each argument's range into
     (their values and the values next to them): a comparison answers alike in a whole
-    cell. Masked comparisons do not cut ranges into cells: not shown (False).
+    cell. Masked comparisons do not cut ranges into cells, and too many cells are not
+    tried: not shown (False).
     """
     cmps = [c for rule in rules for alternative in rule for c in alternative]
     if any(c.op == _OPS["SCMP_CMP_MASKED_EQ"] for c in cmps):
@@ -501,6 +507,8 @@ def _answers_all(rules: list[list[list[_ArgCmp]]]) -> bool:
         points.setdefault(c.arg, {0, (1 << 64) - 1}).update(
             v for v in (c.datum_a - 1, c.datum_a, c.datum_a + 1) if 0 <= v < 1 << 64
         )
+    if math.prod(len(p) for p in points.values()) > MAX_CELLS:
+        return False
     indexes = sorted(points)
     for values in itertools.product(*(sorted(points[i]) for i in indexes)):
         args = dict(zip(indexes, values, strict=True))

@@ -330,3 +330,90 @@ def test_the_privileged_capabilities_match_the_inits() -> None:
     listed = re.search(r"privileged_caps\[\] = \{(.*?)\};", source, flags=re.S)
     assert listed is not None
     assert set(re.findall(r"CAP_\w+", listed.group(1))) == seccomp.PRIVILEGED_CAPS
+
+
+def _keyctl(
+    action: str, op: str | None = None, kept: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A keyctl rule, on op 0 with *op*, for the jobs *kept* names (includes/excludes)."""
+    args = [{"index": 0, "value": 0, "op": op}] if op else []
+    return {
+        "names": ["keyctl"],
+        "action": action,
+        "errnoRet": errno.EDOM,
+        "args": args,
+        **(kept or {}),
+    }
+
+
+UNPRIVILEGED_ONLY = {"excludes": {"caps": ["CAP_SYS_CHROOT"]}}
+PRIVILEGED_ONLY = {"includes": {"caps": ["CAP_SYS_CHROOT"]}}
+#: A default that refuses, with what PID 1 needs allowed.
+REFUSING = {
+    "defaultAction": "SCMP_ACT_ERRNO",
+    "syscalls": [{"names": sorted(seccomp.INIT_CALLS), "action": "SCMP_ACT_ALLOW"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("profile", "rest"),
+    [
+        # The unprivileged rules answer every op (op 0 and the others): stacked.
+        (
+            {
+                **REFUSING,
+                "syscalls": [
+                    *REFUSING["syscalls"],
+                    _keyctl("SCMP_ACT_ERRNO", "SCMP_CMP_EQ", kept=UNPRIVILEGED_ONLY),
+                    _keyctl("SCMP_ACT_ALLOW", "SCMP_CMP_NE", kept=UNPRIVILEGED_ONLY),
+                    _keyctl("SCMP_ACT_ALLOW", kept=PRIVILEGED_ONLY),
+                ],
+            },
+            2,
+        ),
+        # Op 0 is left to the default, which refuses: the rest would allow it.
+        (
+            {
+                **REFUSING,
+                "syscalls": [
+                    *REFUSING["syscalls"],
+                    _keyctl("SCMP_ACT_ALLOW", "SCMP_CMP_NE", kept=UNPRIVILEGED_ONLY),
+                    _keyctl("SCMP_ACT_ALLOW", kept=PRIVILEGED_ONLY),
+                ],
+            },
+            None,
+        ),
+        # The privileged filter refuses what the unprivileged one allows (op 1 here).
+        (
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    _keyctl("SCMP_ACT_ERRNO", "SCMP_CMP_EQ", kept=UNPRIVILEGED_ONLY),
+                    _keyctl("SCMP_ACT_ERRNO", kept=PRIVILEGED_ONLY),
+                ],
+            },
+            None,
+        ),
+        # PID 1 could not work under it.
+        ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}, None),
+        # Both kinds filtered alike: nothing on top.
+        ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [_keyctl("SCMP_ACT_ERRNO")]}, 0),
+    ],
+    ids=["covered", "uncovered", "privileged-stricter", "init-refused", "alike"],
+)
+def test_what_an_unprivileged_job_adds_on_top(profile: dict[str, Any], rest: int | None) -> None:
+    """How many rules the rest has, or None where a job loads its own kind's filter."""
+    found = seccomp._stacked_rest(profile, seccomp.kernel_version())
+    assert (None if found is None else len(found["syscalls"])) == rest
+    filters, _ = seccomp.compile_profile(profile)
+    assert (filters.unprivileged_rest is None) == (rest is None)
+    assert (filters.unprivileged_rest == b"") == (rest == 0)
+
+
+def test_the_default_profiles_rest_is_chroot_and_the_audit_socket() -> None:
+    profile = seccomp.with_rules(
+        seccomp.read_profile(seccomp.DEFAULT_PROFILE), seccomp.read_profile(seccomp.CORRAL_RULES)
+    )
+    rest = seccomp._stacked_rest(profile, seccomp.kernel_version())
+    assert rest is not None
+    assert {name for entry in rest["syscalls"] for name in entry["names"]} == {"chroot", "socket"}
