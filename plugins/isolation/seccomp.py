@@ -24,7 +24,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -521,18 +521,20 @@ def _answers_all(rules: list[list[list[_ArgCmp]]]) -> bool:
     return True
 
 
+#: What each comparison (``enum scmp_compare``) asks of an argument's value.
+_COMPARE: dict[int, Callable[[int, _ArgCmp], bool]] = {
+    _OPS["SCMP_CMP_NE"]: lambda v, c: v != c.datum_a,
+    _OPS["SCMP_CMP_LT"]: lambda v, c: v < c.datum_a,
+    _OPS["SCMP_CMP_LE"]: lambda v, c: v <= c.datum_a,
+    _OPS["SCMP_CMP_EQ"]: lambda v, c: v == c.datum_a,
+    _OPS["SCMP_CMP_GE"]: lambda v, c: v >= c.datum_a,
+    _OPS["SCMP_CMP_GT"]: lambda v, c: v > c.datum_a,
+    _OPS["SCMP_CMP_MASKED_EQ"]: lambda v, c: v & c.datum_a == c.datum_b,
+}
+
+
 def _holds(cmp: _ArgCmp, value: int) -> bool:
-    a = cmp.datum_a
-    if cmp.op == _OPS["SCMP_CMP_MASKED_EQ"]:
-        return value & a == cmp.datum_b
-    return {
-        _OPS["SCMP_CMP_NE"]: value != a,
-        _OPS["SCMP_CMP_LT"]: value < a,
-        _OPS["SCMP_CMP_LE"]: value <= a,
-        _OPS["SCMP_CMP_EQ"]: value == a,
-        _OPS["SCMP_CMP_GE"]: value >= a,
-        _OPS["SCMP_CMP_GT"]: value > a,
-    }[cmp.op]
+    return _COMPARE[cmp.op](value, cmp)
 
 
 def _precedence(action: int) -> int:
