@@ -117,6 +117,11 @@ def smaps(pid: int) -> dict[str, int]:
     return out
 
 
+def rss_kib(pid: int) -> int:
+    """The Rss (KiB) of *pid*; 0 if it is gone."""
+    return smaps(pid).get("Rss", 0)
+
+
 def cpu_ticks(pid: int) -> tuple[int, int]:
     """(utime+stime, cutime+cstime) in clock ticks of *pid*."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -955,7 +955,8 @@ def stream(r: Results) -> list[str]:
             "",
             f"Slow readers: {slow['readers']} connections `stream` one job (`{esc(slow['producer'])}`, "
             f"{fmt(slow['written_mb'], 0)} MB written in {fmt(slow['seconds'], 0)} s), each "
-            "reading 4 KiB every 0.1 s. The daemon's RSS (KiB): before "
+            f"reading {slow['read_bytes'] // 1024} KiB every {slow['read_every_s']} s. "
+            "The daemon's RSS (KiB): before "
             f"{slow['rss_before_kib']}; each second {each}; once they have gone "
             f"{slow['rss_after_kib']}.",
         ]

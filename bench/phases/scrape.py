@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.daemon import BenchDaemon
-from bench.host import cpu_ticks, log, smaps
+from bench.host import cpu_ticks, log, rss_kib
 from bench.stats import summarize
 
 #: Scrapes timed back to back, after a few to warm up.
@@ -90,13 +90,13 @@ def measure(daemon: BenchDaemon, containers: int) -> dict[str, Any]:
 
     log(f"  {RSS_SCRAPES} scrapes for the daemon's memory")
     tick = 1000 / os.sysconf("SC_CLK_TCK")
-    rss = [smaps(daemon.pid).get("Rss", 0)]
+    rss = [rss_kib(daemon.pid)]
     cpu0, _ = cpu_ticks(daemon.pid)
     t0 = time.perf_counter()
     for i in range(1, RSS_SCRAPES + 1):
         _scrape(url)
         if i % RSS_EVERY == 0:
-            rss.append(smaps(daemon.pid).get("Rss", 0))
+            rss.append(rss_kib(daemon.pid))
     elapsed = time.perf_counter() - t0
     cpu1, _ = cpu_ticks(daemon.pid)
     out["rss_scrapes"] = RSS_SCRAPES

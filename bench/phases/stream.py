@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from bench.daemon import BenchDaemon
-from bench.host import cpu_ticks, log, smaps
+from bench.host import cpu_ticks, log, rss_kib
 from bench.phases.common import Bench
 from bench.stats import summarize
 from supervisor.client import Client
@@ -147,12 +147,18 @@ def slow_readers(
     :data:`SLOW_READ_BYTES` every :data:`SLOW_READ_EVERY` s, for *seconds*: before,
     each second, and once they have gone."""
     daemon = bench.daemon
-    out: dict[str, Any] = {"readers": readers, "seconds": seconds, "producer": SLOW_PRODUCER}
+    out: dict[str, Any] = {
+        "readers": readers,
+        "seconds": seconds,
+        "producer": SLOW_PRODUCER,
+        "read_bytes": SLOW_READ_BYTES,
+        "read_every_s": SLOW_READ_EVERY,
+    }
     with daemon.client() as c:
         handle = c.create()
         try:
             time.sleep(0.5)
-            out["rss_before_kib"] = _rss(daemon)
+            out["rss_before_kib"] = rss_kib(daemon.pid)
             job = c.spawn(handle, SLOW_PRODUCER)
             request = json.dumps(["stream", handle, job, {}]).encode() + b"\n"
             samples: list[int] = []
@@ -174,12 +180,12 @@ def slow_readers(
                             pass
                     time.sleep(SLOW_READ_EVERY)
                     if time.monotonic() >= next_sample:
-                        samples.append(_rss(daemon))
+                        samples.append(rss_kib(daemon.pid))
                         next_sample += 1
                 out["written_mb"] = _output_mb(daemon, handle, job)
             time.sleep(1.0)
             out["rss_each_second_kib"] = samples
-            out["rss_after_kib"] = _rss(daemon)
+            out["rss_after_kib"] = rss_kib(daemon.pid)
         finally:
             c.destroy(handle)
     return out
@@ -191,7 +197,3 @@ def _output_mb(daemon: BenchDaemon, handle: str, job: int) -> float:
         return (daemon.depot / handle / "jobs" / str(job) / "stdout").stat().st_size / 1e6
     except OSError:
         return float("nan")
-
-
-def _rss(daemon: BenchDaemon) -> int:
-    return smaps(daemon.pid).get("Rss", 0)
