@@ -18,4 +18,12 @@ SMOKE=(
     tests/isolation/test_userns.py
 )
 [ $# -gt 0 ] || set -- "${SMOKE[@]}"
-exec bash scripts/v2vm.sh "/opt/corral/venv/bin/python -m pytest -p no:cacheprovider -q -rfEs $(printf '%q ' "$@")"
+CMD="/opt/corral/venv/bin/python -m pytest -p no:cacheprovider -q -rfEs $(printf '%q ' "$@")"
+# A stalled guest kernel (exit 126; seen once under TCG, not reproduced) boots once more;
+# the first run's console tail stays in the log.
+rc=0; bash scripts/v2vm.sh "$CMD" || rc=$?
+if [ $rc -eq 126 ]; then
+    echo "test-v2: the guest's kernel stalled; running the guest once more" >&2
+    rc=0; bash scripts/v2vm.sh "$CMD" || rc=$?
+fi
+exit $rc

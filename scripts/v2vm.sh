@@ -28,7 +28,8 @@
 #      V2VM_ACCEL (auto|tcg|kvm; auto = kvm only with kvm_intel/kvm_amd loaded), V2VM_CPU (TCG cpu model,
 #      default max), V2VM_CACHE (default /var/tmp/v2vm-cache),
 #      V2VM_KPKG (kernel package, default: what linux-image-amd64 depends on).
-# Exit code: the guest command's, or 124 on timeout, 125 when the guest died without reporting one.
+# Exit code: the guest command's, or 124 on timeout, 125 when the guest died without reporting one,
+# 126 when its kernel stalled (V2VM_STALL_GRACE, below).
 set -euo pipefail
 
 CACHE=${V2VM_CACHE:-/var/tmp/v2vm-cache}
@@ -209,13 +210,26 @@ timeout --foreground -k 10 "$TIMEOUT" qemu-system-x86_64 "${ACCEL_ARGS[@]}" \
     -virtfs "local,path=$WORKDIR,mount_tag=work,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$RUN/out,mount_tag=v2out,security_model=none" &
 QPID=$!
+# A guest kernel that reports a stall (a soft lockup or an RCU stall; seen once under TCG, both
+# vCPUs spinning in the kernel for minutes) while its command has written nothing for
+# V2VM_STALL_GRACE s is stopped: exit 126, which the caller may take as "boot again".
+STALL_GRACE=${V2VM_STALL_GRACE:-180}
+stalled=0
+while kill -0 "$QPID" 2>/dev/null; do
+    sleep 5
+    grep -qE 'soft lockup|detected stall|kthread starved' "$RUN/out/console.log" 2>/dev/null || continue
+    quiet_since=$(stat -c %Y "$RUN/out/guest.log" 2>/dev/null || printf '%.0f' "$T0")
+    if (( $(date +%s) - quiet_since > STALL_GRACE )); then stalled=1; kill "$QPID" 2>/dev/null; break; fi
+done
 set +e
 wait "$QPID"; qrc=$?
 set -e
 QPID=
 T1=$(date +%s.%N)
 cat "$RUN/out/guest.log" 2>/dev/null || { echo "--- no guest.log; console:"; tail -50 "$RUN/out/console.log"; }
-if [[ $qrc == 124 ]]; then log "timed out after ${TIMEOUT}s"; rc=124
+if ((stalled)); then echo "--- console tail:"; tail -30 "$RUN/out/console.log"
+    log "the guest kernel stalled (console above) and its command wrote nothing for ${STALL_GRACE}s"; rc=126
+elif [[ $qrc == 124 ]]; then log "timed out after ${TIMEOUT}s"; rc=124
 elif [[ -s $RUN/out/rc ]]; then rc=$(cat "$RUN/out/rc")
 else echo "--- console tail:"; tail -30 "$RUN/out/console.log"; rc=125; fi
 log "VM wall time $(awk -v a="$T0" -v b="$T1" 'BEGIN {printf "%.1f", b - a}') s, guest rc=$rc"
