@@ -1,7 +1,7 @@
 """The devices a container may use, and how cgroup v2 enforces it: an eBPF program.
 
-A container's ``/dev`` holds only :data:`ALLOWED_DEVICES`, and its jobs cannot
-``mknod``; the devices cgroup is the second wall, for a device node that reaches
+A container's ``/dev`` holds only :data:`ALLOWED_DEVICES` (``/dev/fuse`` only when it
+is made with ``fuse``), and its jobs cannot ``mknod``; the devices cgroup is the second wall, for a device node that reaches
 the container some other way (a bind mount of a host's ``/dev`` entry). On v1
 it is the ``devices`` controller's list (:mod:`plugins.cgroups.v1`). v2 has no
 such controller: a ``BPF_PROG_TYPE_CGROUP_DEVICE`` program, attached to the
@@ -21,7 +21,9 @@ from pathlib import Path
 from plugins.cgroups.backend import CgroupError
 
 #: What a container may open or mknod: null zero full random urandom, tty, ptmx, pts,
-#: in the devices controller's syntax.
+#: fuse, in the devices controller's syntax. Every container's cgroup allows fuse, as
+#: Garden's do: one without the node cannot make it, and an fd of it is of no use
+#: without the right to mount.
 ALLOWED_DEVICES = (
     "c 1:3 rwm",
     "c 1:5 rwm",
@@ -31,6 +33,7 @@ ALLOWED_DEVICES = (
     "c 5:0 rwm",
     "c 5:2 rwm",
     "c 136:* rwm",
+    "c 10:229 rwm",
 )
 
 # linux/bpf.h

@@ -42,13 +42,21 @@ from plugins.cgroups.counters import Counter, keyed, number
 from plugins.cgroups.devices import ALLOWED_DEVICES
 from plugins.cgroups.values import cpus_for, quota_for
 
+#: ``devices.list`` of a cgroup that allows every device (the kernel's default).
+ALL = "a *:* rwm"
 #: The unit of ``cpuacct.stat`` (USER_HZ).
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def devices_rules() -> list[tuple[str, str]]:
-    """The writes that set a container's device list: (file, rule), deny-all first."""
-    return [("devices.deny", "a")] + [("devices.allow", rule) for rule in ALLOWED_DEVICES]
+def devices_rules(listed: set[str] | None = None) -> list[tuple[str, str]]:
+    """The writes that make the device list *listed* (None: the kernel's allow-all) the
+    container's: (file, rule). From allow-all, deny-all first, which the kernel refuses
+    while the cgroup has children; from another list (an older daemon's), rule by rule."""
+    if listed is None or ALL in listed:
+        return [("devices.deny", "a")] + [("devices.allow", rule) for rule in ALLOWED_DEVICES]
+    return [("devices.deny", rule) for rule in sorted(listed - set(ALLOWED_DEVICES))] + [
+        ("devices.allow", rule) for rule in ALLOWED_DEVICES if rule not in listed
+    ]
 
 
 class V1(Backend):
@@ -89,8 +97,8 @@ class V1(Backend):
                 write(path / "cgroup.clone_children", "1")
         elif controller == MEMORY:
             _container_memory(path)
-        elif controller == DEVICES and not any(p.is_dir() for p in path.iterdir()):
-            _container_devices(path)  # refused by the kernel while it has children
+        elif controller == DEVICES:
+            _container_devices(path)
 
     def setup_child(self, controller: str, path: Path) -> None:
         if controller == CPUSET:
@@ -212,9 +220,13 @@ def _container_memory(path: Path) -> None:
 
 
 def _container_devices(path: Path) -> None:
-    if set(read(path / "devices.list").splitlines()) != set(ALLOWED_DEVICES):
-        for name, rule in devices_rules():
-            write(path / name, rule)
+    listed = set(read(path / "devices.list").splitlines())
+    if listed == set(ALLOWED_DEVICES):
+        return
+    if ALL in listed and any(p.is_dir() for p in path.iterdir()):
+        return  # the kernel refuses deny-all while there are children; they have their own
+    for name, rule in devices_rules(listed):
+        write(path / name, rule)
 
 
 def _inherit_cpuset(path: Path) -> None:

@@ -387,7 +387,18 @@ def test_v1_device_rules_deny_first_then_allow_the_container_nodes() -> None:
         "c 5:0 rwm",
         "c 5:2 rwm",
         "c 136:* rwm",
+        "c 10:229 rwm",
     }
+
+
+def test_v1_device_rules_from_an_older_list_go_rule_by_rule() -> None:
+    older = {"c 1:3 rwm", "c 1:5 rwm", "c 4:0 rwm"}  # a rule since dropped, fuse missing
+    rules = v1.devices_rules(older)
+    assert ("devices.deny", "a") not in rules
+    assert ("devices.deny", "c 4:0 rwm") in rules
+    assert {rule for name, rule in rules if name == "devices.allow"} == (
+        set(v1.ALLOWED_DEVICES) - older
+    )
 
 
 # -- layout -------------------------------------------------------------------------------
@@ -970,6 +981,32 @@ def test_real_v1_containers_inherit_the_device_list_of_the_parent(scratch_cgroup
         assert _device_list(child) == set(v1.ALLOWED_DEVICES)
     finally:
         child.rmdir()
+
+
+@needs_root
+@pytest.mark.parametrize("scratch_cgroup", [V1_DEVICES], indirect=True)
+def test_real_v1_a_parent_with_an_older_list_and_containers_gets_the_new_rules(
+    scratch_cgroup: Path,
+) -> None:
+    """An upgrade with containers alive: their parent's list (an older daemon's, without
+    fuse) is brought up to date without the deny-all the kernel refuses there."""
+    b = v1.V1()
+    (scratch_cgroup / "devices.deny").write_text("a")
+    (scratch_cgroup / "devices.allow").write_text("c 1:3 rwm")
+    old = scratch_cgroup / "old"
+    old.mkdir()
+    child = scratch_cgroup / "h"
+    try:
+        b.setup_containers_parent("devices", scratch_cgroup)
+        assert _device_list(scratch_cgroup) == set(v1.ALLOWED_DEVICES)
+        assert _device_list(old) == {"c 1:3 rwm"}  # the live container keeps its own
+        child.mkdir()
+        b.setup_child("devices", child)
+        assert _device_list(child) == set(v1.ALLOWED_DEVICES)
+    finally:
+        for path in (child, old):
+            if path.exists():
+                path.rmdir()
 
 
 @needs_root
