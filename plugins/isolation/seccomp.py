@@ -3,7 +3,8 @@
 A profile is compiled with libseccomp (``libseccomp.so.2`` through ctypes: the
 daemon's venv need not match the system Python that ``python3-seccomp`` is built
 for) into two filters, one per capability set a Corral job can have: none (an
-unprivileged job) and :data:`PRIVILEGED_CAPS` (a privileged one). The init loads
+unprivileged job) and :data:`PRIVILEGED_CAPS` (a privileged one; :data:`ADMIN_CAPS`
+in a container made with ``fuse``). The init loads
 the job's filter just before its exec (see README.md here).
 
 The rules are read as runc and Podman read them: ``defaultAction`` (with
@@ -36,6 +37,9 @@ PRIVILEGED_CAPS = frozenset(
         "NET_BIND_SERVICE SYS_CHROOT KILL AUDIT_WRITE NET_RAW"
     ).split()
 )
+#: A privileged job's in a container whose jobs mount (``fuse``): CAP_SYS_ADMIN over
+#: the container's own user and mount namespaces, as rootless Podman's root has it.
+ADMIN_CAPS = PRIVILEGED_CAPS | {"CAP_SYS_ADMIN"}
 #: The default profile: Podman's, as Debian ships it (golang-github-containers-common).
 DEFAULT_PROFILE = Path("/usr/share/containers/seccomp.json")
 #: Corral's rules on top of the default profile (see README.md here).
@@ -199,9 +203,12 @@ def with_rules(profile: Mapping[str, Any], rules: Mapping[str, Any]) -> dict[str
 
 
 def compile_profile(
-    profile: Mapping[str, Any], kernel: tuple[int, ...] | None = None, strict: bool = True
+    profile: Mapping[str, Any],
+    kernel: tuple[int, ...] | None = None,
+    strict: bool = True,
+    privileged_caps: frozenset[str] = PRIVILEGED_CAPS,
 ) -> tuple[Filters, list[str]]:
-    """Compile *profile* into its two filters.
+    """Compile *profile* into its two filters, the privileged one for *privileged_caps*.
 
     Returns:
         The filters, and the syscall names libseccomp does not know, which were
@@ -214,15 +221,15 @@ def compile_profile(
     kernel = kernel or kernel_version()
     unknown: list[str] = []
     unprivileged = _compile(profile, frozenset(), kernel, strict, unknown)
-    privileged = _compile(profile, PRIVILEGED_CAPS, kernel, strict, [])
-    rest = _stacked_rest(profile, kernel)
+    privileged = _compile(profile, privileged_caps, kernel, strict, [])
+    rest = _stacked_rest(profile, kernel, privileged_caps)
     if rest is None:
         return Filters(unprivileged, privileged), unknown
     on_top = _compile(rest, frozenset(), kernel, strict, []) if rest["syscalls"] else b""
     return Filters(unprivileged, privileged, on_top), unknown
 
 
-def compile_file(path: Path) -> Filters:
+def compile_file(path: Path, privileged_caps: frozenset[str] = PRIVILEGED_CAPS) -> Filters:
     """Read and compile the profile file *path*, as it is (a client's profile).
 
     Raises:
@@ -230,12 +237,14 @@ def compile_file(path: Path) -> Filters:
     """
     profile = read_profile(path)
     try:
-        return compile_profile(profile)[0]
+        return compile_profile(profile, privileged_caps=privileged_caps)[0]
     except ValueError as exc:
         raise ProfileError(f"seccomp profile {path}: {exc}") from None
 
 
-def compile_default(path: Path = DEFAULT_PROFILE) -> tuple[Filters, list[str]]:
+def compile_default(
+    path: Path = DEFAULT_PROFILE, privileged_caps: frozenset[str] = PRIVILEGED_CAPS
+) -> tuple[Filters, list[str]]:
     """The daemon's default filters: the profile file *path* with Corral's rules on top.
 
     A syscall name libseccomp does not know (a profile newer than the library) is
@@ -247,19 +256,20 @@ def compile_default(path: Path = DEFAULT_PROFILE) -> tuple[Filters, list[str]]:
     """
     profile = with_rules(read_profile(path), json.loads(CORRAL_RULES.read_text()))
     try:
-        return compile_profile(profile, strict=False)
+        return compile_profile(profile, strict=False, privileged_caps=privileged_caps)
     except ValueError as exc:
         raise ProfileError(f"seccomp profile {path}: {exc}") from None
 
 
 class ProfileCache:
-    """Compiled profile files, by path, recompiled when the file changed (mtime, size, inode)."""
+    """Compiled profile files, by path and privileged capabilities, recompiled when the
+    file changed (mtime, size, inode)."""
 
     def __init__(self, size: int = 32) -> None:
         self._size = size
-        self._entries: dict[Path, tuple[tuple[int, int, int], Filters]] = {}
+        self._entries: dict[tuple[Path, frozenset[str]], tuple[tuple[int, int, int], Filters]] = {}
 
-    def get(self, path: Path) -> Filters:
+    def get(self, path: Path, privileged_caps: frozenset[str] = PRIVILEGED_CAPS) -> Filters:
         """The filters of the profile file *path*.
 
         Raises:
@@ -269,15 +279,15 @@ class ProfileCache:
             st = os.stat(path)
         except OSError as exc:
             raise ProfileError(f"seccomp profile {path}: {exc.strerror}") from None
-        key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        cached = self._entries.get(path)
-        if cached is not None and cached[0] == key:
+        version = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._entries.get((path, privileged_caps))
+        if cached is not None and cached[0] == version:
             return cached[1]
-        filters = compile_file(path)
-        self._entries.pop(path, None)
+        filters = compile_file(path, privileged_caps)
+        self._entries.pop((path, privileged_caps), None)
         if len(self._entries) >= self._size:  # the oldest goes
             del self._entries[next(iter(self._entries))]
-        self._entries[path] = (key, filters)
+        self._entries[path, privileged_caps] = (version, filters)
         return filters
 
 
@@ -418,7 +428,11 @@ def _compile(
         lib.seccomp_release(ctx)
 
 
-def _stacked_rest(profile: Mapping[str, Any], kernel: tuple[int, ...]) -> dict[str, Any] | None:
+def _stacked_rest(
+    profile: Mapping[str, Any],
+    kernel: tuple[int, ...],
+    privileged_caps: frozenset[str] = PRIVILEGED_CAPS,
+) -> dict[str, Any] | None:
     """A profile that, loaded on top of the privileged filter, leaves a job filtered exactly
     as by the unprivileged one; None when this cannot be shown simply.
 
@@ -448,7 +462,7 @@ def _stacked_rest(profile: Mapping[str, Any], kernel: tuple[int, ...]) -> dict[s
                     out.setdefault(name, []).append(i)
         return out
 
-    unprivileged, privileged = kept(frozenset()), kept(PRIVILEGED_CAPS)
+    unprivileged, privileged = kept(frozenset()), kept(privileged_caps)
     allow = _ACTIONS["SCMP_ACT_ALLOW"]
     for name, args in INIT_CALLS.items():
         answers = set()
