@@ -145,6 +145,17 @@ def test_spec_of_a_container_with_ids_of_its_own() -> None:
     )
 
 
+def test_spec_of_a_fuse_container() -> None:
+    """``admin`` right after the ids (the init reads it before it pivots), and /dev/fuse."""
+    plan = LaunchPlan(root_dir=Path("/d/rootfs"))
+    plain = spec.render_setup(plan, "h", Path("/d/init.sock"), Path("/d")).splitlines()
+    setup = spec.render_setup(plan, "h", Path("/d/init.sock"), Path("/d"), admin=True).splitlines()
+    assert setup[1:3] == ["userns\t0\t4294967295", "admin"]
+    fuse = "mknod\t/dev/fuse\tc\t10\t229\t666"
+    assert set(setup) - set(plain) == {"admin", fuse}
+    assert setup.index(fuse) == setup.index("mknod\t/dev/tty\tc\t5\t0\t666") + 1
+
+
 def test_spawn_message_format() -> None:
     message = spawn_message(
         JobRequest(

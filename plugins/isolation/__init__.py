@@ -23,6 +23,10 @@ Every container has a user namespace (:mod:`.userns`): by default its ids are a 
 of host ids of its own, which its state records; the ``create`` option ``userns``
 ``false`` gives it the host's ids.
 
+The ``create`` option ``fuse`` gives the container ``/dev/fuse``, and its jobs a mount
+namespace owned by its user namespace, in which its privileged jobs have
+``CAP_SYS_ADMIN`` (:data:`.seccomp.ADMIN_CAPS`): they can mount FUSE filesystems.
+
 Config (``[isolation]``): ``init`` is the path of the built ``corral-init``,
 ``seccomp_profile`` the default profile, ``userns`` and ``userns_*`` the ids.
 """
@@ -63,6 +67,8 @@ from supervisor.api import (
 
 NAME = "isolation"
 SOCKET_NAME = "init.sock"
+#: The host's FUSE device, which the ``fuse`` option needs (the fuse module loaded).
+HOST_FUSE = Path("/dev/fuse")
 #: sun_path holds 108 bytes with the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -122,6 +128,13 @@ def _userns_option(value: Any) -> bool:
     raise InvalidRequest(f"userns: {value!r} is not true or false")
 
 
+def _fuse_option(value: Any) -> bool:
+    """``fuse``: true (``/dev/fuse``, and privileged jobs that may mount) or false."""
+    if isinstance(value, bool):
+        return value
+    raise InvalidRequest(f"fuse: {value!r} is not true or false")
+
+
 def _seccomp_option(value: Any) -> bool | str:
     """``seccomp``: true (the default profile), false (none), or a profile file's absolute path."""
     if isinstance(value, bool):
@@ -165,6 +178,9 @@ class IsolationPlugin:
                 syscalls=skipped,
             )
         self.profiles = ProfileCache()
+        self.seccomp_profile = settings.seccomp_profile
+        #: The default profile for ``fuse`` containers, compiled on first use.
+        self.admin_filters: Filters | None = None
         self.depot = config.daemon.depot
         if settings.userns_blocks < 1 or not (
             0 < settings.userns_first_id
@@ -189,18 +205,30 @@ class IsolationPlugin:
 
     @hookimpl
     def corral_create_options(self) -> dict[str, Any]:
-        return {"seccomp": _seccomp_option, "userns": _userns_option}
+        return {"fuse": _fuse_option, "seccomp": _seccomp_option, "userns": _userns_option}
 
-    async def _filters(self, option: bool | str) -> Filters | None:
-        """The container's filters; a client's profile compiled once per version of its file."""
-        if option is True:
-            return self.filters
+    async def _filters(self, option: bool | str, admin: bool) -> Filters | None:
+        """The container's filters; a client's profile compiled once per version of its
+        file. With *admin* the privileged one is for :data:`.seccomp.ADMIN_CAPS`, and
+        none is stacked: a job joins its mount namespace before it loads its filter."""
         if option is False:
             return None
-        try:
-            return await trio.to_thread.run_sync(self.profiles.get, Path(option))
-        except ProfileError as exc:
-            raise InvalidRequest(f"create: {exc}") from None
+        if option is True and not admin:
+            return self.filters
+        if option is True:
+            if self.admin_filters is None:  # the profile compiled at start, so no error now
+                compiled = partial(
+                    seccomp.compile_default, self.seccomp_profile, seccomp.ADMIN_CAPS
+                )
+                self.admin_filters = (await trio.to_thread.run_sync(compiled))[0]
+            filters = self.admin_filters
+        else:
+            caps = seccomp.ADMIN_CAPS if admin else seccomp.PRIVILEGED_CAPS
+            try:
+                filters = await trio.to_thread.run_sync(self.profiles.get, Path(option), caps)
+            except ProfileError as exc:
+                raise InvalidRequest(f"create: {exc}") from None
+        return filters._replace(unprivileged_rest=None) if admin else filters
 
     @hookimpl  # right after fs (see BUILTIN_PLUGINS): the launcher works while the others prepare
     def corral_container_prepare(
@@ -237,9 +265,14 @@ class IsolationPlugin:
         """A launcher for the new container, given its set-up at once (see the module
         docstring)."""
         socket_path = _socket_path(container)
-        filters = await self._filters(container.options.get("seccomp", True))
+        fuse = container.options.get("fuse", False)
+        if fuse and not HOST_FUSE.exists():
+            raise InvalidRequest("create: fuse: this host has no /dev/fuse (`modprobe fuse`)")
+        filters = await self._filters(container.options.get("seccomp", True), admin=fuse)
         plan.root_dir.mkdir(exist_ok=True)
-        setup = spec.render_setup(plan, container.handle, socket_path, container.path, filters, ids)
+        setup = spec.render_setup(
+            plan, container.handle, socket_path, container.path, filters, ids, admin=fuse
+        )
         launcher = self.zygote.launcher() if self.zygote is not None else Launcher(self.init)
         container.stash[LAUNCH] = _Launch(launcher, _root_plan(plan), ids)
         plan.network_namespace = launcher.network_namespace

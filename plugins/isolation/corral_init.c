@@ -229,12 +229,15 @@ static char *read_all(int fd, const char *what)
 }
 
 /* Read a short report from a pipe until EOF into BUF (NUL-terminated); its length. */
-static size_t read_report(int fd, char *buf, size_t cap)
+static size_t read_report(int fd, char *buf, size_t cap, int timeout_ms)
 {
+	struct pollfd p = { .fd = fd, .events = POLLIN };
 	size_t len = 0;
-	ssize_t n;
+	ssize_t n = 0;
 
-	while (len < cap - 1 && (n = read(fd, buf + len, cap - 1 - len)) != 0) {
+	/* TIMEOUT_MS (-1: none) bounds each wait: a report comes in one write, if at all */
+	while (len < cap - 1 && (timeout_ms < 0 || poll(&p, 1, timeout_ms) > 0) &&
+	       (n = read(fd, buf + len, cap - 1 - len)) != 0) {
 		if (n < 0 && errno != EINTR)
 			break;
 		len += n > 0 ? (size_t)n : 0;
@@ -251,6 +254,13 @@ static size_t read_report(int fd, char *buf, size_t cap)
  * PID 1 for its whole life, so a container keeps its filters whatever daemon runs later. */
 static struct sock_fprog container_filter, job_filters[2];
 static bool seccomp_seen;
+/* The spec's `admin`: the jobs get a mount namespace of the container's user namespace,
+ * and the privileged ones CAP_SYS_ADMIN there (to mount FUSE filesystems). */
+static bool admin;
+static int admin_ns = -1; /* that namespace (PID 1 stays in the set-up's) */
+/* How long PID 1 waits for an admin container's job to exec: its path may lead through
+ * a FUSE mount whose server (the container's own process) never answers. */
+#define ADMIN_EXEC_WAIT_MS 5000
 
 static int hex_digit(char c)
 {
@@ -285,7 +295,7 @@ static bool parse_filter(const char *hex, struct sock_fprog *prog)
 
 enum kind {
 	D_CGROUP, D_ROOT, D_MOUNT, D_MKNOD, D_SYMLINK, D_MKDIR, D_HOSTNAME, D_LOOPBACK, D_SOCKET, D_LABEL,
-	D_SECCOMP, D_USERNS, D_END
+	D_SECCOMP, D_USERNS, D_ADMIN, D_END
 };
 
 static const struct {
@@ -296,7 +306,7 @@ static const struct {
 	[D_MKNOD] = { "mknod", 5 },       [D_SYMLINK] = { "symlink", 2 },   [D_MKDIR] = { "mkdir", 2 },
 	[D_HOSTNAME] = { "hostname", 1 }, [D_LOOPBACK] = { "loopback", 0 }, [D_SOCKET] = { "socket", 1 },
 	[D_LABEL] = { "label", 1 },       [D_SECCOMP] = { "seccomp", 3 }, [D_USERNS] = { "userns", 2 },
-	[D_END] = { "end", 0 },
+	[D_ADMIN] = { "admin", 0 },       [D_END] = { "end", 0 },
 };
 
 enum { OPT_MKDIR = 1, OPT_MKFILE = 2, OPT_OPTIONAL = 4, OPT_LOOP = 8, OPT_HOST = 16, OPT_IDMAP = 32 };
@@ -393,6 +403,8 @@ static void parse_directive(struct spec *sp, struct directive *d, char *line, in
 			die_msg("launch spec line %d: bad userns fields", lineno);
 	} else if (d->kind == D_MKDIR && !parse_mode(d->f[1], &d->mode)) {
 		die_msg("launch spec line %d: bad mode %s", lineno, d->f[1]);
+	} else if (d->kind == D_ADMIN) {
+		admin = true;
 	} else if (d->kind == D_SECCOMP) { /* decoded now: PID 1 frees the spec's lines */
 		if (seccomp_seen)
 			die_msg("launch spec line %d: a second seccomp", lineno);
@@ -1089,7 +1101,7 @@ static void apply(struct setup *s, const struct directive *d)
 
 	/* All but cgroups and host mounts are made in the container root. */
 	if (s->r.fd < 0 && d->kind != D_CGROUP && d->kind != D_ROOT && d->kind != D_LABEL &&
-	    d->kind != D_SECCOMP && d->kind != D_USERNS && d->kind != D_END &&
+	    d->kind != D_SECCOMP && d->kind != D_USERNS && d->kind != D_ADMIN && d->kind != D_END &&
 	    !(d->kind == D_MOUNT && (d->opts & OPT_HOST)))
 		die_msg("launch spec: %s before root", kinds[d->kind].name);
 	if (d->kind == D_MKNOD || d->kind == D_SYMLINK || d->kind == D_MKDIR)
@@ -1141,6 +1153,7 @@ static void apply(struct setup *s, const struct directive *d)
 		set_label(d->f[0]);
 		break;
 	case D_SECCOMP: /* parsed: the jobs load it */
+	case D_ADMIN:   /* parsed: see finish_setup */
 	case D_END:
 		break;
 	}
@@ -1187,6 +1200,40 @@ static void enter_userns(void)
 		die("become the container's root");
 }
 
+/*
+ * The jobs' mount namespace under `admin`: a copy of PID 1's, owned by the container's
+ * user namespace, so what the set-up mounted comes into it locked (not to be unmounted,
+ * moved or made writable from inside) and only what the jobs mount there is theirs. A
+ * child makes it (PID 1 keeps the host's capabilities until enter_userns) and PID 1
+ * keeps an fd of it: PID 1, and the daemon that reaches the container's files through
+ * PID 1's root, never wait on a FUSE server of the container's.
+ */
+static void make_admin_namespace(void)
+{
+	int sync[2];
+	char path[64], c;
+	pid_t pid;
+
+	TRY(pipe2(sync, O_CLOEXEC), "pipe2");
+	TRY(pid = fork(), "fork");
+	if (pid == 0) {
+		close(sync[0]);
+		TRY(setns(userns_fd, CLONE_NEWUSER), "setns the user namespace");
+		TRY(unshare(CLONE_NEWNS), "unshare CLONE_NEWNS");
+		if (write(sync[1], "", 1) == 1)
+			pause(); /* until PID 1 has the namespace and kills it */
+		_exit(1);
+	}
+	close(sync[1]);
+	if (read(sync[0], &c, 1) != 1)
+		die_msg("the jobs' mount namespace could not be made");
+	snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)pid);
+	TRY(admin_ns = open(path, O_RDONLY | O_CLOEXEC), "open %s", path);
+	kill(pid, SIGKILL);
+	TRY(waitpid(pid, NULL, 0), "waitpid");
+	close(sync[0]);
+}
+
 /* In PID 1: the directives the launcher left, then pivot into the root. */
 static void finish_setup(struct setup *s, struct spec *sp)
 {
@@ -1200,6 +1247,8 @@ static void finish_setup(struct setup *s, struct spec *sp)
 	}
 	pivot(s->r.fd);
 	close(s->r.fd);
+	if (admin)
+		make_admin_namespace();
 	enter_userns();
 }
 
@@ -1416,8 +1465,8 @@ static void set_caps(uint64_t caps)
 /*
  * Become the user. Unprivileged: no capability left anywhere and no new
  * privileges. Privileged: the bounding, permitted, effective and inheritable
- * sets are privileged_caps (and the ambient set too for a user other than root,
- * so the capabilities survive its exec).
+ * sets are privileged_caps, and CAP_SYS_ADMIN under `admin` (and the ambient set
+ * too for a user other than root, so the capabilities survive its exec).
  */
 static void drop_privileges(const struct user *u, bool privileged)
 {
@@ -1425,6 +1474,8 @@ static void drop_privileges(const struct user *u, bool privileged)
 
 	for (size_t i = 0; privileged && i < ARRAY_LEN(privileged_caps); i++)
 		caps |= 1ULL << privileged_caps[i];
+	if (privileged && admin)
+		caps |= 1ULL << CAP_SYS_ADMIN;
 	for (int cap = 0; cap < 64; cap++) {
 		if (!(caps & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
 			if (errno == EINVAL) /* past the last capability */
@@ -1496,6 +1547,9 @@ static noreturn void run_job(const struct job_spec *js, int in, const char *slav
 		TRY(ioctl(tty, TIOCSCTTY, 0), "ioctl TIOCSCTTY");
 		in = out = errfd = tty;
 	}
+	/* Its user, directory and program are then found as the container's jobs see them. */
+	if (admin_ns >= 0)
+		TRY(setns(admin_ns, CLONE_NEWNS), "setns the jobs' mount namespace");
 	/* fds 0-2 of PID 1 are /dev/null, so IN, OUT, ERRFD and REPORT are all above 2 */
 	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
 		die("dup2");
@@ -1787,7 +1841,8 @@ static pid_t start_job(struct server *s, const struct job_spec *js, int *fds, in
 		error_text(err, "fork");
 	close(pipefd[1]);
 	pipefd[1] = -1;
-	if (pid > 0 && read_report(pipefd[0], err, 1024)) /* EOF at once: the exec succeeded */
+	/* EOF: the exec succeeded (no word in time from an admin container's job: taken so) */
+	if (pid > 0 && read_report(pipefd[0], err, 1024, admin_ns >= 0 ? ADMIN_EXEC_WAIT_MS : -1))
 		pid = -1;
 	if (pid > 0 && master >= 0) {
 		add_pump(s, js, "stdout", pid, master, files[0], true);
@@ -2352,7 +2407,7 @@ static int launch(void)
 		/* Kept open until the launcher exits: the daemon reads the launcher's error once
 		 * the socket ends, so it must not end when a failed init closes its copy. */
 	}
-	if (read_report(ready[0], buf, sizeof buf) == 3 && !strcmp(buf, "ok\n")) {
+	if (read_report(ready[0], buf, sizeof buf, -1) == 3 && !strcmp(buf, "ok\n")) {
 		snprintf(text, sizeof text, "%d\n", (int)pid);
 		TRY(write(STDOUT_FILENO, text, strlen(text)), "write stdout");
 		return 0;

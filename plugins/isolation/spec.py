@@ -19,6 +19,8 @@ DEVICES = (
     ("urandom", 1, 9, 0o666),
     ("tty", 5, 0, 0o666),
 )
+#: /dev of a container made with ``fuse``, besides.
+FUSE_DEVICE = ("fuse", 10, 229, 0o666)
 
 #: Kernel interfaces a container has no business reading: hidden behind /dev/null.
 MASKED_FILES = (
@@ -93,11 +95,14 @@ def render_setup(
     label: Path,
     filters: Filters | None = None,
     ids: IdMap = HOST_IDS,
+    admin: bool = False,
 ) -> str:
     """The container's set-up: label, jobs' seccomp filters, ids, root, root mount,
     system mounts, devices, identity, socket, /proc. The label (*label*, the container's
     directory) is what the launcher's and its init's cmdline will read (see
-    ``corral_startup``). *filters* None: the jobs run unfiltered.
+    ``corral_startup``). *filters* None: the jobs run unfiltered. *admin*: the jobs'
+    own mount namespace, privileged ones with CAP_SYS_ADMIN, and /dev/fuse (the
+    README's ``admin``).
 
     Sent as soon as the root is planned: the launcher applies the lines as they
     arrive, up to the proc mount, while the daemon still makes the cgroups; PID 1
@@ -107,6 +112,8 @@ def render_setup(
     if filters is not None:
         lines.append(_line("seccomp", *filters.spec_fields()))
     lines.append(_line("userns", *ids.spec_fields()))
+    if admin:
+        lines.append(_line("admin"))
     lines.append(_line("root", str(plan.root_dir)))
     # Mounts on host paths (e.g. the disk-quota filesystem holding the overlay's
     # upper layer) come first: the root mount may need them.
@@ -115,9 +122,10 @@ def render_setup(
         lines.append(_mount(_mapped(plan.root_mount, ids)))
     sysfs, dev = SYSTEM_MOUNTS
     lines += [_mount(sysfs), _mount(_owned_by_root(dev, ids))]
+    devices = (*DEVICES, FUSE_DEVICE) if admin else DEVICES
     lines += [
         _line("mknod", f"/dev/{name}", "c", str(major), str(minor), f"{mode:o}")
-        for name, major, minor, mode in DEVICES
+        for name, major, minor, mode in devices
     ]
     devpts, shm = LATE_SYSTEM_MOUNTS
     lines += [_mount(devpts), _mount(_owned_by_root(shm, ids))]

@@ -68,6 +68,11 @@ def _container_arguments(p: argparse.ArgumentParser) -> None:
         help="host: the host's ids (default: a block of host ids of its own)",
     )
     g.add_argument(
+        "--fuse",
+        action="store_true",
+        help="/dev/fuse, and privileged jobs that may mount FUSE filesystems",
+    )
+    g.add_argument(
         "-l", "--label", "--property", action="append", default=[], metavar="K=V", dest="label"
     )
     g.add_argument(
@@ -172,6 +177,8 @@ def container_config(args: argparse.Namespace, image: str | None) -> dict[str, A
         config["network"] = {**config.get("network", {}), "address": args.network_address}
     if args.userns == "host":
         config["userns"] = False
+    if args.fuse:
+        config["fuse"] = True
     properties = {**config.get("properties", {}), **pairs(args.label, "--label")}
     properties.setdefault(CREATED, str(int(time.time())))
     properties.setdefault(ROOT, image or config.get("image") or config.get("rootfs") or "base")

@@ -290,6 +290,15 @@ def test_exec_runs_in_a_running_container(
     assert corral(daemon, "exec", name).returncode == 1
 
 
+@pytest.mark.skipif(not Path("/dev/fuse").exists(), reason="no /dev/fuse on this host")
+def test_fuse_gives_the_device_and_the_right_to_mount(daemon: Daemon) -> None:
+    script = "stat -c %t:%T /dev/fuse && grep ^CapEff /proc/self/status"
+    out = ok(daemon, "run", "--rm", "--fuse", "--privileged", "--", "sh", "-c", script)
+    device, caps = out.splitlines()
+    assert device == "a:e5"
+    assert int(caps.split()[1], 16) & 1 << 21  # CAP_SYS_ADMIN
+
+
 def test_userns_host_gives_the_hosts_ids(daemon: Daemon) -> None:
     maps = ok(daemon, "run", "--rm", "--userns", "host", "--", "cat", "/proc/self/uid_map")
     assert maps.split() == ["0", "0", "4294967295"]

@@ -708,6 +708,7 @@ def test_launch_failure_names_the_step(new_container) -> None:
             "launch spec line 1: bad seccomp filter",
         ),
         ("seccomp\t-\t-\n", "launch spec line 1: seccomp takes 3 fields"),
+        ("admin\tyes\n", "launch spec line 1: admin takes 0 fields"),
         (
             "seccomp\t-\t-\t-\n" + "seccomp\t-\t" + "00" * 8 + "\t-\n",
             "launch spec line 2: a second seccomp",

@@ -205,6 +205,37 @@ def test_a_profile_stacks_only_where_that_filters_exactly(
         client.destroy(handle)
 
 
+def test_a_fuse_containers_privileged_jobs_are_filtered_for_cap_sys_admin(
+    client: Client, probe_dir: Path, tmp_path: Path
+) -> None:
+    """With ``fuse`` a privileged job has CAP_SYS_ADMIN (in the container's namespaces),
+    and its filter is compiled for it: a profile's rules for the capability apply to it,
+    and to it only. The default profile's unprivileged filter is the same as ever."""
+    default, _ = seccomp.compile_default()
+    admin, _ = seccomp.compile_default(privileged_caps=seccomp.ADMIN_CAPS)
+    assert admin.unprivileged == default.unprivileged
+    assert admin.privileged != default.privileged
+    rule = {
+        "names": ["keyctl"],
+        "action": "SCMP_ACT_ERRNO",
+        "errnoRet": errno.EDOM,
+        "includes": {"caps": ["CAP_SYS_ADMIN"]},
+    }
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [rule]}))
+    cache = seccomp.ProfileCache()
+    plain = cache.get(path)
+    assert cache.get(path, seccomp.ADMIN_CAPS).privileged != plain.privileged
+    assert cache.get(path) is plain  # each kept apart
+    for fuse, refused in ((True, errno.EDOM), (False, 0)):
+        handle = create(client, probe_dir, seccomp=str(path), fuse=fuse)
+        try:
+            assert probe(client, handle, privileged=True)["keyctl"] == refused
+            assert probe(client, handle)["keyctl"] == 0
+        finally:
+            client.destroy(handle)
+
+
 def test_the_init_and_every_kind_of_job_set_up_need_only_its_listed_calls(
     daemon: Daemon, client: Client, probe_dir: Path, tmp_path: Path
 ) -> None:
