@@ -89,10 +89,7 @@ class JobCgroup:
             return group if any(path.is_dir() for path in group._paths()) else None
         fds: list[int] = []
         try:
-            for path, backend in group._paths().items():
-                if not path.parent.is_dir():
-                    group.close_all(fds)
-                    return None
+            for path, backend in group._paths().items():  # their parents were seen above
                 try:
                     path.mkdir()
                 except FileExistsError:

@@ -1214,6 +1214,10 @@ static void make_admin_namespace(void)
 	char path[64], c;
 	pid_t pid;
 
+	if (userns_fd < 0) {
+		errno = userns_errno;
+		die("admin: no user namespace");
+	}
 	TRY(pipe2(sync, O_CLOEXEC), "pipe2");
 	TRY(pid = fork(), "fork");
 	if (pid == 0) {
