@@ -4,8 +4,8 @@ A profile is compiled with libseccomp (``libseccomp.so.2`` through ctypes: the
 daemon's venv need not match the system Python that ``python3-seccomp`` is built
 for) into two filters, one per capability set a Corral job can have: none (an
 unprivileged job) and :data:`PRIVILEGED_CAPS` (a privileged one; :data:`ADMIN_CAPS`
-in a container made with ``fuse``). The init loads
-the job's filter just before its exec (see README.md here).
+in a container made with ``fuse``). The init loads what every job shares once,
+and each job the rest of its own just before its exec (see README.md here).
 
 The rules are read as runc and Podman read them: ``defaultAction`` (with
 ``defaultErrnoRet``), ``archMap`` (the sub-architectures of x86_64 share the
@@ -445,7 +445,8 @@ def _stacked_rest(
     restrictive than any answer of the unprivileged entries, and those entries answer
     every argument, or the profile's default is the rest's own (allow). And PID 1 must
     be able to work under the privileged filter (:data:`INIT_CALLS`). Docker's and
-    Podman's profiles are such: the rest is ``chroot`` and the audit ``socket``.
+    Podman's profiles are such: the rest is ``chroot`` and the audit ``socket``
+    (with Corral's rules on top, nothing).
     """
     entries = _entries(profile)
     default = _action(

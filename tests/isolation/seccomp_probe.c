@@ -23,6 +23,32 @@ static void show(const char *name, long rc)
 	printf("%s %d\n", name, rc < 0 ? errno : 0);
 }
 
+/* An audit user message on FD, answered by the kernel's ack: 0 if taken. */
+static long audit_user(int fd)
+{
+	static const char text[] = "corral probe";
+	struct {
+		struct nlmsghdr h;
+		char text[sizeof text];
+	} req = { .h = { .nlmsg_len = NLMSG_LENGTH(sizeof text), .nlmsg_type = AUDIT_USER,
+			 .nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK } };
+	struct {
+		struct nlmsghdr h;
+		struct nlmsgerr e;
+		char more[256];
+	} ack;
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	struct timeval two_seconds = { .tv_sec = 2 };
+
+	memcpy(req.text, text, sizeof text);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &two_seconds, sizeof two_seconds) < 0 ||
+	    sendto(fd, &req, req.h.nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0 ||
+	    recv(fd, &ack, sizeof ack, 0) < 0)
+		return -1;
+	errno = ack.h.nlmsg_type != NLMSG_ERROR ? EPROTO : -ack.e.error;
+	return errno ? -1 : 0;
+}
+
 /* A clone of the probe: 0 in the child, which exits at once. */
 static long clone_exits(long rc)
 {
@@ -40,7 +66,7 @@ int main(void)
 					 .exclude_hv = 1 };
 	struct clone_args args = { .flags = CLONE_NEWUSER, .exit_signal = SIGCHLD };
 	char params[120] = { 0 }, handle[16] = { 0 };
-	long rc;
+	long rc, audit;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	show("keyctl", syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 0));
@@ -52,7 +78,8 @@ int main(void)
 	show("kexec_load", syscall(SYS_kexec_load, 0, 0, NULL, 0));
 	show("open_by_handle_at", syscall(SYS_open_by_handle_at, AT_FDCWD, handle, O_RDONLY));
 	show("chroot", chroot("/"));
-	show("audit_socket", socket(AF_NETLINK, SOCK_RAW, NETLINK_AUDIT));
+	show("audit_socket", audit = socket(AF_NETLINK, SOCK_RAW, NETLINK_AUDIT));
+	show("audit_user", audit_user(audit));
 	show("clone_newuser", clone_exits(syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)));
 	show("clone3_newuser", clone_exits(syscall(SYS_clone3, &args, sizeof args)));
 	rc = unshare(CLONE_NEWUSER | CLONE_NEWNS);
