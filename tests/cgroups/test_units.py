@@ -985,42 +985,24 @@ def test_real_v1_containers_inherit_the_device_list_of_the_parent(scratch_cgroup
 
 @needs_root
 @pytest.mark.parametrize("scratch_cgroup", [V1_DEVICES], indirect=True)
-def test_real_v1_a_parent_with_an_older_list_and_containers_gets_the_new_rules(
-    scratch_cgroup: Path,
+@pytest.mark.parametrize("older", [None, "c 1:3 rwm"], ids=["allow-all", "older-list"])
+def test_real_v1_a_parent_with_containers_still_gets_denying_containers(
+    scratch_cgroup: Path, older: str | None
 ) -> None:
-    """An upgrade with containers alive: their parent's list (an older daemon's, without
-    fuse) is brought up to date without the deny-all the kernel refuses there."""
+    """Containers from before the daemon started live under the parent. Its list, the
+    kernel's allow-all, stays (deny-all is refused while it has children); an older
+    daemon's (without fuse) is brought up to date rule by rule. The containers keep theirs."""
     b = v1.V1()
-    (scratch_cgroup / "devices.deny").write_text("a")
-    (scratch_cgroup / "devices.allow").write_text("c 1:3 rwm")
+    if older:
+        (scratch_cgroup / "devices.deny").write_text("a")
+        (scratch_cgroup / "devices.allow").write_text(older)
     old = scratch_cgroup / "old"
     old.mkdir()
     child = scratch_cgroup / "h"
     try:
         b.setup_containers_parent("devices", scratch_cgroup)
-        assert _device_list(scratch_cgroup) == set(v1.ALLOWED_DEVICES)
-        assert _device_list(old) == {"c 1:3 rwm"}  # the live container keeps its own
-        child.mkdir()
-        b.setup_child("devices", child)
-        assert _device_list(child) == set(v1.ALLOWED_DEVICES)
-    finally:
-        for path in (child, old):
-            if path.exists():
-                path.rmdir()
-
-
-@needs_root
-@pytest.mark.parametrize("scratch_cgroup", [V1_DEVICES], indirect=True)
-def test_real_v1_a_parent_that_had_children_still_gets_denying_containers(
-    scratch_cgroup: Path,
-) -> None:
-    b = v1.V1()
-    old = scratch_cgroup / "old"
-    old.mkdir()  # a container from before the daemon started: the kernel keeps the list
-    child = scratch_cgroup / "h"
-    try:
-        b.setup_containers_parent("devices", scratch_cgroup)
-        assert _device_list(scratch_cgroup) == {"a *:* rwm"}
+        assert _device_list(scratch_cgroup) == (set(v1.ALLOWED_DEVICES) if older else {v1.ALL})
+        assert _device_list(old) == {older or v1.ALL}
         child.mkdir()
         b.setup_child("devices", child)
         assert _device_list(child) == set(v1.ALLOWED_DEVICES)
