@@ -1,13 +1,13 @@
 """The devices a container may use, and how cgroup v2 enforces it: an eBPF program.
 
 A container's ``/dev`` holds only :data:`ALLOWED_DEVICES` (``/dev/fuse`` only when it
-is made with ``fuse``), and its jobs cannot ``mknod``; the devices cgroup is the second wall, for a device node that reaches
-the container some other way (a bind mount of a host's ``/dev`` entry). On v1
-it is the ``devices`` controller's list (:mod:`plugins.cgroups.v1`). v2 has no
-such controller: a ``BPF_PROG_TYPE_CGROUP_DEVICE`` program, attached to the
-container's cgroup, answers each open or mknod of a device, as runc and systemd
-do. The program stays attached as long as the cgroup exists, across daemon
-restarts, and goes with it.
+is made with ``fuse``), and its jobs cannot ``mknod``; the devices cgroup is the
+second wall, for a device node that reaches the container some other way (a bind
+mount of a host's ``/dev`` entry). On v1 it is the ``devices`` controller's list
+(:mod:`plugins.cgroups.v1`). v2 has no such controller: a
+``BPF_PROG_TYPE_CGROUP_DEVICE`` program, attached to the container's cgroup, answers
+each open or mknod of a device, as runc and systemd do. The program stays attached
+as long as the cgroup exists, across daemon restarts, and goes with it.
 """
 
 from __future__ import annotations
