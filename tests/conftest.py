@@ -19,7 +19,6 @@ import pytest
 
 from plugins.cgroups.group import INIT_LEAF
 from plugins.cgroups.layout import Placement
-from plugins.isolation import userns
 from plugins.isolation.build import build_init, is_current, source_digest
 from supervisor.client import Client
 from supervisor.depot import read_record
@@ -260,19 +259,6 @@ def fresh_daemon(artifacts: tuple[Path, Path]) -> Iterator[Daemon]:
     if d.process is not None and d.process.poll() is not None:
         d.start()  # a test left it dead: bring it back to destroy what is left
     d.close()
-
-
-@pytest.fixture(scope="module")
-def no_own_ids(artifacts: tuple[Path, Path], daemon: Daemon) -> str | None:
-    """Why containers cannot have ids of their own here (the daemon's own probe), or None."""
-    return userns.probe(artifacts[0], 0x10000000, [daemon.depot])
-
-
-@pytest.fixture
-def own_ids(no_own_ids: str | None) -> None:
-    """Skips a test that needs containers with ids of their own where there are none."""
-    if no_own_ids is not None:
-        pytest.skip(f"containers get the host's ids here: {no_own_ids}")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from plugins.isolation import userns
 from plugins.isolation.userns import BLOCK
 from supervisor import errors
 from supervisor.client import Client
@@ -20,8 +21,14 @@ from tests.conftest import Daemon, init_pid, wait_until
 CORRAL_UID = 10000  # the unprivileged account of the test rootfs
 
 
+@pytest.fixture(scope="module")
+def no_own_ids(artifacts: tuple[Path, Path], daemon: Daemon) -> str | None:
+    """Why containers cannot have ids of their own here (the daemon's own probe), or None."""
+    return userns.probe(artifacts[0], 0x10000000, [daemon.depot])
+
+
 @pytest.fixture(autouse=True)
-def own_ids_unless_marked(request: pytest.FixtureRequest, no_own_ids: str | None) -> None:
+def own_ids(request: pytest.FixtureRequest, no_own_ids: str | None) -> None:
     if no_own_ids is not None and "host_ids_only" not in request.keywords:
         pytest.skip(f"containers get the host's ids here: {no_own_ids}")
 
